@@ -1,0 +1,335 @@
+"""The one schema for job parameters and server settings.
+
+Every entry point (HTTP API, YAML job files, TUI, CLI) validates through these models, so a field
+means the same thing everywhere and a typo is an error everywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from ulid import ULID
+
+JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+JobSource = Literal["tui", "web", "api", "inbox", "cli"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "processing"})
+ALL_STATUSES: tuple[str, ...] = ("pending", "processing", "completed", "failed", "cancelled")
+
+SEED_MAX = 4_294_967_295
+
+
+class _Strict(BaseModel):
+    # strict: a YAML `steps: "20"` or `seed: true` is an error, not a silent conversion.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LoraSpec(_Strict):
+    """A LoRA applied to the prompt as `<lora:name:weight>`."""
+
+    name: str = Field(min_length=1, max_length=255)
+    weight: float = Field(default=1.0, ge=-5, le=5)
+
+    @field_validator("name")
+    @classmethod
+    def _no_tag_syntax(cls, value: str) -> str:
+        if re.search(r"[<>:\n]", value):
+            raise ValueError("must be a LoRA name without '<', '>', ':' or line breaks")
+        return value.strip()
+
+
+class HiresParams(_Strict):
+    """Forge's hires fix (`enable_hr` and its `hr_*` fields)."""
+
+    upscaler: str = Field(default="Latent", min_length=1)
+    scale: float = Field(default=2.0, ge=1, le=4)
+    steps: int = Field(default=0, ge=0, le=150)
+    denoising_strength: float = Field(default=0.7, ge=0, le=1)
+
+
+class GenerationParams(_Strict):
+    """What to generate. Names follow Forge's txt2img fields (see CONTRACT.md)."""
+
+    prompt: str = Field(min_length=1, max_length=20_000)
+    negative_prompt: str = Field(default="", max_length=20_000)
+    checkpoint_name: str | None = Field(default=None, min_length=1, max_length=512)
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=32)
+    seed: int = Field(default=-1, ge=-1, le=SEED_MAX)
+    subseed: int = Field(default=-1, ge=-1, le=SEED_MAX)
+    subseed_strength: float = Field(default=0.0, ge=0, le=1)
+    width: int = Field(default=512, ge=64, le=4096)
+    height: int = Field(default=512, ge=64, le=4096)
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.0, ge=0, le=30)
+    distilled_cfg_scale: float | None = Field(default=None, ge=0, le=30)
+    sampler_name: str = Field(default="Euler", min_length=1, max_length=128)
+    scheduler: str | None = Field(default=None, min_length=1, max_length=128)
+    batch_size: int = Field(default=1, ge=1, le=8)
+    n_iter: int = Field(default=1, ge=1, le=100)
+    styles: list[str] = Field(default_factory=list, max_length=32)
+    clip_skip: int | None = Field(default=None, ge=1, le=12)
+    hires: HiresParams | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (nearest: {round(value / 8) * 8})")
+        return value
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.n_iter
+
+
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_alias(value: str) -> str:
+    if not _ALIAS_RE.fullmatch(value):
+        raise ValueError(
+            "must be 1-64 characters: letters, digits, '_', '-', '.', starting with a letter or digit"
+        )
+    return value
+
+
+def _check_api_url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL such as http://192.168.1.20:7860")
+    if parts.username or parts.password:
+        # Credentials in a URL end up in logs and error messages; they belong in username/password.
+        raise ValueError("must not contain a user name or password; use the username/password fields")
+    if parts.query or parts.fragment:
+        raise ValueError("must not contain a query or fragment")
+    if parts.path.rstrip("/").endswith("/sdapi/v1"):
+        raise ValueError("is the server root (without /sdapi/v1), e.g. http://192.168.1.20:7860")
+    return value
+
+
+class ServerConfig(_Strict):
+    """A Forge server as stored. `password` never leaves the core."""
+
+    alias: str
+    api_url: str
+    username: str | None = Field(default=None, max_length=256)
+    password: SecretStr | None = None
+    enabled: bool = True
+    max_concurrent: int = Field(default=1, ge=1, le=16)
+
+    @field_validator("alias")
+    @classmethod
+    def _valid_alias(cls, value: str) -> str:
+        return _check_alias(value)
+
+    @field_validator("api_url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        return _check_api_url(value)
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> ServerConfig:
+        if self.password is not None and self.password.get_secret_value() and not self.username:
+            raise ValueError("password given without username")
+        return self
+
+    def public(self) -> dict[str, Any]:
+        """The shape clients see: no password, only whether one is set."""
+        data = self.model_dump(exclude={"password"})
+        data["has_password"] = bool(self.password and self.password.get_secret_value())
+        return data
+
+    def stored(self) -> dict[str, Any]:
+        data = self.model_dump(exclude={"password"})
+        data["password"] = self.password.get_secret_value() if self.password else None
+        return data
+
+
+class ServerUpdate(_Strict):
+    """A partial change of a server; absent fields keep their value."""
+
+    alias: str | None = None
+    api_url: str | None = None
+    username: str | None = Field(default=None, max_length=256)
+    password: SecretStr | None = None
+    enabled: bool | None = None
+    max_concurrent: int | None = Field(default=None, ge=1, le=16)
+
+    @field_validator("alias")
+    @classmethod
+    def _valid_alias(cls, value: str | None) -> str | None:
+        return value if value is None else _check_alias(value)
+
+    @field_validator("api_url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        return value if value is None else _check_api_url(value)
+
+
+class GenerateRequest(_Strict):
+    """Body of POST /api/v1/generate."""
+
+    target_server_alias: str | None = None
+    generation_params: GenerationParams
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def new_job_id() -> str:
+    return str(ULID())
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_job(
+    params: GenerationParams,
+    *,
+    source: str,
+    target_server_alias: str | None = None,
+    source_ref: str | None = None,
+    position: int = 0,
+) -> dict[str, Any]:
+    """A fresh pending job record, in the shape of CONTRACT.md."""
+    return {
+        "mobilesd_job_id": new_job_id(),
+        "status": "pending",
+        "creation_timestamp": utc_now_iso(),
+        "started_timestamp": None,
+        "completion_timestamp": None,
+        "target_server_alias": target_server_alias,
+        "assigned_server_alias": None,
+        "source": source,
+        "source_ref": source_ref,
+        "position": position,
+        "attempts": 0,
+        "progress": None,
+        "generation_params": params.model_dump(mode="json"),
+        "result_details": None,
+    }
+
+
+# --- problems as values -----------------------------------------------------------------------
+
+
+class FieldProblem(BaseModel):
+    """One thing wrong with an input: where, what was found, what is expected."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def render(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path or '(top level)'}: {self.message}"
+
+
+def format_loc(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model that holds the last element of `loc`, for did-you-mean hints."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        current = None
+        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+            inner = getattr(candidate, "__args__", None)
+            for c in (inner or (candidate,)):
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    current = c
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
+    kind = err.get("type", "")
+    loc = tuple(err.get("loc", ()))
+    found = err.get("input")
+    if kind == "extra_forbidden":
+        name = str(loc[-1]) if loc else "?"
+        hint = ""
+        if model is not None:
+            close = difflib.get_close_matches(name, _known_fields(model, loc), n=1, cutoff=0.6)
+            if close:
+                hint = f"; did you mean '{close[0]}'?"
+        return f"unknown field{hint}"
+    if kind == "missing":
+        return "is required"
+    message = str(err.get("msg", "is invalid"))
+    message = message.removeprefix("Value error, ")
+    if kind not in ("value_error",) and found is not None and not isinstance(found, dict | list):
+        shown = repr(found)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        message = f"{message} (found {shown})"
+    return message
+
+
+def problems_from_error(
+    error: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[FieldProblem]:
+    """Turn pydantic's error into one FieldProblem per field, paths like `loras[0].weight`."""
+    problems = []
+    for err in error.errors(include_url=False):
+        loc = tuple(err.get("loc", ()))
+        problems.append(FieldProblem(path=format_loc(loc, prefix), message=_describe(err, model)))
+    return problems
+
+
+class InvalidInput(Exception):
+    """Raised by services when input fails validation; carries every problem found."""
+
+    def __init__(self, problems: list[FieldProblem], message: str = "invalid input") -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.message = message
+
+
+def parse_params(data: Any, *, prefix: str = "generation_params") -> GenerationParams:
+    """Validate raw data into GenerationParams or raise InvalidInput naming each field."""
+    if not isinstance(data, dict):
+        raise InvalidInput([FieldProblem(path=prefix, message="must be an object")])
+    try:
+        return GenerationParams.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(
+            problems_from_error(exc, prefix=prefix, model=GenerationParams)
+        ) from None
