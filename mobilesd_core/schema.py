@@ -109,7 +109,8 @@ _ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def _check_alias(value: str) -> str:
     if not _ALIAS_RE.fullmatch(value):
         raise ValueError(
-            "must be 1-64 characters: letters, digits, '_', '-', '.', starting with a letter or digit"
+            "must be 1-64 characters (letters, digits, '_', '-', '.'), "
+            "starting with a letter or digit"
         )
     return value
 
@@ -121,7 +122,9 @@ def _check_api_url(value: str) -> str:
         raise ValueError("must be an http:// or https:// URL such as http://192.168.1.20:7860")
     if parts.username or parts.password:
         # Credentials in a URL end up in logs and error messages; they belong in username/password.
-        raise ValueError("must not contain a user name or password; use the username/password fields")
+        raise ValueError(
+            "must not contain a user name or password; use the username/password fields"
+        )
     if parts.query or parts.fragment:
         raise ValueError("must not contain a query or fragment")
     if parts.path.rstrip("/").endswith("/sdapi/v1"):
@@ -271,7 +274,7 @@ def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         current = None
         for candidate in getattr(annotation, "__args__", ()) or (annotation,):
             inner = getattr(candidate, "__args__", None)
-            for c in (inner or (candidate,)):
+            for c in inner or (candidate,):
                 if isinstance(c, type) and issubclass(c, BaseModel):
                     current = c
         if current is None:

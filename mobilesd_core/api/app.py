@@ -1,0 +1,47 @@
+"""create_app: the core's aiohttp application, with the core as a cleanup context."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from aiohttp import web
+
+from .. import __version__
+from ..config import Settings, load_or_create_token
+from ..core import Core
+from . import routes_gallery, routes_jobs, routes_servers
+from .auth import auth_middleware
+from .errors import error_middleware
+from .keys import CORE, SETTINGS, TOKEN
+
+MAX_BODY = 1024 * 1024  # a job with a long prompt is a few KB; 1 MB leaves room for batches
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    core: Core | None = None,
+    forge_transport: httpx.AsyncBaseTransport | None = None,
+) -> web.Application:
+    """The app for `settings`. The core starts with the app and stops with it."""
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[TOKEN] = load_or_create_token(settings)
+    app[CORE] = core or Core(settings, forge_transport=forge_transport)
+
+    async def core_ctx(app: web.Application) -> AsyncIterator[None]:
+        await app[CORE].start()
+        yield
+        await app[CORE].stop()
+
+    app.cleanup_ctx.append(core_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.add_routes(routes_servers.routes)
+    app.add_routes(routes_jobs.routes)
+    app.add_routes(routes_gallery.routes)
+    return app

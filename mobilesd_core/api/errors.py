@@ -1,0 +1,101 @@
+"""One error shape for every route: {"error": {"code", "message", "details"}}.
+
+Domain exceptions are raised by services and mapped here, so routes stay free of try/except.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..gallery import ImageNotFound, UnsafeName
+from ..schema import FieldProblem, InvalidInput
+from ..servers import ServerExists, ServerNotFound
+from ..store import Conflict, JobNotFound
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return web.json_response({"error": body}, status=status)
+
+
+def problems_details(problems: list[FieldProblem]) -> list[dict[str, Any]]:
+    return [p.model_dump(exclude_none=True) for p in problems]
+
+
+def _map(exc: Exception) -> web.Response | None:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, InvalidInput):
+        summary = "; ".join(p.render() for p in exc.problems[:5])
+        return error_response(
+            422, "invalid_fields", f"invalid fields: {summary}", problems_details(exc.problems)
+        )
+    if isinstance(exc, JobNotFound):
+        return error_response(404, "job_not_found", f"no job with id '{exc.args[0]}'")
+    if isinstance(exc, ServerNotFound):
+        return error_response(404, "server_not_found", f"no server named '{exc.args[0]}'")
+    if isinstance(exc, ServerExists):
+        return error_response(409, "server_exists", f"a server named '{exc.args[0]}' exists")
+    if isinstance(exc, Conflict):
+        return error_response(409, "wrong_state", str(exc), {"status": exc.status})
+    if isinstance(exc, ImageNotFound):
+        return error_response(404, "image_not_found", "no such image in the gallery")
+    if isinstance(exc, UnsafeName):
+        return error_response(400, "bad_filename", "not a gallery file name")
+    return None
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "too_large", "request body is too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        raise
+    except Exception as exc:
+        mapped = _map(exc)
+        if mapped is not None:
+            return mapped
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; see the core's log")
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, or 400 naming the problem."""
+    if not request.can_read_body:
+        raise ApiError(400, "bad_json", "request body is empty; expected a JSON object")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON ({exc})") from None
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "request body must be a JSON object")
+    return data

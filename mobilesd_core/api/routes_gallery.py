@@ -1,0 +1,43 @@
+"""Gallery routes and the image files themselves (path-checked by the Gallery)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .keys import CORE
+from .params import int_param
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/gallery/images")
+async def list_images(request: web.Request) -> web.Response:
+    images, total = await request.app[CORE].gallery.list_images(
+        limit=int_param(request, "limit", 50, lo=1, hi=1000),
+        offset=int_param(request, "offset", 0, lo=0, hi=10**9),
+        q=request.query.get("q") or None,
+        job_id=request.query.get("job_id") or None,
+    )
+    return web.json_response({"images": images, "total": total})
+
+
+@routes.delete("/api/v1/gallery/images/{filename}")
+async def delete_image(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    entry = await core.gallery.delete_image(request.match_info["filename"])
+    core.bus.publish("image", {"removed": entry})
+    return web.Response(status=204)
+
+
+@routes.get("/gallery_files/{filename}")
+async def gallery_file(request: web.Request) -> web.FileResponse:
+    gallery = request.app[CORE].gallery
+    name = request.match_info["filename"]
+    if request.query.get("thumb") in ("1", "true"):
+        path = await gallery.thumbnail_path(name)
+    else:
+        path = gallery.image_path(name)
+    response = web.FileResponse(path)
+    response.headers["Cache-Control"] = "private, max-age=86400"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,74 @@
+"""Forge server routes. Passwords go in, never out (`has_password` instead)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..forge.errors import ForgeError
+from .errors import ApiError, read_object
+from .keys import CORE
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/servers")
+async def list_servers(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CORE].service.servers())
+
+
+@routes.post("/api/v1/servers")
+async def add_server(request: web.Request) -> web.Response:
+    server = await request.app[CORE].service.add_server(await read_object(request))
+    return web.json_response(server, status=201)
+
+
+@routes.get("/api/v1/servers/{alias}")
+async def get_server(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CORE].service.server(request.match_info["alias"]))
+
+
+@routes.put("/api/v1/servers/{alias}")
+async def update_server(request: web.Request) -> web.Response:
+    server = await request.app[CORE].service.update_server(
+        request.match_info["alias"], await read_object(request)
+    )
+    return web.json_response(server)
+
+
+@routes.delete("/api/v1/servers/{alias}")
+async def delete_server(request: web.Request) -> web.Response:
+    await request.app[CORE].service.remove_server(request.match_info["alias"])
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/servers/{alias}/status")
+async def server_status(request: web.Request) -> web.Response:
+    status = await request.app[CORE].service.check_server(request.match_info["alias"])
+    return web.json_response(status)
+
+
+@routes.get("/api/v1/servers/{alias}/models")
+async def server_models(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    runtime = core.registry.get(request.match_info["alias"])
+    refresh = request.query.get("refresh") in ("1", "true", "yes")
+    try:
+        checkpoints = await core.registry.checkpoints(runtime, refresh=refresh)
+        catalog = await core.registry.catalog(runtime, refresh=refresh)
+        styles = await runtime.client.raw("/prompt-styles")
+    except ForgeError as exc:
+        raise ApiError(502, "server_unavailable", exc.message) from None
+    return web.json_response(
+        {
+            "checkpoints": [
+                {"title": c.title, "path": c.path, "model_name": c.model_name, "hash": c.hash}
+                for c in checkpoints
+            ],
+            "loras": sorted(catalog.loras),
+            "samplers": catalog.samplers,
+            "schedulers": catalog.schedulers,
+            "upscalers": catalog.upscalers,
+            "styles": [s.get("name") for s in styles or [] if isinstance(s, dict)],
+            "current_checkpoint": runtime.current_checkpoint,
+        }
+    )

@@ -1,0 +1,248 @@
+"""The `mobilesd` command: serve, demo, submit, validate, forge-sim, tui."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_PORT, TOKEN_FILE, ConfigError, Settings, prepare, settings_from_env
+
+log = logging.getLogger("mobilesd")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # httpx logs every request URL at INFO; URLs may carry user info on misconfigured servers.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _add_core_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="bind address (HOST; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=f"HTTP port (PORT; default {DEFAULT_PORT})")
+    parser.add_argument("--data", type=Path, help="CONFIG_DATA_PATH (default ./data)")
+    parser.add_argument("--gallery", type=Path, help="STABLE_DIFFUSION_SAVE_PATH (./outputs)")
+    parser.add_argument("--inbox", type=Path, help="INBOX_PATH (default ./inbox)")
+    parser.add_argument("--lora-path", type=Path, help="LORA_PATH")
+    parser.add_argument("--checkpoint-path", type=Path, help="CHECKPOINT_PATH")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return settings_from_env(
+        host=args.host,
+        port=args.port,
+        data_path=args.data,
+        gallery_path=args.gallery,
+        inbox_path=args.inbox,
+        lora_path=args.lora_path,
+        checkpoint_path=args.checkpoint_path,
+        **extra,
+    )
+
+
+async def _run_until_signalled(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
+    """Run until SIGINT/SIGTERM, then stop cleanly (Docker sends SIGTERM)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    await start()
+    try:
+        await stopping.wait()
+    finally:
+        print("\nstopping…", file=sys.stderr)
+        await stop()
+
+
+async def serve(settings: Settings) -> None:
+    from aiohttp import web
+
+    from .api.app import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+
+    async def start() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=5.0)
+        await site.start()
+        print(f"MobileSD {__version__} listening on http://{settings.host}:{settings.port}")
+        if settings.token:
+            print("Access token: from MOBILESD_TOKEN")
+        else:
+            print(f"Access token: kept in {settings.data_path / TOKEN_FILE} (mode 0600)")
+
+    await _run_until_signalled(start, runner.cleanup)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = prepare(_settings(args))
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    root = args.dir.resolve()
+    settings = _settings(
+        args,
+        data_path=args.data or root / "data",
+        gallery_path=args.gallery or root / "outputs",
+        inbox_path=args.inbox or root / "inbox",
+    )
+    asyncio.run(run_demo(prepare(settings), step_ms=args.step_ms))
+    return 0
+
+
+def cmd_forge_sim(args: argparse.Namespace) -> int:
+    from .forge.simulator import config_from_args, run_simulator
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulator(config_from_args(args), args.host, args.port))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .jobfiles import load_job_file
+
+    bad = 0
+    for name in args.files:
+        result = load_job_file(Path(name))
+        if result.problems:
+            bad += 1
+            for problem in result.problems:
+                line = f":{problem.line}" if problem.line else ""
+                print(f"{name}{line}: {problem.path or '(file)'}: {problem.message}")
+        else:
+            print(f"{name}: ok, {len(result.jobs)} job(s)")
+    return 1 if bad else 0
+
+
+def client_target(url: str | None, token: str | None) -> tuple[str, str | None]:
+    """Where the core is and its token: flags, then MOBILESD_URL/TOKEN, then this machine's."""
+    settings = settings_from_env()
+    url = url or os.environ.get("MOBILESD_URL") or f"http://127.0.0.1:{settings.port}"
+    token = token or os.environ.get("MOBILESD_TOKEN")
+    if not token:
+        path = settings.data_path / TOKEN_FILE
+        with contextlib.suppress(OSError):
+            token = path.read_text().strip() or None
+    return url.rstrip("/"), token
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import httpx
+
+    from .jobfiles import load_job_file
+
+    url, token = client_target(args.url, args.token)
+    headers = {"X-MobileSD-Source": "cli"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    failures = 0
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        for name in args.files:
+            result = load_job_file(Path(name))
+            if result.problems:
+                failures += 1
+                for problem in result.problems:
+                    line = f":{problem.line}" if problem.line else ""
+                    print(f"{name}{line}: {problem.path or '(file)'}: {problem.message}")
+                continue
+            for spec in result.jobs:
+                body = {
+                    "target_server_alias": args.server or spec.server,
+                    "generation_params": spec.params.model_dump(mode="json"),
+                }
+                try:
+                    response = http.post("/api/v1/generate", json=body)
+                except httpx.HTTPError as exc:
+                    print(f"mobilesd: cannot reach the core at {url} ({type(exc).__name__})")
+                    return 2
+                if response.status_code != 202:
+                    failures += 1
+                    message = response.json().get("error", {}).get("message", response.text)
+                    print(f"{name}: refused ({response.status_code}): {message}")
+                    continue
+                print(f"{name}: queued {response.json()['mobilesd_job_id']}")
+    return 1 if failures else 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    print("mobilesd tui: the terminal UI is not built yet (tracked in the TUI issue).")
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobilesd", description="Job queue and remote control for Stable Diffusion Forge"
+    )
+    parser.add_argument("--version", action="version", version=f"mobilesd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the core service")
+    _add_core_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="core + two simulated Forge servers, no GPU needed")
+    _add_core_flags(p)
+    p.add_argument("--dir", type=Path, default=Path("demo"), help="demo folder (./demo)")
+    p.add_argument("--step-ms", type=float, default=60.0, help="simulated time per step")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("forge-sim", help="run the Forge simulator alone")
+    from .forge.simulator import add_simulator_arguments
+
+    add_simulator_arguments(p)
+    p.set_defaults(func=cmd_forge_sim)
+
+    p = sub.add_parser("validate", help="check job files offline")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("submit", help="send job files to a running core")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--url", help="core URL (MOBILESD_URL)")
+    p.add_argument("--token", help="access token (MOBILESD_TOKEN)")
+    p.add_argument("--server", help="target server alias for every job")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("tui", help="terminal UI")
+    p.add_argument("--url")
+    p.add_argument("--token")
+    p.set_defaults(func=cmd_tui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"mobilesd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Settings from the environment (names kept from the original plan), overridden by CLI flags.
+
+Validated once at start: a folder that is missing and cannot be made, or is not writable, is a
+`ConfigError` naming the variable, the path and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8188
+TOKEN_FILE = "access_token"
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message says which one and what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_path: Path = Path("data")
+    gallery_path: Path = Path("outputs")
+    inbox_path: Path = Path("inbox")
+    lora_path: Path | None = None
+    checkpoint_path: Path | None = None
+    inbox_poll_seconds: float | None = None
+    token: str | None = field(default=None, repr=False)
+    civitai_api_key: str | None = field(default=None, repr=False)
+    civitai_base_url: str = "https://civitai.com"
+    # Dispatcher tuning: defaults suit a real Forge server; tests shorten them.
+    health_interval: float = 10.0
+    progress_interval: float = 0.5
+    stall_timeout: float = 180.0
+    max_attempts: int = 3
+    retry_backoff: float = 2.0
+    retry_backoff_max: float = 60.0
+    archive_after_days: int = 0  # 0: terminal jobs go to the archive at once
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in changes.items() if k in known and v is not None})
+
+
+_ENV: dict[str, tuple[str, type]] = {
+    "HOST": ("host", str),
+    "PORT": ("port", int),
+    "CONFIG_DATA_PATH": ("data_path", Path),
+    "STABLE_DIFFUSION_SAVE_PATH": ("gallery_path", Path),
+    "INBOX_PATH": ("inbox_path", Path),
+    "LORA_PATH": ("lora_path", Path),
+    "CHECKPOINT_PATH": ("checkpoint_path", Path),
+    "INBOX_POLL_SECONDS": ("inbox_poll_seconds", float),
+    "MOBILESD_TOKEN": ("token", str),
+    "CIVITAI_API_KEY": ("civitai_api_key", str),
+    "CIVITAI_BASE_URL": ("civitai_base_url", str),
+}
+
+
+def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the environment, then apply non-None overrides (CLI flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for var, (name, kind) in _ENV.items():
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[name] = kind(raw.strip())
+        except ValueError:
+            expected = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{var}={raw!r} is not valid: expected {expected}") from None
+    settings = Settings().with_overrides(**values).with_overrides(**overrides)
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"PORT={settings.port} is not valid: expected 1-65535")
+    if settings.inbox_poll_seconds is not None and settings.inbox_poll_seconds <= 0:
+        raise ConfigError("INBOX_POLL_SECONDS must be a positive number of seconds")
+    return settings
+
+
+def _ensure_writable_dir(var: str, path: Path, *, create: bool) -> Path:
+    path = path.expanduser()
+    if not path.exists():
+        if not create:
+            raise ConfigError(f"{var}: folder {path} does not exist")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{var}: folder {path} does not exist and cannot be created ({exc.strerror})"
+            ) from None
+    if not path.is_dir():
+        raise ConfigError(f"{var}: {path} is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{var}: folder {path} is not writable by this user (uid {os.getuid()}); "
+            "fix its owner or mode"
+        )
+    return path.resolve()
+
+
+def prepare(settings: Settings) -> Settings:
+    """Check and create the folders the core writes to; resolve paths. Run once at start."""
+    data = _ensure_writable_dir("CONFIG_DATA_PATH", settings.data_path, create=True)
+    gallery = _ensure_writable_dir("STABLE_DIFFUSION_SAVE_PATH", settings.gallery_path, create=True)
+    lora = settings.lora_path.expanduser().resolve() if settings.lora_path else None
+    ckpt = settings.checkpoint_path.expanduser().resolve() if settings.checkpoint_path else None
+    return replace(
+        settings,
+        data_path=data,
+        gallery_path=gallery,
+        inbox_path=settings.inbox_path.expanduser().resolve(),
+        lora_path=lora,
+        checkpoint_path=ckpt,
+    )
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Create a file readable only by its owner (0600) from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_or_create_token(settings: Settings) -> str:
+    """MOBILESD_TOKEN if set, else the token kept in CONFIG_DATA_PATH (made on first start)."""
+    if settings.token:
+        return settings.token
+    path = settings.data_path / TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            return token
+    token = secrets.token_urlsafe(24)
+    write_secret_file(path, token + "\n")
+    return token

@@ -1,0 +1,88 @@
+"""The core service assembled: store, servers, gallery, dispatcher, events, service.
+
+`Core` owns the lifecycle of every part; the HTTP app, the CLI and the tests build one and
+start/stop it as a unit (the aiohttp app does so in a cleanup context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from .config import Settings
+from .dispatcher import Dispatcher
+from .events import EventBus
+from .gallery import Gallery
+from .progress import ProgressBoard
+from .servers import ServerRegistry, default_client_factory
+from .service import QueueService, load_paused
+from .store import JobStore, ServerStore
+
+log = logging.getLogger(__name__)
+
+
+class Core:
+    def __init__(
+        self, settings: Settings, *, forge_transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings
+        self.bus = EventBus()
+        self.board = ProgressBoard()
+        self.store = JobStore(settings.data_path)
+        self.server_store = ServerStore(settings.data_path)
+        self.gallery = Gallery(settings.gallery_path)
+        self.registry = ServerRegistry(
+            self.server_store,
+            self.bus,
+            health_interval=settings.health_interval,
+            client_factory=default_client_factory(forge_transport),
+        )
+        self.dispatcher = Dispatcher(
+            self.store, self.registry, self.gallery, self.bus, self.board, settings
+        )
+        self.service = QueueService(
+            self.store, self.registry, self.dispatcher, self.gallery, self.bus, self.board
+        )
+        self.store.set_listener(self._on_job_change)
+        self.registry.set_on_available(self.dispatcher.wake)
+        self._started = False
+
+    def _on_job_change(self, kind: str, payload: object) -> None:
+        if kind == "job_removed":
+            self.bus.publish("job_removed", {"mobilesd_job_id": payload})
+        else:
+            self.bus.publish("job", self.service.view(payload))  # type: ignore[arg-type]
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.server_store.open()
+        await self.gallery.start()
+        self.dispatcher.paused = await asyncio.to_thread(load_paused, self.settings.data_path)
+        await self.registry.start()
+        await self.dispatcher.start()
+        self._started = True
+        counts = self.store.count()
+        log.info(
+            "core started: %d pending, %d servers%s",
+            counts["pending"],
+            len(self.registry.runtimes),
+            " (queue paused)" if self.dispatcher.paused else "",
+        )
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.dispatcher.stop()
+        await self.registry.stop()
+        self.bus.close_all()
+        await self.store.close()
+        await self.server_store.close()
+        log.info("core stopped")
+
+    async def run_until_idle(self, timeout: float = 30.0) -> None:
+        """Wait until nothing runs and nothing can be assigned (tests, demo, benchmarks)."""
+        await asyncio.sleep(0)
+        await asyncio.wait_for(self.dispatcher.idle.wait(), timeout)

@@ -1,0 +1,167 @@
+"""`mobilesd demo`: the core with two simulated Forge servers and the example jobs.
+
+Everything goes through the real HTTP API and real loopback Forge servers; the demo only adds a
+console view of the event stream. A second start reuses the same folder and finds its queue,
+history and gallery as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from .api.app import create_app
+from .api.keys import CORE, TOKEN
+from .cli import _run_until_signalled
+from .config import Settings
+from .forge.simulator import SimServer, SimulatorConfig
+from .jobfiles import load_job_file
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
+SIMULATED = {
+    "gpu1": ["sd15/dreamshaper_8.safetensors", "sdxl/juggernautXL_v9.safetensors"],
+    "gpu2": ["sdxl/juggernautXL_v9.safetensors", "flux/flux1-dev-fp8.safetensors"],
+}
+QUEUED_MARKER = "demo_examples_queued"
+
+
+def _short(text: str, width: int = 48) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class ConsoleView:
+    """Prints one line per job state change and throttled progress, from the event bus."""
+
+    def __init__(self) -> None:
+        self._last_status: dict[str, str] = {}
+        self._last_progress: dict[str, float] = {}
+
+    def show(self, name: str, data: dict[str, Any]) -> None:
+        if name == "job":
+            self._job(data)
+        elif name == "server" and "online" in data:
+            state = "online" if data["online"] else f"offline ({data.get('error')})"
+            print(f"  server {data['alias']}: {state}")
+        elif name == "image" and "added" in data:
+            print(f"  image saved: {data['added']['filename']}")
+
+    def _job(self, job: dict[str, Any]) -> None:
+        job_id = job["mobilesd_job_id"]
+        status = job["status"]
+        prompt = _short(job["generation_params"]["prompt"])
+        server = job.get("assigned_server_alias") or "-"
+        if status != self._last_status.get(job_id):
+            self._last_status[job_id] = status
+            extra = ""
+            if status == "failed":
+                extra = f"  error: {job['result_details']['error']}"
+            print(f"{job_id[-8:]} {status:<10} {server:<5} {prompt}{extra}")
+            return
+        progress = job.get("progress")
+        if status == "processing" and progress and progress.get("steps"):
+            now = time.monotonic()
+            if now - self._last_progress.get(job_id, 0) >= 1.0:
+                self._last_progress[job_id] = now
+                bar = "#" * int(progress["fraction"] * 20)
+                print(
+                    f"{job_id[-8:]} {'':<10} {server:<5} [{bar:<20}] "
+                    f"step {progress['step']}/{progress['steps']}"
+                )
+
+
+async def _register_servers(http: httpx.AsyncClient, sims: dict[str, SimServer]) -> None:
+    existing = {s["alias"]: s for s in (await http.get("/api/v1/servers")).json()}
+    for alias, sim in sims.items():
+        body = {"alias": alias, "api_url": sim.url}
+        if alias in existing:
+            # Simulator ports change between runs: point the saved server at today's.
+            response = await http.put(f"/api/v1/servers/{alias}", json={"api_url": sim.url})
+        else:
+            response = await http.post("/api/v1/servers", json=body)
+        response.raise_for_status()
+
+
+async def _queue_examples(http: httpx.AsyncClient) -> int:
+    queued = 0
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        result = load_job_file(path)
+        for spec in result.jobs:
+            body = {
+                "target_server_alias": spec.server,
+                "generation_params": spec.params.model_dump(mode="json"),
+            }
+            response = await http.post(
+                "/api/v1/generate", json=body, headers={"X-MobileSD-Source": "cli"}
+            )
+            response.raise_for_status()
+            queued += 1
+    return queued
+
+
+async def run_demo(settings: Settings, *, step_ms: float = 60.0) -> None:
+    sims = {
+        alias: SimServer(
+            SimulatorConfig(checkpoints=ckpts, step_ms=step_ms, switch_ms=1500, name=alias)
+        )
+        for alias, ckpts in SIMULATED.items()
+    }
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    view = ConsoleView()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        for sim in sims.values():
+            await sim.start()
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        base = f"http://{settings.host}:{settings.port}"
+        core = app[CORE]
+        headers = {"Authorization": f"Bearer {app[TOKEN]}"}
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+            await _register_servers(http, sims)
+            marker = settings.data_path / QUEUED_MARKER
+            if not marker.exists():
+                count = await _queue_examples(http)
+                marker.write_text("examples queued\n")
+                print(f"queued {count} example jobs from {EXAMPLES}")
+            else:
+                print("examples were queued on an earlier run; showing the queue as it is")
+
+        async def follow() -> None:
+            sub, _ = core.bus.subscribe()
+            with sub:
+                while (event := await sub.get()) is not None:
+                    view.show(event.name, event.data)
+
+        tasks.append(asyncio.create_task(follow()))
+        width = shutil.get_terminal_size((100, 24)).columns
+        print("-" * min(width, 100))
+        print(f"MobileSD demo: core on {base}, simulated Forge servers:")
+        for alias, sim in sims.items():
+            print(f"  {alias}: {sim.url}  ({', '.join(SIMULATED[alias])})")
+        print(f"gallery: {settings.gallery_path}")
+        print(f"access token: {settings.data_path / 'access_token'}")
+        print("Ctrl-C stops everything; run it again to find everything as it was.")
+        print("-" * min(width, 100))
+        sys.stdout.flush()
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runner.cleanup()
+        for sim in sims.values():
+            await sim.stop()
+
+    await _run_until_signalled(start, stop)

@@ -1,0 +1,529 @@
+"""The dispatcher: hands pending jobs to free server slots and follows each one to its end.
+
+One loop assigns work whenever something changes (a job arrives, a slot frees, a server comes
+back, a backoff ends): it is woken, not polling, so a server waits milliseconds between jobs.
+Each claimed job runs in its own task, in arq's order: the attempt is counted and the job is
+`processing` on disk before the request leaves; the terminal write happens once.
+A server slot is released as soon as Forge answers, so saving images overlaps the next
+generation: the GPU is the expensive part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings
+from .events import EventBus
+from .forge.client import generated_images
+from .forge.errors import ForgeError, ForgePermanentError, ForgeStalled, ForgeTransientError
+from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint, title_matches_info
+from .forge.payload import build_txt2img_payload, check_loras, resolve_sampler
+from .gallery import Gallery
+from .progress import ProgressBoard
+from .scheduler import pick
+from .schema import utc_now_iso
+from .servers import ServerRegistry, ServerRuntime
+from .store import Conflict, JobNotFound, JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Run:
+    job_id: str
+    runtime: ServerRuntime
+    task: asyncio.Task[None] | None = None
+    submitted: bool = False
+    cancelled: bool = False
+    slot_released: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _JobCancelled(Exception):
+    pass
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: JobStore,
+        registry: ServerRegistry,
+        gallery: Gallery,
+        bus: EventBus,
+        board: ProgressBoard,
+        settings: Settings,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._gallery = gallery
+        self._bus = bus
+        self._board = board
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._runs: dict[str, _Run] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.paused = False
+        self.idle = asyncio.Event()  # set when nothing runs and nothing can be assigned
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        requeued = await self._store.requeue_processing()
+        for job in requeued:
+            log.info(
+                "job %s was processing when the core stopped; queued again at the front",
+                job["mobilesd_job_id"],
+            )
+        self._loop_task = asyncio.create_task(self._loop(), name="dispatcher")
+        self.wake()
+
+    async def stop(self) -> None:
+        """Stop assigning and abandon running jobs: they stay `processing` on disk and are
+        queued again at the next start (their images are saved under the same names)."""
+        if self._timer:
+            self._timer.cancel()
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = [r.task for r in self._runs.values() if r.task]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def wake(self) -> None:
+        self.idle.clear()
+        self._wake.set()
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        log.info("dispatching %s", "paused" if paused else "resumed")
+        self.wake()
+
+    @property
+    def running_ids(self) -> list[str]:
+        return list(self._runs)
+
+    # -- assignment -------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._assign()
+            except Exception:
+                log.exception("dispatcher assignment failed; retrying on the next wake-up")
+                await asyncio.sleep(1.0)
+                self.wake()
+
+    async def _assign(self) -> None:
+        if self.paused:
+            self._update_idle()
+            return
+        now = time.time()
+        pending = self._store.pending_in_order()
+        runtimes = sorted(self._registry.runtimes.values(), key=lambda r: (r.active, r.alias))
+        for runtime in runtimes:
+            while runtime.free_slots > 0 and pending:
+                job = pick(pending, runtime.alias, now)
+                if job is None:
+                    break
+                pending.remove(job)
+                await self._claim(job, runtime)
+        self._arm_retry_timer(now)
+        self._update_idle()
+
+    def _arm_retry_timer(self, now: float) -> None:
+        waits = [
+            j["retry_at"] for j in self._store.pending_in_order() if (j.get("retry_at") or 0) > now
+        ]
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        if waits:
+            delay = max(0.0, min(waits) - time.time()) + 0.005
+            self._timer = asyncio.get_running_loop().call_later(delay, self.wake)
+
+    def _update_idle(self) -> None:
+        if self._runs:
+            self.idle.clear()
+            return
+        # A job waiting out a retry backoff still counts as work to come.
+        later = float("inf")
+        ready = [
+            j
+            for j in self._store.pending_in_order()
+            if any(
+                r.available and pick([j], r.alias, later) for r in self._registry.runtimes.values()
+            )
+        ]
+        if ready and not self.paused:
+            self.idle.clear()
+        else:
+            self.idle.set()
+
+    async def _claim(self, job: dict[str, Any], runtime: ServerRuntime) -> None:
+        job_id = job["mobilesd_job_id"]
+        runtime.active += 1
+        run = _Run(job_id, runtime)
+        self._runs[job_id] = run
+        try:
+            claimed = await self._store.update(
+                job_id,
+                {
+                    "status": "processing",
+                    "assigned_server_alias": runtime.alias,
+                    "attempts": job.get("attempts", 0) + 1,
+                    "started_timestamp": utc_now_iso(),
+                    "retry_at": None,
+                },
+                expect={"pending"},
+            )
+        except (Conflict, JobNotFound):
+            runtime.active -= 1
+            del self._runs[job_id]
+            return
+        log.info("job %s -> %s (attempt %d)", job_id, runtime.alias, claimed["attempts"])
+        run.task = asyncio.create_task(self._run(claimed, run), name=f"job-{job_id}")
+
+    # -- one job ----------------------------------------------------------------------------
+
+    def _release_slot(self, run: _Run) -> None:
+        if not run.slot_released:
+            run.slot_released = True
+            run.runtime.active -= 1
+            self.wake()
+
+    async def _run(self, job: dict[str, Any], run: _Run) -> None:
+        try:
+            await self._execute(job, run)
+        except _JobCancelled:
+            pass
+        except asyncio.CancelledError:
+            if not run.cancelled:
+                raise  # shutdown: the job stays processing on disk and is re-queued at start
+        except ForgeError as exc:
+            await self._after_failure(job, run, exc)
+        except Exception as exc:
+            log.exception("job %s failed on an unexpected error", job["mobilesd_job_id"])
+            await self._finish_failed(job, run, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._release_slot(run)
+            self._board.clear(run.job_id)
+            self._runs.pop(run.job_id, None)
+            self.wake()
+
+    async def _execute(self, job: dict[str, Any], run: _Run) -> None:
+        runtime = run.runtime
+        params = job["generation_params"]
+        started = time.monotonic()
+        checkpoint = await self._resolve_checkpoint(params.get("checkpoint_name"), runtime)
+        payload = await self._payload(params, checkpoint, runtime)
+        if job["attempts"] > 1:
+            # A retry may follow a request Forge is still running (lost connection, crash):
+            # Forge would queue ours behind it, and its progress would look like ours.
+            await self._wait_until_idle(runtime, run)
+        run.timings["prepare_s"] = time.monotonic() - started
+        self._set_progress(run, {"fraction": 0.0, "phase": "starting"}, force=True)
+        run.submitted = True
+        sent = time.monotonic()
+        request = asyncio.create_task(runtime.client.txt2img(payload))
+        try:
+            result = await self._follow(request, run)
+        finally:
+            if not request.done():
+                request.cancel()
+                with contextlib.suppress(BaseException):
+                    await request
+        run.timings["generate_s"] = time.monotonic() - sent
+        self._release_slot(run)
+        if run.cancelled:
+            raise _JobCancelled
+        info = result["info"]
+        if checkpoint is not None:
+            self._registry.note_checkpoint(runtime, checkpoint.title)
+            if not title_matches_info(checkpoint, info):
+                raise ForgePermanentError(
+                    f"server '{runtime.alias}' ran the job on '{info.get('sd_model_name')}' "
+                    f"instead of '{checkpoint.title}' (it ignored the checkpoint override; "
+                    "update Forge)"
+                )
+        images = generated_images(result)
+        if not images:
+            raise ForgeTransientError(f"server '{runtime.alias}' returned no images")
+        await self._complete(job, run, images, info, checkpoint)
+
+    async def _resolve_checkpoint(
+        self, name: str | None, runtime: ServerRuntime
+    ) -> CheckpointInfo | None:
+        if not name:
+            return None
+        models = await self._registry.checkpoints(runtime)
+        try:
+            return resolve_checkpoint(name, models, server=runtime.alias)
+        except CheckpointNotFound:
+            # The list may predate a newly copied model: refresh once before failing.
+            models = await self._registry.checkpoints(runtime, refresh=True)
+            return resolve_checkpoint(name, models, server=runtime.alias)
+
+    async def _payload(
+        self, params: dict[str, Any], checkpoint: CheckpointInfo | None, runtime: ServerRuntime
+    ) -> dict[str, Any]:
+        for refresh in (False, True):
+            catalog = await self._registry.catalog(runtime, refresh=refresh)
+            try:
+                sampler, scheduler = resolve_sampler(
+                    params["sampler_name"], params.get("scheduler"), catalog, runtime.alias
+                )
+                check_loras(params.get("loras") or [], catalog, runtime.alias)
+                return build_txt2img_payload(
+                    params,
+                    checkpoint_title=checkpoint.title if checkpoint else None,
+                    sampler=sampler,
+                    scheduler=scheduler,
+                    catalog=catalog,
+                    server=runtime.alias,
+                )
+            except ForgePermanentError:
+                if refresh:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _wait_until_idle(self, runtime: ServerRuntime, run: _Run) -> None:
+        deadline = time.monotonic() + self._settings.stall_timeout
+        while time.monotonic() < deadline:
+            state = (await runtime.client.progress(with_preview=False)).get("state") or {}
+            if not state.get("job_count"):
+                return
+            self._set_progress(run, {"fraction": 0.0, "phase": "waiting for server"})
+            await asyncio.sleep(self._settings.progress_interval)
+        log.warning("server %s stayed busy; sending job %s anyway", runtime.alias, run.job_id)
+
+    async def _follow(self, request: asyncio.Task[dict[str, Any]], run: _Run) -> dict[str, Any]:
+        """Wait for txt2img while polling progress; interrupt a job that stops moving."""
+        runtime = run.runtime
+        interval = self._settings.progress_interval
+        last_signature: tuple[Any, ...] | None = None
+        last_change = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({request}, timeout=interval)
+            if done:
+                return request.result()
+            try:
+                raw = await runtime.client.progress()
+            except ForgeError:
+                raw = None
+            if raw is not None and not request.done():
+                state = raw.get("state") or {}
+                signature = (
+                    state.get("job_no"),
+                    state.get("job_count"),
+                    state.get("sampling_step"),
+                    raw.get("progress"),
+                )
+                if signature != last_signature:
+                    last_signature = signature
+                    last_change = time.monotonic()
+                    self._publish_forge_progress(run, raw)
+            if time.monotonic() - last_change > self._settings.stall_timeout:
+                with contextlib.suppress(ForgeError):
+                    await runtime.client.interrupt()
+                raise ForgeStalled(
+                    f"server '{runtime.alias}' made no progress for "
+                    f"{self._settings.stall_timeout:g} s; interrupted"
+                )
+
+    def _publish_forge_progress(self, run: _Run, raw: dict[str, Any]) -> None:
+        state = raw.get("state") or {}
+        job_count = state.get("job_count") or 0
+        loading = job_count == -1
+        preview = None
+        image = raw.get("current_image")
+        if isinstance(image, str) and image:
+            with contextlib.suppress(binascii.Error, ValueError):
+                preview = base64.b64decode(image)
+        eta = raw.get("eta_relative")
+        self._set_progress(
+            run,
+            {
+                "fraction": round(min(1.0, max(0.0, float(raw.get("progress") or 0))), 4),
+                "step": (state.get("sampling_step") or 0) + (0 if loading else 1),
+                "steps": state.get("sampling_steps") or 0,
+                "batch": (state.get("job_no") or 0) + 1,
+                "batches": max(job_count, 0),
+                "eta_seconds": None if loading or eta is None else round(float(eta), 1),
+                "phase": "loading model" if loading else "sampling",
+                "preview": preview is not None or self._board.preview(run.job_id) is not None,
+            },
+            preview=preview,
+        )
+
+    def _set_progress(
+        self,
+        run: _Run,
+        progress: dict[str, Any],
+        *,
+        preview: bytes | None = None,
+        force: bool = False,
+    ) -> None:
+        if self._board.set(run.job_id, progress, preview) or force:
+            job = self._store.get_live(run.job_id)
+            if job is not None and job["status"] == "processing":
+                self._bus.publish("job", self._board.overlay(job))
+
+    # -- endings ----------------------------------------------------------------------------
+
+    async def _complete(
+        self,
+        job: dict[str, Any],
+        run: _Run,
+        images: list[bytes],
+        info: dict[str, Any],
+        checkpoint: CheckpointInfo | None,
+    ) -> None:
+        job_id = job["mobilesd_job_id"]
+        saved = await self._gallery.save_job_images(
+            job,
+            images,
+            info,
+            server_alias=run.runtime.alias,
+            timings=run.timings,
+            model_title=checkpoint.title if checkpoint else None,
+        )
+        filenames = [s.filename for s in saved]
+        try:
+            await self._store.update(
+                job_id,
+                {
+                    "status": "completed",
+                    "completion_timestamp": utc_now_iso(),
+                    "result_details": {
+                        "images": filenames,
+                        "info": {
+                            "seed": info.get("seed"),
+                            "all_seeds": info.get("all_seeds"),
+                            "subseed": info.get("subseed"),
+                            "sd_model_name": info.get("sd_model_name"),
+                            "sd_model_hash": info.get("sd_model_hash"),
+                            "checkpoint_title": checkpoint.title if checkpoint else None,
+                            "version": info.get("version"),
+                        },
+                        "timings": {k: round(v, 3) for k, v in run.timings.items()},
+                    },
+                },
+                expect={"processing"},
+            )
+        except Conflict:
+            # Cancelled while the images were being saved: the job stays cancelled, no orphans.
+            for name in filenames:
+                with contextlib.suppress(Exception):
+                    await self._gallery.delete_image(name)
+            return
+        log.info("job %s completed on %s: %d image(s)", job_id, run.runtime.alias, len(saved))
+        for name in filenames:
+            with contextlib.suppress(Exception):
+                self._bus.publish("image", {"added": await self._gallery.get_entry(name)})
+
+    async def _after_failure(self, job: dict[str, Any], run: _Run, exc: ForgeError) -> None:
+        runtime = run.runtime
+        if exc.offline:
+            self._registry.mark_offline(runtime, exc.message)
+        attempts = job["attempts"]
+        errors = [
+            *(job.get("errors") or []),
+            {
+                "attempt": attempts,
+                "server": runtime.alias,
+                "error": exc.message,
+                "at": utc_now_iso(),
+            },
+        ]
+        if exc.transient and attempts < self._settings.max_attempts:
+            delay = min(
+                self._settings.retry_backoff * 2 ** (attempts - 1), self._settings.retry_backoff_max
+            )
+            log.warning(
+                "job %s attempt %d on %s failed (%s); retrying in %.1f s",
+                job["mobilesd_job_id"],
+                attempts,
+                runtime.alias,
+                exc.message,
+                delay,
+            )
+            with contextlib.suppress(Conflict, JobNotFound):
+                await self._store.update(
+                    job["mobilesd_job_id"],
+                    {
+                        "status": "pending",
+                        "assigned_server_alias": None,
+                        "started_timestamp": None,
+                        "retry_at": time.time() + delay,
+                        "errors": errors,
+                    },
+                    expect={"processing"},
+                )
+            return
+        if exc.transient:
+            message = f"gave up after {attempts} attempts; last error: {exc.message}"
+        else:
+            message = exc.message
+        await self._finish_failed(job, run, message, errors=errors)
+
+    async def _finish_failed(
+        self,
+        job: dict[str, Any],
+        run: _Run,
+        message: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        log.warning("job %s failed on %s: %s", job["mobilesd_job_id"], run.runtime.alias, message)
+        with contextlib.suppress(Conflict, JobNotFound):
+            await self._store.update(
+                job["mobilesd_job_id"],
+                {
+                    "status": "failed",
+                    "completion_timestamp": utc_now_iso(),
+                    "errors": errors or job.get("errors") or [],
+                    "result_details": {
+                        "error": message,
+                        "server": run.runtime.alias,
+                        "errors": errors or job.get("errors") or [],
+                    },
+                },
+                expect={"processing"},
+            )
+
+    # -- cancel -----------------------------------------------------------------------------
+
+    async def interrupt(self, job_id: str) -> bool:
+        """Stop a running job (already marked cancelled in the store). True if it was running."""
+        run = self._runs.get(job_id)
+        if run is None:
+            return False
+        run.cancelled = True
+        if run.submitted:
+            try:
+                await run.runtime.client.interrupt()
+                log.info("job %s interrupted on %s", job_id, run.runtime.alias)
+            except ForgeError as exc:
+                log.warning("could not interrupt job %s on %s: %s", job_id, run.runtime.alias, exc)
+            # Forge answers an interrupted txt2img quickly; don't wait on a server that hangs.
+            if run.task is not None:
+                done, _ = await asyncio.wait({run.task}, timeout=10.0)
+                if not done:
+                    run.task.cancel()
+        elif run.task is not None:
+            run.task.cancel()
+        return True

@@ -1,0 +1,113 @@
+"""The event bus: every change a client may want to see, with monotonic ids.
+
+Subscribers get bounded queues: a subscriber that falls too far behind is dropped (its stream
+ends and the client reconnects with `Last-Event-ID`), so a slow phone never slows the core or
+grows its memory. A replay ring serves reconnecting clients what they missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENT_NAMES = ("job", "job_removed", "server", "image", "download", "reset", "queue")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    name: str
+    data: Any
+    at: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        """The event in text/event-stream framing."""
+        body = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
+        return f"id: {self.id}\nevent: {self.name}\ndata: {body}\n\n".encode()
+
+
+class Subscription:
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
+        self._bus = bus
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    async def get(self, timeout: float | None = None) -> Event | None:
+        """Next event; None when the subscription was dropped or closed."""
+        if timeout is None:
+            return await self.queue.get()
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBus:
+    def __init__(self, *, ring_size: int = 2048, queue_size: int = 1024) -> None:
+        self._next_id = 1
+        self._ring: deque[Event] = deque(maxlen=ring_size)
+        self._subs: set[Subscription] = set()
+        self._queue_size = queue_size
+
+    @property
+    def last_id(self) -> int:
+        return self._next_id - 1
+
+    def publish(self, name: str, data: Any) -> Event:
+        event = Event(self._next_id, name, data)
+        self._next_id += 1
+        self._ring.append(event)
+        for sub in list(self._subs):
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # Too slow to keep up: end its stream rather than buffer without bound.
+                sub.overflowed = True
+                self.unsubscribe(sub)
+        return event
+
+    def subscribe(self, *, last_event_id: int | None = None) -> tuple[Subscription, bool]:
+        """A new subscription, pre-filled with missed events when the ring still has them.
+
+        Returns (subscription, complete): `complete` is False when events after
+        `last_event_id` were already dropped from the ring (the client must reload).
+        """
+        sub = Subscription(self, self._queue_size)
+        complete = True
+        if last_event_id is not None and last_event_id < self.last_id:
+            oldest = self._ring[0].id if self._ring else self._next_id
+            if last_event_id + 1 < oldest:
+                complete = False
+            else:
+                for event in self._ring:
+                    if event.id > last_event_id:
+                        sub.queue.put_nowait(event) if not sub.queue.full() else None
+        self._subs.add(sub)
+        return sub, complete
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.discard(sub)
+            try:
+                sub.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                sub.queue.get_nowait()
+                sub.queue.put_nowait(None)
+
+    def close_all(self) -> None:
+        for sub in list(self._subs):
+            self.unsubscribe(sub)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)

@@ -1,0 +1,249 @@
+"""HTTP client for one Forge / A1111 server (`/sdapi/v1`), on one long-lived httpx.AsyncClient.
+
+Each failure becomes a ForgeTransientError (retry) or ForgePermanentError (fail with a message
+that says what to fix). Credentials go in the Basic auth header only; nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import httpx
+
+from .errors import ForgeError, ForgePermanentError, ForgeTransientError
+from .models import CheckpointInfo
+from .payload import ServerCatalog
+
+API = "/sdapi/v1"
+
+
+def _detail(body: Any) -> str:
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error", "errors"):
+            value = body.get(key)
+            if value:
+                if isinstance(value, list):
+                    return "; ".join(
+                        f"{'.'.join(str(p) for p in item.get('loc', [])[1:])}: {item.get('msg')}"
+                        if isinstance(item, dict)
+                        else str(item)
+                        for item in value
+                    )
+                return str(value)
+    return ""
+
+
+class ForgeClient:
+    def __init__(
+        self,
+        alias: str,
+        api_url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        self.alias = alias
+        self.api_url = api_url.rstrip("/")
+        auth = httpx.BasicAuth(username, password or "") if username else None
+        self._read_timeout = read_timeout
+        self._http = httpx.AsyncClient(
+            base_url=self.api_url,
+            auth=auth,
+            transport=transport,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            headers={"User-Agent": "MobileSD", "Accept-Encoding": "gzip"},
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- transport and error mapping ---------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> Any:
+        where = f"server '{self.alias}'"
+        try:
+            response = await self._http.request(
+                method,
+                API + path,
+                json=body,
+                params=params,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.ConnectTimeout:
+            raise ForgeTransientError(
+                f"{where} did not answer (connect timeout)", offline=True
+            ) from None
+        except httpx.ConnectError as exc:
+            reason = "connection refused" if "refused" in str(exc).lower() else "cannot connect"
+            raise ForgeTransientError(f"{where} is unreachable ({reason})", offline=True) from None
+        except httpx.TimeoutException:
+            raise ForgeTransientError(f"{where} timed out on {path}") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            # A dropped connection mid-request: often the server restarting.
+            raise ForgeTransientError(
+                f"{where} closed the connection during {path} ({type(exc).__name__})"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ForgeTransientError(f"{where}: {type(exc).__name__} on {path}") from None
+        return self._decode(response, path)
+
+    def _decode(self, response: httpx.Response, path: str) -> Any:
+        where = f"server '{self.alias}'"
+        status = response.status_code
+        try:
+            body: Any = response.json() if response.content else None
+            is_json = True
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body, is_json = None, False
+        if 200 <= status < 300:
+            if not is_json:
+                raise ForgeTransientError(
+                    f"{where} sent an unreadable answer to {path} (not JSON, or cut short)",
+                    status=status,
+                )
+            return body
+        detail = _detail(body) if is_json else ""
+        if status == 401:
+            raise ForgePermanentError(
+                f"{where} refused the login: wrong or missing username/password "
+                "(Forge's --api-auth); fix them in the server settings",
+                status=status,
+            )
+        if status == 403:
+            raise ForgePermanentError(f"{where} forbids {path}: {detail}", status=status)
+        if status == 404:
+            raise ForgePermanentError(
+                f"{where} has no {API}{path}: start Forge with --api "
+                "(or the server is too old for this call)",
+                status=status,
+            )
+        if status == 422:
+            raise ForgePermanentError(
+                f"{where} rejected the request: {detail or 'invalid fields'}", status=status
+            )
+        if status == 500 and detail:
+            lowered = detail.lower()
+            if "not found" in lowered or "could not find" in lowered:
+                raise ForgePermanentError(f"{where}: {detail}", status=status)
+        if status >= 500:
+            reason = detail or response.reason_phrase or "server error"
+            raise ForgeTransientError(f"{where} answered {status}: {reason}", status=status)
+        raise ForgePermanentError(f"{where} answered {status}: {detail}", status=status)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def probe(self) -> tuple[dict[str, Any], float]:
+        """GET options: proves `--api` and the credentials. Returns (options, latency ms)."""
+        started = time.perf_counter()
+        options = await self._call("GET", "/options")
+        if not isinstance(options, dict):
+            raise ForgeTransientError(f"server '{self.alias}' sent options that are not an object")
+        return options, (time.perf_counter() - started) * 1000
+
+    async def checkpoints(self, *, refresh: bool = False) -> list[CheckpointInfo]:
+        if refresh:
+            # refresh-checkpoints waits for Forge's generation lock: allow for a running job.
+            await self._call(
+                "POST", "/refresh-checkpoints", timeout=httpx.Timeout(600.0, connect=5.0)
+            )
+        items = await self._call("GET", "/sd-models")
+        return [CheckpointInfo.from_forge(i) for i in items or [] if isinstance(i, dict)]
+
+    async def catalog(self, *, refresh_loras: bool = False) -> ServerCatalog:
+        if refresh_loras:
+            await self._call("POST", "/refresh-loras")
+        samplers = await self._call("GET", "/samplers") or []
+        try:
+            schedulers = await self._call("GET", "/schedulers") or []
+        except ForgePermanentError as exc:
+            if exc.status != 404:  # A1111 before 1.9 has no schedulers
+                raise
+            schedulers = []
+        loras = await self._call("GET", "/loras") or []
+        upscalers = await self._call("GET", "/upscalers") or []
+        try:
+            latent = await self._call("GET", "/latent-upscale-modes") or []
+        except ForgePermanentError:
+            latent = []
+        catalog = ServerCatalog()
+        for s in samplers:
+            catalog.samplers.append(s["name"])
+            for alias in s.get("aliases") or []:
+                catalog.sampler_aliases[alias] = s["name"]
+        for s in schedulers:
+            catalog.schedulers.append(s["name"])
+            if s.get("label"):
+                catalog.scheduler_labels[s["label"]] = s["name"]
+        for lora in loras:
+            catalog.loras.add(lora.get("name", ""))
+            if lora.get("alias"):
+                catalog.loras.add(lora["alias"])
+        catalog.loras.discard("")
+        catalog.upscalers = [u["name"] for u in [*upscalers, *latent] if u.get("name")]
+        return catalog
+
+    async def raw(self, path: str) -> Any:
+        """Any GET list endpoint, for the model browser (styles, modules, ...)."""
+        return await self._call("GET", path)
+
+    async def progress(self, *, with_preview: bool = True) -> dict[str, Any]:
+        params = None if with_preview else {"skip_current_image": "true"}
+        result = await self._call(
+            "GET", "/progress", params=params, timeout=httpx.Timeout(10.0, connect=5.0)
+        )
+        if not isinstance(result, dict):
+            raise ForgeTransientError(f"server '{self.alias}' sent a malformed progress answer")
+        return result
+
+    async def interrupt(self) -> None:
+        await self._call("POST", "/interrupt", timeout=httpx.Timeout(10.0, connect=5.0))
+
+    async def txt2img(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Run one generation. No read timeout: liveness is watched through /progress."""
+        result = await self._call(
+            "POST", "/txt2img", body=payload, timeout=httpx.Timeout(None, connect=10.0)
+        )
+        if not isinstance(result, dict) or not isinstance(result.get("images"), list):
+            raise ForgeTransientError(f"server '{self.alias}' sent a txt2img answer without images")
+        info = result.get("info")
+        if isinstance(info, str):
+            try:
+                info = json.loads(info)
+            except json.JSONDecodeError:
+                info = {}
+        result["info"] = info if isinstance(info, dict) else {}
+        return result
+
+
+def generated_images(result: dict[str, Any]) -> list[bytes]:
+    """The generated images of a txt2img answer: past any grid, as many as there are seeds."""
+    info = result.get("info") or {}
+    images = result.get("images") or []
+    first = int(info.get("index_of_first_image") or 0)
+    count = len(info.get("all_seeds") or []) or len(images) - first
+    out = []
+    for item in images[first : first + count]:
+        if not isinstance(item, str):
+            continue
+        if item.startswith("data:"):
+            item = item.split(",", 1)[-1]
+        try:
+            out.append(base64.b64decode(item, validate=False))
+        except ValueError as exc:
+            raise ForgeError(f"an image in the answer is not valid base64 ({exc})") from None
+    return out

@@ -1,0 +1,135 @@
+"""From GenerationParams to a txt2img request, checked against what the server offers.
+
+Forge silently falls back on unknown samplers, schedulers and LoRAs (one unknown LoRA drops them
+all), so each name is checked here first and an unknown one fails the job with the valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ForgePermanentError
+from .infotext import prompt_with_loras
+
+
+@dataclass
+class ServerCatalog:
+    """What one server offers, as names. Empty lists mean "unknown": nothing is checked."""
+
+    samplers: list[str] = field(default_factory=list)
+    sampler_aliases: dict[str, str] = field(default_factory=dict)
+    schedulers: list[str] = field(default_factory=list)
+    scheduler_labels: dict[str, str] = field(default_factory=dict)
+    loras: set[str] = field(default_factory=set)
+    upscalers: list[str] = field(default_factory=list)
+
+
+def _suggest(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.4)
+    shown = close or list(options)[:8]
+    return ", ".join(repr(x) for x in shown)
+
+
+def resolve_sampler(
+    sampler: str, scheduler: str | None, catalog: ServerCatalog, server: str
+) -> tuple[str, str | None]:
+    if catalog.samplers and sampler not in catalog.samplers:
+        if sampler in catalog.sampler_aliases:
+            sampler = catalog.sampler_aliases[sampler]
+        else:
+            # "DPM++ 2M Karras": the old combined name, split into sampler + scheduler.
+            head, _, tail = sampler.rpartition(" ")
+            known = {s.lower(): s for s in catalog.schedulers}
+            if head in catalog.samplers and tail.lower() in known and scheduler is None:
+                sampler, scheduler = head, known[tail.lower()]
+            else:
+                raise ForgePermanentError(
+                    f"sampler '{sampler}' is not offered by server '{server}'; "
+                    f"try {_suggest(sampler, catalog.samplers)}"
+                )
+    if scheduler is not None and catalog.schedulers and scheduler not in catalog.schedulers:
+        if scheduler in catalog.scheduler_labels:
+            scheduler = catalog.scheduler_labels[scheduler]
+        else:
+            raise ForgePermanentError(
+                f"scheduler '{scheduler}' is not offered by server '{server}'; "
+                f"try {_suggest(scheduler, catalog.schedulers)}"
+            )
+    return sampler, scheduler
+
+
+def check_loras(loras: list[dict[str, Any]], catalog: ServerCatalog, server: str) -> None:
+    if not loras or not catalog.loras:
+        if loras and not catalog.loras:
+            raise ForgePermanentError(
+                f"server '{server}' lists no LoRAs, but the job asks for "
+                f"{', '.join(repr(lora['name']) for lora in loras)}"
+            )
+        return
+    missing = [lora["name"] for lora in loras if lora["name"] not in catalog.loras]
+    if missing:
+        hints = "; ".join(f"'{m}' (closest: {_suggest(m, sorted(catalog.loras))})" for m in missing)
+        raise ForgePermanentError(f"LoRA not found on server '{server}': {hints}")
+
+
+def build_txt2img_payload(
+    params: dict[str, Any],
+    *,
+    checkpoint_title: str | None,
+    sampler: str,
+    scheduler: str | None,
+    catalog: ServerCatalog,
+    server: str,
+) -> dict[str, Any]:
+    """Every field explicit (Forge's own defaults differ: steps 50, hr_cfg 1.0)."""
+    payload: dict[str, Any] = {
+        "prompt": prompt_with_loras(params["prompt"], params.get("loras") or []),
+        "negative_prompt": params.get("negative_prompt", ""),
+        "styles": list(params.get("styles") or []),
+        "seed": params["seed"],
+        "subseed": params["subseed"],
+        "subseed_strength": params["subseed_strength"],
+        "sampler_name": sampler,
+        "scheduler": scheduler or "Automatic",
+        "steps": params["steps"],
+        "cfg_scale": params["cfg_scale"],
+        "width": params["width"],
+        "height": params["height"],
+        "batch_size": params["batch_size"],
+        "n_iter": params["n_iter"],
+        "send_images": True,
+        "save_images": False,
+        "enable_hr": False,
+    }
+    if params.get("distilled_cfg_scale") is not None:
+        payload["distilled_cfg_scale"] = params["distilled_cfg_scale"]
+    hires = params.get("hires")
+    if hires:
+        if catalog.upscalers and hires["upscaler"] not in catalog.upscalers:
+            raise ForgePermanentError(
+                f"hires upscaler '{hires['upscaler']}' is not offered by server '{server}'; "
+                f"try {_suggest(hires['upscaler'], catalog.upscalers)}"
+            )
+        payload.update(
+            enable_hr=True,
+            hr_scale=hires["scale"],
+            hr_upscaler=hires["upscaler"],
+            hr_second_pass_steps=hires["steps"],
+            denoising_strength=hires["denoising_strength"],
+            hr_cfg=params["cfg_scale"],
+            hr_additional_modules=["Use same choices"],
+        )
+    overrides: dict[str, Any] = {}
+    if checkpoint_title:
+        overrides["sd_model_checkpoint"] = checkpoint_title
+    if params.get("clip_skip"):
+        overrides["CLIP_stop_at_last_layers"] = params["clip_skip"]
+    if overrides:
+        payload["override_settings"] = overrides
+        # Keep the model selected afterwards: restoring would make the next job switch back.
+        payload["override_settings_restore_afterwards"] = False
+    # `extra` passes anything else Forge accepts, but never overrides a schema field.
+    return {**(params.get("extra") or {}), **payload}

@@ -1,0 +1,286 @@
+"""The configured Forge servers at run time: settings, client, health, cached model lists.
+
+The registry is the only owner of ForgeClients. It health-checks each server on an interval
+(and at once when asked), publishes a `server` event whenever what a client would see changes,
+and wakes the dispatcher when a server comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .events import EventBus
+from .forge.client import ForgeClient
+from .forge.errors import ForgeError
+from .forge.models import CheckpointInfo
+from .forge.payload import ServerCatalog
+from .schema import ServerConfig
+from .store import ServerStore
+
+log = logging.getLogger(__name__)
+
+CATALOG_TTL = 300.0
+
+
+@dataclass
+class ServerRuntime:
+    config: ServerConfig
+    client: ForgeClient
+    online: bool = False
+    checked: bool = False
+    latency_ms: float | None = None
+    current_checkpoint: str | None = None
+    error: str | None = None
+    active: int = 0  # jobs MobileSD runs there now
+    last_check: float = 0.0
+    checkpoints: list[CheckpointInfo] | None = None
+    catalog: ServerCatalog | None = None
+    catalog_at: float = 0.0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def alias(self) -> str:
+        return self.config.alias
+
+    @property
+    def available(self) -> bool:
+        return self.config.enabled and self.online
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.config.max_concurrent - self.active) if self.available else 0
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "online": self.online,
+            "enabled": self.config.enabled,
+            "checked": self.checked,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+            "current_checkpoint": self.current_checkpoint,
+            "busy": self.active > 0,
+            "active_jobs": self.active,
+            "max_concurrent": self.config.max_concurrent,
+            "error": self.error,
+        }
+
+
+class ServerNotFound(Exception):
+    pass
+
+
+class ServerExists(Exception):
+    pass
+
+
+ClientFactory = Callable[[ServerConfig], ForgeClient]
+
+
+def default_client_factory(
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> ClientFactory:
+    def make(config: ServerConfig) -> ForgeClient:
+        return ForgeClient(
+            config.alias,
+            config.api_url,
+            username=config.username,
+            password=config.password.get_secret_value() if config.password else None,
+            transport=transport,
+        )
+
+    return make
+
+
+class ServerRegistry:
+    def __init__(
+        self,
+        store: ServerStore,
+        bus: EventBus,
+        *,
+        health_interval: float,
+        client_factory: ClientFactory | None = None,
+        on_available: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._interval = health_interval
+        self._factory = client_factory or default_client_factory()
+        self._on_available = on_available or (lambda: None)
+        self.runtimes: dict[str, ServerRuntime] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def set_on_available(self, callback: Callable[[], None]) -> None:
+        self._on_available = callback
+
+    async def start(self) -> None:
+        for stored in self._store.all():
+            config = ServerConfig.model_validate(stored)
+            self._add_runtime(config)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for runtime in self.runtimes.values():
+            await runtime.client.aclose()
+
+    def _add_runtime(self, config: ServerConfig) -> ServerRuntime:
+        runtime = ServerRuntime(config=config, client=self._factory(config))
+        self.runtimes[config.alias] = runtime
+        self._tasks[config.alias] = asyncio.create_task(
+            self._health_loop(runtime), name=f"health-{config.alias}"
+        )
+        return runtime
+
+    async def _drop_runtime(self, alias: str) -> ServerRuntime:
+        runtime = self.runtimes.pop(alias)
+        task = self._tasks.pop(alias, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # Running jobs still hold the old client; close it once they are done with it.
+        if runtime.active == 0:
+            await runtime.client.aclose()
+        return runtime
+
+    def get(self, alias: str) -> ServerRuntime:
+        try:
+            return self.runtimes[alias]
+        except KeyError:
+            raise ServerNotFound(alias) from None
+
+    # -- CRUD (persisted first, then applied) ----------------------------------------------
+
+    async def _persist(self, configs: dict[str, ServerConfig]) -> None:
+        await self._store.replace_all({a: c.stored() for a, c in configs.items()})
+
+    def _configs(self) -> dict[str, ServerConfig]:
+        return {a: r.config for a, r in self.runtimes.items()}
+
+    async def add(self, config: ServerConfig) -> ServerRuntime:
+        if config.alias in self.runtimes:
+            raise ServerExists(config.alias)
+        configs = self._configs()
+        configs[config.alias] = config
+        await self._persist(configs)
+        runtime = self._add_runtime(config)
+        log.info("server %s added (%s)", config.alias, config.api_url)
+        self._publish(runtime)
+        return runtime
+
+    async def update(self, alias: str, config: ServerConfig) -> ServerRuntime:
+        old = self.get(alias)
+        if config.alias != alias and config.alias in self.runtimes:
+            raise ServerExists(config.alias)
+        configs = {(config.alias if a == alias else a): c for a, c in self._configs().items()}
+        configs[config.alias] = config
+        await self._persist(configs)
+        await self._drop_runtime(alias)
+        runtime = self._add_runtime(config)
+        runtime.active = old.active
+        log.info("server %s updated", config.alias)
+        if config.alias != alias:
+            self._bus.publish("server", {"alias": alias, "removed": True})
+        self._publish(runtime)
+        return runtime
+
+    async def remove(self, alias: str) -> None:
+        self.get(alias)
+        configs = self._configs()
+        del configs[alias]
+        await self._persist(configs)
+        await self._drop_runtime(alias)
+        log.info("server %s removed", alias)
+        self._bus.publish("server", {"alias": alias, "removed": True})
+
+    # -- health ------------------------------------------------------------------------------
+
+    def _publish(self, runtime: ServerRuntime) -> None:
+        self._bus.publish("server", runtime.status())
+
+    async def check(self, runtime: ServerRuntime) -> dict[str, Any]:
+        """Probe the server now; update and publish its status."""
+        before = runtime.status()
+        was_available = runtime.available
+        try:
+            options, latency = await runtime.client.probe()
+        except ForgeError as exc:
+            runtime.online = False
+            runtime.error = exc.message
+            runtime.latency_ms = None
+        else:
+            runtime.online = True
+            runtime.error = None
+            runtime.latency_ms = latency
+            runtime.current_checkpoint = options.get("sd_model_checkpoint")
+        runtime.checked = True
+        runtime.last_check = time.monotonic()
+        status = runtime.status()
+        # Latency alone changes on every probe; it is not worth an event.
+        if {**status, "latency_ms": None} != {**before, "latency_ms": None}:
+            if runtime.online != before["online"]:
+                log.info(
+                    "server %s is %s%s",
+                    runtime.alias,
+                    "online" if runtime.online else "offline",
+                    f": {runtime.error}" if runtime.error else "",
+                )
+            self._publish(runtime)
+        if runtime.available and not was_available:
+            self._on_available()
+        return status
+
+    def mark_offline(self, runtime: ServerRuntime, error: str) -> None:
+        """A job could not reach the server: take it out of rotation and re-probe soon."""
+        if runtime.online:
+            log.warning("server %s went offline: %s", runtime.alias, error)
+        runtime.online = False
+        runtime.error = error
+        self._publish(runtime)
+        runtime.wake.set()
+
+    def note_checkpoint(self, runtime: ServerRuntime, title: str | None) -> None:
+        if title and runtime.current_checkpoint != title:
+            runtime.current_checkpoint = title
+            self._publish(runtime)
+
+    async def _health_loop(self, runtime: ServerRuntime) -> None:
+        while True:
+            try:
+                await self.check(runtime)
+            except Exception:
+                log.exception("health check of %s failed unexpectedly", runtime.alias)
+            # Offline servers are probed more often, so they rejoin quickly.
+            delay = self._interval if runtime.online else min(self._interval, 2.0)
+            runtime.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runtime.wake.wait(), delay)
+
+    # -- model lists -------------------------------------------------------------------------
+
+    async def checkpoints(
+        self, runtime: ServerRuntime, *, refresh: bool = False
+    ) -> list[CheckpointInfo]:
+        if refresh or runtime.checkpoints is None:
+            runtime.checkpoints = await runtime.client.checkpoints(refresh=refresh)
+        return runtime.checkpoints
+
+    async def catalog(self, runtime: ServerRuntime, *, refresh: bool = False) -> ServerCatalog:
+        stale = time.monotonic() - runtime.catalog_at > CATALOG_TTL
+        if refresh or runtime.catalog is None or stale:
+            runtime.catalog = await runtime.client.catalog(refresh_loras=refresh)
+            runtime.catalog_at = time.monotonic()
+        return runtime.catalog

@@ -1,0 +1,154 @@
+"""Crash-safe file primitives under the job store.
+
+TinyDB's own JSONStorage writes over the old file in place and then truncates: a kill -9 in
+between leaves a file that does not parse, and it re-reads the file on every query. Here the
+database lives in memory and every write goes to a temp file that is fsynced and renamed over the
+old one, then the folder is fsynced, so the file on disk is always either the old or the new
+complete database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tinydb.storages import Storage
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class AtomicJSONStorage(Storage):
+    """TinyDB storage: in-memory copy, atomic whole-file replace on write.
+
+    `read` hands TinyDB the cached dict (TinyDB mutates it and then calls `write`); if a write
+    fails, the cache is reloaded from disk so memory never runs ahead of the file.
+    """
+
+    def __init__(self, path: str | Path, *, mode: int = 0o600) -> None:
+        self.path = Path(path)
+        self.mode = mode
+        self._cache: dict[str, Any] | None = None
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            self._cache = None
+            return
+        self._cache = json.loads(raw) if raw.strip() else None
+
+    def read(self) -> dict[str, Any] | None:
+        return self._cache
+
+    def write(self, data: dict[str, Any]) -> None:
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            atomic_write_bytes(self.path, payload, mode=self.mode)
+        except BaseException:
+            self._load()
+            raise
+        self._cache = data
+
+    def close(self) -> None:
+        pass
+
+
+class AppendLog:
+    """An append-only JSON-lines file: the cost of a write does not depend on its length.
+
+    Each record is one line, appended and fsynced. A crash can only tear the last line, which
+    `read_records` drops.
+    """
+
+    def __init__(self, path: Path, *, mode: int = 0o600) -> None:
+        self.path = path
+        self.mode = mode
+
+    def append(self, records: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        """Append records; returns (offset, length) of each line for later random access."""
+        lines = [
+            json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            for r in records
+        ]
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, self.mode)
+        try:
+            offset = os.lseek(fd, 0, os.SEEK_END)
+            if offset and not self._ends_with_newline(offset):
+                # A torn line from a crash: start ours on a fresh line so both stay separable.
+                os.write(fd, b"\n")
+                offset += 1
+            os.write(fd, b"".join(lines))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        spans = []
+        for line in lines:
+            spans.append((offset, len(line)))
+            offset += len(line)
+        return spans
+
+    def _ends_with_newline(self, size: int) -> bool:
+        with open(self.path, "rb") as fh:
+            fh.seek(size - 1)
+            return fh.read(1) == b"\n"
+
+    def read_records(self) -> list[tuple[int, int, dict[str, Any]]]:
+        """Every complete record with its (offset, length); torn or corrupt lines are skipped."""
+        out: list[tuple[int, int, dict[str, Any]]] = []
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return out
+        with fh:
+            offset = 0
+            for line in fh:
+                length = len(line)
+                if line.endswith(b"\n"):
+                    with contextlib.suppress(json.JSONDecodeError):
+                        out.append((offset, length, json.loads(line)))
+                offset += length
+        return out
+
+    def read_at(self, offset: int, length: int) -> dict[str, Any]:
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            return json.loads(fh.read(length))
+
+    def rewrite(self, records: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        """Compact: atomically replace the log with exactly these records."""
+        lines = [
+            json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            for r in records
+        ]
+        atomic_write_bytes(self.path, b"".join(lines), mode=self.mode)
+        spans, offset = [], 0
+        for line in lines:
+            spans.append((offset, len(line)))
+            offset += len(line)
+        return spans

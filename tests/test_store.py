@@ -1,0 +1,194 @@
+"""The job store: durable, crash-safe, and cheap to write whatever the history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mobilesd_core.schema import GenerationParams, new_job, utc_now_iso
+from mobilesd_core.storage import AppendLog, AtomicJSONStorage
+from mobilesd_core.store import Conflict, JobNotFound, JobStore, ServerStore
+
+
+def make_jobs(n: int, prompt: str = "a cat") -> list[dict]:
+    return [new_job(GenerationParams(prompt=f"{prompt} {i}"), source="api") for i in range(n)]
+
+
+async def open_store(path: Path) -> JobStore:
+    store = JobStore(path)
+    await store.open()
+    return store
+
+
+async def test_jobs_survive_reopen_in_order(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    added = await store.add(make_jobs(3))
+    await store.close()
+
+    again = await open_store(tmp_path)
+    ids = [j["mobilesd_job_id"] for j in again.pending_in_order()]
+    assert ids == [j["mobilesd_job_id"] for j in added]
+    assert [j["position"] for j in again.pending_in_order()] == [1, 2, 3]
+    await again.close()
+
+
+async def test_terminal_jobs_move_to_archive_and_stay_listed(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    a, b = await store.add(make_jobs(2))
+    await store.update(a["mobilesd_job_id"], {"status": "processing"}, expect={"pending"})
+    done = await store.update(
+        a["mobilesd_job_id"],
+        {"status": "completed", "completion_timestamp": utc_now_iso()},
+        expect={"processing"},
+    )
+    assert done["status"] == "completed"
+    live = json.loads((tmp_path / "jobs.json").read_text())["jobs"]
+    assert [d["mobilesd_job_id"] for d in live.values()] == [b["mobilesd_job_id"]]
+    archived = list((tmp_path / "archive").glob("jobs-*.jsonl"))
+    assert len(archived) == 1
+
+    jobs, total = await store.list_jobs()
+    assert total == 2
+    assert [j["status"] for j in jobs] == ["pending", "completed"]
+    await store.close()
+
+    again = await open_store(tmp_path)
+    assert (await again.get(a["mobilesd_job_id"]))["status"] == "completed"
+    jobs, total = await again.list_jobs(statuses={"completed"})
+    assert total == 1 and jobs[0]["mobilesd_job_id"] == a["mobilesd_job_id"]
+    await again.close()
+
+
+async def test_update_checks_expected_state(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    (job,) = await store.add(make_jobs(1))
+    job_id = job["mobilesd_job_id"]
+    with pytest.raises(Conflict):
+        await store.update(job_id, {"status": "completed"}, expect={"processing"})
+    await store.update(job_id, {"status": "cancelled"}, expect={"pending"})
+    with pytest.raises(Conflict):
+        await store.update(job_id, {"status": "cancelled"}, expect={"pending"})
+    with pytest.raises(JobNotFound):
+        await store.update("nope", {"status": "cancelled"})
+    await store.close()
+
+
+async def test_crash_between_archive_and_live_removal_keeps_one_copy(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    (job,) = await store.add(make_jobs(1))
+    job_id = job["mobilesd_job_id"]
+    await store.close()
+    # Simulate the crash window: the archive line is written, the live file still has the job.
+    finished = {**job, "status": "completed", "completion_timestamp": utc_now_iso()}
+    (tmp_path / "archive").mkdir(exist_ok=True)
+    AppendLog(tmp_path / "archive" / f"jobs-{finished['completion_timestamp'][:7]}.jsonl").append(
+        [finished]
+    )
+    again = await open_store(tmp_path)
+    jobs, total = await again.list_jobs()
+    assert total == 1
+    assert jobs[0]["status"] == "completed"
+    assert again.pending_in_order() == []
+    await again.close()
+
+
+async def test_torn_archive_line_is_ignored(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    jobs = await store.add(make_jobs(2))
+    for job in jobs:
+        await store.update(job["mobilesd_job_id"], {"status": "failed"})
+    await store.close()
+    (archive,) = (tmp_path / "archive").glob("*.jsonl")
+    with archive.open("ab") as fh:
+        fh.write(b'{"mobilesd_job_id": "torn", "sta')  # a kill -9 mid-append
+    again = await open_store(tmp_path)
+    assert again.count()["failed"] == 2
+    # The next append starts on a fresh line and stays readable.
+    (job,) = await again.add(make_jobs(1))
+    await again.update(job["mobilesd_job_id"], {"status": "failed"})
+    await again.close()
+    third = await open_store(tmp_path)
+    assert third.count()["failed"] == 3
+    await third.close()
+
+
+async def test_remove_finished_and_reorder(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    a, b, c = await store.add(make_jobs(3))
+    await store.reorder([c["mobilesd_job_id"], a["mobilesd_job_id"], b["mobilesd_job_id"]])
+    assert [j["mobilesd_job_id"] for j in store.pending_in_order()] == [
+        c["mobilesd_job_id"],
+        a["mobilesd_job_id"],
+        b["mobilesd_job_id"],
+    ]
+    await store.update(a["mobilesd_job_id"], {"status": "cancelled"})
+    removed = await store.remove_finished([a["mobilesd_job_id"], b["mobilesd_job_id"]])
+    assert removed == [a["mobilesd_job_id"]]  # b is still pending: not removable
+    await store.close()
+    again = await open_store(tmp_path)
+    with pytest.raises(JobNotFound):
+        await again.get(a["mobilesd_job_id"])
+    assert [j["mobilesd_job_id"] for j in again.pending_in_order()] == [
+        c["mobilesd_job_id"],
+        b["mobilesd_job_id"],
+    ]
+    await again.close()
+
+
+async def test_requeue_processing_puts_jobs_first(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    a, b = await store.add(make_jobs(2))
+    await store.update(b["mobilesd_job_id"], {"status": "processing", "attempts": 1})
+    await store.close()
+    again = await open_store(tmp_path)
+    requeued = await again.requeue_processing()
+    assert [j["mobilesd_job_id"] for j in requeued] == [b["mobilesd_job_id"]]
+    order = [j["mobilesd_job_id"] for j in again.pending_in_order()]
+    assert order == [b["mobilesd_job_id"], a["mobilesd_job_id"]]
+    assert again.get_live(b["mobilesd_job_id"])["attempts"] == 1
+    await again.close()
+
+
+async def test_list_pages_and_search_span_live_and_archive(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    jobs = await store.add(make_jobs(5, "fox") + make_jobs(5, "heron"))
+    for job in jobs[:6]:
+        await store.update(job["mobilesd_job_id"], {"status": "completed"})
+    page, total = await store.list_jobs(limit=3, offset=3)
+    assert total == 10
+    # 4 pending first, then finished newest first
+    full, _ = await store.list_jobs(limit=100)
+    assert [j["status"] for j in full[:4]] == ["pending"] * 4
+    assert page == full[3:6]
+    found, n = await store.list_jobs(q="HERON")
+    assert n == 5 and all("heron" in j["generation_params"]["prompt"] for j in found)
+    await store.close()
+
+
+def test_atomic_storage_never_leaves_a_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "db.json"
+    storage = AtomicJSONStorage(path)
+    storage.write({"t": {"1": {"a": 1}}})
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    # A failing write keeps the old content, on disk and in memory. (The temp file's name is
+    # taken by a folder: fails for root too, unlike a read-only folder.)
+    (tmp_path / ".db.json.tmp").mkdir()
+    with pytest.raises(OSError):
+        storage.write({"t": {"1": {"a": 2}}})
+    assert json.loads(path.read_text()) == {"t": {"1": {"a": 1}}}
+    assert storage.read() == {"t": {"1": {"a": 1}}}
+
+
+async def test_server_store_keeps_passwords_private(tmp_path: Path) -> None:
+    store = ServerStore(tmp_path)
+    await store.open()
+    await store.replace_all({"gpu1": {"alias": "gpu1", "api_url": "http://x", "password": "pw"}})
+    await store.close()
+    path = tmp_path / "servers.json"
+    assert path.stat().st_mode & 0o077 == 0
+    again = ServerStore(tmp_path)
+    await again.open()
+    assert again.get("gpu1")["password"] == "pw"
+    await again.close()
