@@ -1,0 +1,832 @@
+"""The simulated Forge server: models, options, the generation lock, progress and txt2img.
+
+Independent of HTTP. Order of a txt2img follows Forge's `text2imgapi` and `process_images`:
+queue behind one FIFO lock, `state.begin()` (clears interrupt), apply `override_settings`, load
+the checkpoint if it differs, then `n_iter` batches of sampling steps, restoring the options at
+the end. Progress fields mean what `shared.state` means in Forge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from PIL import Image
+
+from mobilesd_core.forge.infotext import build_infotext
+
+from . import images
+from .catalog import HR_UPSCALERS, Sampler, apply_styles, effective_schedule_type, lora_names
+from .catalog import resolve_sampler as _resolve_sampler
+from .config import SimulatorConfig
+from .faults import Fault, FaultBook
+from .models import Checkpoint, CheckpointRegistry, Lora
+from .request import SimHTTPError, Txt2ImgRequest, forge_500
+
+log = logging.getLogger("mobilesd.forge.simulator")
+
+MAX_PIXELS = 4096 * 4096
+
+
+@dataclass
+class GenerationRecord:
+    """One finished txt2img (interrupted ones included; failed ones are not recorded)."""
+
+    checkpoint: str
+    """Title of the checkpoint that really ran."""
+    prompt: str
+    """First prompt as run: styles applied, LoRA tags kept."""
+    negative_prompt: str
+    seed: int
+    seeds: list[int]
+    """Seeds of the images produced (fewer than planned when interrupted)."""
+    loras: list[str]
+    """LoRAs applied; empty when one unknown name made Forge drop them all."""
+    sampler: str
+    scheduler: str
+    steps: int
+    n_images: int
+    interrupted: bool
+    payload: dict[str, Any]
+    skipped: bool = False
+    task_id: str = ""
+    width: int = 0
+    height: int = 0
+    switched: bool = False
+    """A checkpoint load preceded the sampling."""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass
+class ProgressState:
+    """Forge's `shared.state`; what `end()` does not reset lingers after a job."""
+
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_no: int = 0
+    job_timestamp: str = "0"
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    time_start: float = 0.0
+    textinfo: str | None = None
+    current_image: str | None = None
+    current_image_sampling_step: int = 0
+    id_live_preview: int = 0
+
+    def begin(self, job: str) -> None:
+        self.sampling_step = 0
+        self.job_count = -1
+        self.job_no = 0
+        self.job_timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        self.current_image = None
+        self.current_image_sampling_step = 0
+        self.id_live_preview = 0
+        self.skipped = False
+        self.interrupted = False
+        self.stopping_generation = False
+        self.textinfo = None
+        self.job = job
+        self.time_start = time.time()
+
+    def end(self) -> None:
+        self.job = ""
+        self.job_count = 0
+
+    def api(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "stopping_generation": self.stopping_generation,
+            "job": self.job,
+            "job_count": self.job_count,
+            "job_timestamp": self.job_timestamp,
+            "job_no": self.job_no,
+            "sampling_step": self.sampling_step,
+            "sampling_steps": self.sampling_steps,
+        }
+
+
+@dataclass
+class _Preview:
+    seed: int
+    prompt: str
+    width: int
+    height: int
+
+
+@dataclass
+class _Plan:
+    """A request resolved against the server, inside the lock."""
+
+    req: Txt2ImgRequest
+    checkpoint: Checkpoint
+    sampler: Sampler
+    scheduler: str
+    prompts: list[str]
+    negative_prompts: list[str]
+    seeds: list[int]
+    subseeds: list[int]
+    loras: dict[str, Lora]
+    clip_skip: int
+    hr_size: tuple[int, int] | None
+    hr_steps: int
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+
+class SimulatedForge:
+    """A Forge server's state and behaviour, driven by the HTTP app or directly by tests."""
+
+    def __init__(self, config: SimulatorConfig | None = None):
+        self.config = config or SimulatorConfig()
+        self.registry = CheckpointRegistry(
+            self.config.checkpoints,
+            os_sep=self.config.os_sep,
+            unhashed=self.config.unhashed,
+            salt=self.config.seed_for_hashes,
+        )
+        self.lora_list = [Lora(name, self.config.seed_for_hashes) for name in self.config.loras]
+        self.generations: list[GenerationRecord] = []
+        self.interrupt_count = 0
+        self.skip_count = 0
+        self.error_count = 0
+        self.request_counts: Counter[str] = Counter()
+        self.faults = FaultBook()
+        self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
+        self._rng = random.Random()
+        self._boot()
+        self.options: dict[str, Any] = self._default_options()
+
+    def _boot(self) -> None:
+        """Fresh process: idle, nothing queued, the initial checkpoint loaded."""
+        self.state = ProgressState()
+        self._lock = asyncio.Lock()
+        self._poke = asyncio.Event()
+        self._preview: _Preview | None = None
+        self.pending_tasks: dict[str, float] = {}
+        self.current_task: str | None = None
+        self.finished_tasks: deque[str] = deque(maxlen=16)
+        self._loaded = self._initial_checkpoint()
+        if self._loaded is not None:
+            self.registry.mark_loaded(self._loaded)
+
+    def _initial_checkpoint(self) -> Checkpoint | None:
+        name = self.config.initial_checkpoint
+        if not name:
+            return self.registry.first()
+        found = self.registry.lookup(name)
+        found = found or self.registry.lookup(name.replace("/", self.config.os_sep))
+        if found is None:
+            raise ValueError(f"initial_checkpoint {name!r} is not among the checkpoints")
+        return found
+
+    def _default_options(self) -> dict[str, Any]:
+        loaded = self._loaded
+        return {
+            "sd_model_checkpoint": loaded.title if loaded else None,
+            "sd_checkpoint_hash": loaded.sha256 if loaded else None,
+            "sd_vae": "Automatic",
+            "CLIP_stop_at_last_layers": 1,
+            "show_progress_every_n_steps": self.config.preview_every_n_steps,
+            "live_previews_enable": True,
+            "samples_format": "png",
+            "grid_format": "png",
+            "return_grid": True,
+            "grid_only_if_multiple": True,
+            "enable_pnginfo": True,
+            "samples_save": True,
+            "outdir_txt2img_samples": "output/txt2img-images",
+            "eta_noise_seed_delta": 0,
+            "sd_checkpoints_limit": 1,
+            "forge_preset": "all",
+            "forge_additional_modules": [],
+            "forge_unet_storage_dtype": "Automatic",
+            "forge_inference_memory": 1024,
+        }
+
+    # ---- models -------------------------------------------------------------------------
+
+    @property
+    def loaded_checkpoint(self) -> str:
+        """Title of the checkpoint in memory (not necessarily the selected option)."""
+        return self._loaded.title if self._loaded else ""
+
+    @property
+    def checkpoints(self) -> list[Checkpoint]:
+        return self.registry.checkpoints
+
+    def lookup_checkpoint(self, name: str | None) -> Checkpoint | None:
+        return self.registry.lookup(name)
+
+    def forget_model(self, name_or_title: str, *, pending: bool = False) -> None:
+        """Delete a checkpoint file. `pending`: still listed until `/refresh-checkpoints`."""
+        ckpt = self.registry.lookup(name_or_title)
+        if ckpt is None:
+            raise KeyError(f"no checkpoint matches {name_or_title!r}")
+        self.registry.remove(ckpt, pending=pending)
+
+    def add_model(self, relpath: str, *, pending: bool = False) -> None:
+        """Add a checkpoint file. `pending`: listed only after `/refresh-checkpoints`."""
+        self.registry.add(relpath, pending=pending)
+
+    async def refresh_checkpoints(self) -> None:
+        async with self._lock:
+            self.registry.refresh()
+
+    def lora_by_alias(self) -> dict[str, Lora]:
+        by_alias = {lora.alias: lora for lora in self.lora_list}
+        by_alias.update({lora.name: lora for lora in self.lora_list})
+        return by_alias
+
+    # ---- options ------------------------------------------------------------------------
+
+    def set_options(self, values: dict[str, Any]) -> None:
+        """POST /options: Forge records the checkpoint choice and loads it at the next job."""
+        name = values.get("sd_model_checkpoint")
+        if name is not None and self.registry.lookup(name) is None:
+            raise forge_500("RuntimeError", f"model {name!r} not found")
+        self.options.update(values)
+
+    # ---- faults -------------------------------------------------------------------------
+
+    def set_fault(
+        self,
+        kind: str,
+        *,
+        count: int | None = None,
+        path: str | None = None,
+        delay_ms: float = 0,
+        status: int | None = None,
+    ) -> None:
+        self.faults.add(kind, count=count, path=path, delay_ms=delay_ms, status=status)
+
+    def clear_faults(self) -> None:
+        """Also releases hung requests and frozen generations."""
+        self.faults.clear()
+        self._poke.set()
+
+    def take_fault(self, path: str) -> Fault | None:
+        return self.faults.take(path)
+
+    # ---- interrupt, skip, progress --------------------------------------------------------
+
+    def interrupt(self) -> None:
+        self.interrupt_count += 1
+        self.state.interrupted = True
+        self._poke.set()
+
+    def skip(self) -> None:
+        self.skip_count += 1
+        self.state.skipped = True
+        self._poke.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def progress(self, *, skip_current_image: bool = False) -> dict[str, Any]:
+        """GET /sdapi/v1/progress, formula and all, as in Forge's `progressapi`."""
+        st = self.state
+        if st.job_count == 0:
+            return {
+                "progress": 0,
+                "eta_relative": 0,
+                "state": st.api(),
+                "current_image": None,
+                "textinfo": st.textinfo,
+                "current_task": self.current_task,
+            }
+        progress = 0.01
+        if st.job_count > 0:
+            progress += st.job_no / st.job_count
+        if st.sampling_steps > 0:
+            progress += 1 / st.job_count * st.sampling_step / st.sampling_steps
+        elapsed = time.time() - st.time_start
+        eta_relative = elapsed / progress - elapsed
+        self._maybe_set_preview()
+        current_image = None if skip_current_image else st.current_image
+        return {
+            "progress": min(progress, 1),
+            "eta_relative": eta_relative,
+            "state": st.api(),
+            "current_image": current_image,
+            "textinfo": st.textinfo,
+            "current_task": self.current_task,
+        }
+
+    def _maybe_set_preview(self) -> None:
+        st = self.state
+        every = self.options.get("show_progress_every_n_steps", 10)
+        if not self.options.get("live_previews_enable", True) or every == -1:
+            return
+        if st.sampling_step - st.current_image_sampling_step >= every:
+            self._set_preview()
+
+    def _set_preview(self) -> None:
+        st, source = self.state, self._preview
+        if source is None or st.sampling_steps <= 0:
+            return
+        completion = min(1.0, (st.sampling_step + 1) / st.sampling_steps)
+        st.current_image = images.preview_base64(
+            source.seed, source.prompt, source.width, source.height, completion
+        )
+        st.current_image_sampling_step = st.sampling_step
+        st.id_live_preview += 1
+
+    def _nextjob(self) -> None:
+        st = self.state
+        if self.options.get("show_progress_every_n_steps") == -1:
+            self._set_preview()
+        st.job_no += 1
+        st.sampling_step = 0
+        st.current_image_sampling_step = 0
+
+    def internal_progress(self, id_task: str, live_preview: bool, id_live_preview: int) -> dict:
+        """POST /internal/progress (web UI only): per task, with "In queue: 2/3"."""
+        active = id_task == self.current_task
+        queued = id_task in self.pending_tasks
+        completed = id_task in self.finished_tasks
+        base: dict[str, Any] = {"active": active, "queued": queued, "completed": completed}
+        if not active:
+            textinfo = "Waiting..."
+            if queued:
+                order = sorted(self.pending_tasks, key=lambda t: self.pending_tasks[t])
+                textinfo = f"In queue: {order.index(id_task) + 1}/{len(order)}"
+            return {
+                **base,
+                "progress": None,
+                "eta": None,
+                "live_preview": None,
+                "id_live_preview": -1,
+                "textinfo": textinfo,
+            }
+        st = self.state
+        progress = 0.0
+        if st.job_count > 0:
+            progress += st.job_no / st.job_count
+            if st.sampling_steps > 0:
+                progress += 1 / st.job_count * st.sampling_step / st.sampling_steps
+        progress = min(progress, 1)
+        elapsed = time.time() - st.time_start
+        eta = elapsed / progress - elapsed if progress > 0 else None
+        preview = None
+        if live_preview and self.options.get("live_previews_enable", True):
+            self._maybe_set_preview()
+            if st.id_live_preview != id_live_preview and st.current_image is not None:
+                preview = f"data:image/png;base64,{st.current_image}"
+                id_live_preview = st.id_live_preview
+        return {
+            **base,
+            "progress": progress,
+            "eta": eta,
+            "live_preview": preview,
+            "id_live_preview": id_live_preview,
+            "textinfo": st.textinfo,
+        }
+
+    # ---- txt2img ------------------------------------------------------------------------
+
+    def submit_txt2img(
+        self,
+        req: Txt2ImgRequest,
+        payload: Any,
+        *,
+        hang: asyncio.Event | None = None,
+        started: asyncio.Event | None = None,
+    ) -> asyncio.Task[dict[str, Any]]:
+        """Run a txt2img as its own task: like Forge, a client that goes away does not stop it."""
+        task = asyncio.get_running_loop().create_task(
+            self.txt2img(req, payload, hang=hang, started=started)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def abort_all(self) -> None:
+        """The process dies: every queued or running generation is gone."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._poke.set()
+
+    async def reboot(self) -> None:
+        """Forge restarted: nothing runs, progress idle, the initial checkpoint loaded."""
+        await self.abort_all()
+        self._boot()
+        # Other options persist (Forge saves them to config.json); the selection follows the boot.
+        self.options["sd_model_checkpoint"] = self.loaded_checkpoint or None
+        self.options["sd_checkpoint_hash"] = self._loaded.sha256 if self._loaded else None
+
+    async def txt2img(
+        self,
+        req: Txt2ImgRequest,
+        payload: Any,
+        *,
+        hang: asyncio.Event | None = None,
+        started: asyncio.Event | None = None,
+    ) -> dict[str, Any]:
+        """POST /sdapi/v1/txt2img: the response body, or SimHTTPError."""
+        task_id = req.force_task_id or f"task({secrets.token_hex(8)[:15]})"
+        self.pending_tasks[task_id] = time.time()
+        try:
+            async with self._lock:
+                self.pending_tasks.pop(task_id, None)
+                self.current_task = task_id
+                self.state.begin("scripts_txt2img")
+                self._preview = None
+                if started is not None:
+                    started.set()
+                try:
+                    return await self._process(req, payload, task_id, hang)
+                except SimHTTPError:
+                    self.error_count += 1
+                    raise
+                finally:
+                    self.state.end()
+                    self.current_task = None
+                    self.finished_tasks.append(task_id)
+        finally:
+            self.pending_tasks.pop(task_id, None)
+
+    async def _process(
+        self, req: Txt2ImgRequest, payload: Any, task_id: str, hang: asyncio.Event | None
+    ) -> dict[str, Any]:
+        override = dict(req.override_settings or {})
+        if self.registry.lookup(override.get("sd_model_checkpoint")) is None:
+            override.pop("sd_model_checkpoint", None)
+        stored = {k: self.options[k] for k in override if k in self.options}
+        try:
+            self.options.update(override)
+            target = self.registry.lookup(self.options.get("sd_model_checkpoint"))
+            target = target or self.registry.first()
+            if target is None:
+                raise forge_500("FileNotFoundError", "No checkpoints found.")
+            switched = await self._load(target)
+            plan = self._plan(req, target)
+            return await self._run(plan, payload, task_id, hang, switched)
+        finally:
+            if req.override_settings_restore_afterwards:
+                self.options.update(stored)
+
+    async def _load(self, target: Checkpoint) -> bool:
+        if self._loaded is not None and target.relpath == self._loaded.relpath:
+            return False
+        log.info("%s: loading checkpoint %s", self.config.name, target.title)
+        await asyncio.sleep(self.config.switch_ms / 1000)
+        self._loaded = target
+        self.registry.mark_loaded(target)
+        self.options["sd_checkpoint_hash"] = target.sha256
+        return True
+
+    def _plan(self, req: Txt2ImgRequest, ckpt: Checkpoint) -> _Plan:
+        """Forge's checks that fail after the model load, then everything the run needs."""
+        for name in ("steps", "width", "height", "batch_size", "n_iter", "cfg_scale"):
+            if getattr(req, name) is None:
+                raise forge_500(
+                    "TypeError", f"unsupported operand type(s) for *: 'NoneType' and 'int' ({name})"
+                )
+        assert req.steps is not None and req.width is not None and req.height is not None
+        assert req.batch_size is not None and req.n_iter is not None
+        if req.steps < 1:
+            raise forge_500("IndexError", "index 0 is out of bounds for dimension 0 with size 0")
+        if req.width < 8 or req.height < 8 or req.batch_size < 1 or req.n_iter < 1:
+            raise forge_500("RuntimeError", "cannot reshape tensor of 0 elements")
+        hr_size: tuple[int, int] | None = None
+        hr_steps = 0
+        extra: dict[str, Any] = {}
+        if req.enable_hr:
+            if req.hr_upscaler is not None and req.hr_upscaler not in HR_UPSCALERS:
+                raise forge_500("Exception", f"could not find upscaler named {req.hr_upscaler}")
+            if req.hr_additional_modules is None:
+                raise forge_500("TypeError", "argument of type 'NoneType' is not iterable")
+            hr_size = _hires_size(req)
+            hr_steps = req.hr_second_pass_steps or req.steps
+            extra.update(
+                {
+                    "Denoising strength": req.denoising_strength,
+                    "Hires upscale": req.hr_scale,
+                    "Hires upscaler": req.hr_upscaler or "Latent",
+                }
+            )
+        biggest = hr_size or (req.width, req.height)
+        if biggest[0] * biggest[1] > MAX_PIXELS or req.batch_size > 64:
+            raise forge_500("OutOfMemoryError", "CUDA out of memory (simulated).")
+
+        sampler, scheduler = _resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
+        prompt, negative = apply_styles(req.prompt or "", req.negative_prompt or "", req.styles)
+        total = req.batch_size * req.n_iter
+        seed = req.seed if req.seed is not None and req.seed != -1 else self._random_seed()
+        subseed = req.subseed if req.subseed is not None and req.subseed != -1 else None
+        subseed = subseed if subseed is not None else self._random_seed()
+        strength = req.subseed_strength or 0
+        seeds = [seed + (i if strength == 0 else 0) for i in range(total)]
+        subseeds = [subseed + i for i in range(total)]
+
+        loras: dict[str, Lora] = {}
+        if not req.disable_extra_networks:
+            known = self.lora_by_alias()
+            names = lora_names(prompt)
+            if all(n in known for n in names):
+                loras = {n: known[n] for n in names}
+            elif names:
+                log.warning(
+                    "%s: LoRA not found among %s; all LoRAs dropped", self.config.name, names
+                )
+        schedule_type = effective_schedule_type(sampler, scheduler)
+        if schedule_type:
+            extra["Schedule type"] = schedule_type
+        if loras:
+            extra["Lora hashes"] = ", ".join(f"{k}: {v.hash}" for k, v in loras.items())
+        clip_skip = int(self.options.get("CLIP_stop_at_last_layers") or 1)
+        return _Plan(
+            req=req,
+            checkpoint=ckpt,
+            sampler=sampler,
+            scheduler=scheduler,
+            prompts=[prompt] * total,
+            negative_prompts=[negative] * total,
+            seeds=seeds,
+            subseeds=subseeds,
+            loras=loras,
+            clip_skip=clip_skip,
+            hr_size=hr_size,
+            hr_steps=hr_steps,
+            extra_params=extra,
+        )
+
+    def _random_seed(self) -> int:
+        return self._rng.randrange(4294967294)
+
+    async def _run(
+        self,
+        plan: _Plan,
+        payload: Any,
+        task_id: str,
+        hang: asyncio.Event | None,
+        switched: bool,
+    ) -> dict[str, Any]:
+        req, st = plan.req, self.state
+        assert req.steps is not None and req.n_iter is not None and req.batch_size is not None
+        started_at = time.time()
+        st.job_count = req.n_iter * (2 if plan.hr_size else 1)
+        hang_at = req.steps // 2 if hang is not None else None
+        produced: list[tuple[int, Image.Image | None, str]] = []
+        any_skipped = False
+        for batch in range(req.n_iter):
+            if st.skipped:
+                st.skipped = False
+            if st.interrupted:
+                break
+            if req.n_iter > 1:
+                st.job = f"Batch {batch + 1} out of {req.n_iter}"
+            first = batch * req.batch_size
+            self._preview = _Preview(
+                plan.seeds[first], plan.prompts[first], req.width or 0, req.height or 0
+            )
+            done = await self._sample(req.steps, hang_at, hang)
+            hang_at = None
+            completion, size = done / req.steps, (req.width or 0, req.height or 0)
+            any_skipped = any_skipped or st.skipped
+            self._nextjob()
+            if plan.hr_size is not None and not st.interrupted:
+                size = plan.hr_size
+                self._preview = _Preview(plan.seeds[first], plan.prompts[first], *size)
+                done = await self._sample(plan.hr_steps, None, None)
+                completion = done / plan.hr_steps
+                self._nextjob()
+            indices = range(first, first + req.batch_size)
+            produced += await self._render_batch(plan, indices, size, completion)
+        return self._respond(plan, produced, payload, task_id, switched, started_at, any_skipped)
+
+    async def _sample(self, steps: int, hang_at: int | None, hang: asyncio.Event | None) -> int:
+        """One sampling pass; the number of steps finished before an interrupt or skip."""
+        st = self.state
+        st.sampling_steps = steps
+        st.sampling_step = 0
+        step_s = self.config.step_ms / 1000
+        done = 0
+        begin = time.monotonic()
+        while done < steps:
+            if hang is not None and done == hang_at:
+                await self._frozen(hang)
+                hang_at = None
+                begin = time.monotonic() - done * step_s
+                continue
+            if not await self._sleep_until(begin + (done + 1) * step_s):
+                break
+            done += 1
+            st.sampling_step = done - 1
+        return done
+
+    def _stopped(self) -> bool:
+        return self.state.interrupted or self.state.skipped
+
+    async def _sleep_until(self, deadline: float) -> bool:
+        """Wait for a step to finish; False when an interrupt or skip ends it first."""
+        while not self._stopped():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                await asyncio.sleep(0)
+                return not self._stopped()
+            self._poke.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._poke.wait()
+        return False
+
+    async def _frozen(self, release: asyncio.Event) -> None:
+        """A "hang" fault: progress stands still, lock held, until interrupt, skip or clear."""
+        log.info("%s: generation frozen by a hang fault", self.config.name)
+        while not (release.is_set() or self._stopped()):
+            self._poke.clear()
+            await self._poke.wait()
+
+    async def _render_batch(
+        self, plan: _Plan, indices: range, size: tuple[int, int], completion: float
+    ) -> list[tuple[int, Image.Image | None, str]]:
+        req = plan.req
+        if not req.send_images:
+            return [(i, None, "") for i in indices]
+        keep = bool(req.save_images)  # for the grid
+        texts = [self._infotext(plan, i) for i in indices]
+
+        def work() -> list[tuple[int, Image.Image | None, str]]:
+            out: list[tuple[int, Image.Image | None, str]] = []
+            for i, text in zip(indices, texts, strict=True):
+                image = images.render(plan.seeds[i], plan.prompts[i], *size, completion)
+                out.append((i, image if keep else None, images.png_base64(image, text)))
+            return out
+
+        return await asyncio.to_thread(work)
+
+    def _infotext(self, plan: _Plan, index: int) -> str:
+        req = plan.req
+        assert req.steps is not None and req.cfg_scale is not None
+        hires = None
+        if plan.hr_size is not None:
+            hires = {
+                "denoising_strength": req.denoising_strength,
+                "scale": req.hr_scale,
+                "steps": req.hr_second_pass_steps or None,
+                "upscaler": req.hr_upscaler or "Latent",
+            }
+        return build_infotext(
+            prompt=plan.prompts[index],
+            negative_prompt=plan.negative_prompts[index],
+            steps=req.steps,
+            sampler_name=plan.sampler.name,
+            scheduler=plan.extra_params.get("Schedule type"),
+            cfg_scale=req.cfg_scale,
+            distilled_cfg_scale=req.distilled_cfg_scale if plan.checkpoint.is_flux else None,
+            seed=plan.seeds[index],
+            width=req.width or 0,
+            height=req.height or 0,
+            model_name=plan.checkpoint.basename,
+            model_hash=plan.checkpoint.shorthash,
+            subseed=plan.subseeds[index],
+            subseed_strength=req.subseed_strength or 0,
+            clip_skip=plan.clip_skip,
+            hires=hires,
+            lora_hashes={k: v.hash for k, v in plan.loras.items()} or None,
+            version=self.config.version,
+        )
+
+    def _respond(
+        self,
+        plan: _Plan,
+        produced: list[tuple[int, Image.Image | None, str]],
+        payload: Any,
+        task_id: str,
+        switched: bool,
+        started_at: float,
+        skipped: bool,
+    ) -> dict[str, Any]:
+        req, st = plan.req, self.state
+        infotexts = [self._infotext(plan, i) for i, _, _ in produced]
+        encoded = [b64 for _, _, b64 in produced if b64]
+        index_of_first_image = 0
+        if req.save_images and len(produced) >= 2:
+            # Forge prepends a grid (with the first image's infotext) when it saves 2+ images.
+            index_of_first_image = 1
+            infotexts.insert(0, infotexts[0])
+            if req.send_images:
+                sheet = images.grid([im for _, im, _ in produced if im is not None])
+                encoded.insert(0, images.png_base64(sheet, infotexts[0]))
+        if not infotexts:
+            infotexts = [self._infotext(plan, 0)]
+        info = {
+            "prompt": plan.prompts[0],
+            "all_prompts": plan.prompts,
+            "negative_prompt": plan.negative_prompts[0],
+            "all_negative_prompts": plan.negative_prompts,
+            "seed": plan.seeds[0],
+            "all_seeds": plan.seeds,
+            "subseed": plan.subseeds[0],
+            "all_subseeds": plan.subseeds,
+            "subseed_strength": req.subseed_strength,
+            "width": req.width,
+            "height": req.height,
+            "sampler_name": plan.sampler.name,
+            "cfg_scale": req.cfg_scale,
+            "steps": req.steps,
+            "batch_size": req.batch_size,
+            "restore_faces": req.restore_faces,
+            "face_restoration_model": None,
+            "sd_model_name": plan.checkpoint.basename,
+            "sd_model_hash": plan.checkpoint.shorthash,
+            "sd_vae_name": None,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": req.seed_resize_from_w,
+            "seed_resize_from_h": req.seed_resize_from_h,
+            "denoising_strength": req.denoising_strength if plan.hr_size else None,
+            "extra_generation_params": plan.extra_params,
+            "index_of_first_image": index_of_first_image,
+            "infotexts": infotexts,
+            "styles": req.styles or [],
+            "job_timestamp": st.job_timestamp,
+            "clip_skip": plan.clip_skip,
+            "is_using_inpainting_conditioning": False,
+            "version": self.config.version,
+        }
+        self.generations.append(
+            GenerationRecord(
+                checkpoint=plan.checkpoint.title,
+                prompt=plan.prompts[0],
+                negative_prompt=plan.negative_prompts[0],
+                seed=plan.seeds[0],
+                seeds=[plan.seeds[i] for i, _, _ in produced],
+                loras=list(plan.loras),
+                sampler=plan.sampler.name,
+                scheduler=plan.extra_params.get("Schedule type") or plan.scheduler,
+                steps=req.steps or 0,
+                n_images=len(produced),
+                interrupted=st.interrupted,
+                payload=payload if isinstance(payload, dict) else {},
+                skipped=skipped,
+                task_id=task_id,
+                width=req.width or 0,
+                height=req.height or 0,
+                switched=switched,
+                started_at=started_at,
+                finished_at=time.time(),
+            )
+        )
+        log.info(
+            "%s: txt2img done on %s: %d image(s)%s",
+            self.config.name,
+            plan.checkpoint.title,
+            len(produced),
+            " (interrupted)" if st.interrupted else "",
+        )
+        return {
+            "images": encoded,
+            "parameters": req.model_dump(),
+            "info": json.dumps(info, default=lambda _: None),
+        }
+
+    # ---- summary ------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """GET /_sim/state."""
+        return {
+            "name": self.config.name,
+            "loaded_checkpoint": self.loaded_checkpoint,
+            "selected_checkpoint": self.options.get("sd_model_checkpoint"),
+            "busy": self.busy,
+            "queued": len(self.pending_tasks),
+            "progress": self.state.api(),
+            "interrupt_count": self.interrupt_count,
+            "skip_count": self.skip_count,
+            "error_count": self.error_count,
+            "request_counts": dict(self.request_counts),
+            "faults": self.faults.summary(),
+            "generations": [
+                {k: v for k, v in asdict(g).items() if k != "payload"} for g in self.generations
+            ],
+        }
+
+
+def _hires_size(req: Txt2ImgRequest) -> tuple[int, int]:
+    width, height = req.width or 0, req.height or 0
+    rx, ry = req.hr_resize_x or 0, req.hr_resize_y or 0
+    if rx == 0 and ry == 0:
+        scale = req.hr_scale or 2.0
+        return int(width * scale), int(height * scale)
+    if ry == 0:
+        return rx, rx * height // width
+    if rx == 0:
+        return ry * width // height, ry
+    return rx, ry
