@@ -16,6 +16,7 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
@@ -45,8 +46,11 @@ SIM = web.AppKey("sim", SimulatedForge)
 INFLIGHT = web.AppKey("inflight", set)
 """(handler task, transport) of every request being answered."""
 
-_HANG = "mobilesd.sim.hang"
-_RESET = "mobilesd.sim.reset"
+# How the faults middleware tells the txt2img handler to hang or hang up: ("hang", release event)
+# or ("reset", None). A context variable, since each request runs in its own task.
+_TXT2IMG_FAULT: ContextVar[tuple[str, asyncio.Event | None] | None] = ContextVar(
+    "sim_txt2img_fault", default=None
+)
 
 API = "/sdapi/v1"
 OPEN_ROUTES = {f"{API}/loras", f"{API}/refresh-loras"}
@@ -119,16 +123,16 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     txt2img = request.path == f"{API}/txt2img"
     if kind in STATUS_KINDS:
         return _status_fault(fault)
+    if kind in ("hang", "reset") and txt2img:
+        token = _TXT2IMG_FAULT.set((kind, release))
+        try:
+            return await handler(request)
+        finally:
+            _TXT2IMG_FAULT.reset(token)
     if kind == "hang":
-        if txt2img:
-            request[_HANG] = release
-        else:
-            await release.wait()
+        await release.wait()
         return await handler(request)
     if kind == "reset":
-        if txt2img:
-            request[_RESET] = True
-            return await handler(request)
         return _hang_up(request)
     response = await handler(request)
     if kind == "slow" or not isinstance(response, web.Response):
@@ -341,8 +345,10 @@ async def txt2img(request: web.Request) -> web.Response:
     sim = _sim(request)
     body = await _read_body(request)
     req = parse_txt2img(body)
-    started = asyncio.Event() if request.get(_RESET) else None
-    task = sim.submit_txt2img(req, body, hang=request.get(_HANG), started=started)
+    kind, release = _TXT2IMG_FAULT.get() or (None, None)
+    started = asyncio.Event() if kind == "reset" else None
+    hang = release if kind == "hang" else None
+    task = sim.submit_txt2img(req, body, hang=hang, started=started)
     if started is not None:
         waiter = asyncio.ensure_future(started.wait())
         try:
