@@ -99,7 +99,9 @@ class Checkpoint:
 class CheckpointRegistry:
     """The checkpoint list Forge serves, and the files on disk it is refreshed from."""
 
-    def __init__(self, relpaths: list[str], *, os_sep: str, unhashed: str | None, salt: str):
+    def __init__(
+        self, relpaths: list[str], *, os_sep: str, unhashed: str | None, salt: str
+    ) -> None:
         self._os_sep = os_sep
         self._salt = salt
         self._unhashed = self._normalise(unhashed) if unhashed else None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 class SimHTTPError(Exception):
     """An answer other than 200, with Forge's body for it."""
 
-    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         super().__init__(status)
         self.status = status
         self.body = body

@@ -25,7 +25,7 @@ class SimServer:
 
     def __init__(
         self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
-    ):
+    ) -> None:
         self.sim = SimulatedForge(config)
         self.host = host
         self.port = port

@@ -149,7 +149,7 @@ class _Plan:
 class SimulatedForge:
     """A Forge server's state and behaviour, driven by the HTTP app or directly by tests."""
 
-    def __init__(self, config: SimulatorConfig | None = None):
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.config = config or SimulatorConfig()
         self.registry = CheckpointRegistry(
             self.config.checkpoints,
@@ -270,6 +270,7 @@ class SimulatedForge:
         delay_ms: float = 0,
         status: int | None = None,
     ) -> None:
+        """Switch a fault on; its kinds and their meaning are described in `faults.py`."""
         self.faults.add(kind, count=count, path=path, delay_ms=delay_ms, status=status)
 
     def clear_faults(self) -> None:
@@ -353,7 +354,9 @@ class SimulatedForge:
         st.sampling_step = 0
         st.current_image_sampling_step = 0
 
-    def internal_progress(self, id_task: str, live_preview: bool, id_live_preview: int) -> dict:
+    def internal_progress(
+        self, id_task: str, live_preview: bool, id_live_preview: int
+    ) -> dict[str, Any]:
         """POST /internal/progress (web UI only): per task, with "In queue: 2/3"."""
         active = id_task == self.current_task
         queued = id_task in self.pending_tasks
@@ -518,9 +521,11 @@ class SimulatedForge:
                 {
                     "Denoising strength": req.denoising_strength,
                     "Hires upscale": req.hr_scale,
+                    "Hires steps": req.hr_second_pass_steps or None,
                     "Hires upscaler": req.hr_upscaler or "Latent",
                 }
             )
+            extra = {k: v for k, v in extra.items() if v is not None}
         biggest = hr_size or (req.width, req.height)
         if biggest[0] * biggest[1] > MAX_PIXELS or req.batch_size > 64:
             raise forge_500("OutOfMemoryError", "CUDA out of memory (simulated).")
