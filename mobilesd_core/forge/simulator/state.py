@@ -16,25 +16,20 @@ import random
 import secrets
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from PIL import Image
 
-from mobilesd_core.forge.infotext import build_infotext
-
 from . import images
-from .catalog import HR_UPSCALERS, Sampler, apply_styles, effective_schedule_type, lora_names
-from .catalog import resolve_sampler as _resolve_sampler
 from .config import SimulatorConfig
 from .faults import Fault, FaultBook
 from .models import Checkpoint, CheckpointRegistry, Lora
+from .plan import Plan, info_object, infotext, make_plan
 from .request import SimHTTPError, Txt2ImgRequest, forge_500
 
 log = logging.getLogger("mobilesd.forge.simulator")
-
-MAX_PIXELS = 4096 * 4096
 
 
 @dataclass
@@ -125,25 +120,6 @@ class _Preview:
     prompt: str
     width: int
     height: int
-
-
-@dataclass
-class _Plan:
-    """A request resolved against the server, inside the lock."""
-
-    req: Txt2ImgRequest
-    checkpoint: Checkpoint
-    sampler: Sampler
-    scheduler: str
-    prompts: list[str]
-    negative_prompts: list[str]
-    seeds: list[int]
-    subseeds: list[int]
-    loras: dict[str, Lora]
-    clip_skip: int
-    hr_size: tuple[int, int] | None
-    hr_steps: int
-    extra_params: dict[str, Any] = field(default_factory=dict)
 
 
 class SimulatedForge:
@@ -478,7 +454,14 @@ class SimulatedForge:
             if target is None:
                 raise forge_500("FileNotFoundError", "No checkpoints found.")
             switched = await self._load(target)
-            plan = self._plan(req, target)
+            plan = make_plan(
+                req,
+                target,
+                loras_by_alias=self.lora_by_alias(),
+                clip_skip=int(self.options.get("CLIP_stop_at_last_layers") or 1),
+                rng=self._rng,
+                server_name=self.config.name,
+            )
             return await self._run(plan, payload, task_id, hang, switched)
         finally:
             if req.override_settings_restore_afterwards:
@@ -494,116 +477,33 @@ class SimulatedForge:
         self.options["sd_checkpoint_hash"] = target.sha256
         return True
 
-    def _plan(self, req: Txt2ImgRequest, ckpt: Checkpoint) -> _Plan:
-        """Forge's checks that fail after the model load, then everything the run needs."""
-        for name in ("steps", "width", "height", "batch_size", "n_iter", "cfg_scale"):
-            if getattr(req, name) is None:
-                raise forge_500(
-                    "TypeError", f"unsupported operand type(s) for *: 'NoneType' and 'int' ({name})"
-                )
-        assert req.steps is not None and req.width is not None and req.height is not None
-        assert req.batch_size is not None and req.n_iter is not None
-        if req.steps < 1:
-            raise forge_500("IndexError", "index 0 is out of bounds for dimension 0 with size 0")
-        if req.width < 8 or req.height < 8 or req.batch_size < 1 or req.n_iter < 1:
-            raise forge_500("RuntimeError", "cannot reshape tensor of 0 elements")
-        hr_size: tuple[int, int] | None = None
-        hr_steps = 0
-        extra: dict[str, Any] = {}
-        if req.enable_hr:
-            if req.hr_upscaler is not None and req.hr_upscaler not in HR_UPSCALERS:
-                raise forge_500("Exception", f"could not find upscaler named {req.hr_upscaler}")
-            if req.hr_additional_modules is None:
-                raise forge_500("TypeError", "argument of type 'NoneType' is not iterable")
-            hr_size = _hires_size(req)
-            hr_steps = req.hr_second_pass_steps or req.steps
-            extra.update(
-                {
-                    "Denoising strength": req.denoising_strength,
-                    "Hires upscale": req.hr_scale,
-                    "Hires steps": req.hr_second_pass_steps or None,
-                    "Hires upscaler": req.hr_upscaler or "Latent",
-                }
-            )
-            extra = {k: v for k, v in extra.items() if v is not None}
-        biggest = hr_size or (req.width, req.height)
-        if biggest[0] * biggest[1] > MAX_PIXELS or req.batch_size > 64:
-            raise forge_500("OutOfMemoryError", "CUDA out of memory (simulated).")
-
-        sampler, scheduler = _resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
-        prompt, negative = apply_styles(req.prompt or "", req.negative_prompt or "", req.styles)
-        total = req.batch_size * req.n_iter
-        seed = req.seed if req.seed is not None and req.seed != -1 else self._random_seed()
-        subseed = req.subseed if req.subseed is not None and req.subseed != -1 else None
-        subseed = subseed if subseed is not None else self._random_seed()
-        strength = req.subseed_strength or 0
-        seeds = [seed + (i if strength == 0 else 0) for i in range(total)]
-        subseeds = [subseed + i for i in range(total)]
-
-        loras: dict[str, Lora] = {}
-        if not req.disable_extra_networks:
-            known = self.lora_by_alias()
-            names = lora_names(prompt)
-            if all(n in known for n in names):
-                loras = {n: known[n] for n in names}
-            elif names:
-                log.warning(
-                    "%s: LoRA not found among %s; all LoRAs dropped", self.config.name, names
-                )
-        schedule_type = effective_schedule_type(sampler, scheduler)
-        if schedule_type:
-            extra["Schedule type"] = schedule_type
-        if loras:
-            extra["Lora hashes"] = ", ".join(f"{k}: {v.hash}" for k, v in loras.items())
-        clip_skip = int(self.options.get("CLIP_stop_at_last_layers") or 1)
-        return _Plan(
-            req=req,
-            checkpoint=ckpt,
-            sampler=sampler,
-            scheduler=scheduler,
-            prompts=[prompt] * total,
-            negative_prompts=[negative] * total,
-            seeds=seeds,
-            subseeds=subseeds,
-            loras=loras,
-            clip_skip=clip_skip,
-            hr_size=hr_size,
-            hr_steps=hr_steps,
-            extra_params=extra,
-        )
-
-    def _random_seed(self) -> int:
-        return self._rng.randrange(4294967294)
-
     async def _run(
         self,
-        plan: _Plan,
+        plan: Plan,
         payload: Any,
         task_id: str,
         hang: asyncio.Event | None,
         switched: bool,
     ) -> dict[str, Any]:
-        req, st = plan.req, self.state
-        assert req.steps is not None and req.n_iter is not None and req.batch_size is not None
+        st = self.state
         started_at = time.time()
-        st.job_count = req.n_iter * (2 if plan.hr_size else 1)
-        hang_at = req.steps // 2 if hang is not None else None
+        st.job_count = plan.n_iter * (2 if plan.hr_size else 1)
+        hang_at = plan.steps // 2 if hang is not None else None
         produced: list[tuple[int, Image.Image | None, str]] = []
         any_skipped = False
-        for batch in range(req.n_iter):
+        for batch in range(plan.n_iter):
             if st.skipped:
                 st.skipped = False
             if st.interrupted:
                 break
-            if req.n_iter > 1:
-                st.job = f"Batch {batch + 1} out of {req.n_iter}"
-            first = batch * req.batch_size
-            self._preview = _Preview(
-                plan.seeds[first], plan.prompts[first], req.width or 0, req.height or 0
-            )
-            done = await self._sample(req.steps, hang_at, hang)
+            if plan.n_iter > 1:
+                st.job = f"Batch {batch + 1} out of {plan.n_iter}"
+            first = batch * plan.batch_size
+            size = (plan.width, plan.height)
+            self._preview = _Preview(plan.seeds[first], plan.prompts[first], *size)
+            done = await self._sample(plan.steps, hang_at, hang)
             hang_at = None
-            completion, size = done / req.steps, (req.width or 0, req.height or 0)
+            completion = done / plan.steps
             any_skipped = any_skipped or st.skipped
             self._nextjob()
             if plan.hr_size is not None and not st.interrupted:
@@ -612,7 +512,7 @@ class SimulatedForge:
                 done = await self._sample(plan.hr_steps, None, None)
                 completion = done / plan.hr_steps
                 self._nextjob()
-            indices = range(first, first + req.batch_size)
+            indices = range(first, first + plan.batch_size)
             produced += await self._render_batch(plan, indices, size, completion)
         return self._respond(plan, produced, payload, task_id, switched, started_at, any_skipped)
 
@@ -660,13 +560,13 @@ class SimulatedForge:
             await self._poke.wait()
 
     async def _render_batch(
-        self, plan: _Plan, indices: range, size: tuple[int, int], completion: float
+        self, plan: Plan, indices: range, size: tuple[int, int], completion: float
     ) -> list[tuple[int, Image.Image | None, str]]:
         req = plan.req
         if not req.send_images:
             return [(i, None, "") for i in indices]
         keep = bool(req.save_images)  # for the grid
-        texts = [self._infotext(plan, i) for i in indices]
+        texts = [infotext(plan, i, self.config.version) for i in indices]
 
         def work() -> list[tuple[int, Image.Image | None, str]]:
             out: list[tuple[int, Image.Image | None, str]] = []
@@ -677,41 +577,9 @@ class SimulatedForge:
 
         return await asyncio.to_thread(work)
 
-    def _infotext(self, plan: _Plan, index: int) -> str:
-        req = plan.req
-        assert req.steps is not None and req.cfg_scale is not None
-        hires = None
-        if plan.hr_size is not None:
-            hires = {
-                "denoising_strength": req.denoising_strength,
-                "scale": req.hr_scale,
-                "steps": req.hr_second_pass_steps or None,
-                "upscaler": req.hr_upscaler or "Latent",
-            }
-        return build_infotext(
-            prompt=plan.prompts[index],
-            negative_prompt=plan.negative_prompts[index],
-            steps=req.steps,
-            sampler_name=plan.sampler.name,
-            scheduler=plan.extra_params.get("Schedule type"),
-            cfg_scale=req.cfg_scale,
-            distilled_cfg_scale=req.distilled_cfg_scale if plan.checkpoint.is_flux else None,
-            seed=plan.seeds[index],
-            width=req.width or 0,
-            height=req.height or 0,
-            model_name=plan.checkpoint.basename,
-            model_hash=plan.checkpoint.shorthash,
-            subseed=plan.subseeds[index],
-            subseed_strength=req.subseed_strength or 0,
-            clip_skip=plan.clip_skip,
-            hires=hires,
-            lora_hashes={k: v.hash for k, v in plan.loras.items()} or None,
-            version=self.config.version,
-        )
-
     def _respond(
         self,
-        plan: _Plan,
+        plan: Plan,
         produced: list[tuple[int, Image.Image | None, str]],
         payload: Any,
         task_id: str,
@@ -720,7 +588,7 @@ class SimulatedForge:
         skipped: bool,
     ) -> dict[str, Any]:
         req, st = plan.req, self.state
-        infotexts = [self._infotext(plan, i) for i, _, _ in produced]
+        infotexts = [infotext(plan, i, self.config.version) for i, _, _ in produced]
         encoded = [b64 for _, _, b64 in produced if b64]
         index_of_first_image = 0
         if req.save_images and len(produced) >= 2:
@@ -731,41 +599,14 @@ class SimulatedForge:
                 sheet = images.grid([im for _, im, _ in produced if im is not None])
                 encoded.insert(0, images.png_base64(sheet, infotexts[0]))
         if not infotexts:
-            infotexts = [self._infotext(plan, 0)]
-        info = {
-            "prompt": plan.prompts[0],
-            "all_prompts": plan.prompts,
-            "negative_prompt": plan.negative_prompts[0],
-            "all_negative_prompts": plan.negative_prompts,
-            "seed": plan.seeds[0],
-            "all_seeds": plan.seeds,
-            "subseed": plan.subseeds[0],
-            "all_subseeds": plan.subseeds,
-            "subseed_strength": req.subseed_strength,
-            "width": req.width,
-            "height": req.height,
-            "sampler_name": plan.sampler.name,
-            "cfg_scale": req.cfg_scale,
-            "steps": req.steps,
-            "batch_size": req.batch_size,
-            "restore_faces": req.restore_faces,
-            "face_restoration_model": None,
-            "sd_model_name": plan.checkpoint.basename,
-            "sd_model_hash": plan.checkpoint.shorthash,
-            "sd_vae_name": None,
-            "sd_vae_hash": None,
-            "seed_resize_from_w": req.seed_resize_from_w,
-            "seed_resize_from_h": req.seed_resize_from_h,
-            "denoising_strength": req.denoising_strength if plan.hr_size else None,
-            "extra_generation_params": plan.extra_params,
-            "index_of_first_image": index_of_first_image,
-            "infotexts": infotexts,
-            "styles": req.styles or [],
-            "job_timestamp": st.job_timestamp,
-            "clip_skip": plan.clip_skip,
-            "is_using_inpainting_conditioning": False,
-            "version": self.config.version,
-        }
+            infotexts = [infotext(plan, 0, self.config.version)]
+        info = info_object(
+            plan,
+            infotexts=infotexts,
+            index_of_first_image=index_of_first_image,
+            job_timestamp=st.job_timestamp,
+            version=self.config.version,
+        )
         self.generations.append(
             GenerationRecord(
                 checkpoint=plan.checkpoint.title,
@@ -775,15 +616,15 @@ class SimulatedForge:
                 seeds=[plan.seeds[i] for i, _, _ in produced],
                 loras=list(plan.loras),
                 sampler=plan.sampler.name,
-                scheduler=plan.extra_params.get("Schedule type") or plan.scheduler,
-                steps=req.steps or 0,
+                scheduler=plan.schedule_type or plan.scheduler,
+                steps=plan.steps,
                 n_images=len(produced),
                 interrupted=st.interrupted,
                 payload=payload if isinstance(payload, dict) else {},
                 skipped=skipped,
                 task_id=task_id,
-                width=req.width or 0,
-                height=req.height or 0,
+                width=plan.width,
+                height=plan.height,
                 switched=switched,
                 started_at=started_at,
                 finished_at=time.time(),
@@ -822,16 +663,3 @@ class SimulatedForge:
                 {k: v for k, v in asdict(g).items() if k != "payload"} for g in self.generations
             ],
         }
-
-
-def _hires_size(req: Txt2ImgRequest) -> tuple[int, int]:
-    width, height = req.width or 0, req.height or 0
-    rx, ry = req.hr_resize_x or 0, req.hr_resize_y or 0
-    if rx == 0 and ry == 0:
-        scale = req.hr_scale or 2.0
-        return int(width * scale), int(height * scale)
-    if ry == 0:
-        return rx, rx * height // width
-    if rx == 0:
-        return ry * width // height, ry
-    return rx, ry

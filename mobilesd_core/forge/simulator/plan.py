@@ -1,0 +1,241 @@
+"""A txt2img request resolved against the server: what runs, and what Forge reports about it.
+
+Pure functions, no timing: sampler/scheduler/LoRA fallbacks, seeds, the checks Forge fails with
+after the model load, the per-image infotext and the `info` object of the response.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from mobilesd_core.forge.infotext import build_infotext
+
+from .catalog import (
+    HR_UPSCALERS,
+    Sampler,
+    apply_styles,
+    effective_schedule_type,
+    lora_names,
+    resolve_sampler,
+)
+from .models import Checkpoint, Lora
+from .request import Txt2ImgRequest, forge_500
+
+log = logging.getLogger("mobilesd.forge.simulator")
+
+MAX_PIXELS = 4096 * 4096
+_NEEDED = ("steps", "width", "height", "batch_size", "n_iter", "cfg_scale")
+
+
+@dataclass
+class Plan:
+    req: Txt2ImgRequest
+    checkpoint: Checkpoint
+    sampler: Sampler
+    scheduler: str
+    """Label after fallbacks; `Automatic` means the sampler's own default."""
+    steps: int
+    width: int
+    height: int
+    batch_size: int
+    n_iter: int
+    cfg_scale: float
+    prompts: list[str]
+    negative_prompts: list[str]
+    seeds: list[int]
+    subseeds: list[int]
+    loras: dict[str, Lora]
+    clip_skip: int
+    hr_size: tuple[int, int] | None = None
+    hr_steps: int = 0
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def schedule_type(self) -> str | None:
+        return self.extra_params.get("Schedule type")
+
+
+def make_plan(
+    req: Txt2ImgRequest,
+    checkpoint: Checkpoint,
+    *,
+    loras_by_alias: dict[str, Lora],
+    clip_skip: int,
+    rng: random.Random,
+    server_name: str = "sim",
+) -> Plan:
+    """Raises Forge's 500 for what fails once the model is loaded (nulls, hires mistakes)."""
+    for name in _NEEDED:
+        if getattr(req, name) is None:
+            raise forge_500(
+                "TypeError", f"unsupported operand type(s) for *: 'NoneType' and 'int' ({name})"
+            )
+    steps, width, height = int(req.steps or 0), int(req.width or 0), int(req.height or 0)
+    batch_size, n_iter = int(req.batch_size or 0), int(req.n_iter or 0)
+    if steps < 1:
+        raise forge_500("IndexError", "index 0 is out of bounds for dimension 0 with size 0")
+    if width < 8 or height < 8 or batch_size < 1 or n_iter < 1:
+        raise forge_500("RuntimeError", "cannot reshape tensor of 0 elements")
+
+    extra: dict[str, Any] = {}
+    hr_size: tuple[int, int] | None = None
+    hr_steps = 0
+    if req.enable_hr:
+        if req.hr_upscaler is not None and req.hr_upscaler not in HR_UPSCALERS:
+            raise forge_500("Exception", f"could not find upscaler named {req.hr_upscaler}")
+        if req.hr_additional_modules is None:
+            raise forge_500("TypeError", "argument of type 'NoneType' is not iterable")
+        hr_size = hires_size(req, width, height)
+        hr_steps = req.hr_second_pass_steps or steps
+        hires_params = {
+            "Denoising strength": req.denoising_strength,
+            "Hires upscale": req.hr_scale,
+            "Hires steps": req.hr_second_pass_steps or None,
+            "Hires upscaler": req.hr_upscaler or "Latent",
+        }
+        extra.update({k: v for k, v in hires_params.items() if v is not None})
+    biggest = hr_size or (width, height)
+    if biggest[0] * biggest[1] > MAX_PIXELS or batch_size > 64:
+        raise forge_500("OutOfMemoryError", "CUDA out of memory (simulated).")
+
+    sampler, scheduler = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
+    prompt, negative = apply_styles(req.prompt or "", req.negative_prompt or "", req.styles)
+    total = batch_size * n_iter
+    seed = req.seed if req.seed is not None and req.seed != -1 else _random_seed(rng)
+    subseed = req.subseed if req.subseed is not None and req.subseed != -1 else _random_seed(rng)
+    strength = req.subseed_strength or 0
+    seeds = [seed + (i if strength == 0 else 0) for i in range(total)]
+    subseeds = [subseed + i for i in range(total)]
+
+    loras: dict[str, Lora] = {}
+    if not req.disable_extra_networks:
+        names = lora_names(prompt)
+        if all(n in loras_by_alias for n in names):
+            loras = {n: loras_by_alias[n] for n in names}
+        else:
+            # Forge only says so on its console; the job runs without any of its LoRAs.
+            log.warning("%s: LoRA not found among %s; all LoRAs dropped", server_name, names)
+    schedule_type = effective_schedule_type(sampler, scheduler)
+    if schedule_type:
+        extra["Schedule type"] = schedule_type
+    if loras:
+        extra["Lora hashes"] = ", ".join(f"{k}: {v.hash}" for k, v in loras.items())
+    return Plan(
+        req=req,
+        checkpoint=checkpoint,
+        sampler=sampler,
+        scheduler=scheduler,
+        steps=steps,
+        width=width,
+        height=height,
+        batch_size=batch_size,
+        n_iter=n_iter,
+        cfg_scale=float(req.cfg_scale or 0),
+        prompts=[prompt] * total,
+        negative_prompts=[negative] * total,
+        seeds=seeds,
+        subseeds=subseeds,
+        loras=loras,
+        clip_skip=clip_skip,
+        hr_size=hr_size,
+        hr_steps=hr_steps,
+        extra_params=extra,
+    )
+
+
+def _random_seed(rng: random.Random) -> int:
+    return rng.randrange(4294967294)
+
+
+def hires_size(req: Txt2ImgRequest, width: int, height: int) -> tuple[int, int]:
+    """Forge's `hr_upscale_to_x/y`: a scale, or a target that keeps the aspect if one side is 0."""
+    rx, ry = req.hr_resize_x or 0, req.hr_resize_y or 0
+    if rx == 0 and ry == 0:
+        scale = req.hr_scale or 2.0
+        return int(width * scale), int(height * scale)
+    if ry == 0:
+        return rx, rx * height // width
+    if rx == 0:
+        return ry * width // height, ry
+    return rx, ry
+
+
+def infotext(plan: Plan, index: int, version: str) -> str:
+    req = plan.req
+    hires = None
+    if plan.hr_size is not None:
+        hires = {
+            "denoising_strength": req.denoising_strength,
+            "scale": req.hr_scale,
+            "steps": req.hr_second_pass_steps or None,
+            "upscaler": req.hr_upscaler or "Latent",
+        }
+    return build_infotext(
+        prompt=plan.prompts[index],
+        negative_prompt=plan.negative_prompts[index],
+        steps=plan.steps,
+        sampler_name=plan.sampler.name,
+        scheduler=plan.schedule_type,
+        cfg_scale=plan.cfg_scale,
+        distilled_cfg_scale=req.distilled_cfg_scale if plan.checkpoint.is_flux else None,
+        seed=plan.seeds[index],
+        width=plan.width,
+        height=plan.height,
+        model_name=plan.checkpoint.basename,
+        model_hash=plan.checkpoint.shorthash,
+        subseed=plan.subseeds[index],
+        subseed_strength=req.subseed_strength or 0,
+        clip_skip=plan.clip_skip,
+        hires=hires,
+        lora_hashes={k: v.hash for k, v in plan.loras.items()} or None,
+        version=version,
+    )
+
+
+def info_object(
+    plan: Plan,
+    *,
+    infotexts: list[str],
+    index_of_first_image: int,
+    job_timestamp: str,
+    version: str,
+) -> dict[str, Any]:
+    """Forge's `Processed.js()`; `all_seeds` lists every planned image, even when interrupted."""
+    req = plan.req
+    return {
+        "prompt": plan.prompts[0],
+        "all_prompts": plan.prompts,
+        "negative_prompt": plan.negative_prompts[0],
+        "all_negative_prompts": plan.negative_prompts,
+        "seed": plan.seeds[0],
+        "all_seeds": plan.seeds,
+        "subseed": plan.subseeds[0],
+        "all_subseeds": plan.subseeds,
+        "subseed_strength": req.subseed_strength,
+        "width": plan.width,
+        "height": plan.height,
+        "sampler_name": plan.sampler.name,
+        "cfg_scale": plan.cfg_scale,
+        "steps": plan.steps,
+        "batch_size": plan.batch_size,
+        "restore_faces": req.restore_faces,
+        "face_restoration_model": None,
+        "sd_model_name": plan.checkpoint.basename,
+        "sd_model_hash": plan.checkpoint.shorthash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": req.seed_resize_from_w,
+        "seed_resize_from_h": req.seed_resize_from_h,
+        "denoising_strength": req.denoising_strength if plan.hr_size else None,
+        "extra_generation_params": plan.extra_params,
+        "index_of_first_image": index_of_first_image,
+        "infotexts": infotexts,
+        "styles": req.styles or [],
+        "job_timestamp": job_timestamp,
+        "clip_skip": plan.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": version,
+    }
