@@ -78,7 +78,7 @@ async def test_update_checks_expected_state(tmp_path: Path) -> None:
 async def test_crash_between_archive_and_live_removal_keeps_one_copy(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     (job,) = await store.add(make_jobs(1))
-    job_id = job["mobilesd_job_id"]
+    job["mobilesd_job_id"]
     await store.close()
     # Simulate the crash window: the archive line is written, the live file still has the job.
     finished = {**job, "status": "completed", "completion_timestamp": utc_now_iso()}

@@ -6,6 +6,7 @@ Follows `create_infotext` in Forge's `modules/processing.py`: prompt line(s), an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -111,10 +112,8 @@ def parse_infotext(text: str) -> dict[str, Any]:
     for key, value in _PAIR.findall(params_line):
         value = value.strip()
         if value.startswith('"'):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
         result[key.strip()] = value
     return result
 

@@ -1,0 +1,105 @@
+"""YAML job files: the three forms, every example, and errors with line numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mobilesd_core.jobfiles import MAX_JOBS, load_job_file, parse_job_text
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "jobs").glob("*.yaml"))
+
+
+def test_examples_exist_for_each_form() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"single", "batch", "sweep"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_valid(path: Path) -> None:
+    result = load_job_file(path)
+    assert result.problems == []
+    assert result.jobs
+
+
+def test_defaults_and_jobs() -> None:
+    result = parse_job_text(
+        "defaults: {steps: 25, server: gpu1}\n"
+        "jobs:\n"
+        "  - prompt: a fox\n"
+        "  - prompt: a heron\n"
+        "    seed: 42\n"
+        "    server: gpu2\n"
+    )
+    assert [(j.params.prompt, j.params.steps, j.params.seed, j.server) for j in result.jobs] == [
+        ("a fox", 25, -1, "gpu1"),
+        ("a heron", 25, 42, "gpu2"),
+    ]
+
+
+def test_matrix_expands_fields_and_placeholders() -> None:
+    result = parse_job_text(
+        'prompt: "sailor, {style}"\nmatrix:\n  seed: [1, 2]\n  style: [charcoal, oil]\n'
+    )
+    combos = sorted((j.params.seed, j.params.prompt) for j in result.jobs)
+    assert combos == [
+        (1, "sailor, charcoal"),
+        (1, "sailor, oil"),
+        (2, "sailor, charcoal"),
+        (2, "sailor, oil"),
+    ]
+
+
+def test_errors_name_field_line_and_hint() -> None:
+    result = parse_job_text(
+        "defaults:\n  steps: 250\njobs:\n  - prompt: ok\n  - promt: typo\n    width: 513\n"
+    )
+    assert result.jobs == []
+    rendered = {p.render() for p in result.problems}
+    assert (
+        "line 2: defaults.steps: Input should be less than or equal to 150 (found 250)" in rendered
+    )
+    assert "line 5: jobs[1].promt: unknown field; did you mean 'prompt'?" in rendered
+    assert any(p.path == "jobs[1].width" and p.line == 6 for p in result.problems)
+    assert any(p.path == "jobs[1].prompt" and "required" in p.message for p in result.problems)
+    # The bad default is reported once, not once per job.
+    assert sum(p.path == "defaults.steps" for p in result.problems) == 1
+
+
+def test_matrix_error_points_at_matrix_line() -> None:
+    result = parse_job_text("prompt: x\nmatrix:\n  cfg_scale: [4, 70]\n")
+    assert [(p.path, p.line) for p in result.problems] == [("matrix.cfg_scale", 3)]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (b"", "empty"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"prompt: [unclosed\n", "not valid YAML"),
+        (b"!!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
+        (b"- 1\n- 2\n", "must be a mapping"),
+        (b"just a string\n", "expected a job"),
+    ],
+)
+def test_bad_files_are_reported_not_raised(text: bytes, fragment: str) -> None:
+    result = parse_job_text(text)
+    assert result.jobs == []
+    assert any(fragment in p.message for p in result.problems), result.problems
+
+
+def test_alias_bomb_is_refused_before_expansion() -> None:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):
+        prev = chr(ord("a") + i - 1)
+        cur = chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]")
+    result = parse_job_text("\n".join(lines) + "\nprompt: x\n")
+    assert result.jobs == []
+    assert "too complex" in result.problems[0].message
+
+
+def test_too_many_jobs() -> None:
+    result = parse_job_text("prompt: x\nmatrix:\n  seed: " + str(list(range(MAX_JOBS + 1))) + "\n")
+    assert result.jobs == [] and "at most" in result.problems[0].message
