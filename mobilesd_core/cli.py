@@ -19,11 +19,12 @@ from .config import DEFAULT_PORT, TOKEN_FILE, ConfigError, Settings, prepare, se
 log = logging.getLogger("mobilesd")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S"
     )
     # httpx logs every request URL at INFO; URLs may carry user info on misconfigured servers.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -41,17 +42,21 @@ def _add_core_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    return settings_from_env(
-        host=args.host,
-        port=args.port,
-        data_path=args.data,
-        gallery_path=args.gallery,
-        inbox_path=args.inbox,
-        lora_path=args.lora_path,
-        checkpoint_path=args.checkpoint_path,
-        **extra,
-    )
+def _settings(args: argparse.Namespace, **fallbacks: Any) -> Settings:
+    """Environment, then flags; `fallbacks` fill in what no flag gave (the demo's folders)."""
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "data_path": args.data,
+        "gallery_path": args.gallery,
+        "inbox_path": args.inbox,
+        "lora_path": args.lora_path,
+        "checkpoint_path": args.checkpoint_path,
+    }
+    for key, value in fallbacks.items():
+        if flags.get(key) is None:
+            flags[key] = value
+    return settings_from_env(**flags)
 
 
 async def _run_until_signalled(
@@ -103,12 +108,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     root = args.dir.resolve()
     settings = _settings(
-        args,
-        data_path=args.data or root / "data",
-        gallery_path=args.gallery or root / "outputs",
-        inbox_path=args.inbox or root / "inbox",
+        args, data_path=root / "data", gallery_path=root / "outputs", inbox_path=root / "inbox"
     )
-    asyncio.run(run_demo(prepare(settings), step_ms=args.step_ms))
+    settings = prepare(settings)
+    if not args.verbose:
+        # The demo's console shows the job view; the full log goes to a file beside the data.
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
+        file_handler = logging.FileHandler(settings.data_path / "mobilesd.log")
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(file_handler)
+    asyncio.run(run_demo(settings, step_ms=args.step_ms))
     return 0
 
 

@@ -44,13 +44,16 @@ class ConsoleView:
     def __init__(self) -> None:
         self._last_status: dict[str, str] = {}
         self._last_progress: dict[str, float] = {}
+        self._online: dict[str, bool] = {}
 
     def show(self, name: str, data: dict[str, Any]) -> None:
         if name == "job":
             self._job(data)
         elif name == "server" and "online" in data:
-            state = "online" if data["online"] else f"offline ({data.get('error')})"
-            print(f"  server {data['alias']}: {state}")
+            if self._online.get(data["alias"]) != data["online"]:
+                self._online[data["alias"]] = data["online"]
+                state = "online" if data["online"] else f"offline ({data.get('error')})"
+                print(f"  server {data['alias']}: {state}")
         elif name == "image" and "added" in data:
             print(f"  image saved: {data['added']['filename']}")
 

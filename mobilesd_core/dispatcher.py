@@ -347,23 +347,28 @@ class Dispatcher:
     def _publish_forge_progress(self, run: _Run, raw: dict[str, Any]) -> None:
         state = raw.get("state") or {}
         job_count = state.get("job_count") or 0
+        job_no = state.get("job_no") or 0
+        steps = state.get("sampling_steps") or 0
         loading = job_count == -1
+        # After the last batch Forge bumps job_no past the end while it encodes the images.
+        finishing = job_count > 0 and job_no >= job_count
         preview = None
         image = raw.get("current_image")
         if isinstance(image, str) and image:
             with contextlib.suppress(binascii.Error, ValueError):
                 preview = base64.b64decode(image)
         eta = raw.get("eta_relative")
+        phase = "loading model" if loading else "finishing" if finishing else "sampling"
         self._set_progress(
             run,
             {
                 "fraction": round(min(1.0, max(0.0, float(raw.get("progress") or 0))), 4),
-                "step": (state.get("sampling_step") or 0) + (0 if loading else 1),
-                "steps": state.get("sampling_steps") or 0,
-                "batch": (state.get("job_no") or 0) + 1,
+                "step": steps if finishing else (state.get("sampling_step") or 0) + 1,
+                "steps": steps,
+                "batch": min(job_no + 1, max(job_count, 1)),
                 "batches": max(job_count, 0),
                 "eta_seconds": None if loading or eta is None else round(float(eta), 1),
-                "phase": "loading model" if loading else "sampling",
+                "phase": phase,
                 "preview": preview is not None or self._board.preview(run.job_id) is not None,
             },
             preview=preview,
