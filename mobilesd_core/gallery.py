@@ -30,12 +30,12 @@ from urllib.parse import quote
 
 from PIL import Image, PngImagePlugin
 
-from mobilesd_core.forge.infotext import build_infotext, parse_infotext, prompt_with_loras
+from .forge.infotext import build_infotext, parse_infotext, prompt_with_loras
+from .storage import TMP_PREFIX, atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 
 THUMBS_DIR = ".thumbs"
-TMP_PREFIX = ".tmp-"
 SIDECAR_VERSION = 1
 # batch_size (8) x n_iter (100) is at most 800 images, so three digits keep names sortable.
 MAX_IMAGES_PER_JOB = 1000
@@ -395,35 +395,6 @@ def _sidecar_info(info: Mapping[str, Any], index: int, seed: int | None) -> dict
 # --- files ------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: the real name never holds partial data."""
-    tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
-    try:
-        # "x": a planted file or symlink at the temp name is an error, never written through.
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # rename replaces a symlink at `path` itself; it never writes to where one points.
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some network filesystems refuse fsync on a directory; the renames still happened
-    finally:
-        os.close(fd)
-
-
 def _make_thumbnail(src: Path, dst: Path, size: int, src_mtime_ns: int) -> None:
     """Write a JPEG thumbnail whose mtime is the mtime of the image it was made from."""
     with Image.open(src) as im:
@@ -753,13 +724,15 @@ class Gallery:
             ).encode("utf-8")
             try:
                 # Sidecar before image: an image under its real name always has its metadata.
-                _write_atomic(root / (item.filename[:-4] + ".json"), sidecar_bytes)
-                _write_atomic(root / item.filename, item.png)
+                atomic_write_bytes(
+                    root / (item.filename[:-4] + ".json"), sidecar_bytes, sync_folder=False
+                )
+                atomic_write_bytes(root / item.filename, item.png, sync_folder=False)
                 # The old thumbnail of an overwritten image may share its mtime second.
                 (thumbs / (item.filename + ".jpg")).unlink(missing_ok=True)
             except OSError as exc:
                 raise GalleryError(f"cannot write {item.filename} in {root}: {exc}") from exc
-        _fsync_dir(root)
+        fsync_dir(root)
         return prepared
 
     # --- reading ------------------------------------------------------------------------------

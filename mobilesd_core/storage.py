@@ -12,34 +12,54 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 from tinydb.storages import Storage
 
+TMP_PREFIX = ".tmp-"  # temp files of atomic writes: hidden, and swept by their owners
+
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a rename in `path` durable. Some network filesystems refuse this; the rename has
+    still happened, so that is not an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def atomic_write_bytes(
+    path: Path, data: bytes, *, mode: int = 0o644, sync_folder: bool = True
+) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file.
+
+    The temp file is created exclusively ("x"): a planted file or symlink at its name is an
+    error, never written through; `os.replace` swaps a symlink at `path` itself, never its target.
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_folder:
+        fsync_dir(path.parent)
 
 
 class AtomicJSONStorage(Storage):

@@ -167,16 +167,25 @@ async def test_list_pages_and_search_span_live_and_archive(tmp_path: Path) -> No
     await store.close()
 
 
-def test_atomic_storage_never_leaves_a_partial_file(tmp_path: Path) -> None:
+def test_atomic_storage_never_leaves_a_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "db.json"
     storage = AtomicJSONStorage(path)
     storage.write({"t": {"1": {"a": 1}}})
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    # A failing write keeps the old content, on disk and in memory. (The temp file's name is
-    # taken by a folder: fails for root too, unlike a read-only folder.)
-    (tmp_path / ".db.json.tmp").mkdir()
+    # A write failing at the OS call (disk full, I/O error) keeps the old content, on disk and
+    # in memory, and leaves no temp file behind.
+    import mobilesd_core.storage as storage_module
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage_module.os, "replace", disk_full)
     with pytest.raises(OSError):
         storage.write({"t": {"1": {"a": 2}}})
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["db.json"]
     assert json.loads(path.read_text()) == {"t": {"1": {"a": 1}}}
     assert storage.read() == {"t": {"1": {"a": 1}}}
 

@@ -66,7 +66,8 @@ async def server_models(request: web.Request) -> web.Response:
             ],
             "loras": sorted(catalog.loras),
             "samplers": catalog.samplers,
-            "schedulers": catalog.schedulers,
+            # Labels are what Forge's own UI shows ("Karras"); the core accepts either.
+            "schedulers": list(catalog.scheduler_labels) or catalog.schedulers,
             "upscalers": catalog.upscalers,
             "styles": [s.get("name") for s in styles or [] if isinstance(s, dict)],
             "current_checkpoint": runtime.current_checkpoint,

@@ -1,0 +1,99 @@
+"""Configuration: environment names from the original plan, flags over them, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mobilesd_core.config import ConfigError, load_or_create_token, prepare, settings_from_env
+
+
+def test_environment_names_and_flag_override(tmp_path: Path) -> None:
+    env = {
+        "PORT": "9001",
+        "HOST": "0.0.0.0",
+        "CONFIG_DATA_PATH": str(tmp_path / "d"),
+        "STABLE_DIFFUSION_SAVE_PATH": str(tmp_path / "g"),
+        "INBOX_PATH": str(tmp_path / "i"),
+        "LORA_PATH": str(tmp_path / "l"),
+        "CHECKPOINT_PATH": str(tmp_path / "c"),
+        "INBOX_POLL_SECONDS": "5",
+        "CIVITAI_BASE_URL": "http://127.0.0.1:1",
+    }
+    settings = settings_from_env(env, port=9100)
+    assert settings.port == 9100  # the flag wins
+    assert settings.host == "0.0.0.0"
+    assert settings.data_path == tmp_path / "d"
+    assert settings.gallery_path == tmp_path / "g"
+    assert settings.lora_path == tmp_path / "l"
+    assert settings.inbox_poll_seconds == 5.0
+    prepared = prepare(settings)
+    assert prepared.data_path.is_dir() and prepared.gallery_path.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"PORT": "eighty"}, "PORT='eighty' is not valid: expected a whole number"),
+        ({"PORT": "70000"}, "PORT=70000 is not valid"),
+        ({"INBOX_POLL_SECONDS": "0"}, "INBOX_POLL_SECONDS must be a positive number"),
+    ],
+)
+def test_bad_values_are_named(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        settings_from_env(env)
+
+
+def test_folder_problems_name_the_variable_and_reason(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError) as err:
+        prepare(settings_from_env({"STABLE_DIFFUSION_SAVE_PATH": str(blocker)}))
+    assert str(err.value) == f"STABLE_DIFFUSION_SAVE_PATH: {blocker} is not a folder"
+    with pytest.raises(ConfigError) as err:
+        prepare(settings_from_env({"CONFIG_DATA_PATH": str(blocker / "data")}))
+    assert "CONFIG_DATA_PATH: folder" in str(err.value)
+    assert "cannot be created (Not a directory)" in str(err.value)
+
+
+def test_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    settings = prepare(settings_from_env({"CONFIG_DATA_PATH": str(tmp_path)}))
+    token = load_or_create_token(settings)
+    path = tmp_path / "access_token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(token) >= 32
+    assert load_or_create_token(settings) == token
+    explicit = settings_from_env({"CONFIG_DATA_PATH": str(tmp_path), "MOBILESD_TOKEN": "abc"})
+    assert load_or_create_token(explicit) == "abc"
+
+
+def test_serve_refuses_bad_config_with_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "mobilesd_core.cli", "serve", "--data", str(blocker / "sub")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "configuration error: CONFIG_DATA_PATH" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_command_reports_lines(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompt: ok\nstesp: 20\n")
+    good = Path(__file__).parent.parent / "examples" / "jobs" / "single.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "mobilesd_core.cli", "validate", str(good), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"{good}: ok, 1 job(s)" in result.stdout
+    assert f"{bad}:2: stesp: unknown field; did you mean 'steps'?" in result.stdout
