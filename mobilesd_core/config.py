@@ -60,6 +60,10 @@ _ENV: dict[str, tuple[str, type]] = {
     "MOBILESD_TOKEN": ("token", str),
     "CIVITAI_API_KEY": ("civitai_api_key", str),
     "CIVITAI_BASE_URL": ("civitai_base_url", str),
+    # Dispatcher tuning (names of our own; the first ones above come from the original plan).
+    "MOBILESD_HEALTH_SECONDS": ("health_interval", float),
+    "MOBILESD_STALL_SECONDS": ("stall_timeout", float),
+    "MOBILESD_MAX_ATTEMPTS": ("max_attempts", int),
 }
 
 
@@ -81,6 +85,13 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(f"PORT={settings.port} is not valid: expected 1-65535")
     if settings.inbox_poll_seconds is not None and settings.inbox_poll_seconds <= 0:
         raise ConfigError("INBOX_POLL_SECONDS must be a positive number of seconds")
+    for var, value in (
+        ("MOBILESD_HEALTH_SECONDS", settings.health_interval),
+        ("MOBILESD_STALL_SECONDS", settings.stall_timeout),
+        ("MOBILESD_MAX_ATTEMPTS", settings.max_attempts),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{var} must be positive (found {value})")
     return settings
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import Settings
 from .events import EventBus
-from .forge.client import generated_images
+from .forge.client import ForgeClient, generated_images
 from .forge.errors import ForgeError, ForgePermanentError, ForgeStalled, ForgeTransientError
 from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint, title_matches_info
 from .forge.payload import build_txt2img_payload, check_loras, resolve_sampler
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 class _Run:
     job_id: str
     runtime: ServerRuntime
+    client: ForgeClient  # the one it started with, even if the server's settings change
     task: asyncio.Task[None] | None = None
     submitted: bool = False
     cancelled: bool = False
@@ -176,7 +177,7 @@ class Dispatcher:
     async def _claim(self, job: dict[str, Any], runtime: ServerRuntime) -> None:
         job_id = job["mobilesd_job_id"]
         runtime.active += 1
-        run = _Run(job_id, runtime)
+        run = _Run(job_id, runtime, runtime.client)
         self._runs[job_id] = run
         try:
             claimed = await self._store.update(
@@ -233,12 +234,12 @@ class Dispatcher:
         if job["attempts"] > 1:
             # A retry may follow a request Forge is still running (lost connection, crash):
             # Forge would queue ours behind it, and its progress would look like ours.
-            await self._wait_until_idle(runtime, run)
+            await self._wait_until_idle(run)
         run.timings["prepare_s"] = time.monotonic() - started
         self._set_progress(run, {"fraction": 0.0, "phase": "starting"}, force=True)
         run.submitted = True
         sent = time.monotonic()
-        request = asyncio.create_task(runtime.client.txt2img(payload))
+        request = asyncio.create_task(run.client.txt2img(payload))
         try:
             result = await self._follow(request, run)
         finally:
@@ -300,15 +301,15 @@ class Dispatcher:
                     raise
         raise AssertionError("unreachable")
 
-    async def _wait_until_idle(self, runtime: ServerRuntime, run: _Run) -> None:
+    async def _wait_until_idle(self, run: _Run) -> None:
         deadline = time.monotonic() + self._settings.stall_timeout
         while time.monotonic() < deadline:
-            state = (await runtime.client.progress(with_preview=False)).get("state") or {}
+            state = (await run.client.progress(with_preview=False)).get("state") or {}
             if not state.get("job_count"):
                 return
             self._set_progress(run, {"fraction": 0.0, "phase": "waiting for server"})
             await asyncio.sleep(self._settings.progress_interval)
-        log.warning("server %s stayed busy; sending job %s anyway", runtime.alias, run.job_id)
+        log.warning("server %s stayed busy; sending job %s anyway", run.runtime.alias, run.job_id)
 
     async def _follow(self, request: asyncio.Task[dict[str, Any]], run: _Run) -> dict[str, Any]:
         """Wait for txt2img while polling progress; interrupt a job that stops moving."""
@@ -321,7 +322,7 @@ class Dispatcher:
             if done:
                 return request.result()
             try:
-                raw = await runtime.client.progress()
+                raw = await run.client.progress()
             except ForgeError:
                 raw = None
             if raw is not None and not request.done():
@@ -338,7 +339,7 @@ class Dispatcher:
                     self._publish_forge_progress(run, raw)
             if time.monotonic() - last_change > self._settings.stall_timeout:
                 with contextlib.suppress(ForgeError):
-                    await runtime.client.interrupt()
+                    await run.client.interrupt()
                 raise ForgeStalled(
                     f"server '{runtime.alias}' made no progress for "
                     f"{self._settings.stall_timeout:g} s; interrupted"
@@ -520,7 +521,7 @@ class Dispatcher:
         run.cancelled = True
         if run.submitted:
             try:
-                await run.runtime.client.interrupt()
+                await run.client.interrupt()
                 log.info("job %s interrupted on %s", job_id, run.runtime.alias)
             except ForgeError as exc:
                 log.warning("could not interrupt job %s on %s: %s", job_id, run.runtime.alias, exc)

@@ -85,13 +85,13 @@ class EventBus:
         sub = Subscription(self, self._queue_size)
         complete = True
         if last_event_id is not None and last_event_id < self.last_id:
-            oldest = self._ring[0].id if self._ring else self._next_id
-            if last_event_id + 1 < oldest:
-                complete = False
+            missed = [e for e in self._ring if e.id > last_event_id]
+            oldest = missed[0].id if missed else self._next_id
+            if last_event_id + 1 < oldest or len(missed) >= self._queue_size:
+                complete = False  # the client must reload instead
             else:
-                for event in self._ring:
-                    if event.id > last_event_id:
-                        sub.queue.put_nowait(event) if not sub.queue.full() else None
+                for event in missed:
+                    sub.queue.put_nowait(event)
         self._subs.add(sub)
         return sub, complete
 

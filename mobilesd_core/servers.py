@@ -115,7 +115,8 @@ class ServerRegistry:
         self._factory = client_factory or default_client_factory()
         self._on_available = on_available or (lambda: None)
         self.runtimes: dict[str, ServerRuntime] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # health loop per runtime (by id)
+        self._retired: list[ForgeClient] = []  # replaced clients jobs may still be using
 
     def set_on_available(self, callback: Callable[[], None]) -> None:
         self._on_available = callback
@@ -133,28 +134,24 @@ class ServerRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        for runtime in self.runtimes.values():
-            await runtime.client.aclose()
+        for client in [*(r.client for r in self.runtimes.values()), *self._retired]:
+            await client.aclose()
+        self._retired.clear()
 
     def _add_runtime(self, config: ServerConfig) -> ServerRuntime:
         runtime = ServerRuntime(config=config, client=self._factory(config))
         self.runtimes[config.alias] = runtime
-        self._tasks[config.alias] = asyncio.create_task(
+        self._tasks[id(runtime)] = asyncio.create_task(
             self._health_loop(runtime), name=f"health-{config.alias}"
         )
         return runtime
 
-    async def _drop_runtime(self, alias: str) -> ServerRuntime:
-        runtime = self.runtimes.pop(alias)
-        task = self._tasks.pop(alias, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        # Running jobs still hold the old client; close it once they are done with it.
-        if runtime.active == 0:
+    async def _retire_client(self, runtime: ServerRuntime) -> None:
+        # A running job keeps using the client it started with; close it later if so.
+        if runtime.active:
+            self._retired.append(runtime.client)
+        else:
             await runtime.client.aclose()
-        return runtime
 
     def get(self, alias: str) -> ServerRuntime:
         try:
@@ -182,15 +179,21 @@ class ServerRegistry:
         return runtime
 
     async def update(self, alias: str, config: ServerConfig) -> ServerRuntime:
-        old = self.get(alias)
+        """Apply new settings to the same runtime, so its slot count and running jobs carry
+        over; a new client (URL, credentials) is used from the next request on."""
+        runtime = self.get(alias)
         if config.alias != alias and config.alias in self.runtimes:
             raise ServerExists(config.alias)
         configs = {(config.alias if a == alias else a): c for a, c in self._configs().items()}
         configs[config.alias] = config
         await self._persist(configs)
-        await self._drop_runtime(alias)
-        runtime = self._add_runtime(config)
-        runtime.active = old.active
+        await self._retire_client(runtime)
+        runtime.config = config
+        runtime.client = self._factory(config)
+        runtime.checkpoints = runtime.catalog = None
+        runtime.online = runtime.checked = False
+        self.runtimes = {(config.alias if a == alias else a): r for a, r in self.runtimes.items()}
+        runtime.wake.set()  # probe the new settings now
         log.info("server %s updated", config.alias)
         if config.alias != alias:
             self._bus.publish("server", {"alias": alias, "removed": True})
@@ -202,7 +205,14 @@ class ServerRegistry:
         configs = self._configs()
         del configs[alias]
         await self._persist(configs)
-        await self._drop_runtime(alias)
+        runtime = self.runtimes.pop(alias)
+        task = self._tasks.pop(id(runtime), None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        runtime.online = False  # jobs still running there finish; nothing new is sent
+        await self._retire_client(runtime)
         log.info("server %s removed", alias)
         self._bus.publish("server", {"alias": alias, "removed": True})
 

@@ -316,3 +316,21 @@ async def test_queue_survives_core_restart(tmp_path: Path) -> None:
             assert (await second.wait_status(job_id, "completed"))["status"] == "completed"
     finally:
         await stop_harness(second)
+
+
+async def test_editing_a_server_while_it_runs_a_job(harness: Harness) -> None:
+    await harness.add_sim("gpu1", SimulatorConfig(step_ms=20, switch_ms=0))
+    first = await harness.submit(steps=30)
+    await wait_for(
+        lambda: harness.core.store.get_live(first)["status"] == "processing", what="processing"
+    )
+    response = await harness.api.put(
+        "/api/v1/servers/gpu1", json={"alias": "renamed", "max_concurrent": 1}
+    )
+    assert response.status_code == 200
+    done = await harness.wait_status(first, "completed", "failed")
+    assert done["status"] == "completed", done["result_details"]
+    # The slot was released on the renamed server: the next job runs there.
+    second = await harness.submit(target="renamed")
+    assert (await harness.wait_status(second, "completed"))["assigned_server_alias"] == "renamed"
+    assert harness.core.registry.runtimes["renamed"].active == 0
