@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -76,18 +77,29 @@ async def _run_until_signalled(
         await stop()
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Take the port before the core touches its data: a second instance fails here, cleanly."""
+    try:
+        return socket.create_server((host, port))
+    except OSError as exc:
+        raise ConfigError(
+            f"PORT: cannot listen on {host}:{port} ({exc.strerror}); "
+            "is MobileSD already running? Choose another with PORT or --port"
+        ) from None
+
+
 async def serve(settings: Settings) -> None:
     from aiohttp import web
 
     from .api.app import create_app
 
+    listener = bind_listener(settings.host, settings.port)
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
 
     async def start() -> None:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=5.0)
-        await site.start()
+        await web.SockSite(runner, listener, shutdown_timeout=5.0).start()
         print(f"MobileSD {__version__} listening on http://{settings.host}:{settings.port}")
         if settings.token:
             print("Access token: from MOBILESD_TOKEN")

@@ -39,6 +39,8 @@ class Settings:
     progress_interval: float = 0.5
     stall_timeout: float = 180.0
     max_attempts: int = 3
+    # A job running each time the core died may be what kills it: fail it after this many.
+    max_interruptions: int = 25
     retry_backoff: float = 2.0
     retry_backoff_max: float = 60.0
     archive_after_days: int = 0  # 0: terminal jobs go to the archive at once

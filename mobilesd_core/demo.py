@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .api.app import create_app
 from .api.keys import CORE, TOKEN
-from .cli import _run_until_signalled
+from .cli import _run_until_signalled, bind_listener
 from .config import Settings
 from .forge.simulator import SimServer, SimulatorConfig
 from .jobfiles import load_job_file
@@ -117,6 +117,7 @@ async def run_demo(settings: Settings, *, step_ms: float = 60.0) -> None:
         )
         for alias, ckpts in SIMULATED.items()
     }
+    listener = bind_listener(settings.host, settings.port)
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     view = ConsoleView()
@@ -126,7 +127,7 @@ async def run_demo(settings: Settings, *, step_ms: float = 60.0) -> None:
         for sim in sims.values():
             await sim.start()
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await web.SockSite(runner, listener).start()
         base = f"http://{settings.host}:{settings.port}"
         core = app[CORE]
         headers = {"Authorization": f"Bearer {app[TOKEN]}"}

@@ -79,10 +79,24 @@ class Dispatcher:
     async def start(self) -> None:
         requeued = await self._store.requeue_processing()
         for job in requeued:
-            log.info(
-                "job %s was processing when the core stopped; queued again at the front",
-                job["mobilesd_job_id"],
-            )
+            job_id = job["mobilesd_job_id"]
+            if job["interruptions"] > self._settings.max_interruptions:
+                message = (
+                    f"the core stopped {job['interruptions']} times while this job was running; "
+                    "it was failed so it cannot stop the core again (retry it if that was chance)"
+                )
+                log.error("job %s: %s", job_id, message)
+                await self._store.update(
+                    job_id,
+                    {
+                        "status": "failed",
+                        "completion_timestamp": utc_now_iso(),
+                        "result_details": {"error": message, "errors": job.get("errors") or []},
+                    },
+                    expect={"pending"},
+                )
+                continue
+            log.info("job %s was processing when the core stopped; queued again first", job_id)
         self._loop_task = asyncio.create_task(self._loop(), name="dispatcher")
         self.wake()
 
@@ -446,6 +460,8 @@ class Dispatcher:
         if exc.offline:
             self._registry.mark_offline(runtime, exc.message)
         attempts = job["attempts"]
+        # Runs cut short by the core itself stopping do not use up the retry budget.
+        tries = attempts - job.get("interruptions", 0)
         errors = [
             *(job.get("errors") or []),
             {
@@ -455,7 +471,7 @@ class Dispatcher:
                 "at": utc_now_iso(),
             },
         ]
-        if exc.transient and attempts < self._settings.max_attempts:
+        if exc.transient and tries < self._settings.max_attempts:
             delay = min(
                 self._settings.retry_backoff * 2 ** (attempts - 1), self._settings.retry_backoff_max
             )
@@ -481,7 +497,7 @@ class Dispatcher:
                 )
             return
         if exc.transient:
-            message = f"gave up after {attempts} attempts; last error: {exc.message}"
+            message = f"gave up after {tries} attempts; last error: {exc.message}"
         else:
             message = exc.message
         await self._finish_failed(job, run, message, errors=errors)

@@ -14,7 +14,9 @@ what readers see is always what is on disk.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 from tinydb import TinyDB
 from tinydb.table import Document
 
+from .config import ConfigError
 from .schema import TERMINAL_STATUSES, utc_now_iso
 from .storage import AppendLog, AtomicJSONStorage
 
@@ -37,6 +40,10 @@ JobListener = Callable[[str, Job | str], None]  # ("job", job) or ("job_removed"
 
 class JobNotFound(Exception):
     pass
+
+
+class DataFolderInUse(ConfigError):
+    """Another MobileSD process owns this CONFIG_DATA_PATH."""
 
 
 class Conflict(Exception):
@@ -207,6 +214,7 @@ class JobStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesd-store")
         self._lock = asyncio.Lock()
         self._db: TinyDB | None = None
+        self._lock_fd: int | None = None
         self._live: dict[str, Job] = {}
         self._doc_ids: dict[str, int] = {}
         self._next_doc_id = 1
@@ -225,6 +233,7 @@ class JobStore:
 
     def _open_sync(self) -> None:
         self.data_path.mkdir(parents=True, exist_ok=True)
+        self._take_folder_lock()
         self._db = TinyDB(self.data_path / "jobs.json", storage=AtomicJSONStorage)
         self._archive.load()
         table = self._db.table("jobs")
@@ -241,10 +250,26 @@ class JobStore:
             table.remove(doc_ids=stale)
         self._next_doc_id = max(self._doc_ids.values(), default=0) + 1
 
+    def _take_folder_lock(self) -> None:
+        # Two cores on one folder would both rewrite jobs.json and each other's temp files.
+        fd = os.open(self.data_path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataFolderInUse(
+                f"CONFIG_DATA_PATH: {self.data_path} is in use by another MobileSD process; "
+                "stop it first or give this one its own folder"
+            ) from None
+        self._lock_fd = fd
+
     async def close(self) -> None:
         if self._db is not None:
             await self._io(self._db.close)
         self._executor.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     # -- reads (memory only) ----------------------------------------------------------------
 
@@ -438,6 +463,8 @@ class JobStore:
                     "assigned_server_alias": None,
                     "progress": None,
                     "position": front - len(stuck) + i,
+                    # Not the server's fault: counted apart from the retry budget.
+                    "interruptions": job.get("interruptions", 0) + 1,
                 }
             await self._io(self._update_sync, changes)
             for job_id, ch in changes.items():

@@ -97,3 +97,57 @@ def test_validate_command_reports_lines(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{good}: ok, 1 job(s)" in result.stdout
     assert f"{bad}:2: stesp: unknown field; did you mean 'steps'?" in result.stdout
+
+
+def test_second_instance_on_same_port_or_folder_is_refused(tmp_path: Path) -> None:
+    import os
+    import socket
+    import time
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    port = free_port()
+    env = {**os.environ, "CONFIG_DATA_PATH": str(tmp_path / "data"), "MOBILESD_TOKEN": "t"}
+    env["STABLE_DIFFUSION_SAVE_PATH"] = str(tmp_path / "out")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "mobilesd_core.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        deadline = time.monotonic() + 30
+        while "listening on" not in first.stdout.readline():
+            assert time.monotonic() < deadline and first.poll() is None
+        jobs_file = tmp_path / "data" / "jobs.json"
+        before = jobs_file.read_bytes() if jobs_file.exists() else None
+
+        same_port = subprocess.run(
+            [sys.executable, "-m", "mobilesd_core.cli", "serve", "--port", str(port)],
+            env={**env, "CONFIG_DATA_PATH": str(tmp_path / "other")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert same_port.returncode == 2
+        assert "cannot listen on" in same_port.stderr and "Traceback" not in same_port.stderr
+
+        same_folder = subprocess.run(
+            [sys.executable, "-m", "mobilesd_core.cli", "serve", "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert same_folder.returncode == 2
+        assert "in use by another MobileSD process" in same_folder.stderr
+        assert (jobs_file.read_bytes() if jobs_file.exists() else None) == before
+    finally:
+        first.terminate()
+        first.wait(30)
+    assert first.returncode == 0

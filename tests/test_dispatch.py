@@ -334,3 +334,56 @@ async def test_editing_a_server_while_it_runs_a_job(harness: Harness) -> None:
     second = await harness.submit(target="renamed")
     assert (await harness.wait_status(second, "completed"))["assigned_server_alias"] == "renamed"
     assert harness.core.registry.runtimes["renamed"].active == 0
+
+
+async def _leave_job_processing(settings, *, interruptions: int = 0) -> str:
+    """Write a job as a killed core leaves it: processing, one attempt counted."""
+    from mobilesd_core.schema import GenerationParams, new_job
+    from mobilesd_core.store import JobStore
+
+    store = JobStore(settings.data_path)
+    await store.open()
+    (job,) = await store.add(
+        [new_job(GenerationParams(prompt="x", steps=2, width=64, height=64), source="api")]
+    )
+    await store.update(
+        job["mobilesd_job_id"],
+        {"status": "processing", "attempts": 1, "interruptions": interruptions},
+    )
+    await store.close()
+    return job["mobilesd_job_id"]
+
+
+async def test_core_restarts_do_not_use_up_the_retry_budget(tmp_path: Path) -> None:
+    from .conftest import fast_settings, start_harness, stop_harness
+
+    settings = fast_settings(tmp_path)
+    job_id = await _leave_job_processing(settings)
+    harness = await start_harness(settings)
+    try:
+        await harness.api.post("/api/v1/queue/pause")
+        sim = await harness.add_sim("gpu1")
+        sim.sim.set_fault("500", count=2, path="txt2img")
+        await harness.api.post("/api/v1/queue/resume")
+        job = await harness.wait_status(job_id, "completed", "failed")
+        # attempt 1 was cut by the core stopping; attempts 2 and 3 hit the faults; 4 works.
+        assert job["status"] == "completed", job["result_details"]
+        assert job["attempts"] == 4 and job["interruptions"] == 1
+    finally:
+        await stop_harness(harness)
+
+
+async def test_job_that_keeps_stopping_the_core_is_failed(tmp_path: Path) -> None:
+    from .conftest import fast_settings, start_harness, stop_harness
+
+    settings = fast_settings(tmp_path, max_interruptions=3)
+    job_id = await _leave_job_processing(settings, interruptions=3)
+    harness = await start_harness(settings)
+    try:
+        job = await harness.job(job_id)
+        assert job["status"] == "failed"
+        assert (
+            "the core stopped 4 times while this job was running" in job["result_details"]["error"]
+        )
+    finally:
+        await stop_harness(harness)
