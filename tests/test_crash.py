@@ -730,7 +730,6 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Pat
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(os.environ.get("MOBILESD_SOAK") != "1", reason="soak test: MOBILESD_SOAK=1")
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_sigkill_soak(tmp_path: Path, seed: int) -> None:
     plan = Plan(jobs=300, max_kills=80, seed=seed, kill_phase_budget=200, finish_deadline=60)
