@@ -1,0 +1,143 @@
+"""`python -m bench`: every benchmark, then one table (figure | value | aim | ratio | verdict).
+
+  python -m bench              the full suite (about a minute on 2 cores)
+  python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
+  python -m bench --only gap   one part: throughput, store, gap (repeatable)
+
+Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
+folder: fsync costs depend on that file system, so it is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import idle_gap, store_writes, throughput
+from .report import Row, say, table
+
+PARTS = ("throughput", "store", "gap")
+NOTES = """\
+Notes:
+- core figures include all of the core's per-job work: the claim and the finish written to the
+  job store (each a whole rewrite of the live file, fsynced; the finish also an fsynced archive
+  append) and the image saved to the gallery as PNG + JSON sidecar (fsynced).
+- throughput: step time 0; core timed from one submit of all jobs to the dispatcher idle, direct
+  loop from its first request to its last answer decoded; medians over rounds that alternate.
+- idle gap: the simulator's own clock, sampling start minus the previous job's encoded images."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a fast smoke run (smaller everything)")
+    p.add_argument("--only", action="append", choices=PARTS, help="run only this part")
+    p.add_argument("--jobs", type=int, help="throughput: jobs per round and side (default 200)")
+    p.add_argument("--rounds", type=int, help="throughput: rounds per side (default 5)")
+    p.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[64, 512],
+        help="image edges for throughput and gap, comma-separated (default 64,512)",
+    )
+    p.add_argument("--history", type=int, help="store: the large history (default 100000)")
+    p.add_argument(
+        "--small-history", type=int, default=1000, help="store: the small history (default 1000)"
+    )
+    p.add_argument("--ops", type=int, help="store: timed rounds per store (default 200)")
+    p.add_argument("--gap-jobs", type=int, help="gap: queued jobs (default 100)")
+    p.add_argument("--gap-step-ms", type=float, default=5.0, help="gap: time per step (4 steps)")
+    p.add_argument(
+        "--inline-sim",
+        action="store_true",
+        help="run the simulator in this process (default: its own process, like a real server)",
+    )
+    p.add_argument("--dir", type=Path, default=None, help="where the temporary data goes")
+    p.add_argument("--check", action="store_true", help="exit 1 when an aim is missed")
+    return p
+
+
+def _filesystem(path: Path) -> str:
+    """The mount and type holding `path`, from /proc/mounts (Linux); '' elsewhere."""
+    try:
+        mounts = [line.split()[:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return ""
+    resolved = str(path.resolve())
+    best = max(
+        (m for m in mounts if resolved == m[1] or resolved.startswith(m[1].rstrip("/") + "/")),
+        key=lambda m: len(m[1]),
+        default=None,
+    )
+    return f"{best[2]} on {best[1]}" if best else ""
+
+
+def _load() -> str:
+    """Other work on the machine skews every figure here; the load average says if there was."""
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load unknown"
+    return f"load average {one:.2f} / {five:.2f} over 1 / 5 min"
+
+
+async def _main(args: argparse.Namespace) -> list[Row]:
+    quick = args.quick
+    parts = args.only or list(PARTS)
+    root = Path(tempfile.mkdtemp(prefix="mobilesd-bench-", dir=args.dir))
+    say(
+        f"MobileSD benchmarks: Python {platform.python_version()}, {os.cpu_count()} CPUs "
+        f"({_load()}), data in {root} ({_filesystem(root) or 'unknown file system'}), "
+        f"simulator {'in this process' if args.inline_sim else 'in its own process'}"
+    )
+    rows: list[Row] = []
+    try:
+        if "throughput" in parts:
+            rows += await throughput.run(
+                root,
+                jobs=args.jobs or (50 if quick else 200),
+                rounds=args.rounds or (1 if quick else 5),
+                sizes=args.sizes,
+                inline_sim=args.inline_sim,
+            )
+        if "store" in parts:
+            rows += await store_writes.run(
+                root,
+                small=args.small_history,
+                large=args.history or (10_000 if quick else 100_000),
+                ops=args.ops or (40 if quick else 200),
+            )
+        if "gap" in parts:
+            rows += await idle_gap.run(
+                root,
+                jobs=args.gap_jobs or (30 if quick else 100),
+                step_ms=args.gap_step_ms,
+                sizes=args.sizes,
+                inline_sim=args.inline_sim,
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    started = time.perf_counter()
+    rows = asyncio.run(_main(args))
+    say()
+    table(rows)
+    say(NOTES)
+    missed = [r.figure for r in rows if r.ok is False]
+    took = time.perf_counter() - started
+    say(f"\n{len(rows)} figures in {took:.0f} s ({_load()}); aims missed: {len(missed)}")
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

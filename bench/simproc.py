@@ -1,0 +1,138 @@
+"""A simulated Forge server for the benchmarks, in its own process or in this one.
+
+In its own process (the default) the simulator's work (rendering, PNG and base64 encoding, JSON,
+gzip) does not compete with the core for this interpreter's GIL and event loop, as a real Forge
+on another machine would not. `python -m bench.simproc --step-ms 0` is that process: it prints
+one JSON line with its URL and serves until its stdin closes (so it dies with its parent).
+
+Generation timestamps come from the simulator (`GenerationRecord.started_at`/`finished_at`,
+`time.time()` in the simulator's process); see `idle_gap.py` for what they mark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
+
+REPO = Path(__file__).resolve().parent.parent  # where `-m bench.simproc` resolves
+
+
+@dataclass(frozen=True)
+class Span:
+    """One generation on the simulator: sampling start and end of image encoding (seconds)."""
+
+    started_at: float
+    finished_at: float
+
+
+class Simulator:
+    """A running simulator, wherever it runs."""
+
+    url: str
+
+    async def spans(self) -> list[Span]:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+
+class InlineSimulator(Simulator):
+    def __init__(self, server: SimServer) -> None:
+        self.server = server
+        self.url = server.url
+
+    async def spans(self) -> list[Span]:
+        return [Span(g.started_at, g.finished_at) for g in self.server.sim.generations]
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+class ProcessSimulator(Simulator):
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+    async def spans(self) -> list[Span]:
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+            response = await client.get("/_sim/state")
+            response.raise_for_status()
+            return [Span(g["started_at"], g["finished_at"]) for g in response.json()["generations"]]
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def start_simulator(*, step_ms: float, inline: bool) -> Simulator:
+    """A simulator with one checkpoint's worth of defaults and no checkpoint switch time."""
+    if inline:
+        server = SimServer(SimulatorConfig(step_ms=step_ms, switch_ms=0, name="bench"))
+        await server.start()
+        return InlineSimulator(server)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.simproc",
+        "--step-ms",
+        str(step_ms),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        url = json.loads(line)["url"]
+    except (TimeoutError, ValueError, KeyError):
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError("the simulator process did not start") from None
+    return ProcessSimulator(proc, url)
+
+
+async def _serve(step_ms: float) -> None:
+    server = SimServer(SimulatorConfig(step_ms=step_ms, switch_ms=0, name="bench"))
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stdin_closed = asyncio.Event()
+
+    def wait_for_eof() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdin.buffer.read()
+        loop.call_soon_threadsafe(stdin_closed.set)
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    print(json.dumps({"url": server.url}), flush=True)
+    try:
+        await stdin_closed.wait()
+    finally:
+        await server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--step-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    asyncio.run(_serve(args.step_ms))
+
+
+if __name__ == "__main__":
+    main()
