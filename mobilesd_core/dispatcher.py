@@ -73,6 +73,7 @@ class Dispatcher:
         self._timer: asyncio.TimerHandle | None = None
         self.paused = False
         self.idle = asyncio.Event()  # set when nothing runs and nothing can be assigned
+        self._waiting_for_pass: list[asyncio.Future[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -143,6 +144,15 @@ class Dispatcher:
                 self.wake()
 
     async def _assign(self) -> None:
+        waiting, self._waiting_for_pass = self._waiting_for_pass, []
+        try:
+            await self._assign_free_slots()
+        finally:
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _assign_free_slots(self) -> None:
         if self.paused:
             self._update_idle()
             return
@@ -204,6 +214,9 @@ class Dispatcher:
                     "retry_at": None,
                 },
                 expect={"pending"},
+                # On its way to the OS before the request leaves (a killed core keeps it); the
+                # group commit fsyncs it a moment later, off the GPU's critical path.
+                durable=False,
             )
         except (Conflict, JobNotFound):
             runtime.active -= 1
@@ -213,6 +226,15 @@ class Dispatcher:
         run.task = asyncio.create_task(self._run(claimed, run), name=f"job-{job_id}")
 
     # -- one job ----------------------------------------------------------------------------
+
+    async def _hand_over(self, run: _Run) -> None:
+        """Free the slot and let the next job be claimed and sent before this one's images are
+        decoded and saved: that work holds the GIL and would delay the next request."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting_for_pass.append(future)
+        self._release_slot(run)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(future, 1.0)
 
     def _release_slot(self, run: _Run) -> None:
         if not run.slot_released:
@@ -262,7 +284,7 @@ class Dispatcher:
                 with contextlib.suppress(BaseException):
                     await request
         run.timings["generate_s"] = time.monotonic() - sent
-        self._release_slot(run)
+        await self._hand_over(run)
         if run.cancelled:
             raise _JobCancelled
         info = result["info"]

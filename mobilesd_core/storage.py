@@ -9,10 +9,10 @@ complete database.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,32 +99,38 @@ class AtomicJSONStorage(Storage):
         pass
 
 
+def _encode_lines(records: list[dict[str, Any]]) -> list[bytes]:
+    return [
+        json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for r in records
+    ]
+
+
 class AppendLog:
     """An append-only JSON-lines file: the cost of a write does not depend on its length.
 
-    Each record is one line, appended and fsynced. A crash can only tear the last line, which
-    `read_records` drops.
+    Each record is one line. A crash can only tear the last line, which readers skip and the
+    next append starts after.
     """
 
     def __init__(self, path: Path, *, mode: int = 0o600) -> None:
         self.path = path
         self.mode = mode
 
-    def append(self, records: list[dict[str, Any]]) -> list[tuple[int, int]]:
-        """Append records; returns (offset, length) of each line for later random access."""
-        lines = [
-            json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-            for r in records
-        ]
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, self.mode)
+    def append(self, records: list[dict[str, Any]], *, sync: bool = True) -> list[tuple[int, int]]:
+        """Append records (fsynced unless `sync=False`); returns each line's (offset, length)."""
+        lines = _encode_lines(records)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, self.mode)
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
-            if offset and not self._ends_with_newline(offset):
+            if offset and os.pread(fd, 1, offset - 1) != b"\n":
                 # A torn line from a crash: start ours on a fresh line so both stay separable.
                 os.write(fd, b"\n")
                 offset += 1
-            os.write(fd, b"".join(lines))
-            os.fsync(fd)
+            data = memoryview(b"".join(lines))
+            while data:
+                data = data[os.write(fd, data) :]
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         spans = []
@@ -133,27 +139,24 @@ class AppendLog:
             offset += len(line)
         return spans
 
-    def _ends_with_newline(self, size: int) -> bool:
-        with open(self.path, "rb") as fh:
-            fh.seek(size - 1)
-            return fh.read(1) == b"\n"
-
-    def read_records(self) -> list[tuple[int, int, dict[str, Any]]]:
-        """Every complete record with its (offset, length); torn or corrupt lines are skipped."""
-        out: list[tuple[int, int, dict[str, Any]]] = []
+    def iter_records(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """Every complete record with its (offset, length), streamed; torn lines are skipped."""
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
-            return out
+            return
         with fh:
             offset = 0
             for line in fh:
                 length = len(line)
                 if line.endswith(b"\n"):
-                    with contextlib.suppress(json.JSONDecodeError):
-                        out.append((offset, length, json.loads(line)))
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        record = None
+                    if isinstance(record, dict):
+                        yield offset, length, record
                 offset += length
-        return out
 
     def read_at(self, offset: int, length: int) -> dict[str, Any]:
         with open(self.path, "rb") as fh:
@@ -162,10 +165,7 @@ class AppendLog:
 
     def rewrite(self, records: list[dict[str, Any]]) -> list[tuple[int, int]]:
         """Compact: atomically replace the log with exactly these records."""
-        lines = [
-            json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-            for r in records
-        ]
+        lines = _encode_lines(records)
         atomic_write_bytes(self.path, b"".join(lines), mode=self.mode)
         spans, offset = [], 0
         for line in lines:

@@ -1,35 +1,42 @@
 """The job and server store.
 
-Live jobs (pending and processing) sit in a small TinyDB file, `jobs.json`, written atomically
-on every change. A job that reaches a terminal state is appended to a monthly archive
-(`archive/jobs-YYYY-MM.jsonl`) and only then removed from the live file, so the cost of a write
-depends on the size of the live queue, never on the history. Servers live in `servers.json`
-(mode 0600: it holds passwords).
+Live jobs (pending and processing) are a TinyDB snapshot, `jobs.json`, plus a journal,
+`jobs.journal`, of the changes since: each change is one appended line, so its cost depends
+neither on the history nor on the length of the queue. The journal is folded into a fresh
+snapshot (written atomically) every few thousand lines and at every start. A job that reaches a
+terminal state is appended to a monthly archive (`archive/jobs-YYYY-MM.jsonl`) and only then
+dropped from the journal. Servers live in `servers.json` (0600: it holds passwords).
 
-All file work runs on one writer thread, so writes are ordered and the event loop never blocks.
-The loop-side mirror (`_live`, the archive index) is changed only after the file write succeeded:
-what readers see is always what is on disk.
+All file work happens on one writer thread that commits in groups: the changes that arrive while
+an fsync runs share the next one. The event loop owns the in-memory view and changes it as soon as
+a change is queued; callers await the write (`durable=False`: it reached the OS, which survives a
+killed process) or its fsync (`durable=True`, the default: it survives a power cut).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import gc
+import json
 import logging
 import os
+import queue
+import sys
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tinydb import TinyDB
-from tinydb.table import Document
 
 from .config import ConfigError
 from .schema import TERMINAL_STATUSES, utc_now_iso
-from .storage import AppendLog, AtomicJSONStorage
+from .storage import AppendLog, AtomicJSONStorage, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +44,11 @@ T = TypeVar("T")
 Job = dict[str, Any]
 JobListener = Callable[[str, Job | str], None]  # ("job", job) or ("job_removed", job_id)
 
+COMPACT_EVERY = 4000  # journal lines before they are folded into a new snapshot
+
 
 class JobNotFound(Exception):
     pass
-
-
-class DataFolderInUse(ConfigError):
-    """Another MobileSD process owns this CONFIG_DATA_PATH."""
 
 
 class Conflict(Exception):
@@ -54,79 +59,97 @@ class Conflict(Exception):
         self.status = status
 
 
+class DataFolderInUse(ConfigError):
+    """Another MobileSD process owns this CONFIG_DATA_PATH."""
+
+
 @dataclass(slots=True)
 class _ArchiveEntry:
     month: str
     offset: int
     length: int
     status: str
-    creation_timestamp: str
-    search: str  # lower-cased prompt + checkpoint + server, for `q`
+    search: str  # lower-cased prompt, checkpoint, server, file: what `q` looks in
+
+
+def _search_text(job: Job) -> str:
+    params = job.get("generation_params") or {}
+    return " ".join(
+        str(x)
+        for x in (
+            params.get("prompt", ""),
+            params.get("negative_prompt", ""),
+            params.get("checkpoint_name") or "",
+            job.get("assigned_server_alias") or "",
+            job.get("source_ref") or "",
+            job["mobilesd_job_id"],
+        )
+    ).lower()
 
 
 class _Archive:
-    """Append-only monthly JSON-lines files of finished jobs, with an in-memory index."""
+    """Append-only monthly JSON-lines files of finished jobs, with an in-memory index.
+
+    Index and order are changed on the event loop only; file appends happen on the writer thread.
+    """
 
     RECENT = 512  # full records kept in memory: the first pages of the queue view read no file
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.index: dict[str, _ArchiveEntry] = {}
-        self.order: list[str] = []  # append order (oldest finished first); may hold dead ids
+        self.order: list[str] = []  # append order, oldest first; may hold dead ids
         self._dead_in_order = 0
         self.recent: OrderedDict[str, Job] = OrderedDict()
+        self.removed: set[str] = set()  # tombstoned ids seen while loading
         self._logs: dict[str, AppendLog] = {}
 
-    def _log(self, month: str) -> AppendLog:
+    def log_for(self, month: str) -> AppendLog:
         log_ = self._logs.get(month)
         if log_ is None:
             log_ = self._logs[month] = AppendLog(self.root / f"jobs-{month}.jsonl")
         return log_
 
     @staticmethod
-    def _search_text(job: Job) -> str:
-        params = job.get("generation_params") or {}
-        return " ".join(
-            str(x)
-            for x in (
-                params.get("prompt", ""),
-                params.get("negative_prompt", ""),
-                params.get("checkpoint_name") or "",
-                job.get("assigned_server_alias") or "",
-                job.get("source_ref") or "",
-                job["mobilesd_job_id"],
-            )
-        ).lower()
-
-    # -- thread side ------------------------------------------------------------------------
+    def entry(month: str, offset: int, length: int, job: Job) -> _ArchiveEntry:
+        # Interned status: 100,000 entries share five strings.
+        return _ArchiveEntry(month, offset, length, sys.intern(job["status"]), _search_text(job))
 
     def load(self) -> None:
+        """Stream every month into the index (thread side, before the loop uses it)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for path in sorted(self.root.glob("jobs-*.jsonl")):
-            month = path.stem.removeprefix("jobs-")
-            records = self._log(month).read_records()
-            removed = 0
-            for offset, length, record in records:
-                if "_removed" in record:
-                    for job_id in record["_removed"]:
-                        if self.index.pop(job_id, None) is not None:
-                            removed += 1
-                    continue
-                job_id = record.get("mobilesd_job_id")
-                if not job_id:
-                    continue
-                if job_id in self.index:
-                    removed += 1  # an older copy of a re-archived job; the newest wins
-                self.index[job_id] = self._entry(month, offset, length, record)
-                self.order.append(job_id)
-            if records and removed * 2 > len(records):
-                self._compact(month)
+        # Parsing 100,000 records makes many short-lived objects; the collector rescanning
+        # the growing index each time would double the load time.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for path in sorted(self.root.glob("jobs-*.jsonl")):
+                self._load_month(path.stem.removeprefix("jobs-"))
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         self._rebuild_order()
 
-    def _entry(self, month: str, offset: int, length: int, job: Job) -> _ArchiveEntry:
-        return _ArchiveEntry(
-            month, offset, length, job["status"], job["creation_timestamp"], self._search_text(job)
-        )
+    def _load_month(self, month: str) -> None:
+        lines = dead = 0
+        for offset, length, record in self.log_for(month).iter_records():
+            lines += 1
+            removed = record.get("_removed")
+            if removed is not None:
+                for job_id in removed:
+                    self.removed.add(job_id)
+                    if self.index.pop(job_id, None) is not None:
+                        dead += 1
+                continue
+            job_id = record.get("mobilesd_job_id")
+            if not job_id or "status" not in record:
+                continue
+            if job_id in self.index:
+                dead += 1  # an older copy of a re-archived job; the newest wins
+            self.index[job_id] = self.entry(month, offset, length, record)
+            self.order.append(job_id)
+        if lines and dead * 2 > lines:
+            self._compact(month)
 
     def _rebuild_order(self) -> None:
         seen: set[str] = set()
@@ -140,48 +163,28 @@ class _Archive:
         self._dead_in_order = 0
 
     def _compact(self, month: str) -> None:
-        log_ = self._log(month)
+        log_ = self.log_for(month)
         live = [(job_id, e) for job_id, e in self.index.items() if e.month == month]
         records = [log_.read_at(e.offset, e.length) for _, e in live]
         spans = log_.rewrite(records)
         for (job_id, _), (offset, length), record in zip(live, spans, records, strict=True):
-            self.index[job_id] = self._entry(month, offset, length, record)
+            self.index[job_id] = self.entry(month, offset, length, record)
         log.info("archive %s compacted to %d jobs", month, len(records))
-
-    def append(self, jobs: list[Job]) -> list[tuple[str, _ArchiveEntry]]:
-        by_month: dict[str, list[Job]] = {}
-        for job in jobs:
-            stamp = job.get("completion_timestamp") or utc_now_iso()
-            by_month.setdefault(stamp[:7], []).append(job)
-        out = []
-        for month, group in by_month.items():
-            spans = self._log(month).append(group)
-            for job, (offset, length) in zip(group, spans, strict=True):
-                out.append((job["mobilesd_job_id"], self._entry(month, offset, length, job)))
-        return out
-
-    def tombstone(self, job_ids: list[str]) -> None:
-        by_month: dict[str, list[str]] = {}
-        for job_id in job_ids:
-            entry = self.index.get(job_id)
-            if entry is not None:
-                by_month.setdefault(entry.month, []).append(job_id)
-        for month, ids in by_month.items():
-            self._log(month).append([{"_removed": ids}])
 
     def read(self, job_id: str) -> Job:
         entry = self.index[job_id]
-        return self._log(entry.month).read_at(entry.offset, entry.length)
+        return self.log_for(entry.month).read_at(entry.offset, entry.length)
 
-    # -- loop side --------------------------------------------------------------------------
-
-    def commit_append(self, items: list[tuple[str, _ArchiveEntry]], jobs: list[Job]) -> None:
-        for (job_id, entry), job in zip(items, jobs, strict=True):
-            if job_id in self.index:
-                self._dead_in_order += 1
-            self.index[job_id] = entry
-            self.order.append(job_id)
-            self._remember(job)
+    def commit_append(self, job: Job, entry: _ArchiveEntry) -> None:
+        job_id = job["mobilesd_job_id"]
+        if job_id in self.index:
+            self._dead_in_order += 1
+        self.index[job_id] = entry
+        self.order.append(job_id)
+        self.recent[job_id] = job
+        self.recent.move_to_end(job_id)
+        while len(self.recent) > self.RECENT:
+            self.recent.popitem(last=False)
 
     def commit_remove(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
@@ -191,13 +194,7 @@ class _Archive:
         if self._dead_in_order > 1024 and self._dead_in_order * 4 > len(self.order):
             self._rebuild_order()
 
-    def _remember(self, job: Job) -> None:
-        self.recent[job["mobilesd_job_id"]] = job
-        self.recent.move_to_end(job["mobilesd_job_id"])
-        while len(self.recent) > self.RECENT:
-            self.recent.popitem(last=False)
-
-    def newest_first(self) -> Iterable[str]:
+    def newest_first(self) -> Iterator[str]:
         seen: set[str] = set()
         for job_id in reversed(self.order):
             if job_id in self.index and job_id not in seen:
@@ -205,50 +202,309 @@ class _Archive:
                 yield job_id
 
 
+# --- the writer thread --------------------------------------------------------------------------
+
+
+@dataclass
+class _Op:
+    """One change for the writer: journal records, archive appends, tombstones."""
+
+    journal: list[dict[str, Any]] = field(default_factory=list)
+    archive: list[Job] = field(default_factory=list)  # appended before the journal records
+    tombstones: list[tuple[str, list[str]]] = field(default_factory=list)  # (month, ids)
+    durable: bool = True
+    future: asyncio.Future[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    result: Any = None  # held for the syncer to deliver
+
+
+class _WriteFailed(Exception):
+    """A write did not reach the OS; carries the live jobs as the files hold them."""
+
+    def __init__(self, cause: BaseException, on_disk: dict[str, Job]) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.on_disk = on_disk
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Writer:
+    """Owns the live files.
+
+    The appender thread writes every op in order and tells fast ops at once; the syncer thread
+    then fsyncs each touched file once for everything written meanwhile (group commit) and tells
+    durable ops. So a claim never waits behind another job's fsync.
+
+    A finished job is written twice: as a `done` journal line holding the whole record, and as
+    an archive line. Each is enough to recover it, so the two files need no ordering between
+    their flushes; `load` re-archives any `done` job the archive lacks.
+    """
+
+    def __init__(self, data_path: Path, archive: _Archive) -> None:
+        self.snapshot_path = data_path / "jobs.json"
+        self.journal = AppendLog(data_path / "jobs.journal")
+        self.archive = archive
+        self.jobs: dict[str, Job] = {}  # the live jobs as written (appender side)
+        self.done: dict[str, Job] = {}  # finished jobs seen in the journal (load only)
+        self.lines = 0
+        self._unsynced_archive: set[Path] = set()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._sync_queue: queue.SimpleQueue[tuple[list[_Op], set[Path]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+
+    # -- load, before the threads start --------------------------------------------------------
+
+    def read(self) -> None:
+        """Snapshot plus journal into `self.jobs`; writes nothing."""
+        db = TinyDB(self.snapshot_path, storage=AtomicJSONStorage)
+        try:
+            for doc in db.table("jobs").all():
+                if doc.get("mobilesd_job_id"):
+                    self.jobs[doc["mobilesd_job_id"]] = dict(doc)
+        finally:
+            db.close()
+        for _, _, record in self.journal.iter_records():
+            self._apply(record)
+
+    def load(self) -> dict[str, Job]:
+        self.read()
+        lost = [
+            job
+            for job_id, job in self.done.items()
+            if job_id not in self.archive.index and job_id not in self.archive.removed
+        ]
+        if lost:
+            # Finished just before a crash, and the archive line never reached the disk.
+            self._archive_now(lost)
+        for job_id in [j for j in self.jobs if j in self.archive.index]:
+            del self.jobs[job_id]
+        self.done.clear()
+        self.archive.removed.clear()
+        self._compact()
+        return {k: dict(v) for k, v in self.jobs.items()}
+
+    def _archive_now(self, jobs: list[Job]) -> None:
+        for month, group in _by_month(jobs).items():
+            log_ = self.archive.log_for(month)
+            for job, (offset, length) in zip(group, log_.append(group, sync=True), strict=True):
+                self.archive.index[job["mobilesd_job_id"]] = _Archive.entry(
+                    month, offset, length, job
+                )
+                self.archive.order.append(job["mobilesd_job_id"])
+        log.info("re-archived %d finished job(s) found only in the journal", len(jobs))
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        op = record.get("op")
+        if op == "put":
+            job = record["job"]
+            self.jobs[job["mobilesd_job_id"]] = job
+        elif op == "done":
+            job = record["job"]
+            self.jobs.pop(job["mobilesd_job_id"], None)
+            self.done[job["mobilesd_job_id"]] = job
+        elif op == "pos":
+            for job_id, position in record["positions"].items():
+                if job_id in self.jobs:
+                    self.jobs[job_id] = {**self.jobs[job_id], "position": position}
+
+    def _compact(self) -> None:
+        # The `done` lines are about to go: their archive lines must be on disk first. Then the
+        # snapshot, then an empty journal; a crash in between replays records the snapshot
+        # already holds, which is harmless (every record is idempotent).
+        for path in self._unsynced_archive:
+            _fsync_path(path)
+        self._unsynced_archive.clear()
+        docs = {str(i): job for i, job in enumerate(self.jobs.values(), start=1)}
+        payload = json.dumps({"jobs": docs}, separators=(",", ":"), ensure_ascii=False)
+        atomic_write_bytes(self.snapshot_path, payload.encode(), mode=0o600)
+        atomic_write_bytes(self.journal.path, b"", mode=0o600)
+        self.lines = 0
+
+    # -- the threads ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._append_loop, name="mobilesd-store", daemon=True),
+            threading.Thread(target=self._sync_loop, name="mobilesd-fsync", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        if self._threads:
+            self._queue.put(None)  # the appender passes the stop on to the syncer
+            for thread in self._threads:
+                thread.join()
+            self._threads = []
+
+    def submit(self, op: _Op) -> None:
+        self._queue.put(op)
+
+    @staticmethod
+    def _drain(first: Any, source: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
+        batch, stop = [first], False
+        while True:
+            try:
+                item = source.get_nowait()
+            except queue.Empty:
+                return batch, stop
+            if item is None:
+                return batch, True
+            batch.append(item)
+
+    def _append_loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch, stop = self._drain(first, self._queue)
+            self._append(batch)
+            if stop:
+                break
+        self._sync_queue.put(None)
+
+    def _append(self, batch: list[_Op]) -> None:
+        records = [r for op in batch for r in op.journal]
+        touched: set[Path] = set()
+        try:
+            results = [self._write_archive(op, touched) for op in batch]
+            if records:
+                self.journal.append(records, sync=False)
+                touched.add(self.journal.path)
+        except OSError as exc:
+            log.error("job store write failed: %s", exc)
+            failure = _WriteFailed(exc, {k: dict(v) for k, v in self.jobs.items()})
+            for op in batch:
+                _resolve(op, failure)
+            return
+        for record in records:
+            self._apply(record)
+        self.done.clear()  # kept only while loading
+        self.lines += len(records)
+        for op, result in zip(batch, results, strict=True):
+            if op.durable:
+                op.result = result
+            else:
+                _resolve(op, result)
+        durable = [op for op in batch if op.durable]
+        if durable:
+            self._sync_queue.put((durable, touched))
+        else:
+            self._unsynced_archive |= touched - {self.journal.path}
+        if self.lines >= COMPACT_EVERY:
+            try:
+                self._compact()
+            except OSError as exc:  # the journal still holds everything; try again later
+                log.error("job store compaction failed: %s", exc)
+
+    def _sync_loop(self) -> None:
+        while (first := self._sync_queue.get()) is not None:
+            batch, stop = self._drain(first, self._sync_queue)
+            ops = [op for ops, _ in batch for op in ops]
+            paths = set().union(*(paths for _, paths in batch))
+            try:
+                for path in paths:
+                    _fsync_path(path)
+            except OSError as exc:
+                log.error("job store fsync failed: %s", exc)
+                for op in ops:
+                    _resolve(op, exc)
+            else:
+                for op in ops:
+                    _resolve(op, op.result)
+            if stop:
+                return
+
+    def _write_archive(self, op: _Op, touched: set[Path]) -> list[_ArchiveEntry]:
+        entries: list[_ArchiveEntry] = []
+        for month, jobs in _by_month(op.archive).items():
+            log_ = self.archive.log_for(month)
+            spans = log_.append(jobs, sync=False)
+            touched.add(log_.path)
+            entries.extend(
+                _Archive.entry(month, offset, length, job)
+                for job, (offset, length) in zip(jobs, spans, strict=True)
+            )
+        for month, ids in op.tombstones:
+            log_ = self.archive.log_for(month)
+            log_.append([{"_removed": ids}], sync=False)
+            touched.add(log_.path)
+        return entries
+
+
+def _by_month(jobs: list[Job]) -> dict[str, list[Job]]:
+    by_month: dict[str, list[Job]] = {}
+    for job in jobs:
+        stamp = job.get("completion_timestamp") or utc_now_iso()
+        by_month.setdefault(stamp[:7], []).append(job)
+    return by_month
+
+
+def read_live_jobs(data_path: Path) -> dict[str, Job]:
+    """The live jobs as the files hold them, read without changing anything (tools, tests)."""
+    writer = _Writer(data_path, _Archive(data_path / "archive"))
+    writer.read()
+    return writer.jobs
+
+
+def _resolve(op: _Op, result: Any) -> None:
+    future, loop = op.future, op.loop
+    if future is None or loop is None:
+        return
+    op.future = None
+
+    def deliver() -> None:
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(deliver)
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
 class JobStore:
-    """Durable jobs. Every method that changes a job returns after the change is on disk."""
+    """Durable jobs. Reads come from memory; every change is ordered through the writer."""
 
     def __init__(self, data_path: Path, *, listener: JobListener | None = None) -> None:
         self.data_path = data_path
         self._listener = listener
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesd-store")
-        self._lock = asyncio.Lock()
-        self._db: TinyDB | None = None
-        self._lock_fd: int | None = None
-        self._live: dict[str, Job] = {}
-        self._doc_ids: dict[str, int] = {}
-        self._next_doc_id = 1
         self._archive = _Archive(data_path / "archive")
+        self._writer = _Writer(data_path, self._archive)
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mobilesd-read")
+        self._live: dict[str, Job] = {}
+        self._pending_cache: list[Job] | None = None  # run order; dropped on any change
+        self._archiving: set[str] = set()
+        self._lock_fd: int | None = None
 
     def set_listener(self, listener: JobListener | None) -> None:
         self._listener = listener
 
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._io(self._open_sync)
+        await asyncio.to_thread(self._open_sync)
+        self._writer.start()
 
     def _open_sync(self) -> None:
         self.data_path.mkdir(parents=True, exist_ok=True)
         self._take_folder_lock()
-        self._db = TinyDB(self.data_path / "jobs.json", storage=AtomicJSONStorage)
         self._archive.load()
-        table = self._db.table("jobs")
-        stale: list[int] = []
-        for doc in table.all():
-            job_id = doc.get("mobilesd_job_id")
-            if not job_id or job_id in self._archive.index:
-                # Archived but not yet dropped from the live file when the core stopped.
-                stale.append(doc.doc_id)
-                continue
-            self._live[job_id] = dict(doc)
-            self._doc_ids[job_id] = doc.doc_id
-        if stale:
-            table.remove(doc_ids=stale)
-        self._next_doc_id = max(self._doc_ids.values(), default=0) + 1
+        self._live = self._writer.load()
 
     def _take_folder_lock(self) -> None:
         # Two cores on one folder would both rewrite jobs.json and each other's temp files.
@@ -264,12 +520,26 @@ class JobStore:
         self._lock_fd = fd
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._io(self._db.close)
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._writer.stop)
+        self._readers.shutdown(wait=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+    async def _commit(self, op: _Op) -> Any:
+        # Every change to `_live` is made just before its commit (or, archiving, just after).
+        self._pending_cache = None
+        loop = asyncio.get_running_loop()
+        op.future, op.loop = loop.create_future(), loop
+        future = op.future
+        self._writer.submit(op)
+        try:
+            # Shielded: a cancelled caller must not lose track of a write already queued.
+            return await asyncio.shield(future)
+        except _WriteFailed as failed:
+            self._live = failed.on_disk  # memory goes back to what the files hold
+            self._pending_cache = None
+            raise failed.cause from None
 
     # -- reads (memory only) ----------------------------------------------------------------
 
@@ -277,26 +547,26 @@ class JobStore:
         return list(self._live.values())
 
     def pending_in_order(self) -> list[Job]:
-        pending = [j for j in self._live.values() if j["status"] == "pending"]
-        pending.sort(key=lambda j: (j["position"], j["mobilesd_job_id"]))
-        return pending
+        """Pending jobs in run order (a copy: callers may change the list)."""
+        if self._pending_cache is None:
+            pending = [j for j in self._live.values() if j["status"] == "pending"]
+            pending.sort(key=lambda j: (j["position"], j["mobilesd_job_id"]))
+            self._pending_cache = pending
+        return list(self._pending_cache)
 
     def get_live(self, job_id: str) -> Job | None:
         return self._live.get(job_id)
 
     async def get(self, job_id: str) -> Job:
-        job = self._live.get(job_id)
-        if job is not None:
-            return job
-        job = self._archive.recent.get(job_id)
+        job = self._live.get(job_id) or self._archive.recent.get(job_id)
         if job is not None:
             return job
         if job_id not in self._archive.index:
             raise JobNotFound(job_id)
-        return await self._io(self._archive.read, job_id)
+        return await self._read(self._archive.read, job_id)
 
     def count(self) -> dict[str, int]:
-        counts = {s: 0 for s in ("pending", "processing", "completed", "failed", "cancelled")}
+        counts = dict.fromkeys(("pending", "processing", "completed", "failed", "cancelled"), 0)
         for job in self._live.values():
             counts[job["status"]] += 1
         for entry in self._archive.index.values():
@@ -317,7 +587,7 @@ class JobStore:
         def keep_live(job: Job) -> bool:
             if statuses and job["status"] not in statuses:
                 return False
-            return not needle or needle in _Archive._search_text(job)
+            return not needle or needle in _search_text(job)
 
         pending = [j for j in self.pending_in_order() if keep_live(j)]
         processing = sorted(
@@ -341,7 +611,7 @@ class JobStore:
             missing = [j for j in wanted if j not in self._archive.recent]
             loaded: dict[str, Job] = {}
             if missing:
-                loaded = await self._io(lambda: {j: self._archive.read(j) for j in missing})
+                loaded = await self._read(lambda: {j: self._archive.read(j) for j in missing})
             page.extend(self._archive.recent.get(j) or loaded[j] for j in wanted)
         return page, total
 
@@ -359,25 +629,15 @@ class JobStore:
         return max(positions, default=0) + 1
 
     async def add(self, jobs: list[Job]) -> list[Job]:
-        """Insert new pending jobs, all or none, in one write."""
-        async with self._lock:
-            base = self.next_position()
-            prepared = []
-            for i, job in enumerate(jobs):
-                job = {**job, "position": base + i}
-                prepared.append((self._next_doc_id + i, job))
-            await self._io(self._insert_sync, prepared)
-            self._next_doc_id += len(prepared)
-            for doc_id, job in prepared:
-                self._live[job["mobilesd_job_id"]] = job
-                self._doc_ids[job["mobilesd_job_id"]] = doc_id
-        for _, job in prepared:
+        """Insert new pending jobs, all or none, durably, in one journal write."""
+        base = self.next_position()
+        prepared = [{**job, "position": base + i} for i, job in enumerate(jobs)]
+        for job in prepared:
+            self._live[job["mobilesd_job_id"]] = job
+        await self._commit(_Op(journal=[{"op": "put", "job": job} for job in prepared]))
+        for job in prepared:
             self._notify("job", job)
-        return [job for _, job in prepared]
-
-    def _insert_sync(self, prepared: list[tuple[int, Job]]) -> None:
-        assert self._db is not None
-        self._db.table("jobs").insert_multiple(Document(job, doc_id=i) for i, job in prepared)
+        return prepared
 
     async def update(
         self,
@@ -385,99 +645,94 @@ class JobStore:
         changes: dict[str, Any],
         *,
         expect: Iterable[str] | None = None,
+        durable: bool = True,
     ) -> Job:
         """Change a live job, optionally only if its status is one of `expect`.
 
-        A change to a terminal status archives the job: appended to the archive first, then
-        removed from the live file, so a crash in between leaves it in both and `open` keeps the
-        archived (newer) copy.
+        A terminal status archives the job: appended to the archive first, then dropped from the
+        journal, so a crash in between leaves it in both and `open` keeps the archived copy.
         """
-        async with self._lock:
-            current = self._live.get(job_id)
-            if current is None:
-                if job_id in self._archive.index:
-                    job = await self.get(job_id)
-                    raise Conflict(f"job is already {job['status']}", job["status"])
-                raise JobNotFound(job_id)
-            if expect is not None and current["status"] not in set(expect):
-                raise Conflict(f"job is {current['status']}", current["status"])
-            job = {**current, **changes}
-            if job["status"] in TERMINAL_STATUSES:
-                job["progress"] = None
-                items = await self._io(self._archive_sync, [job])
-                self._archive.commit_append(items, [job])
-                del self._live[job_id]
-                self._doc_ids.pop(job_id, None)
-            else:
-                await self._io(self._update_sync, {job_id: changes})
-                self._live[job_id] = job
+        current = self._live.get(job_id)
+        if current is None or job_id in self._archiving:
+            if job_id in self._archive.index or job_id in self._archiving:
+                job = await self.get(job_id) if job_id in self._archive.index else current
+                status = job["status"] if job else None
+                raise Conflict(f"job is already {status}", status)
+            raise JobNotFound(job_id)
+        if expect is not None and current["status"] not in set(expect):
+            raise Conflict(f"job is {current['status']}", current["status"])
+        job = {**current, **changes}
+        if job["status"] in TERMINAL_STATUSES:
+            job["progress"] = None
+            self._archiving.add(job_id)
+            try:
+                (entry,) = await self._commit(
+                    _Op(archive=[job], journal=[{"op": "done", "job": job}])
+                )
+            finally:
+                self._archiving.discard(job_id)
+            self._archive.commit_append(job, entry)
+            self._live.pop(job_id, None)
+            self._pending_cache = None
+        else:
+            self._live[job_id] = job
+            await self._commit(_Op(journal=[{"op": "put", "job": job}], durable=durable))
         self._notify("job", job)
         return job
 
-    def _archive_sync(self, jobs: list[Job]) -> list[tuple[str, _ArchiveEntry]]:
-        assert self._db is not None
-        items = self._archive.append(jobs)
-        doc_ids = [self._doc_ids[j["mobilesd_job_id"]] for j in jobs]
-        self._db.table("jobs").remove(doc_ids=doc_ids)
-        return items
-
-    def _update_sync(self, changes_by_id: dict[str, dict[str, Any]]) -> None:
-        assert self._db is not None
-
-        def apply(doc: dict[str, Any]) -> None:
-            doc.update(changes_by_id[doc["mobilesd_job_id"]])
-
-        doc_ids = [self._doc_ids[job_id] for job_id in changes_by_id]
-        self._db.table("jobs").update(apply, doc_ids=doc_ids)
-
     async def reorder(self, ordered_ids: list[str]) -> list[Job]:
-        """Give pending jobs positions 1..n in the given order, in one write."""
-        async with self._lock:
-            changes = {}
-            for position, job_id in enumerate(ordered_ids, start=1):
-                job = self._live.get(job_id)
-                if job is None or job["status"] != "pending":
-                    raise Conflict("only pending jobs can be moved")
-                if job["position"] != position:
-                    changes[job_id] = {"position": position}
-            if changes:
-                await self._io(self._update_sync, changes)
-                for job_id, ch in changes.items():
-                    self._live[job_id] = {**self._live[job_id], **ch}
-            moved = [self._live[j] for j in changes]
+        """Give pending jobs positions 1..n in the given order, in one journal line."""
+        positions: dict[str, int] = {}
+        for position, job_id in enumerate(ordered_ids, start=1):
+            job = self._live.get(job_id)
+            if job is None or job["status"] != "pending" or job_id in self._archiving:
+                raise Conflict("only pending jobs can be moved")
+            if job["position"] != position:
+                positions[job_id] = position
+        for job_id, position in positions.items():
+            self._live[job_id] = {**self._live[job_id], "position": position}
+        if positions:
+            await self._commit(_Op(journal=[{"op": "pos", "positions": positions}]))
+        moved = [self._live[j] for j in positions if j in self._live]
         for job in moved:
             self._notify("job", job)
         return moved
 
     async def requeue_processing(self) -> list[Job]:
         """On start: jobs left `processing` by a crash go back to pending at the queue's front."""
-        async with self._lock:
-            stuck = [j for j in self._live.values() if j["status"] == "processing"]
-            if not stuck:
-                return []
-            front = min((j["position"] for j in self.pending_in_order()), default=1)
-            changes = {}
-            for i, job in enumerate(sorted(stuck, key=lambda j: j["position"])):
-                changes[job["mobilesd_job_id"]] = {
-                    "status": "pending",
-                    "assigned_server_alias": None,
-                    "progress": None,
-                    "position": front - len(stuck) + i,
-                    # Not the server's fault: counted apart from the retry budget.
-                    "interruptions": job.get("interruptions", 0) + 1,
-                }
-            await self._io(self._update_sync, changes)
-            for job_id, ch in changes.items():
-                self._live[job_id] = {**self._live[job_id], **ch}
-            return [self._live[j] for j in changes]
+        stuck = sorted(
+            (j for j in self._live.values() if j["status"] == "processing"),
+            key=lambda j: j["position"],
+        )
+        if not stuck:
+            return []
+        front = min((j["position"] for j in self.pending_in_order()), default=1)
+        requeued = []
+        for i, job in enumerate(stuck):
+            job = {
+                **job,
+                "status": "pending",
+                "assigned_server_alias": None,
+                "progress": None,
+                "position": front - len(stuck) + i,
+                # Not the server's fault: counted apart from the retry budget.
+                "interruptions": job.get("interruptions", 0) + 1,
+            }
+            self._live[job["mobilesd_job_id"]] = job
+            requeued.append(job)
+        await self._commit(_Op(journal=[{"op": "put", "job": job} for job in requeued]))
+        return requeued
 
     async def remove_finished(self, job_ids: list[str]) -> list[str]:
         """Drop terminal jobs from the history (their images stay)."""
-        async with self._lock:
-            ids = [j for j in dict.fromkeys(job_ids) if j in self._archive.index]
-            if ids:
-                await self._io(self._archive.tombstone, ids)
-                self._archive.commit_remove(ids)
+        ids = [j for j in dict.fromkeys(job_ids) if j in self._archive.index]
+        if not ids:
+            return []
+        by_month: dict[str, list[str]] = {}
+        for job_id in ids:
+            by_month.setdefault(self._archive.index[job_id].month, []).append(job_id)
+        await self._commit(_Op(tombstones=list(by_month.items())))
+        self._archive.commit_remove(ids)
         for job_id in ids:
             self._notify("job_removed", job_id)
         return ids
@@ -490,31 +745,25 @@ class JobStore:
 
 
 class ServerStore:
-    """Forge server settings in `servers.json` (0600), alias is the key."""
+    """Forge server settings in `servers.json` (0600), alias is the key. Small: rewritten whole."""
 
     def __init__(self, data_path: Path) -> None:
         self.data_path = data_path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesd-servers")
-        self._db: TinyDB | None = None
+        self._storage: AtomicJSONStorage | None = None
         self._servers: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
-
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> None:
         def _open() -> None:
             self.data_path.mkdir(parents=True, exist_ok=True)
-            self._db = TinyDB(self.data_path / "servers.json", storage=AtomicJSONStorage)
-            for doc in self._db.table("servers").all():
-                self._servers[doc["alias"]] = dict(doc)
+            db = TinyDB(self.data_path / "servers.json", storage=AtomicJSONStorage)
+            self._servers = {doc["alias"]: dict(doc) for doc in db.table("servers").all()}
+            self._storage = db.storage  # type: ignore[assignment]
 
-        await self._io(_open)
+        await asyncio.to_thread(_open)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._io(self._db.close)
-        self._executor.shutdown(wait=True)
+        pass
 
     def all(self) -> list[dict[str, Any]]:
         return sorted(self._servers.values(), key=lambda s: s["alias"])
@@ -523,15 +772,9 @@ class ServerStore:
         return self._servers.get(alias)
 
     async def replace_all(self, servers: dict[str, dict[str, Any]]) -> None:
-        """Write the whole server list (small) in one atomic write."""
+        """Write the whole server list in one atomic write: the old list or the new, never half."""
         async with self._lock:
-
-            def _write() -> None:
-                # One storage write (not truncate + insert): a crash leaves the old or new list.
-                assert self._db is not None
-                docs = {str(i): s for i, s in enumerate(servers.values(), start=1)}
-                self._db.storage.write({"servers": docs})
-                self._db.table("servers").clear_cache()
-
-            await self._io(_write)
+            assert self._storage is not None
+            docs = {str(i): s for i, s in enumerate(servers.values(), start=1)}
+            await asyncio.to_thread(self._storage.write, {"servers": docs})
             self._servers = dict(servers)

@@ -45,6 +45,7 @@ from PIL import Image
 
 from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.forge.simulator.server import free_port
+from mobilesd_core.store import read_live_jobs
 
 TOKEN = "crash-test-token-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -413,11 +414,12 @@ async def wait_for_change(probe: Callable[[], object], timeout: float) -> bool:
 
 
 def read_live_file(data: Path) -> list[dict[str, Any]]:
+    """Live jobs: the snapshot (which must always parse: it is replaced atomically) plus the
+    journal of changes since (a torn last line is allowed)."""
     path = data / "jobs.json"
-    if not path.exists():
-        return []
-    db = json.loads(path.read_text())  # the live file must always parse: it is replaced atomically
-    return list((db.get("jobs") or {}).values())
+    if path.exists():
+        json.loads(path.read_text())
+    return list(read_live_jobs(data).values())
 
 
 def read_archive(data: Path) -> tuple[list[dict[str, Any]], int, int]:

@@ -44,10 +44,12 @@ async def test_terminal_jobs_move_to_archive_and_stay_listed(tmp_path: Path) -> 
         expect={"processing"},
     )
     assert done["status"] == "completed"
-    live = json.loads((tmp_path / "jobs.json").read_text())["jobs"]
-    assert [d["mobilesd_job_id"] for d in live.values()] == [b["mobilesd_job_id"]]
+    assert [j["mobilesd_job_id"] for j in store.live_jobs()] == [b["mobilesd_job_id"]]
     archived = list((tmp_path / "archive").glob("jobs-*.jsonl"))
     assert len(archived) == 1
+    # The live side learnt of it by one appended line, not by a rewrite.
+    last = json.loads((tmp_path / "jobs.journal").read_text().splitlines()[-1])
+    assert last == {"op": "done", "job": done}
 
     jobs, total = await store.list_jobs()
     assert total == 2
@@ -55,6 +57,10 @@ async def test_terminal_jobs_move_to_archive_and_stay_listed(tmp_path: Path) -> 
     await store.close()
 
     again = await open_store(tmp_path)
+    # Opening folds the journal into a fresh snapshot.
+    live = json.loads((tmp_path / "jobs.json").read_text())["jobs"]
+    assert [d["mobilesd_job_id"] for d in live.values()] == [b["mobilesd_job_id"]]
+    assert (tmp_path / "jobs.journal").read_bytes() == b""
     assert (await again.get(a["mobilesd_job_id"]))["status"] == "completed"
     jobs, total = await again.list_jobs(statuses={"completed"})
     assert total == 1 and jobs[0]["mobilesd_job_id"] == a["mobilesd_job_id"]
@@ -200,4 +206,65 @@ async def test_server_store_keeps_passwords_private(tmp_path: Path) -> None:
     again = ServerStore(tmp_path)
     await again.open()
     assert again.get("gpu1")["password"] == "pw"
+    await again.close()
+
+
+async def test_finished_job_only_in_the_journal_is_archived_at_open(tmp_path: Path) -> None:
+    """The journal's `done` line and the archive line are flushed independently; a power cut
+    may keep only the first. Opening re-archives the job from it."""
+    store = await open_store(tmp_path)
+    (job,) = await store.add(make_jobs(1))
+    await store.close()
+    finished = {**job, "status": "completed", "completion_timestamp": utc_now_iso()}
+    AppendLog(tmp_path / "jobs.journal").append([{"op": "done", "job": finished}])
+    assert not list((tmp_path / "archive").glob("*.jsonl"))
+
+    again = await open_store(tmp_path)
+    assert again.live_jobs() == []
+    assert (await again.get(job["mobilesd_job_id"]))["status"] == "completed"
+    await again.close()
+    third = await open_store(tmp_path)
+    assert third.count()["completed"] == 1
+    await third.close()
+
+
+async def test_write_failure_keeps_memory_equal_to_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_store(tmp_path)
+    (job,) = await store.add(make_jobs(1))
+
+    def disk_full(self: AppendLog, records: list, *, sync: bool = True) -> list:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(AppendLog, "append", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        await store.update(job["mobilesd_job_id"], {"status": "processing"})
+    assert store.get_live(job["mobilesd_job_id"])["status"] == "pending"
+    monkeypatch.undo()
+    await store.update(job["mobilesd_job_id"], {"status": "processing"})
+    await store.close()
+    again = await open_store(tmp_path)
+    assert again.get_live(job["mobilesd_job_id"])["status"] == "processing"
+    await again.close()
+
+
+async def test_journal_is_folded_into_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobilesd_core.store as store_module
+
+    monkeypatch.setattr(store_module, "COMPACT_EVERY", 10)
+    store = await open_store(tmp_path)
+    jobs = await store.add(make_jobs(3))
+    for _ in range(4):
+        for job in jobs:
+            await store.update(job["mobilesd_job_id"], {"attempts": 1})
+    lines = (tmp_path / "jobs.journal").read_text().count("\n")
+    assert lines < 10  # folded at least once
+    await store.close()
+    again = await open_store(tmp_path)
+    assert sorted(j["mobilesd_job_id"] for j in again.live_jobs()) == sorted(
+        j["mobilesd_job_id"] for j in jobs
+    )
     await again.close()
