@@ -228,8 +228,9 @@ class Dispatcher:
     # -- one job ----------------------------------------------------------------------------
 
     async def _hand_over(self, run: _Run) -> None:
-        """Free the slot and let the next job be claimed and sent before this one's images are
-        decoded and saved: that work holds the GIL and would delay the next request."""
+        """Free the slot as soon as Forge answers (its generation lock is free by then) and let
+        the next job be claimed and sent before this answer is downloaded, decoded and saved:
+        that work holds the GIL and would delay the next request."""
         future = asyncio.get_running_loop().create_future()
         self._waiting_for_pass.append(future)
         self._release_slot(run)
@@ -275,7 +276,16 @@ class Dispatcher:
         self._set_progress(run, {"fraction": 0.0, "phase": "starting"}, force=True)
         run.submitted = True
         sent = time.monotonic()
-        request = asyncio.create_task(run.client.txt2img(payload))
+
+        async def answered() -> None:
+            run.timings["generate_s"] = time.monotonic() - sent
+            await self._hand_over(run)
+
+        request = asyncio.create_task(
+            run.client.txt2img(
+                payload, on_answer=answered, body_timeout=self._settings.stall_timeout
+            )
+        )
         try:
             result = await self._follow(request, run)
         finally:
@@ -283,8 +293,8 @@ class Dispatcher:
                 request.cancel()
                 with contextlib.suppress(BaseException):
                     await request
-        run.timings["generate_s"] = time.monotonic() - sent
-        await self._hand_over(run)
+        if not run.slot_released:
+            await self._hand_over(run)
         if run.cancelled:
             raise _JobCancelled
         info = result["info"]
@@ -357,6 +367,8 @@ class Dispatcher:
             done, _ = await asyncio.wait({request}, timeout=interval)
             if done:
                 return request.result()
+            if run.slot_released:
+                continue  # the answer is downloading; progress now belongs to the next job
             try:
                 raw = await run.client.progress()
             except ForgeError:
@@ -557,7 +569,7 @@ class Dispatcher:
         if run is None:
             return False
         run.cancelled = True
-        if run.submitted:
+        if run.submitted and not run.slot_released:
             try:
                 await run.client.interrupt()
                 log.info("job %s interrupted on %s", job_id, run.runtime.alias)

@@ -387,3 +387,26 @@ async def test_job_that_keeps_stopping_the_core_is_failed(tmp_path: Path) -> Non
         )
     finally:
         await stop_harness(harness)
+
+
+async def test_server_is_handed_to_the_next_job_once_it_answers(tmp_path: Path) -> None:
+    """Forge frees its generation lock before it sends the answer, so the next job is sent
+    while the last answer downloads. Seen here: the first answer breaks off mid-body, and with
+    no retry backoff the first job would run again at once, were the second not already sent."""
+    from .conftest import fast_settings, start_harness, stop_harness
+
+    harness = await start_harness(fast_settings(tmp_path, retry_backoff=0.0))
+    try:
+        sim = await harness.add_sim("gpu1")
+        await harness.api.post("/api/v1/queue/pause")
+        sim.sim.set_fault("drop", count=1, path="txt2img")
+        first = await harness.submit(prompt="first")
+        second = await harness.submit(prompt="second")
+        await harness.api.post("/api/v1/queue/resume")
+        for job_id in (first, second):
+            assert (await harness.wait_status(job_id, "completed"))["status"] == "completed"
+        assert [g.prompt for g in sim.sim.generations] == ["first", "second", "first"]
+        assert (await harness.job(first))["attempts"] == 2
+        assert (await harness.job(second))["attempts"] == 1
+    finally:
+        await stop_harness(harness)

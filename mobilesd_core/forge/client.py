@@ -6,9 +6,11 @@ that says what to fix). Credentials go in the Basic auth header only; nothing he
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -74,16 +76,29 @@ class ForgeClient:
         body: Any = None,
         params: dict[str, Any] | None = None,
         timeout: httpx.Timeout | None = None,
+        on_headers: Callable[[], Awaitable[None]] | None = None,
+        body_timeout: float | None = None,
     ) -> Any:
+        """One request, its failures mapped. `on_headers` runs once a 200 answer has begun,
+        before its body is read; `body_timeout` then bounds the reading of that body."""
         where = f"server '{self.alias}'"
         try:
-            response = await self._http.request(
+            request = self._http.build_request(
                 method,
                 API + path,
                 json=body,
                 params=params,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
+            response = await self._http.send(request, stream=True)
+            try:
+                if on_headers is not None and response.status_code == 200:
+                    await on_headers()
+                await asyncio.wait_for(response.aread(), body_timeout)
+            finally:
+                await response.aclose()
+        except TimeoutError:
+            raise ForgeTransientError(f"{where} stopped sending its answer to {path}") from None
         except httpx.ConnectTimeout:
             raise ForgeTransientError(
                 f"{where} did not answer (connect timeout)", offline=True
@@ -213,10 +228,23 @@ class ForgeClient:
     async def interrupt(self) -> None:
         await self._call("POST", "/interrupt", timeout=httpx.Timeout(10.0, connect=5.0))
 
-    async def txt2img(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Run one generation. No read timeout: liveness is watched through /progress."""
+    async def txt2img(
+        self,
+        payload: dict[str, Any],
+        *,
+        on_answer: Callable[[], Awaitable[None]] | None = None,
+        body_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run one generation. No read timeout before the answer begins: liveness is watched
+        through /progress. Forge has released its generation lock once it answers, so
+        `on_answer` may hand the server to the next job while this answer downloads."""
         result = await self._call(
-            "POST", "/txt2img", body=payload, timeout=httpx.Timeout(None, connect=10.0)
+            "POST",
+            "/txt2img",
+            body=payload,
+            timeout=httpx.Timeout(None, connect=10.0),
+            on_headers=on_answer,
+            body_timeout=body_timeout,
         )
         if not isinstance(result, dict) or not isinstance(result.get("images"), list):
             raise ForgeTransientError(f"server '{self.alias}' sent a txt2img answer without images")
