@@ -151,8 +151,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if result.problems:
             bad += 1
             for problem in result.problems:
-                line = f":{problem.line}" if problem.line else ""
-                print(f"{name}{line}: {problem.path or '(file)'}: {problem.message}")
+                print(problem.render_in(name))
         else:
             print(f"{name}: ok, {len(result.jobs)} job(s)")
     return 1 if bad else 0
@@ -186,8 +185,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if result.problems:
                 failures += 1
                 for problem in result.problems:
-                    line = f":{problem.line}" if problem.line else ""
-                    print(f"{name}{line}: {problem.path or '(file)'}: {problem.message}")
+                    print(problem.render_in(name))
                 continue
             for spec in result.jobs:
                 body = {

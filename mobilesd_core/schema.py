@@ -250,6 +250,11 @@ class FieldProblem(BaseModel):
         where = f"line {self.line}: " if self.line else ""
         return f"{where}{self.path or '(top level)'}: {self.message}"
 
+    def render_in(self, filename: str) -> str:
+        """Compiler style, `file:line: field: message`, as editors and terminals link it."""
+        line = f":{self.line}" if self.line else ""
+        return f"{filename}{line}: {self.path or '(file)'}: {self.message}"
+
 
 def format_loc(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
     out = prefix
