@@ -10,7 +10,14 @@ from aiohttp import web
 from .. import __version__
 from ..config import Settings, load_or_create_token
 from ..core import Core
-from . import routes_gallery, routes_jobs, routes_servers
+from . import (
+    routes_auth,
+    routes_docs,
+    routes_events,
+    routes_gallery,
+    routes_jobs,
+    routes_servers,
+)
 from .auth import auth_middleware
 from .errors import error_middleware
 from .keys import CORE, SETTINGS, TOKEN
@@ -44,4 +51,7 @@ def create_app(
     app.add_routes(routes_servers.routes)
     app.add_routes(routes_jobs.routes)
     app.add_routes(routes_gallery.routes)
+    app.add_routes(routes_events.routes)
+    app.add_routes(routes_auth.routes)
+    app.add_routes(routes_docs.routes)
     return app
