@@ -653,10 +653,11 @@ class JobStore:
         journal, so a crash in between leaves it in both and `open` keeps the archived copy.
         """
         current = self._live.get(job_id)
-        if current is None or job_id in self._archiving:
-            if job_id in self._archive.index or job_id in self._archiving:
-                job = await self.get(job_id) if job_id in self._archive.index else current
-                status = job["status"] if job else None
+        if job_id in self._archiving:
+            raise Conflict("job is finishing", current["status"] if current else None)
+        if current is None:
+            if job_id in self._archive.index:
+                status = self._archive.index[job_id].status
                 raise Conflict(f"job is already {status}", status)
             raise JobNotFound(job_id)
         if expect is not None and current["status"] not in set(expect):
