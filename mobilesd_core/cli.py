@@ -88,10 +88,12 @@ def bind_listener(host: str, port: int) -> socket.socket:
         ) from None
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, qr: bool = True) -> None:
     from aiohttp import web
 
     from .api.app import create_app
+    from .api.keys import TOKEN
+    from .phone_link import print_phone_link
 
     listener = bind_listener(settings.host, settings.port)
     app = create_app(settings)
@@ -105,13 +107,15 @@ async def serve(settings: Settings) -> None:
             print("Access token: from MOBILESD_TOKEN")
         else:
             print(f"Access token: kept in {settings.data_path / TOKEN_FILE} (mode 0600)")
+        # stdout only, never the log: the link carries the token.
+        print_phone_link(settings.host, listener.getsockname()[1], app[TOKEN], qr=qr)
 
     await _run_until_signalled(start, runner.cleanup)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = prepare(_settings(args))
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, qr=not args.no_qr))
     return 0
 
 
@@ -220,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the core service")
     _add_core_flags(p)
+    p.add_argument("--no-qr", action="store_true", help="print the phone link without a QR code")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="core + two simulated Forge servers, no GPU needed")

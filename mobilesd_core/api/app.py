@@ -18,9 +18,10 @@ from . import (
     routes_jobs,
     routes_servers,
 )
-from .auth import auth_middleware
+from .auth import auth_middleware, init_auth
 from .errors import error_middleware
 from .keys import CORE, SETTINGS, TOKEN
+from .security import security_headers
 
 MAX_BODY = 1024 * 1024  # a job with a long prompt is a few KB; 1 MB leaves room for batches
 
@@ -40,6 +41,8 @@ def create_app(
     app[SETTINGS] = settings
     app[TOKEN] = load_or_create_token(settings)
     app[CORE] = core or Core(settings, forge_transport=forge_transport)
+    init_auth(app)  # the wrong-token limiter
+    app.on_response_prepare.append(security_headers)
 
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         await app[CORE].start()
