@@ -1,0 +1,921 @@
+"""The OpenAPI 3.1 document of the core's HTTP API: the machine-readable copy of CONTRACT.md.
+
+Request bodies come from the pydantic models (the same ones the routes validate with); responses
+are described here by hand. tests/test_openapi.py keeps both honest: every registered route must be
+documented (and every documented one registered), and real responses must validate against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from .. import __version__
+from ..jobfile_schema import model_schemas
+from ..schema import ALL_STATUSES, SEED_MAX, TERMINAL_STATUSES
+from .auth import SESSION_COOKIE
+
+Schema = dict[str, Any]
+
+OPENAPI_VERSION = "3.1.0"
+
+# Documented, but registered by work in progress; the route coverage test tolerates their absence.
+UNDER_CONSTRUCTION: frozenset[tuple[str, str]] = frozenset({("get", "/api/v1/events")})
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    """`schema` or null."""
+    if isinstance(schema.get("type"), str):
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _obj(properties: dict[str, Schema], required: list[str] | None = None, **extra: Any) -> Schema:
+    out: Schema = {"type": "object", "properties": properties}
+    if required:
+        out["required"] = required
+    out.update(extra)
+    return out
+
+
+STR: Schema = {"type": "string"}
+INT: Schema = {"type": "integer"}
+NUM: Schema = {"type": "number"}
+BOOL: Schema = {"type": "boolean"}
+TIME: Schema = {"type": "string", "format": "date-time"}
+JOB_ID: Schema = {
+    "type": "string",
+    "description": "ULID: unique, sortable by creation time.",
+    "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$",
+}
+
+
+# --- response schemas -------------------------------------------------------------------------
+
+
+def _response_schemas() -> dict[str, Schema]:
+    terminal = [s for s in ALL_STATUSES if s in TERMINAL_STATUSES]
+    attempt_error = _obj(
+        {
+            "attempt": INT,
+            "server": STR,
+            "error": STR,
+            "at": TIME,
+        },
+        ["attempt", "error"],
+        description="One failed attempt of a job.",
+    )
+    return {
+        "JobStatus": {"type": "string", "enum": list(ALL_STATUSES)},
+        "JobSource": {"type": "string", "enum": ["tui", "web", "api", "inbox", "cli"]},
+        "AttemptError": attempt_error,
+        "JobProgress": _obj(
+            {
+                "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+                "phase": {
+                    "type": "string",
+                    "description": (
+                        "starting | waiting for server | loading model | sampling | finishing"
+                    ),
+                },
+                "step": INT,
+                "steps": INT,
+                "batch": INT,
+                "batches": INT,
+                "eta_seconds": _nullable(NUM),
+                "preview": {
+                    "type": "boolean",
+                    "description": "Whether a live preview image exists for the job.",
+                },
+            },
+            ["fraction"],
+            description="Live progress while the job is processing (not stored).",
+        ),
+        "JobResult": _obj(
+            {
+                "images": {
+                    "type": "array",
+                    "items": STR,
+                    "description": "Gallery file names (GET /gallery_files/{filename}).",
+                },
+                "info": _obj(
+                    {
+                        "seed": _nullable(INT),
+                        "all_seeds": _nullable({"type": "array", "items": INT}),
+                        "subseed": _nullable(INT),
+                        "sd_model_name": _nullable(STR),
+                        "sd_model_hash": _nullable(STR),
+                        "checkpoint_title": _nullable(STR),
+                        "version": _nullable(STR),
+                    },
+                    description="What Forge reported about the run.",
+                ),
+                "timings": {
+                    "type": "object",
+                    "additionalProperties": NUM,
+                    "description": "Seconds spent per phase.",
+                },
+            },
+            ["images"],
+            description="result_details of a completed job.",
+        ),
+        "JobFailure": _obj(
+            {
+                "error": {"type": "string", "description": "Human readable reason."},
+                "server": STR,
+                "errors": {"type": "array", "items": _ref("AttemptError")},
+            },
+            ["error"],
+            description="result_details of a failed or cancelled job.",
+        ),
+        "Job": _obj(
+            {
+                "mobilesd_job_id": JOB_ID,
+                "status": _ref("JobStatus"),
+                "creation_timestamp": TIME,
+                "started_timestamp": _nullable(TIME),
+                "completion_timestamp": _nullable(TIME),
+                "target_server_alias": {
+                    "type": ["string", "null"],
+                    "description": "null: any enabled server may take it.",
+                },
+                "assigned_server_alias": {
+                    "type": ["string", "null"],
+                    "description": "The server that runs / ran it.",
+                },
+                "source": _ref("JobSource"),
+                "source_ref": {
+                    "type": ["string", "null"],
+                    "description": "E.g. the inbox file name.",
+                },
+                "position": {
+                    "type": "integer",
+                    "description": "Order among pending jobs; lower runs first.",
+                },
+                "attempts": {"type": "integer", "minimum": 0},
+                "progress": _nullable(_ref("JobProgress")),
+                "generation_params": _ref("GenerationParams"),
+                "result_details": {
+                    "anyOf": [_ref("JobResult"), _ref("JobFailure"), {"type": "null"}],
+                },
+                "waiting_reason": {
+                    "type": ["string", "null"],
+                    "description": "Pending jobs: why it is not running yet (null: its turn).",
+                },
+                "retry_of": {**JOB_ID, "description": "The job this one retries."},
+                "interruptions": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Runs cut short by the core stopping (not the job's fault).",
+                },
+                "errors": {"type": "array", "items": _ref("AttemptError")},
+                "retry_at": {
+                    "type": ["number", "null"],
+                    "description": "Unix time before which a failed attempt is not retried.",
+                },
+            },
+            [
+                "mobilesd_job_id",
+                "status",
+                "creation_timestamp",
+                "started_timestamp",
+                "completion_timestamp",
+                "target_server_alias",
+                "assigned_server_alias",
+                "source",
+                "source_ref",
+                "position",
+                "attempts",
+                "progress",
+                "generation_params",
+                "result_details",
+            ],
+            description="A job as the API returns it.",
+        ),
+        "JobStatusView": _obj(
+            {
+                "mobilesd_job_id": JOB_ID,
+                "status": _ref("JobStatus"),
+                "progress": _nullable(_ref("JobProgress")),
+                "result_details": {
+                    "anyOf": [_ref("JobResult"), _ref("JobFailure"), {"type": "null"}],
+                },
+            },
+            ["mobilesd_job_id", "status", "progress", "result_details"],
+            description="The cheap view for polling.",
+        ),
+        "JobAccepted": _obj(
+            {"mobilesd_job_id": JOB_ID, "job": _ref("Job")},
+            ["mobilesd_job_id", "job"],
+        ),
+        "JobList": _obj(
+            {
+                "jobs": {"type": "array", "items": _ref("Job")},
+                "total": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "All matching jobs, not just this page.",
+                },
+            },
+            ["jobs", "total"],
+        ),
+        "MoveRequest": {
+            "oneOf": [
+                _obj(
+                    {"to": {"type": "string", "enum": ["top", "bottom", "up", "down"]}},
+                    ["to"],
+                    additionalProperties=False,
+                ),
+                _obj(
+                    {"before": {**JOB_ID, "description": "A pending job to move in front of."}},
+                    ["before"],
+                    additionalProperties=False,
+                ),
+            ],
+        },
+        "ClearRequest": _obj(
+            {
+                "status": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": terminal},
+                    "default": terminal,
+                },
+            },
+        ),
+        "ClearResult": _obj({"removed": {"type": "integer", "minimum": 0}}, ["removed"]),
+        "QueueState": _obj(
+            {
+                "paused": {
+                    "type": "boolean",
+                    "description": "Paused: no new job is dispatched; running ones finish.",
+                },
+                "counts": _obj(
+                    {s: {"type": "integer", "minimum": 0} for s in ALL_STATUSES},
+                    list(ALL_STATUSES),
+                    description="Jobs per status, finished ones included.",
+                ),
+            },
+            ["paused", "counts"],
+        ),
+        "ServerStatus": _obj(
+            {
+                "alias": STR,
+                "online": BOOL,
+                "enabled": BOOL,
+                "checked": {"type": "boolean", "description": "Whether it was probed yet."},
+                "latency_ms": _nullable(NUM),
+                "current_checkpoint": _nullable(STR),
+                "busy": BOOL,
+                "active_jobs": {"type": "integer", "minimum": 0},
+                "max_concurrent": {"type": "integer", "minimum": 1},
+                "error": {
+                    "type": ["string", "null"],
+                    "description": "Why it is offline.",
+                },
+            },
+            ["online", "latency_ms", "current_checkpoint", "busy", "error"],
+        ),
+        "Server": _obj(
+            {
+                "alias": STR,
+                "api_url": STR,
+                "username": _nullable(STR),
+                "enabled": BOOL,
+                "max_concurrent": {"type": "integer", "minimum": 1},
+                "has_password": {
+                    "type": "boolean",
+                    "description": "Passwords are never returned.",
+                },
+                "status": _ref("ServerStatus"),
+            },
+            ["alias", "api_url", "username", "enabled", "max_concurrent", "has_password"],
+            description="A server as clients see it.",
+        ),
+        "ServerModels": _obj(
+            {
+                "checkpoints": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "title": STR,
+                            "path": STR,
+                            "model_name": STR,
+                            "hash": _nullable(STR),
+                        },
+                        ["title", "path", "model_name"],
+                    ),
+                },
+                "loras": {"type": "array", "items": STR},
+                "samplers": {"type": "array", "items": STR},
+                "schedulers": {"type": "array", "items": STR},
+                "upscalers": {"type": "array", "items": STR},
+                "styles": {"type": "array", "items": _nullable(STR)},
+                "current_checkpoint": _nullable(STR),
+            },
+            ["checkpoints", "loras", "samplers", "schedulers", "styles"],
+            description="What one Forge server offers.",
+        ),
+        "GalleryImage": _obj(
+            {
+                "filename": STR,
+                "url": STR,
+                "thumb_url": STR,
+                "width": {"type": "integer", "minimum": 0},
+                "height": {"type": "integer", "minimum": 0},
+                "created": TIME,
+                "mobilesd_job_id": _nullable(STR),
+                "prompt": STR,
+                "negative_prompt": STR,
+                "seed": _nullable({"type": "integer", "minimum": -1, "maximum": SEED_MAX}),
+                "checkpoint": _nullable(STR),
+            },
+            [
+                "filename",
+                "url",
+                "thumb_url",
+                "width",
+                "height",
+                "created",
+                "mobilesd_job_id",
+                "prompt",
+                "seed",
+                "checkpoint",
+            ],
+        ),
+        "GalleryList": _obj(
+            {
+                "images": {"type": "array", "items": _ref("GalleryImage")},
+                "total": {"type": "integer", "minimum": 0},
+            },
+            ["images", "total"],
+        ),
+        "Health": _obj(
+            {"status": {"const": "ok"}, "version": STR},
+            ["status", "version"],
+        ),
+        "Error": _obj(
+            {
+                "error": _obj(
+                    {
+                        "code": {
+                            "type": "string",
+                            "description": (
+                                "Machine-readable: bad_json, unauthorized, job_not_found, "
+                                "server_not_found, image_not_found, server_exists, wrong_state, "
+                                "too_large, invalid_fields, bad_filename, server_unavailable, "
+                                "not_found, internal, ..."
+                            ),
+                        },
+                        "message": STR,
+                        "details": {
+                            "description": (
+                                "422: one FieldProblem per field; 409 wrong_state: "
+                                '{"status": <the job\'s status>}; otherwise absent.'
+                            ),
+                            "anyOf": [
+                                {"type": "array", "items": _ref("FieldProblem")},
+                                {"type": "object"},
+                            ],
+                        },
+                    },
+                    ["code", "message"],
+                ),
+            },
+            ["error"],
+            description="The one error shape of every route.",
+        ),
+        # Data of the Server-Sent Events (see GET /api/v1/events).
+        "JobRemovedEvent": _obj({"mobilesd_job_id": JOB_ID}, ["mobilesd_job_id"]),
+        "ServerEvent": {
+            "anyOf": [
+                _ref("ServerStatus"),
+                _obj(
+                    {"alias": STR, "removed": {"const": True}},
+                    ["alias", "removed"],
+                    additionalProperties=False,
+                ),
+            ],
+        },
+        "ImageEvent": {
+            "oneOf": [
+                _obj({"added": _ref("GalleryImage")}, ["added"], additionalProperties=False),
+                _obj({"removed": _ref("GalleryImage")}, ["removed"], additionalProperties=False),
+            ],
+        },
+        "DownloadEvent": {
+            "type": "object",
+            "description": "Progress of a Civitai download: bytes done/total, status, error.",
+        },
+        "ResetEvent": {
+            "type": "object",
+            "description": "The events a reconnecting client missed are gone: reload everything.",
+        },
+    }
+
+
+# Event name -> schema of its data.
+EVENT_DATA: dict[str, str] = {
+    "job": "Job",
+    "job_removed": "JobRemovedEvent",
+    "server": "ServerEvent",
+    "image": "ImageEvent",
+    "download": "DownloadEvent",
+    "reset": "ResetEvent",
+    "queue": "QueueState",
+}
+
+
+# --- responses and parameters -----------------------------------------------------------------
+
+_ERRORS: dict[str, tuple[str, str]] = {
+    # status: (component name, description)
+    "400": ("BadRequest", "The body is not JSON, not an object, or a name is unusable."),
+    "401": ("Unauthorized", "Missing or wrong access token."),
+    "403": (
+        "CrossSite",
+        "A cookie-authenticated change that does not come from the core's own page.",
+    ),
+    "404": ("NotFound", "No such job, server or image."),
+    "409": ("Conflict", "Wrong state for this operation, or the name is taken."),
+    "413": ("TooLarge", "The request body is larger than 1 MB."),
+    "422": ("InvalidFields", "Invalid fields; `details` lists each problem."),
+    "429": ("TooManyAttempts", "Too many wrong tokens from this address; wait and retry."),
+    "502": ("ServerUnavailable", "The Forge server did not answer."),
+}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(status: int) -> Schema:
+    return {"$ref": f"#/components/responses/{_ERRORS[str(status)][0]}"}
+
+
+def _errors(*statuses: int) -> dict[str, Schema]:
+    """Error responses: `statuses`, plus what the access check answers on any protected route."""
+    return {str(s): _error(s) for s in sorted({*statuses, 401, 429})}
+
+
+def _add_cross_site(paths: dict[str, Schema]) -> None:
+    """Protected requests that change state can also meet the cross-site check (403)."""
+    for item in paths.values():
+        for method, op in item.items():
+            if method in ("post", "put", "patch", "delete") and "401" in op["responses"]:
+                responses = {**op["responses"], "403": _error(403)}
+                op["responses"] = dict(sorted(responses.items()))
+
+
+def _path_param(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _page(limit_default: int) -> list[Schema]:
+    return [
+        _query(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": 1000, "default": limit_default},
+            "Page size.",
+        ),
+        _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "Entries to skip."),
+    ]
+
+
+def _body(schema: Schema, *, required: bool = True) -> Schema:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    operation_id: str,
+    tag: str,
+    summary: str,
+    responses: dict[str, Schema],
+    **extra: Any,
+) -> Schema:
+    return {
+        "operationId": operation_id,
+        "tags": [tag],
+        "summary": summary,
+        **extra,
+        "responses": responses,
+    }
+
+
+ALIAS = _path_param("alias", "The server's alias.")
+JOB = _path_param("job_id", "The job's mobilesd_job_id.")
+FILENAME = _path_param("filename", "A gallery image's file name (.png).")
+
+
+def _paths() -> dict[str, Schema]:
+    job_ok = _json(_ref("Job"), "The job after the change.")
+    accepted = _json(_ref("JobAccepted"), "Queued.")
+    return {
+        "/healthz": {
+            "get": _op(
+                "healthz",
+                "meta",
+                "Liveness; needs no token.",
+                {"200": _json(_ref("Health"), "The core is up.")},
+                security=[],
+            ),
+        },
+        "/api/v1/openapi.json": {
+            "get": _op(
+                "openapi",
+                "meta",
+                "This document.",
+                {"200": _json({"type": "object"}, "The OpenAPI document."), **_errors()},
+            ),
+        },
+        "/api/v1/servers": {
+            "get": _op(
+                "list_servers",
+                "servers",
+                "List servers (passwords never returned).",
+                {
+                    "200": _json({"type": "array", "items": _ref("Server")}, "By alias."),
+                    **_errors(),
+                },
+            ),
+            "post": _op(
+                "add_server",
+                "servers",
+                "Add a server.",
+                {"201": _json(_ref("Server"), "Added."), **_errors(400, 409, 413, 422)},
+                requestBody=_body(_ref("ServerConfig")),
+            ),
+        },
+        "/api/v1/servers/{alias}": {
+            "parameters": [ALIAS],
+            "get": _op(
+                "get_server",
+                "servers",
+                "One server.",
+                {"200": _json(_ref("Server"), "The server."), **_errors(404)},
+            ),
+            "put": _op(
+                "update_server",
+                "servers",
+                "Change any field, the alias too (pending jobs aimed at it follow a rename).",
+                {"200": _json(_ref("Server"), "Changed."), **_errors(400, 404, 409, 413, 422)},
+                requestBody=_body(_ref("ServerUpdate")),
+            ),
+            "delete": _op(
+                "delete_server",
+                "servers",
+                "Remove a server; pending jobs targeting it stay pending, flagged.",
+                {"204": {"description": "Removed."}, **_errors(404)},
+            ),
+        },
+        "/api/v1/servers/{alias}/status": {
+            "parameters": [ALIAS],
+            "get": _op(
+                "server_status",
+                "servers",
+                "Probe the server now.",
+                {"200": _json(_ref("ServerStatus"), "Its status."), **_errors(404)},
+            ),
+        },
+        "/api/v1/servers/{alias}/models": {
+            "parameters": [ALIAS],
+            "get": _op(
+                "server_models",
+                "servers",
+                "The server's checkpoints, LoRAs, samplers, schedulers, upscalers and styles.",
+                {
+                    "200": _json(_ref("ServerModels"), "What it offers."),
+                    **_errors(404, 502),
+                },
+                parameters=[
+                    _query(
+                        "refresh",
+                        {"type": "string", "enum": ["1", "true", "yes"]},
+                        "Ask Forge to rescan instead of using the cached lists.",
+                    )
+                ],
+            ),
+        },
+        "/api/v1/generate": {
+            "post": _op(
+                "generate",
+                "jobs",
+                "Queue a job.",
+                {"202": accepted, **_errors(400, 413, 422)},
+                requestBody=_body(_ref("GenerateRequest")),
+                parameters=[
+                    {
+                        "name": "X-MobileSD-Source",
+                        "in": "header",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": ["tui", "web", "api", "cli"],
+                            "default": "api",
+                        },
+                        "description": "The job's `source`; anything else counts as api.",
+                    }
+                ],
+            ),
+        },
+        "/api/v1/queue": {
+            "get": _op(
+                "queue_state",
+                "queue",
+                "Whether the queue is paused, and jobs per status.",
+                {"200": _json(_ref("QueueState"), "The queue's state."), **_errors()},
+            ),
+        },
+        "/api/v1/queue/jobs": {
+            "get": _op(
+                "list_jobs",
+                "jobs",
+                "Jobs, pending in run order first.",
+                {"200": _json(_ref("JobList"), "A page of jobs."), **_errors(422)},
+                parameters=[
+                    _query(
+                        "status",
+                        {"type": "string", "examples": ["pending,processing"]},
+                        f"Comma-separated statuses ({', '.join(ALL_STATUSES)}).",
+                    ),
+                    *_page(100),
+                    _query("q", STR, "Words that must all occur (prompt, checkpoint, ...)."),
+                ],
+            ),
+        },
+        "/api/v1/queue/jobs/{job_id}": {
+            "parameters": [JOB],
+            "get": _op(
+                "get_job",
+                "jobs",
+                "One job.",
+                {"200": _json(_ref("Job"), "The job."), **_errors(404)},
+            ),
+            "delete": _op(
+                "delete_job",
+                "jobs",
+                "Remove a finished job from the list (its images stay).",
+                {"204": {"description": "Removed."}, **_errors(404, 409)},
+            ),
+        },
+        "/api/v1/queue/jobs/{job_id}/status": {
+            "parameters": [JOB],
+            "get": _op(
+                "job_status",
+                "jobs",
+                "Status, progress and result only; cheap, for polling.",
+                {"200": _json(_ref("JobStatusView"), "The job's status."), **_errors(404)},
+            ),
+        },
+        "/api/v1/queue/jobs/{job_id}/cancel": {
+            "parameters": [JOB],
+            "post": _op(
+                "cancel_job",
+                "jobs",
+                "Cancel a pending or processing job (a running one is interrupted).",
+                {"200": job_ok, **_errors(404, 409)},
+            ),
+        },
+        "/api/v1/queue/jobs/{job_id}/retry": {
+            "parameters": [JOB],
+            "post": _op(
+                "retry_job",
+                "jobs",
+                "Queue a new job with a finished job's parameters.",
+                {"202": accepted, **_errors(404, 409, 422)},
+            ),
+        },
+        "/api/v1/queue/jobs/{job_id}/move": {
+            "parameters": [JOB],
+            "post": _op(
+                "move_job",
+                "jobs",
+                "Move a pending job in the run order.",
+                {"200": job_ok, **_errors(400, 404, 409, 413, 422)},
+                requestBody=_body(_ref("MoveRequest")),
+            ),
+        },
+        "/api/v1/queue/clear": {
+            "post": _op(
+                "clear_jobs",
+                "queue",
+                "Remove finished jobs of the given statuses (their images stay).",
+                {"200": _json(_ref("ClearResult"), "How many went."), **_errors(400, 413, 422)},
+                requestBody=_body(_ref("ClearRequest"), required=False),
+            ),
+        },
+        "/api/v1/queue/pause": {
+            "post": _op(
+                "pause",
+                "queue",
+                "Stop dispatching new jobs (running ones finish).",
+                {"200": _json(_ref("QueueState"), "The queue's state."), **_errors()},
+            ),
+        },
+        "/api/v1/queue/resume": {
+            "post": _op(
+                "resume",
+                "queue",
+                "Dispatch jobs again.",
+                {"200": _json(_ref("QueueState"), "The queue's state."), **_errors()},
+            ),
+        },
+        "/api/v1/gallery/images": {
+            "get": _op(
+                "list_images",
+                "gallery",
+                "Gallery images, newest first.",
+                {"200": _json(_ref("GalleryList"), "A page of images."), **_errors(422)},
+                parameters=[
+                    *_page(50),
+                    _query("q", STR, "Words that must all occur (prompt, checkpoint, file name)."),
+                    _query("job_id", STR, "Only this job's images."),
+                ],
+            ),
+        },
+        "/api/v1/gallery/images/{filename}": {
+            "parameters": [FILENAME],
+            "delete": _op(
+                "delete_image",
+                "gallery",
+                "Delete an image, its sidecar and its thumbnail.",
+                {"204": {"description": "Deleted."}, **_errors(400, 404)},
+            ),
+        },
+        "/gallery_files/{filename}": {
+            "parameters": [FILENAME],
+            "get": _op(
+                "gallery_file",
+                "gallery",
+                "The image itself, or its JPEG thumbnail (the entry's thumb_url).",
+                {
+                    "200": {
+                        "description": "The PNG, or with thumb=1 a JPEG thumbnail.",
+                        "content": {
+                            "image/png": {"schema": {"type": "string", "format": "binary"}},
+                            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    **_errors(400, 404),
+                },
+                parameters=[
+                    _query(
+                        "thumb",
+                        {"type": "string", "enum": ["1", "true"]},
+                        "Return the thumbnail instead.",
+                    )
+                ],
+            ),
+        },
+        "/api/v1/events": {
+            "get": _op(
+                "events",
+                "events",
+                "Server-Sent Events: every change, live.",
+                {
+                    "200": {
+                        "description": "A text/event-stream that stays open.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "example": (
+                                    'id: 42\nevent: queue\ndata: {"paused":false,"counts":'
+                                    '{"pending":1,"processing":0,"completed":3,"failed":0,'
+                                    '"cancelled":0}}\n\n'
+                                ),
+                            }
+                        },
+                    },
+                    **_errors(),
+                },
+                description=_EVENTS_DESCRIPTION,
+                parameters=[
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "description": (
+                            "The id of the last event seen: the stream starts with what was "
+                            "missed when the core still has it, else with a `reset` event."
+                        ),
+                    },
+                    _query(
+                        "last_event_id",
+                        {"type": "string", "pattern": "^[0-9]+$"},
+                        "The same as Last-Event-ID, for clients that cannot set headers.",
+                    ),
+                ],
+                **{
+                    "x-event-data": {
+                        name: {"$ref": f"#/components/schemas/{schema}"}
+                        for name, schema in EVENT_DATA.items()
+                    }
+                },
+            ),
+        },
+    }
+
+
+_EVENTS_DESCRIPTION = """\
+Each event has an `id` (increasing), an `event` name and JSON `data`; a comment line is sent as a
+heartbeat at least every 15 s. `x-event-data` maps each event name to the schema of its data:
+
+| event | data |
+|---|---|
+| `job` | the full job after any change, progress included (at most a few per second per job) |
+| `job_removed` | `{mobilesd_job_id}` |
+| `server` | the status of one server, or `{alias, removed: true}` |
+| `image` | `{added: <gallery entry>}` or `{removed: <gallery entry>}` |
+| `download` | Civitai download progress |
+| `queue` | the queue's state (paused, counts) |
+| `reset` | what the client missed is gone: reload everything |
+
+A client reconnecting with `Last-Event-ID` gets what it missed when the core still has it, else a
+`reset` event.
+"""
+
+
+# --- the document -----------------------------------------------------------------------------
+
+
+def build_openapi() -> Schema:
+    """A fresh copy of the whole document."""
+    schemas = model_schemas("#/components/schemas/{model}")
+    schemas.update(_response_schemas())
+    responses = {name: _json(_ref("Error"), description) for name, description in _ERRORS.values()}
+    paths = _paths()
+    _add_cross_site(paths)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "MobileSD core",
+            "version": __version__,
+            "summary": "Job queue and remote control for Stable Diffusion Forge servers.",
+            "description": (
+                "JSON in and out. Every /api/ route and /gallery_files/ needs the access token, "
+                "as `Authorization: Bearer <token>` or the page's session cookie. Errors are "
+                '`{"error": {"code", "message", "details"}}`. Responses may gain fields; '
+                "clients ignore fields they do not know. Request bodies reject unknown fields."
+            ),
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "tags": [
+            {"name": "meta"},
+            {"name": "servers", "description": "Forge servers"},
+            {"name": "jobs", "description": "Generating and the job list"},
+            {"name": "queue", "description": "The queue as a whole"},
+            {"name": "gallery", "description": "Generated images"},
+            {"name": "events", "description": "Live updates"},
+        ],
+        "security": [{"bearerAuth": []}, {"sessionCookie": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The core's access token.",
+                },
+                "sessionCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": "Set by the page after login.",
+                },
+            },
+        },
+    }
+
+
+@functools.cache
+def openapi_json() -> str:
+    """The document as JSON text, built once."""
+    return json.dumps(build_openapi(), ensure_ascii=False, separators=(",", ":"))
+
+
+def openapi_document() -> Schema:
+    """A copy of the document (callers may change it)."""
+    return json.loads(openapi_json())
