@@ -226,6 +226,9 @@ async def test_retry_delete_and_clear(harness: Harness) -> None:
     assert [j["mobilesd_job_id"] for j in listing["jobs"]] == [waiting]
     bad = await harness.api.post("/api/v1/queue/clear", json={"status": ["pending"]})
     assert bad.status_code == 422
+    typo = await harness.api.post("/api/v1/queue/clear", json={"statuses": ["failed"]})
+    assert typo.status_code == 422
+    assert typo.json()["error"]["details"] == [{"path": "statuses", "message": "unknown field"}]
 
 
 async def test_list_filters_and_validates_query(harness: Harness) -> None:

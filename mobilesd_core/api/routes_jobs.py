@@ -106,6 +106,9 @@ async def delete_job(request: web.Request) -> web.Response:
 @routes.post("/api/v1/queue/clear")
 async def clear_jobs(request: web.Request) -> web.Response:
     body = await read_object(request) if request.can_read_body else {}
+    unknown = [FieldProblem(path=k, message="unknown field") for k in body if k != "status"]
+    if unknown:
+        raise InvalidInput(unknown)  # a typo must not clear every finished job
     statuses = body.get("status", ["completed", "failed", "cancelled"])
     if not isinstance(statuses, list) or not all(isinstance(s, str) for s in statuses):
         raise InvalidInput([FieldProblem(path="status", message="must be a list of statuses")])
