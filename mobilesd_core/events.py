@@ -76,18 +76,22 @@ class EventBus:
                 self.unsubscribe(sub)
         return event
 
-    def subscribe(self, *, last_event_id: int | None = None) -> tuple[Subscription, bool]:
+    def subscribe(
+        self, *, last_event_id: int | None = None, queue_size: int | None = None
+    ) -> tuple[Subscription, bool]:
         """A new subscription, pre-filled with missed events when the ring still has them.
 
         Returns (subscription, complete): `complete` is False when events after
         `last_event_id` were already dropped from the ring (the client must reload).
+        `queue_size` overrides the bus's default bound for this subscriber.
         """
-        sub = Subscription(self, self._queue_size)
+        maxsize = queue_size or self._queue_size
+        sub = Subscription(self, maxsize)
         complete = True
         if last_event_id is not None and last_event_id < self.last_id:
             missed = [e for e in self._ring if e.id > last_event_id]
             oldest = missed[0].id if missed else self._next_id
-            if last_event_id + 1 < oldest or len(missed) >= self._queue_size:
+            if last_event_id + 1 < oldest or len(missed) >= maxsize:
                 complete = False  # the client must reload instead
             else:
                 for event in missed:

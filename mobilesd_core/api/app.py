@@ -55,6 +55,7 @@ def create_app(
     app.add_routes(routes_jobs.routes)
     app.add_routes(routes_gallery.routes)
     app.add_routes(routes_events.routes)
+    routes_events.setup(app)  # stream settings, and open streams ended on shutdown
     app.add_routes(routes_auth.routes)
     app.add_routes(routes_docs.routes)
     return app
