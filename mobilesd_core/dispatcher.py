@@ -486,8 +486,10 @@ class Dispatcher:
             return
         log.info("job %s completed on %s: %d image(s)", job_id, run.runtime.alias, len(saved))
         for name in filenames:
-            with contextlib.suppress(Exception):
+            try:
                 self._bus.publish("image", {"added": await self._gallery.get_entry(name)})
+            except Exception:  # the job is complete; only the live notice is lost
+                log.exception("job %s: could not announce image %s", job_id, name)
 
     async def _after_failure(self, job: dict[str, Any], run: _Run, exc: ForgeError) -> None:
         runtime = run.runtime

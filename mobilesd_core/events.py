@@ -54,7 +54,9 @@ class Subscription:
 
 class EventBus:
     def __init__(self, *, ring_size: int = 2048, queue_size: int = 1024) -> None:
-        self._next_id = 1
+        # Ids go on rising across restarts (microseconds at start, +1 per event), so an id from an
+        # earlier run is older than the ring and gets a `reset`, never an unrelated "replay".
+        self._next_id = time.time_ns() // 1000
         self._ring: deque[Event] = deque(maxlen=ring_size)
         self._subs: set[Subscription] = set()
         self._queue_size = queue_size
@@ -100,11 +102,17 @@ class EventBus:
         return sub, complete
 
     def unsubscribe(self, sub: Subscription) -> None:
+        """End a subscription. A dropped (overflowed) one gets no more events, not even those
+        queued: skipping one of them would move its Last-Event-ID past a gap. It reconnects and
+        the ring replays from its last id."""
         if sub in self._subs:
             self._subs.discard(sub)
+            if sub.overflowed:
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
             try:
                 sub.queue.put_nowait(None)
-            except asyncio.QueueFull:
+            except asyncio.QueueFull:  # a closed (not dropped) subscription reads its queue first
                 sub.queue.get_nowait()
                 sub.queue.put_nowait(None)
 

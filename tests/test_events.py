@@ -7,22 +7,30 @@ from mobilesd_core.events import EventBus
 
 async def test_replay_after_last_event_id() -> None:
     bus = EventBus(ring_size=10, queue_size=8)
-    for i in range(5):
-        bus.publish("job", {"n": i})
-    sub, complete = bus.subscribe(last_event_id=2)
+    ids = [bus.publish("job", {"n": i}).id for i in range(5)]
+    assert ids == list(range(ids[0], ids[0] + 5))  # consecutive
+    sub, complete = bus.subscribe(last_event_id=ids[1])
     assert complete
     assert [(await sub.get(1)).data["n"] for _ in range(3)] == [2, 3, 4]
     bus.publish("job", {"n": 5})
-    assert (await sub.get(1)).id == 6
+    assert (await sub.get(1)).id == ids[-1] + 1
+
+
+async def test_ids_keep_rising_across_restarts() -> None:
+    first = EventBus()
+    old = first.publish("job", {}).id
+    second = EventBus()  # a restarted core
+    assert second.publish("job", {}).id > old
+    _, complete = second.subscribe(last_event_id=old)
+    assert not complete  # an id from the earlier run means: reload
 
 
 async def test_too_old_last_event_id_asks_for_reset() -> None:
     bus = EventBus(ring_size=3, queue_size=8)
-    for i in range(10):
-        bus.publish("job", {"n": i})
-    _, complete = bus.subscribe(last_event_id=2)
+    ids = [bus.publish("job", {"n": i}).id for i in range(10)]
+    _, complete = bus.subscribe(last_event_id=ids[1])
     assert not complete
-    _, complete = bus.subscribe(last_event_id=7)
+    _, complete = bus.subscribe(last_event_id=ids[6])
     assert complete
 
 
@@ -35,5 +43,9 @@ async def test_slow_subscriber_is_dropped_not_buffered() -> None:
         assert (await fast.get(1)).data == {"n": i}
     bus.publish("job", {"n": 4})  # the slow one's queue is full now
     assert slow.overflowed and bus.subscriber_count == 1
-    events = [await slow.get(1) for _ in range(4)]
-    assert events[-1] is None  # its stream ends; the client reconnects with Last-Event-ID
+    # Its stream ends at once, with no partial tail that could skip an event; the client
+    # reconnects with its Last-Event-ID and the ring replays everything from there.
+    assert await slow.get(1) is None
+    again, complete = bus.subscribe(last_event_id=bus.last_id - 5, queue_size=8)
+    assert complete
+    assert [(await again.get(1)).data["n"] for _ in range(5)] == [0, 1, 2, 3, 4]

@@ -224,7 +224,11 @@ async def test_last_event_id_replays_exactly_the_missed_events(
 
 @pytest.mark.parametrize(
     ("last_id", "reason"),
-    [("1", "events_expired"), ("999999", "unknown_event_id"), ("yesterday", "unknown_event_id")],
+    [
+        ("1", "events_expired"),
+        (str(2**62), "unknown_event_id"),
+        ("yesterday", "unknown_event_id"),
+    ],
 )
 async def test_unservable_last_event_id_gets_reset_then_live(
     make_harness: MakeHarness, last_id: str, reason: str
