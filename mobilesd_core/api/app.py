@@ -16,6 +16,7 @@ from . import (
     routes_events,
     routes_gallery,
     routes_jobs,
+    routes_page,
     routes_servers,
 )
 from .auth import auth_middleware, init_auth
@@ -58,4 +59,5 @@ def create_app(
     routes_events.setup(app)  # stream settings, and open streams ended on shutdown
     app.add_routes(routes_auth.routes)
     app.add_routes(routes_docs.routes)
+    app.add_routes(routes_page.routes)
     return app

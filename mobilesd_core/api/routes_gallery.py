@@ -38,6 +38,8 @@ async def gallery_file(request: web.Request) -> web.FileResponse:
     else:
         path = gallery.image_path(name)
     response = web.FileResponse(path)
-    response.headers["Cache-Control"] = "private, max-age=86400"
+    # A gallery name is never reused for other pixels (it holds the job id), and a thumbnail
+    # is made from its image once: both are immutable. Private: they are behind the token.
+    response.headers["Cache-Control"] = "private, max-age=31536000, immutable"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
