@@ -1,8 +1,8 @@
 """`python -m bench`: every benchmark, then one table (figure | value | aim | ratio | verdict).
 
-  python -m bench              the full suite (about a minute on 2 cores)
+  python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
-  python -m bench --only gap   one part: throughput, store, gap (repeatable)
+  python -m bench --only gap   one part: throughput, store, gap, api, page (repeatable)
 
 Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
 folder: fsync costs depend on that file system, so it is printed with the results.
@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import idle_gap, store_writes, throughput
+from . import api_load, idle_gap, page_load, store_writes, throughput
 from .report import Row, say, table
 
-PARTS = ("throughput", "store", "gap")
+PARTS = ("throughput", "store", "gap", "api", "page")
 NOTES = """\
 Notes:
 - core figures include all of the core's per-job work: the claim and the finish written to the
@@ -32,7 +32,14 @@ Notes:
 - throughput: step time 0; core timed from one submit of all jobs to the dispatcher idle, direct
   loop from its first request to its last answer decoded; medians over rounds that alternate.
   The 85 % aim is judged at 512x512, the default job size; 64x64 shows the fixed per-job cost.
-- idle gap: the simulator's own clock, sampling start minus the previous job's encoded images."""
+- idle gap: the simulator's own clock, sampling start minus the previous job's encoded images.
+- api load: the core over loopback HTTP as `mobilesd serve` runs it; the clients in their own
+  process (one asyncio loop), latency from request sent to body read there, so it includes
+  that loop's lag (its own row). Idle peer: one client, one request at a time, nothing running.
+  The 100 ms p99 aim is our choice. Polls are closed-loop: a stalled core gets fewer requests.
+  The core starts with 10,000 finished jobs (--api-history): a job list's cost grows with it.
+- page: `/` and its <script src>/<link href> with Accept-Encoding: gzip; status line, headers
+  and bodies as sent."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=int, help="store: timed rounds per store (default 200)")
     p.add_argument("--gap-jobs", type=int, help="gap: queued jobs (default 100)")
     p.add_argument("--gap-step-ms", type=float, default=5.0, help="gap: time per step (4 steps)")
+    p.add_argument("--api-seconds", type=float, help="api: seconds of load (default 15)")
+    p.add_argument("--api-clients", type=int, default=20, help="api: clients (default 20)")
+    p.add_argument("--api-rate", type=float, default=5.0, help="api: jobs/s submitted")
+    p.add_argument(
+        "--api-interval", type=float, default=0.1, help="api: seconds between one client's polls"
+    )
+    p.add_argument(
+        "--api-history", type=int, help="api: finished jobs in the history (default 10000)"
+    )
+    p.add_argument(
+        "--api-servers", type=int, default=2, choices=(1, 2), help="api: simulated servers"
+    )
     p.add_argument(
         "--inline-sim",
         action="store_true",
@@ -122,6 +141,20 @@ async def _main(args: argparse.Namespace) -> list[Row]:
                 sizes=args.sizes,
                 inline_sim=args.inline_sim,
             )
+        if "api" in parts:
+            rows += await api_load.run(
+                root,
+                seconds=args.api_seconds or (5 if quick else 15),
+                idle_seconds=1.5 if quick else 3,
+                clients=args.api_clients,
+                rate=args.api_rate,
+                interval=args.api_interval,
+                servers=args.api_servers,
+                history=args.api_history if args.api_history is not None else 10_000,
+                inline_sim=args.inline_sim,
+            )
+        if "page" in parts:
+            rows += await page_load.run(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return rows
