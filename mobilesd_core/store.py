@@ -19,13 +19,14 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import itertools
 import json
 import logging
 import os
 import queue
 import sys
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class _Archive:
         self._dead_in_order = 0
         self.recent: OrderedDict[str, Job] = OrderedDict()
         self.removed: set[str] = set()  # tombstoned ids seen while loading
+        self.status_counts: Counter[str] = Counter()  # of the index, kept in step with it
         self._logs: dict[str, AppendLog] = {}
 
     def log_for(self, month: str) -> AppendLog:
@@ -129,6 +131,7 @@ class _Archive:
             if gc_was_enabled:
                 gc.enable()
         self._rebuild_order()
+        self.status_counts = Counter(e.status for e in self.index.values())
 
     def _load_month(self, month: str) -> None:
         lines = dead = 0
@@ -177,9 +180,12 @@ class _Archive:
 
     def commit_append(self, job: Job, entry: _ArchiveEntry) -> None:
         job_id = job["mobilesd_job_id"]
-        if job_id in self.index:
+        old = self.index.get(job_id)
+        if old is not None:
             self._dead_in_order += 1
+            self.status_counts[old.status] -= 1
         self.index[job_id] = entry
+        self.status_counts[entry.status] += 1
         self.order.append(job_id)
         self.recent[job_id] = job
         self.recent.move_to_end(job_id)
@@ -188,8 +194,10 @@ class _Archive:
 
     def commit_remove(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
-            if self.index.pop(job_id, None) is not None:
+            old = self.index.pop(job_id, None)
+            if old is not None:
                 self._dead_in_order += 1
+                self.status_counts[old.status] -= 1
             self.recent.pop(job_id, None)
         if self._dead_in_order > 1024 and self._dead_in_order * 4 > len(self.order):
             self._rebuild_order()
@@ -296,10 +304,7 @@ class _Writer:
         for month, group in _by_month(jobs).items():
             log_ = self.archive.log_for(month)
             for job, (offset, length) in zip(group, log_.append(group, sync=True), strict=True):
-                self.archive.index[job["mobilesd_job_id"]] = _Archive.entry(
-                    month, offset, length, job
-                )
-                self.archive.order.append(job["mobilesd_job_id"])
+                self.archive.commit_append(job, _Archive.entry(month, offset, length, job))
         log.info("re-archived %d finished job(s) found only in the journal", len(jobs))
 
     def _apply(self, record: dict[str, Any]) -> None:
@@ -569,8 +574,8 @@ class JobStore:
         counts = dict.fromkeys(("pending", "processing", "completed", "failed", "cancelled"), 0)
         for job in self._live.values():
             counts[job["status"]] += 1
-        for entry in self._archive.index.values():
-            counts[entry.status] += 1
+        for status, n in self._archive.status_counts.items():
+            counts[status] += n
         return counts
 
     async def list_jobs(
@@ -596,18 +601,32 @@ class JobStore:
         )
         live = pending + processing
         index = self._archive.index
-        finished = [
-            job_id
-            for job_id in self._archive.newest_first()
-            if (not statuses or index[job_id].status in statuses)
-            and (not needle or needle in index[job_id].search)
-        ]
-        total = len(live) + len(finished)
-        page: list[Job] = live[offset : offset + limit]
         start = max(0, offset - len(live))
+        page: list[Job] = live[offset : offset + limit]
         need = limit - len(page)
-        if need > 0:
-            wanted = finished[start : start + need]
+        if needle:  # a text search must look at every finished job anyway
+            finished = [
+                job_id
+                for job_id in self._archive.newest_first()
+                if (not statuses or index[job_id].status in statuses)
+                and needle in index[job_id].search
+            ]
+            total_finished = len(finished)
+            wanted = finished[start : start + need] if need > 0 else []
+        else:
+            # Counted, not scanned: a page costs its offset, not the whole history.
+            counts = self._archive.status_counts
+            total_finished = sum(counts[s] for s in statuses) if statuses else len(index)
+            wanted = []
+            if need > 0:
+                matching = (
+                    j
+                    for j in self._archive.newest_first()
+                    if not statuses or index[j].status in statuses
+                )
+                wanted = list(itertools.islice(matching, start, start + need))
+        total = len(live) + total_finished
+        if wanted:
             missing = [j for j in wanted if j not in self._archive.recent]
             loaded: dict[str, Job] = {}
             if missing:

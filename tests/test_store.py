@@ -268,3 +268,32 @@ async def test_journal_is_folded_into_the_snapshot(
         j["mobilesd_job_id"] for j in jobs
     )
     await again.close()
+
+
+async def test_pages_and_counts_of_a_long_history(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    jobs = await store.add(make_jobs(30))
+    for i, job in enumerate(jobs):
+        status = "failed" if i % 3 == 0 else "completed"
+        await store.update(job["mobilesd_job_id"], {"status": status})
+    await store.remove_finished([jobs[-1]["mobilesd_job_id"]])  # a completed one
+    newest_first = [j["mobilesd_job_id"] for j in reversed(jobs[:-1])]
+
+    page, total = await store.list_jobs(limit=5, offset=3)
+    assert total == 29
+    assert [j["mobilesd_job_id"] for j in page] == newest_first[3:8]
+    page, total = await store.list_jobs(statuses={"failed"}, limit=4, offset=2)
+    failed = [j for j in newest_first if store._archive.index[j].status == "failed"]
+    assert total == len(failed) == 10
+    assert [j["mobilesd_job_id"] for j in page] == failed[2:6]
+    assert store.count() == {
+        "pending": 0,
+        "processing": 0,
+        "completed": 19,
+        "failed": 10,
+        "cancelled": 0,
+    }
+    await store.close()
+    again = await open_store(tmp_path)
+    assert again.count()["completed"] == 19
+    await again.close()
