@@ -92,7 +92,9 @@ class Phone:
     async def screenshot(self, name: str) -> None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await self.page.evaluate("document.activeElement && document.activeElement.blur()")
-        await self.page.screenshot(path=str(SCREENSHOTS / f"phone-{name}.png"))
+        await self.page.screenshot(
+            path=str(SCREENSHOTS / f"phone-{name}.png"), animations="disabled", caret="hide"
+        )
 
     def assert_clean(self) -> None:
         assert self.dialogs == [], self.dialogs
