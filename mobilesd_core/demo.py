@@ -24,6 +24,7 @@ from .cli import _run_until_signalled, bind_listener
 from .config import Settings
 from .forge.simulator import SimServer, SimulatorConfig
 from .jobfiles import load_job_file
+from .phone_link import phone_url
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
 SIMULATED = {
@@ -154,7 +155,7 @@ async def run_demo(settings: Settings, *, step_ms: float = 60.0) -> None:
         for alias, sim in sims.items():
             print(f"  {alias}: {sim.url}  ({', '.join(SIMULATED[alias])})")
         print(f"gallery: {settings.gallery_path}")
-        print(f"access token: {settings.data_path / 'access_token'}")
+        print(f"phone page: {phone_url(settings.host, settings.port, app[TOKEN])}")
         print("Ctrl-C stops everything; run it again to find everything as it was.")
         print("-" * min(width, 100))
         sys.stdout.flush()
