@@ -149,6 +149,10 @@ const state = {
   editing: null,
   events: null,
   signedIn: false,
+  // Latest `server` event per alias, numbered: a list fetched while one arrived must not
+  // overwrite the newer status it carried.
+  serverEvents: new Map(),
+  serverEventCount: 0,
 };
 
 // -- views ------------------------------------------------------------------------------------
@@ -860,8 +864,13 @@ function renderServers() {
 }
 
 async function loadServers() {
+  const before = state.serverEventCount;
   try {
-    state.servers = await api("GET", "/api/v1/servers");
+    const servers = await api("GET", "/api/v1/servers");
+    state.servers = servers.map((s) => {
+      const seen = state.serverEvents.get(s.alias);
+      return seen && seen.n > before ? { ...s, status: seen.status } : s;
+    });
     setText("servers-error", "");
   } catch (error) {
     setText("servers-error", error.message);
@@ -932,6 +941,8 @@ async function removeServer(s, button) {
 }
 
 function serverEvent(data) {
+  state.serverEventCount += 1;
+  if (!data.removed) state.serverEvents.set(data.alias, { n: state.serverEventCount, status: data });
   const index = state.servers.findIndex((s) => s.alias === data.alias);
   if (data.removed || index < 0) return loadServers();
   state.servers[index] = { ...state.servers[index], status: data };
