@@ -30,7 +30,31 @@ ROUTES = [
     ("GET", "/api/v1/gallery/images"),
     ("DELETE", "/api/v1/gallery/images/x.png"),
     ("GET", "/gallery_files/x.png"),
+    ("GET", "/api/v1/servers/gpu1"),
+    ("GET", "/api/v1/queue"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/openapi.json"),
 ]
+
+
+def test_the_list_covers_every_protected_route_the_app_registers(tmp_path) -> None:
+    """A new route must join ROUTES (and so the token test): compared with the router."""
+    import re
+
+    from mobilesd_core.api.app import create_app
+
+    from .conftest import fast_settings
+
+    app = create_app(fast_settings(tmp_path))
+    registered = {
+        (route.method, re.sub(r"\{[^}]+\}", "{}", route.resource.canonical))
+        for route in app.router.routes()
+        if route.method != "HEAD"
+        and route.resource is not None
+        and route.resource.canonical.startswith(("/api/", "/gallery_files/"))
+    }
+    listed = {(method, re.sub(r"/(gpu1|x|x\.png)(?=/|$)", "/{}", path)) for method, path in ROUTES}
+    assert registered == listed
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -255,6 +279,29 @@ async def test_gallery_delete_removes_files_and_refuses_traversal(harness: Harne
         assert "test-token" not in response.text
     response = await harness.api.delete("/api/v1/gallery/images/..%2F..%2Fetc%2Fpasswd")
     assert response.status_code in (400, 404)
+
+    # A file planted beside the gallery, and a link inside it pointing there: never served,
+    # never deleted, whatever the spelling.
+    outside = harness.settings.gallery_path.parent / "outside.png"
+    outside.write_bytes(b"\x89PNG\r\n\x1a\nnot yours")
+    (harness.settings.gallery_path / "link.png").symlink_to(outside)
+    spellings = [
+        "..%2Foutside.png",
+        "%2e%2e%2foutside.png",
+        "%2E%2E%2Foutside.png",
+        "..%5Coutside.png",
+        "%2F" + "%2F".join(str(outside).lstrip("/").split("/")),
+        "link.png",
+    ]
+    for evil in spellings:
+        got = await harness.api.get(f"/gallery_files/{evil}")
+        assert got.status_code in (400, 404), evil
+        assert b"not yours" not in got.content
+        deleted = await harness.api.delete(f"/api/v1/gallery/images/{evil}")
+        assert deleted.status_code in (204, 400, 404), evil
+        assert outside.read_bytes() == b"\x89PNG\r\n\x1a\nnot yours", evil
+    raw = await harness.api.get("/gallery_files/../outside.png")  # unencoded: normalised away
+    assert raw.status_code in (400, 401, 404) and b"not yours" not in raw.content
 
     assert (await harness.api.delete(f"/api/v1/gallery/images/{name}")).status_code == 204
     assert not (harness.settings.gallery_path / name).exists()
