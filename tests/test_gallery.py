@@ -809,3 +809,23 @@ def test_kill_mid_save_leaves_no_partial_image(tmp_path: Path) -> None:
     assert all(e["mobilesd_job_id"] == "01KCRASHTEST0000000000000" for e in entries)
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
     assert {p.stem for p in root.glob("*.json")} == {p.stem for p in root.glob("*.png")}
+
+
+def test_png_chunks_are_read_without_decoding_and_checked() -> None:
+    from mobilesd_core.gallery import _png_facts
+
+    for text in ("a fox, Steps: 20", "ein Fuchs im Schnee, 狐"):  # tEXt, then iTXt
+        info = PngImagePlugin.PngInfo()
+        if text.isascii():
+            info.add_text("parameters", text)
+        else:
+            info.add_itxt("parameters", text)
+        out = io.BytesIO()
+        Image.new("RGB", (40, 24), "red").save(out, format="PNG", pnginfo=info)
+        data = out.getvalue()
+        assert _png_facts(data) == (40, 24, text)
+        broken = bytearray(data)
+        broken[60] ^= 0xFF  # one flipped byte: a CRC no longer matches
+        assert _png_facts(bytes(broken)) is None
+        assert _png_facts(data[:-20]) is None  # cut short
+    assert _png_facts(b"GIF89a...") is None
