@@ -379,3 +379,16 @@ async def test_submit_command_queues_job_files(harness: Harness, tmp_path) -> No
     queued = [line for line in out.decode().splitlines() if ": queued " in line]
     assert len(queued) == len(harness.core.store.live_jobs()) == 16
     assert {j["source"] for j in harness.core.store.live_jobs()} == {"cli"}
+
+
+async def test_long_json_answers_are_gzipped(harness: Harness) -> None:
+    await harness.api.post("/api/v1/queue/pause")
+    for i in range(5):
+        await harness.submit(prompt=f"a long enough prompt to make the list worth packing {i}")
+    packed = await harness.api.get("/api/v1/queue/jobs", headers={"Accept-Encoding": "gzip"})
+    assert packed.headers.get("content-encoding") == "gzip"
+    assert packed.json()["total"] == 5  # httpx unpacks it
+    plain = await harness.api.get("/api/v1/queue/jobs", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    small = await harness.api.get("/api/v1/queue", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers  # not worth it

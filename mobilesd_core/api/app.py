@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from aiohttp import web
+from aiohttp.web_response import ContentCoding
 
 from .. import __version__
 from ..config import Settings, load_or_create_token
@@ -27,6 +28,25 @@ from .security import security_headers
 MAX_BODY = 1024 * 1024  # a job with a long prompt is a few KB; 1 MB leaves room for batches
 
 
+GZIP_MIN_BYTES = 1024  # below this the header costs more than it saves
+
+
+@web.middleware
+async def compress_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Gzip JSON answers worth it (job lists over a phone link); streams are left alone."""
+    response = await handler(request)
+    if (
+        isinstance(response, web.Response)
+        and response.content_type == "application/json"
+        and len(response.body or b"") >= GZIP_MIN_BYTES  # type: ignore[arg-type]
+        and "gzip" in request.headers.get("Accept-Encoding", "").lower()
+    ):
+        response.enable_compression(ContentCoding.gzip)
+    return response
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
 
@@ -38,7 +58,9 @@ def create_app(
     forge_transport: httpx.AsyncBaseTransport | None = None,
 ) -> web.Application:
     """The app for `settings`. The core starts with the app and stops with it."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[compress_json, error_middleware, auth_middleware], client_max_size=MAX_BODY
+    )
     app[SETTINGS] = settings
     app[TOKEN] = load_or_create_token(settings)
     app[CORE] = core or Core(settings, forge_transport=forge_transport)
