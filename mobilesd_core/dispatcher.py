@@ -126,10 +126,6 @@ class Dispatcher:
         log.info("dispatching %s", "paused" if paused else "resumed")
         self.wake()
 
-    @property
-    def running_ids(self) -> list[str]:
-        return list(self._runs)
-
     # -- assignment -------------------------------------------------------------------------
 
     async def _loop(self) -> None:

@@ -35,7 +35,6 @@ from .store import Conflict, JobNotFound, JobStore
 
 log = logging.getLogger(__name__)
 
-MOVE_TARGETS = ("top", "bottom", "up", "down")
 QUEUE_STATE_FILE = "queue_state.json"
 
 
@@ -295,4 +294,4 @@ class QueueService:
         return await self.registry.check(self.registry.get(alias))
 
 
-__all__ = ["MOVE_TARGETS", "Conflict", "JobNotFound", "QueueService"]
+__all__ = ["Conflict", "JobNotFound", "QueueService"]
