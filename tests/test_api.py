@@ -34,6 +34,8 @@ ROUTES = [
     ("GET", "/api/v1/queue"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/checkpoints"),
+    ("GET", "/api/v1/loras"),
 ]
 
 

@@ -17,6 +17,7 @@ from . import (
     routes_events,
     routes_gallery,
     routes_jobs,
+    routes_library,
     routes_page,
     routes_servers,
 )
@@ -77,6 +78,7 @@ def create_app(
     app.add_routes(routes_servers.routes)
     app.add_routes(routes_jobs.routes)
     app.add_routes(routes_gallery.routes)
+    app.add_routes(routes_library.routes)
     app.add_routes(routes_events.routes)
     routes_events.setup(app)  # stream settings, and open streams ended on shutdown
     app.add_routes(routes_auth.routes)

@@ -351,6 +351,45 @@ def _response_schemas() -> dict[str, Schema]:
             },
             ["images", "total"],
         ),
+        "LibrarySidecar": _obj(
+            {
+                "file": _nullable({**STR, "description": "The metadata file, relative path."}),
+                "name": _nullable(STR),
+                "baseModel": _nullable(STR),
+                "trainedWords": {"type": "array", "items": STR},
+                "preview": _nullable({**STR, "description": "The preview image, relative path."}),
+            },
+            ["file", "name", "baseModel", "trainedWords", "preview"],
+            description="What the files named after the model say (.civitai.info or .json, and "
+            "a preview image). Paths are relative to the library folder; nothing is served.",
+        ),
+        "LibraryItem": _obj(
+            {
+                "filename": STR,
+                "relativePath": {**STR, "description": "From the library folder, with '/'."},
+                "size": {"type": "integer", "minimum": 0},
+                "modified": TIME,
+                "sidecar": _nullable(_ref("LibrarySidecar")),
+            },
+            ["filename", "relativePath", "size", "modified", "sidecar"],
+        ),
+        "Library": _obj(
+            {
+                "configured": {
+                    **BOOL,
+                    "description": "False when the folder's variable is not set (feature off).",
+                },
+                "root": _nullable(STR),
+                "available": {**BOOL, "description": "The folder could be read."},
+                "error": _nullable(
+                    {**STR, "description": "Why the folder could not be read, naming the variable."}
+                ),
+                "items": {"type": "array", "items": _ref("LibraryItem")},
+                "total": {"type": "integer", "minimum": 0},
+            },
+            ["configured", "root", "available", "error", "items", "total"],
+            description="A scan of a local model folder, sorted by relativePath.",
+        ),
         "Health": _obj(
             {"status": {"const": "ok"}, "version": STR},
             ["status", "version"],
@@ -784,6 +823,22 @@ def _paths() -> dict[str, Schema]:
                 ],
             ),
         },
+        "/api/v1/checkpoints": {
+            "get": _op(
+                "list_library_checkpoints",
+                "library",
+                "Checkpoint files under CHECKPOINT_PATH (.safetensors, .ckpt, .gguf).",
+                {"200": _json(_ref("Library"), "The scan, or why there is none."), **_errors()},
+            ),
+        },
+        "/api/v1/loras": {
+            "get": _op(
+                "list_library_loras",
+                "library",
+                "LoRA files under LORA_PATH (.safetensors, .ckpt, .pt).",
+                {"200": _json(_ref("Library"), "The scan, or why there is none."), **_errors()},
+            ),
+        },
         "/api/v1/events": {
             "get": _op(
                 "events",
@@ -888,6 +943,7 @@ def build_openapi() -> Schema:
             {"name": "jobs", "description": "Generating and the job list"},
             {"name": "queue", "description": "The queue as a whole"},
             {"name": "gallery", "description": "Generated images"},
+            {"name": "library", "description": "Local model folders"},
             {"name": "events", "description": "Live updates"},
         ],
         "security": [{"bearerAuth": []}, {"sessionCookie": []}],
