@@ -154,7 +154,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         result = load_job_file(Path(name))
         if result.problems:
             bad += 1
-            for problem in result.problems:
+            for problem in sorted(result.problems, key=lambda p: (p.line is not None, p.line or 0)):
                 print(problem.render_in(name))
         else:
             print(f"{name}: ok, {len(result.jobs)} job(s)")

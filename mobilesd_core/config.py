@@ -31,6 +31,12 @@ class Settings:
     lora_path: Path | None = None
     checkpoint_path: Path | None = None
     inbox_poll_seconds: float | None = None
+    # A dropped file is read once its size and mtime have held still this long (SMB clients
+    # create the file first and fill it over seconds).
+    inbox_settle_seconds: float = 1.0
+    # Full rescans besides the watcher's events: events get lost (inotify overflow, replaced
+    # folders), and a vanished share is noticed here.
+    inbox_rescan_seconds: float = 30.0
     token: str | None = field(default=None, repr=False)
     civitai_api_key: str | None = field(default=None, repr=False)
     civitai_base_url: str = "https://civitai.com"
@@ -59,6 +65,8 @@ _ENV: dict[str, tuple[str, type]] = {
     "LORA_PATH": ("lora_path", Path),
     "CHECKPOINT_PATH": ("checkpoint_path", Path),
     "INBOX_POLL_SECONDS": ("inbox_poll_seconds", float),
+    "INBOX_SETTLE_SECONDS": ("inbox_settle_seconds", float),
+    "INBOX_RESCAN_SECONDS": ("inbox_rescan_seconds", float),
     "MOBILESD_TOKEN": ("token", str),
     "CIVITAI_API_KEY": ("civitai_api_key", str),
     "CIVITAI_BASE_URL": ("civitai_base_url", str),
@@ -88,6 +96,8 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.inbox_poll_seconds is not None and settings.inbox_poll_seconds <= 0:
         raise ConfigError("INBOX_POLL_SECONDS must be a positive number of seconds")
     for var, value in (
+        ("INBOX_SETTLE_SECONDS", settings.inbox_settle_seconds),
+        ("INBOX_RESCAN_SECONDS", settings.inbox_rescan_seconds),
         ("MOBILESD_HEALTH_SECONDS", settings.health_interval),
         ("MOBILESD_STALL_SECONDS", settings.stall_timeout),
         ("MOBILESD_MAX_ATTEMPTS", settings.max_attempts),
@@ -124,6 +134,11 @@ def prepare(settings: Settings) -> Settings:
     gallery = _ensure_writable_dir("STABLE_DIFFUSION_SAVE_PATH", settings.gallery_path, create=True)
     lora = settings.lora_path.expanduser().resolve() if settings.lora_path else None
     ckpt = settings.checkpoint_path.expanduser().resolve() if settings.checkpoint_path else None
+    inbox = settings.inbox_path.expanduser()
+    if settings.inbox_path == Settings.inbox_path and not inbox.exists():
+        # Only the default ./inbox is made: a configured path that is missing is usually an
+        # unmounted share, and a folder made in its place would swallow the user's files.
+        _ensure_writable_dir("INBOX_PATH", inbox, create=True)
     return replace(
         settings,
         data_path=data,

@@ -1,4 +1,4 @@
-"""The core service assembled: store, servers, gallery, dispatcher, events, service.
+"""The core service assembled: store, servers, gallery, dispatcher, events, service, inbox.
 
 `Core` owns the lifecycle of every part; the HTTP app, the CLI and the tests build one and
 start/stop it as a unit (the aiohttp app does so in a cleanup context).
@@ -15,6 +15,7 @@ from .config import Settings
 from .dispatcher import Dispatcher
 from .events import EventBus
 from .gallery import Gallery
+from .inbox import InboxWatcher
 from .progress import ProgressBoard
 from .servers import ServerRegistry, default_client_factory
 from .service import QueueService, load_paused
@@ -45,6 +46,7 @@ class Core:
         self.service = QueueService(
             self.store, self.registry, self.dispatcher, self.gallery, self.bus, self.board
         )
+        self.inbox = InboxWatcher(settings, self.service)
         self.store.set_listener(self._on_job_change)
         self.registry.set_on_available(self.dispatcher.wake)
         self._started = False
@@ -62,6 +64,7 @@ class Core:
         self.dispatcher.paused = await asyncio.to_thread(load_paused, self.settings.data_path)
         await self.registry.start()
         await self.dispatcher.start()
+        await self.inbox.start()
         self._started = True
         counts = self.store.count()
         log.info(
@@ -75,6 +78,7 @@ class Core:
         if not self._started:
             return
         self._started = False
+        await self.inbox.stop()
         await self.dispatcher.stop()
         await self.registry.stop()
         self.bus.close_all()

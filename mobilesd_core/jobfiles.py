@@ -26,6 +26,8 @@ JOB_KEYS = set(GenerationParams.model_fields) | {"server"}
 class JobSpec:
     params: GenerationParams
     server: str | None
+    path: str = ""  # where in the file the job came from, e.g. "jobs[2]"
+    server_line: int | None = None
 
 
 @dataclass
@@ -104,7 +106,11 @@ def parse_job_text(text: str | bytes, *, name: str = "<text>") -> JobFileResult:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is None:
-            result.problems.append(FieldProblem(path="", message="file holds no YAML document"))
+            result.problems.append(
+                FieldProblem(
+                    path="", message="file is empty (nothing but comments); expected a job"
+                )
+            )
             return result
         lines.walk(node, "")
         loader = yaml.SafeLoader(text)
@@ -114,6 +120,20 @@ def parse_job_text(text: str | bytes, *, name: str = "<text>") -> JobFileResult:
             loader.dispose()
     except _TooBig as exc:
         result.problems.append(FieldProblem(path="", message=f"file is too complex: {exc}"))
+        return result
+    except yaml.constructor.ConstructorError as exc:
+        # PyYAML's message for `!!python/object...` names the tag's URI, not what went wrong.
+        tag = exc.problem.split("tag ", 1)[-1] if exc.problem else "a tag"
+        tag = tag.strip("'").replace("tag:yaml.org,2002:", "!!")
+        mark = exc.problem_mark
+        result.problems.append(
+            FieldProblem(
+                path="",
+                message=f"YAML tag {tag} is not allowed: job files hold plain values only "
+                "(text, numbers, lists, mappings)",
+                line=mark.line + 1 if mark else None,
+            )
+        )
         return result
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -171,7 +191,7 @@ def _job(raw: Any, path: str, lines: _Lines, result: JobFileResult) -> None:
             p.line = lines.line(p.path)
             result.problems.append(p)
         return
-    result.jobs.append(JobSpec(spec_params, server))
+    result.jobs.append(JobSpec(spec_params, server, path, lines.line(server_path)))
 
 
 def _expand(data: Any, lines: _Lines, result: JobFileResult) -> None:

@@ -95,6 +95,15 @@ class QueueService:
 
     # -- jobs -------------------------------------------------------------------------------
 
+    def unknown_target(
+        self, alias: str | None, path: str = "target_server_alias"
+    ) -> FieldProblem | None:
+        """The problem with a target alias no server has, or None."""
+        if alias is None or alias in self.registry.runtimes:
+            return None
+        known = ", ".join(sorted(self.registry.runtimes)) or "none configured"
+        return FieldProblem(path=path, message=f"no server named '{alias}' (known: {known})")
+
     async def submit(
         self,
         params_list: list[GenerationParams],
@@ -105,16 +114,6 @@ class QueueService:
         extra_fields: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Queue jobs, all or none, in one durable write."""
-        if target_server_alias is not None and target_server_alias not in self.registry.runtimes:
-            known = ", ".join(sorted(self.registry.runtimes)) or "none configured"
-            raise InvalidInput(
-                [
-                    FieldProblem(
-                        path="target_server_alias",
-                        message=f"no server named '{target_server_alias}' (known: {known})",
-                    )
-                ]
-            )
         jobs = [
             {
                 **new_job(
@@ -124,11 +123,30 @@ class QueueService:
             }
             for p in params_list
         ]
+        return await self.submit_prepared(jobs)
+
+    async def submit_prepared(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Queue job records built with `new_job` (the inbox fixes their ids in advance)."""
+        problems = [
+            problem
+            for alias in dict.fromkeys(j["target_server_alias"] for j in jobs)
+            if (problem := self.unknown_target(alias))
+        ]
+        if problems:
+            raise InvalidInput(problems)
         created = await self.store.add(jobs)
         for job in created:
-            log.info("job %s queued from %s", job["mobilesd_job_id"], source)
+            log.info("job %s queued from %s", job["mobilesd_job_id"], job["source"])
         self.dispatcher.wake()
         return [self.view(j) for j in created]
+
+    async def exists(self, job_id: str) -> bool:
+        """Whether the job is live or archived (deleted ones are gone)."""
+        try:
+            await self.store.get(job_id)
+        except JobNotFound:
+            return False
+        return True
 
     async def get(self, job_id: str) -> dict[str, Any]:
         return self.view(await self.store.get(job_id))

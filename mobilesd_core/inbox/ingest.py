@@ -1,0 +1,200 @@
+"""One complete file in, its jobs queued (all or none) and the file moved: exactly once.
+
+Order: read and hash the file, validate it, durably note the intent (file key + the ids the jobs
+will get), create the jobs in one durable write, move the file to `processed/`, note the move.
+A crash anywhere in between is recovered by the intent note (see ledger.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from ..jobfiles import MAX_FILE_BYTES, JobFileResult, parse_job_text
+from ..schema import FieldProblem, InvalidInput, new_job, utc_now_iso
+from ..service import QueueService
+from .ledger import FileKey, IngestLedger
+from .names import FAILED, PROCESSED
+from .outcome import REPORT_SUFFIX, free_name, move_into, render_report, write_report
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(Enum):
+    QUEUED = "queued"  # jobs created (or found created before a crash), file in processed/
+    FAILED = "failed"  # file in failed/ with its report
+    CHANGED = "changed"  # the file changed while being read: not complete yet
+    DOUBT = "doubt"  # invalid at first reading: looked at again after one more quiet window
+    HELD = "held"  # could not finish (store or move failed); tried again later
+    GONE = "gone"  # the file disappeared
+
+
+@dataclass
+class _Snapshot:
+    key: FileKey
+    data: bytes | None  # None: over the size limit, not read
+
+
+def _read(path: Path, rel: str) -> _Snapshot | None:
+    """Read a file whole and check it held still meanwhile; None if it changed or vanished."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        before = os.fstat(fh.fileno())
+        if before.st_size > MAX_FILE_BYTES:
+            data = None
+            digest = f"size:{before.st_size}"
+        else:
+            data = fh.read(MAX_FILE_BYTES + 1)
+            digest = hashlib.sha256(data).hexdigest()
+        after = os.stat(path, follow_symlinks=False)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
+        data is not None and len(data) != after.st_size
+    ):
+        return None
+    return _Snapshot(FileKey(rel, after.st_size, after.st_mtime_ns, digest), data)
+
+
+class Ingestor:
+    def __init__(self, root: Path, service: QueueService, ledger: IngestLedger) -> None:
+        self.root = root
+        self.service = service
+        self.ledger = ledger
+
+    async def ingest(self, rel: str, *, confirmed: bool) -> Outcome:
+        """Handle one file that has held still; `confirmed`: it was doubted once already."""
+        path = self.root / rel
+        try:
+            snap = await asyncio.to_thread(_read, path, rel)
+        except OSError as exc:
+            log.warning("inbox: cannot read %s (%s); will try again", rel, exc.strerror or exc)
+            return Outcome.HELD
+        if snap is None:
+            return Outcome.GONE if not path.exists() else Outcome.CHANGED
+        if snap.data is None:
+            result = JobFileResult(
+                problems=[
+                    FieldProblem(
+                        path="",
+                        message=f"file is {snap.key.size:,} bytes; at most {MAX_FILE_BYTES:,} "
+                        "(split it into several files)",
+                    )
+                ]
+            )
+        else:
+            result = await asyncio.to_thread(parse_job_text, snap.data, name=rel)
+        problems = list(result.problems)
+        for spec in result.jobs:
+            where = f"{spec.path}.server" if spec.path else "server"
+            problem = self.service.unknown_target(spec.server, where)
+            if problem is not None:
+                problem.line = spec.server_line
+                problems.append(problem)
+        if problems:
+            if not confirmed and snap.data is not None:
+                return Outcome.DOUBT
+            return await self._fail(path, rel, problems)
+        return await self._queue(path, snap.key, result)
+
+    async def _queue(self, path: Path, key: FileKey, result: JobFileResult) -> Outcome:
+        intent = self.ledger.open_intent(key)
+        ids: list[str] | None = intent.job_ids if intent else None
+        created_before = False
+        if ids is not None and len(ids) == len(result.jobs):
+            created_before = any([await self.service.exists(job_id) for job_id in ids])
+        else:
+            ids = None
+        if created_before:
+            log.info("inbox: the jobs of %s were created before a restart; not again", key.name)
+        else:
+            if ids is None and (seen := self.ledger.seen_before(key.sha256)) is not None:
+                log.info(
+                    "inbox: %s has the same content as %s, processed at %s (kept as %s); "
+                    "queuing it again as asked",
+                    key.name,
+                    seen.name,
+                    seen.at,
+                    seen.moved_to,
+                )
+            jobs = [
+                new_job(
+                    spec.params,
+                    source="inbox",
+                    target_server_alias=spec.server,
+                    source_ref=key.name,
+                )
+                for spec in result.jobs
+            ]
+            if ids is not None:  # recovering: the ids noted before the crash
+                for job, job_id in zip(jobs, ids, strict=True):
+                    job["mobilesd_job_id"] = job_id
+            ids = [job["mobilesd_job_id"] for job in jobs]
+            try:
+                await asyncio.to_thread(self.ledger.record_intent, key, ids)
+                await self.service.submit_prepared(jobs)
+            except InvalidInput as exc:  # a target server was removed meanwhile
+                return await self._fail(path, key.name, exc.problems)
+            except OSError as exc:
+                log.error("inbox: cannot queue %s (%s); will try again", key.name, exc)
+                return Outcome.HELD
+        try:
+            dest = await asyncio.to_thread(self._move, path, key.name, PROCESSED)
+        except OSError as exc:
+            log.warning(
+                "inbox: %s queued, but cannot move it to %s/ (%s); will try again",
+                key.name,
+                PROCESSED,
+                exc.strerror or exc,
+            )
+            return Outcome.HELD
+        moved_to = dest.relative_to(self.root).as_posix()
+        await asyncio.to_thread(self.ledger.record_moved, key, moved_to, utc_now_iso())
+        log.info("inbox: %s -> %d job(s) queued, moved to %s", key.name, len(ids), moved_to)
+        return Outcome.QUEUED
+
+    def _move(self, path: Path, rel: str, folder: str) -> Path:
+        dest = free_name(self.root / folder, rel)
+        move_into(path, dest)
+        return dest
+
+    async def _fail(self, path: Path, rel: str, problems: list[FieldProblem]) -> Outcome:
+        problems = sorted(problems, key=lambda p: (p.line is not None, p.line or 0))
+
+        def fail() -> Path:
+            # The report is written first, under the name the file will get: a crash between
+            # the two leaves the file in the inbox, to be judged (and reported) again.
+            dest = free_name(self.root / FAILED, rel, also=REPORT_SUFFIX)
+            report = write_report(dest, render_report(rel, problems))
+            try:
+                move_into(path, dest)
+            except OSError:
+                report.unlink(missing_ok=True)
+                raise
+            return dest
+
+        try:
+            dest = await asyncio.to_thread(fail)
+        except FileNotFoundError:
+            return Outcome.GONE
+        except OSError as exc:
+            log.warning("inbox: %s is invalid, but cannot move it to %s/ (%s)", rel, FAILED, exc)
+            return Outcome.HELD
+        first = problems[0].render_in(rel)
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        log.warning(
+            "inbox: %s is invalid: %s%s; moved to %s, see %s%s",
+            rel,
+            first,
+            more,
+            dest.relative_to(self.root).as_posix(),
+            dest.name,
+            REPORT_SUFFIX,
+        )
+        return Outcome.FAILED
