@@ -2,7 +2,7 @@
 
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
-  python -m bench --only gap   one part: throughput, store, gap, api, page (repeatable)
+  python -m bench --only gap   one part: throughput, store, gap, api, page, inbox (repeatable)
 
 Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
 folder: fsync costs depend on that file system, so it is printed with the results.
@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import api_load, idle_gap, page_load, store_writes, throughput
+from . import api_load, idle_gap, inbox_pickup, page_load, store_writes, throughput
 from .report import Row, say, table
 
-PARTS = ("throughput", "store", "gap", "api", "page")
+PARTS = ("throughput", "store", "gap", "api", "page", "inbox")
 NOTES = """\
 Notes:
 - core figures include all of the core's per-job work: the claim and the finish written to the
@@ -38,6 +38,9 @@ Notes:
   that loop's lag (its own row). Idle peer: one client, one request at a time, nothing running.
   The 100 ms p99 aim is our choice. Polls are closed-loop: a stalled core gets fewer requests.
   The core starts with 10,000 finished jobs (--api-history): a job list's cost grows with it.
+- inbox: a real core watching a real folder with production settings (1 s quiet window); a
+  file counts as picked up when its job is in the store. The quiet window is every pickup's
+  floor. Polling mode polls every second, as for an SMB share.
 - page: `/` and its <script src>/<link href> with Accept-Encoding: gzip; status line, headers
   and bodies as sent."""
 
@@ -78,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the simulator in this process (default: its own process, like a real server)",
     )
+    p.add_argument("--inbox-files", type=int, help="inbox: files dropped at once (default 1000)")
     p.add_argument("--dir", type=Path, default=None, help="where the temporary data goes")
     p.add_argument("--check", action="store_true", help="exit 1 when an aim is missed")
     return p
@@ -155,6 +159,10 @@ async def _main(args: argparse.Namespace) -> list[Row]:
             )
         if "page" in parts:
             rows += await page_load.run(root)
+        if "inbox" in parts:
+            rows += await inbox_pickup.run(
+                root / "inbox", files=args.inbox_files or (200 if quick else 1000)
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return rows
