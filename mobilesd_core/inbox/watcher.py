@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import stat
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -154,7 +155,7 @@ class InboxWatcher:
             finally:
                 self.watching.clear()
                 if observer is not None:
-                    await asyncio.to_thread(self._stop_observer, observer)
+                    await self._stop_observer(observer)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -182,10 +183,26 @@ class InboxWatcher:
         log.info("inbox: watching %s (%s)", self.root, self.mode)
         return observer
 
-    @staticmethod
-    def _stop_observer(observer: BaseObserver) -> None:
-        observer.stop()
-        observer.join(timeout=10)
+    async def _stop_observer(self, observer: BaseObserver) -> None:
+        # On a daemon thread of its own, waited for with a deadline: watchdog joins its emitter
+        # threads without a timeout, and a stop must never hang the core's shutdown (nor, via
+        # the default executor, the interpreter's exit).
+        loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+
+        def stop() -> None:
+            try:
+                observer.stop()
+                observer.join(timeout=10)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone
+                    loop.call_soon_threadsafe(_resolve, stopped)
+
+        threading.Thread(target=stop, name="inbox-observer-stop", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(stopped), 10)
+        except TimeoutError:
+            log.warning("inbox: the file watcher did not stop within 10 s; left behind")
 
     async def _watch(self, first: bool) -> None:
         found = await asyncio.to_thread(self._scan)
@@ -303,6 +320,11 @@ class InboxWatcher:
             log.info("inbox: %s is not a regular file (symlinks are not followed); left alone", rel)
         else:
             log.info("inbox: %s is not a job file (.yaml or .yml); left where it is", rel)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _is_regular(mode: int) -> bool:
