@@ -50,6 +50,11 @@ class Settings:
     retry_backoff: float = 2.0
     retry_backoff_max: float = 60.0
     archive_after_days: int = 0  # 0: terminal jobs go to the archive at once
+    # Scheduling: "checkpoint" keeps servers on the model they have loaded; "fifo" is queue order.
+    scheduler: str = "checkpoint"
+    # A job passed over this long, or by this many jobs, runs next whatever it costs.
+    max_wait_seconds: float = 1800.0
+    max_overtakes: int = 200
 
     def with_overrides(self, **changes: Any) -> Settings:
         known = {f.name for f in fields(self)}
@@ -74,6 +79,9 @@ _ENV: dict[str, tuple[str, type]] = {
     "MOBILESD_HEALTH_SECONDS": ("health_interval", float),
     "MOBILESD_STALL_SECONDS": ("stall_timeout", float),
     "MOBILESD_MAX_ATTEMPTS": ("max_attempts", int),
+    "MOBILESD_SCHEDULER": ("scheduler", str),
+    "MOBILESD_MAX_WAIT_SECONDS": ("max_wait_seconds", float),
+    "MOBILESD_MAX_OVERTAKES": ("max_overtakes", int),
 }
 
 
@@ -95,7 +103,13 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(f"PORT={settings.port} is not valid: expected 1-65535")
     if settings.inbox_poll_seconds is not None and settings.inbox_poll_seconds <= 0:
         raise ConfigError("INBOX_POLL_SECONDS must be a positive number of seconds")
+    if settings.scheduler not in ("checkpoint", "fifo"):
+        raise ConfigError(
+            f"MOBILESD_SCHEDULER={settings.scheduler!r} is not valid: expected checkpoint or fifo"
+        )
     for var, value in (
+        ("MOBILESD_MAX_WAIT_SECONDS", settings.max_wait_seconds),
+        ("MOBILESD_MAX_OVERTAKES", settings.max_overtakes),
         ("INBOX_SETTLE_SECONDS", settings.inbox_settle_seconds),
         ("INBOX_RESCAN_SECONDS", settings.inbox_rescan_seconds),
         ("MOBILESD_HEALTH_SECONDS", settings.health_interval),

@@ -27,7 +27,8 @@ from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint
 from .forge.payload import build_txt2img_payload, check_loras, resolve_sampler
 from .gallery import Gallery
 from .progress import ProgressBoard
-from .scheduler import pick
+from .routing import Router, Unroutable
+from .scheduler import Scheduler, ServerSlot, eligible
 from .schema import utc_now_iso
 from .servers import ServerRegistry, ServerRuntime
 from .store import Conflict, JobNotFound, JobStore
@@ -44,6 +45,7 @@ class _Run:
     submitted: bool = False
     cancelled: bool = False
     slot_released: bool = False
+    switches: bool = False  # the server had another checkpoint loaded when it was assigned
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -74,6 +76,14 @@ class Dispatcher:
         self.paused = False
         self.idle = asyncio.Event()  # set when nothing runs and nothing can be assigned
         self._waiting_for_pass: list[asyncio.Future[None]] = []
+        self.scheduler = Scheduler(
+            policy="fifo" if settings.scheduler == "fifo" else "checkpoint",
+            max_wait_seconds=settings.max_wait_seconds,
+            max_overtakes=settings.max_overtakes,
+        )
+        self.router = Router(registry)
+        self._refreshed: set[str] = set()  # jobs whose missing checkpoint got a list refresh
+        self._refresh_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -153,17 +163,65 @@ class Dispatcher:
             self._update_idle()
             return
         now = time.time()
+        runtimes = self._registry.runtimes
         pending = self._store.pending_in_order()
-        runtimes = sorted(self._registry.runtimes.values(), key=lambda r: (r.active, r.alias))
-        for runtime in runtimes:
-            while runtime.free_slots > 0 and pending:
-                job = pick(pending, runtime.alias, now)
-                if job is None:
-                    break
-                pending.remove(job)
-                await self._claim(job, runtime)
+        candidates, unroutable = [], []
+        for job in pending[: self.scheduler.window_size(len(runtimes))]:
+            cand = self.router.candidate(job)
+            problem = self.router.unroutable(cand)
+            if problem is None:
+                candidates.append(cand)
+            else:
+                unroutable.append(problem)
+        if unroutable:
+            await self._unroutable(unroutable)
+        slots = [
+            ServerSlot(r.alias, r.free_slots, r.loaded, r.available) for r in runtimes.values()
+        ]
+        for cand, slot in self.scheduler.plan(candidates, slots, now):
+            runtime = runtimes.get(slot.alias)
+            if runtime is None or runtime.free_slots <= 0:
+                continue
+            title = cand.titles.get(slot.alias)
+            switches = cand.group is not None and title != runtime.loaded
+            if cand.group is not None:
+                runtime.planned_checkpoint = title
+            await self._claim(cand.job, runtime, switches=switches)
+        self.scheduler.prune({j["mobilesd_job_id"] for j in pending})
         self._arm_retry_timer(now)
         self._update_idle()
+
+    async def _unroutable(self, problems: list[Unroutable]) -> None:
+        """No server lists the checkpoint: refresh the lists once, then fail the job at once
+        naming the closest titles (instead of trying it on servers that cannot run it)."""
+        fresh = []
+        for problem in problems:
+            job_id = problem.candidate.job_id
+            if job_id not in self._refreshed:
+                fresh.append(job_id)
+                continue
+            self._refreshed.discard(job_id)
+            log.warning("job %s failed: %s", job_id, problem.message)
+            with contextlib.suppress(Conflict, JobNotFound):
+                await self._store.update(
+                    job_id,
+                    {
+                        "status": "failed",
+                        "completion_timestamp": utc_now_iso(),
+                        "result_details": {"error": problem.message},
+                    },
+                    expect={"pending"},
+                )
+        if fresh and (self._refresh_task is None or self._refresh_task.done()):
+            self._refresh_task = asyncio.create_task(self._refresh_lists(fresh))
+
+    async def _refresh_lists(self, job_ids: list[str]) -> None:
+        for runtime in list(self._registry.runtimes.values()):
+            if runtime.online:
+                with contextlib.suppress(ForgeError):
+                    await self._registry.checkpoints(runtime, refresh=True)
+        self._refreshed.update(job_ids)
+        self.wake()
 
     def _arm_retry_timer(self, now: float) -> None:
         waits = [
@@ -182,22 +240,27 @@ class Dispatcher:
             return
         # A job waiting out a retry backoff still counts as work to come.
         later = float("inf")
+        slots = [
+            ServerSlot(r.alias, r.free_slots, r.loaded)
+            for r in self._registry.runtimes.values()
+            if r.available
+        ]
         ready = [
             j
             for j in self._store.pending_in_order()
-            if any(
-                r.available and pick([j], r.alias, later) for r in self._registry.runtimes.values()
-            )
+            if any(eligible(self.router.candidate(j), slot, later) for slot in slots)
         ]
         if ready and not self.paused:
             self.idle.clear()
         else:
             self.idle.set()
 
-    async def _claim(self, job: dict[str, Any], runtime: ServerRuntime) -> None:
+    async def _claim(
+        self, job: dict[str, Any], runtime: ServerRuntime, *, switches: bool = False
+    ) -> None:
         job_id = job["mobilesd_job_id"]
         runtime.active += 1
-        run = _Run(job_id, runtime, runtime.client)
+        run = _Run(job_id, runtime, runtime.client, switches=switches)
         self._runs[job_id] = run
         try:
             claimed = await self._store.update(
@@ -275,6 +338,7 @@ class Dispatcher:
 
         async def answered() -> None:
             run.timings["generate_s"] = time.monotonic() - sent
+            self.scheduler.cost.observe(run.timings["generate_s"], switched=run.switches)
             await self._hand_over(run)
 
         request = asyncio.create_task(

@@ -20,7 +20,7 @@ import httpx
 from .events import EventBus
 from .forge.client import ForgeClient
 from .forge.errors import ForgeError
-from .forge.models import CheckpointInfo
+from .forge.models import CheckpointInfo, model_key
 from .forge.payload import ServerCatalog
 from .schema import ServerConfig
 from .store import ServerStore
@@ -40,6 +40,7 @@ class ServerRuntime:
     current_checkpoint: str | None = None
     error: str | None = None
     active: int = 0  # jobs MobileSD runs there now
+    planned_checkpoint: str | None = None  # model key of the last job sent there
     last_check: float = 0.0
     checkpoints: list[CheckpointInfo] | None = None
     catalog: ServerCatalog | None = None
@@ -53,6 +54,13 @@ class ServerRuntime:
     @property
     def available(self) -> bool:
         return self.config.enabled and self.online
+
+    @property
+    def loaded(self) -> str | None:
+        """Model key (see routing.model_key) it has, or will have once its jobs are done."""
+        if self.active and self.planned_checkpoint:
+            return self.planned_checkpoint
+        return model_key(self.current_checkpoint) if self.current_checkpoint else None
 
     @property
     def free_slots(self) -> int:
@@ -271,6 +279,8 @@ class ServerRegistry:
         while True:
             try:
                 await self.check(runtime)
+                if runtime.online and runtime.checkpoints is None:
+                    await self._load_models(runtime)
             except Exception:
                 log.exception("health check of %s failed unexpectedly", runtime.alias)
             # Offline servers are probed more often, so they rejoin quickly.
@@ -280,6 +290,16 @@ class ServerRegistry:
                 await asyncio.wait_for(runtime.wake.wait(), delay)
 
     # -- model lists -------------------------------------------------------------------------
+
+    async def _load_models(self, runtime: ServerRuntime) -> None:
+        """Fetch the lists when a server first answers: jobs are routed by what it has."""
+        try:
+            await self.checkpoints(runtime)
+            await self.catalog(runtime)
+        except ForgeError as exc:
+            log.info("could not list the models of %s yet: %s", runtime.alias, exc.message)
+            return
+        self._on_available()  # routing may have changed: let the dispatcher look again
 
     async def checkpoints(
         self, runtime: ServerRuntime, *, refresh: bool = False

@@ -89,6 +89,8 @@ class QueueService:
             r.available for r in self.registry.runtimes.values()
         ):
             return "no server is online"
+        elif (reason := self.dispatcher.router.waiting_reason(job)) is not None:
+            return reason
         elif not self.registry.runtimes:
             return "no server configured"
         return None

@@ -102,11 +102,11 @@ async def test_unknown_checkpoint_refreshes_once_then_fails_naming_closest(
     job = await harness.wait_status(job_id, "failed", "completed")
     assert job["status"] == "failed"
     error = job["result_details"]["error"]
-    assert "checkpoint 'sdxl/juggernautXL_v8' not found on server 'gpu1'" in error
-    assert "sdxl/juggernautXL_v9.safetensors" in error
+    assert "checkpoint 'sdxl/juggernautXL_v8' is not on any server" in error
+    assert "closest: sdxl/juggernautXL_v9.safetensors" in error
     assert sim.sim.request_counts.get("/sdapi/v1/refresh-checkpoints") == 1
     assert sim.sim.generations == []
-    assert job["attempts"] == 1
+    assert job["attempts"] == 0  # never sent to a server that cannot run it
 
 
 async def test_model_added_on_server_is_found_after_refresh(harness: Harness) -> None:

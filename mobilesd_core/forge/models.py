@@ -34,6 +34,12 @@ def strip_ext(path: str) -> str:
     return path
 
 
+def model_key(name: str) -> str:
+    """One spelling for the same model across servers and requests: path with '/', no hash,
+    no extension, lower case ('sd15\\Dream.safetensors [abc123]' -> 'sd15/dream')."""
+    return strip_ext(normalise_path(name)).lower()
+
+
 def basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 

@@ -1,0 +1,131 @@
+"""Which servers can run a job: those that list its checkpoint and its LoRAs.
+
+A job goes only where its models are, instead of failing on the first server that lacks one.
+Resolutions are cached per (checkpoint name, server) until that server's list is refetched, so
+a scheduling pass over a deep queue costs dictionary lookups, not name matching.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .forge.errors import ForgePermanentError
+from .forge.models import (
+    CheckpointInfo,
+    closest_titles,
+    model_key,
+    resolve_checkpoint,
+)
+from .scheduler import Candidate
+from .servers import ServerRegistry, ServerRuntime
+
+_NOT_LISTED = object()
+
+
+@dataclass
+class Unroutable:
+    """No server lists the job's checkpoint: what to tell the user."""
+
+    candidate: Candidate
+    message: str
+
+
+class Router:
+    def __init__(self, registry: ServerRegistry) -> None:
+        self._registry = registry
+        self._cache: dict[tuple[str, str], tuple[int, object]] = {}
+
+    def _resolve(self, name: str, runtime: ServerRuntime) -> object:
+        """The model key `name` resolves to there; None: list unknown; _NOT_LISTED."""
+        models = runtime.checkpoints
+        if models is None:
+            return None
+        stamp = id(models)
+        cached = self._cache.get((name, runtime.alias))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            found: object = model_key(resolve_checkpoint(name, models).title)
+        except ForgePermanentError:  # not found, or ambiguous there
+            found = _NOT_LISTED
+        self._cache[(name, runtime.alias)] = (stamp, found)
+        return found
+
+    def candidate(self, job: dict[str, Any]) -> Candidate:
+        params = job["generation_params"]
+        name = params.get("checkpoint_name")
+        loras = [lora["name"] for lora in params.get("loras") or []]
+        titles: dict[str, str | None] = {}
+        with_loras: dict[str, str | None] = {}
+        resolved: str | None = None
+        for alias, runtime in self._registry.runtimes.items():
+            if name:
+                found = self._resolve(name, runtime)
+                if found is _NOT_LISTED:
+                    continue
+                if found is not None and resolved is None:
+                    resolved = str(found)
+                # An unknown list: the job may run there; the name stands in for the title.
+                titles[alias] = model_key(name) if found is None else str(found)
+            else:
+                titles[alias] = None
+            known = runtime.catalog.loras if runtime.catalog else set()
+            if not known or all(lora in known for lora in loras):  # unknown lists don't exclude
+                with_loras[alias] = titles[alias]
+        # Where no server has every LoRA, the job runs anyway and fails naming the closest ones.
+        return Candidate(
+            job=job,
+            group=(resolved or model_key(name)) if name else None,
+            titles=with_loras or titles,
+            created=_epoch(job.get("creation_timestamp")),
+        )
+
+    def unroutable(self, cand: Candidate) -> Unroutable | None:
+        """A job naming a checkpoint that no server (or not its target) lists, when every
+        server concerned has a known list."""
+        name = cand.job["generation_params"].get("checkpoint_name")
+        target = cand.job.get("target_server_alias")
+        if not name or not self._registry.runtimes:
+            return None
+        concerned = [
+            r for r in self._registry.runtimes.values() if target is None or r.alias == target
+        ]
+        if not concerned or any(r.checkpoints is None for r in concerned):
+            return None
+        if any(r.alias in cand.titles for r in concerned):
+            return None
+        models: list[CheckpointInfo] = [m for r in concerned for m in r.checkpoints or []]
+        where = f"server '{target}'" if target else "any server"
+        closest = closest_titles(name, models)
+        hint = f"; closest: {', '.join(closest)}" if closest else ""
+        return Unroutable(cand, f"checkpoint '{name}' is not on {where}{hint}")
+
+    def waiting_reason(self, job: dict[str, Any]) -> str | None:
+        """Why a job no available server may take waits, when its models are the reason."""
+        name = job["generation_params"].get("checkpoint_name")
+        if not name or job.get("target_server_alias"):
+            return None
+        cand = self.candidate(job)
+        runtimes = self._registry.runtimes
+        holders = [runtimes[a] for a in cand.titles if a in runtimes]
+        if not holders or any(r.available for r in holders):
+            return None
+        names = ", ".join(f"'{r.alias}' ({_state(r)})" for r in holders)
+        return f"checkpoint '{name}' is only on {names}"
+
+
+def _state(runtime: ServerRuntime) -> str:
+    return "disabled" if not runtime.config.enabled else "offline"
+
+
+def _epoch(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    try:
+        parsed = time.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return 0.0
+    return float(calendar.timegm(parsed))
