@@ -30,6 +30,29 @@ USER_AGENT = f"MobileSD/{__version__} (self-hosted Forge queue; python-httpx)"
 RETRY_AFTER_MAX = 600.0  # a longer Retry-After is treated as this: the user sees the wait
 
 
+class _RedactSignedUrls(logging.Filter):
+    """httpx logs every request URL at INFO; a signed storage URL is a short-lived credential,
+    so its query string is replaced by `?<redacted>` (other URLs are left alone)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, httpx.URL) and _signed(a) for a in record.args
+        ):
+            record.args = tuple(
+                a.copy_with(query=b"<redacted>") if isinstance(a, httpx.URL) and _signed(a) else a
+                for a in record.args
+            )
+        return True
+
+
+def _signed(url: httpx.URL) -> bool:
+    query = url.query.lower()
+    return b"signature" in query or b"token" in query
+
+
+logging.getLogger("httpx").addFilter(_RedactSignedUrls())
+
+
 class CivitaiError(Exception):
     """A Civitai request failed. `status` is what our API answers for it."""
 

@@ -398,7 +398,9 @@ class DownloadManager:
                 version=version,
             )
             if chosen.get("name"):
-                download.filename = self._name_for(download, str(chosen["name"]), chosen)
+                download.filename = self._name_for(
+                    download, str(chosen["name"]), chosen, fresh=False
+                )
             self.downloads[download.download_id] = download
         await self._save()
         log.info(
@@ -421,7 +423,12 @@ class DownloadManager:
         folder.mkdir(parents=True, exist_ok=True)
         return inside(root, download.folder)
 
-    def _name_for(self, download: Download, raw: str, file: dict[str, Any] | None) -> str:
+    def _name_for(
+        self, download: Download, raw: str, file: dict[str, Any] | None, *, fresh: bool = True
+    ) -> str:
+        """A safe name in the download's folder. `fresh`: also unused on disk (no file, no
+        part file); otherwise an existing file or part file of that name is kept for
+        `_download` to judge (the same file already there, or a part to resume)."""
         kind = LORAS if download.kind == "lora" else CHECKPOINTS
         ext = default_extension((file or {}).get("metadata"), kind.extensions)
         name = safe_filename(
@@ -438,6 +445,8 @@ class DownloadManager:
             if d.status in ACTIVE and d.folder == download.folder and d.kind == download.kind
             if d.filename and d is not download
         }
+        if not fresh and name not in taken:
+            return name
         return free_name(folder, name, taken)
 
     # -- running -----------------------------------------------------------------------------

@@ -131,6 +131,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     after_bytes: int = 0
     count: int | None = 1
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # ends a `hold`
 
 
 class FakeCivitai:
@@ -196,6 +197,8 @@ class FakeCivitai:
     def add_fault(self, kind: str, **fields: Any) -> Fault:
         fault = Fault(kind, **fields)
         self.faults.append(fault)
+        if kind == "hold":
+            self._holds.append(fault.release)
         return fault
 
     def release_holds(self) -> None:
@@ -386,7 +389,7 @@ class FakeCivitai:
             start = int(first) if first.isdigit() else 0
             if start >= len(data):
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
-        disposition = file.disposition or f'attachment; filename="{file.name or "file"}"'
+        disposition = file.disposition or _disposition(file.name or "file")
         response = web.StreamResponse(
             status=206 if start else 200,
             headers={
@@ -409,9 +412,7 @@ class FakeCivitai:
                     if request.transport is not None:
                         request.transport.close()
                     return response
-                release = asyncio.Event()
-                self._holds.append(release)
-                fault = None
+                release, fault = fault.release, None
                 await release.wait()
             end = min(sent + step, len(data))
             if fault is not None and fault.kind in ("drop", "hold"):
@@ -423,6 +424,12 @@ class FakeCivitai:
 
     async def _preview(self, request: web.Request) -> web.Response:
         return web.Response(body=_tiny_png(), content_type="image/png")
+
+
+def _disposition(name: str) -> str:
+    """As S3 sends it: an ASCII fallback plus the exact name in RFC 5987 form."""
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _tiny_png() -> bytes:
