@@ -42,10 +42,10 @@ def safe_component(raw: str | None, *, fallback: str) -> str:
     # Basename only, whichever separator the sender used.
     text = re.split(r"[/\\]", text)[-1]
     text = _FORBIDDEN.sub("_", text)
-    text = text.replace("..", "_")
     # Leading dots hide a file (and `.` alone is the folder); trailing dots and spaces are
     # dropped by Windows, so two names would collide on a share.
     text = text.strip().lstrip(".").rstrip(". ")
+    text = text.replace("..", "_")
     stem = text.split(".", 1)[0]
     if _RESERVED.match(stem.strip()):
         text = "_" + text
