@@ -2,7 +2,7 @@
 
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
-  python -m bench --only gap   one part: throughput, store, gap, api, page (repeatable)
+  python -m bench --only gap   one part: throughput, store, gap, api, page, civitai (repeatable)
 
 Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
 folder: fsync costs depend on that file system, so it is printed with the results.
@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import api_load, idle_gap, page_load, store_writes, throughput
+from . import api_load, civitai_download, idle_gap, page_load, store_writes, throughput
 from .report import Row, say, table
 
-PARTS = ("throughput", "store", "gap", "api", "page")
+PARTS = ("throughput", "store", "gap", "api", "page", "civitai")
 NOTES = """\
 Notes:
 - core figures include all of the core's per-job work: the claim and the finish written to the
@@ -39,7 +39,10 @@ Notes:
   The 100 ms p99 aim is our choice. Polls are closed-loop: a stalled core gets fewer requests.
   The core starts with 10,000 finished jobs (--api-history): a job list's cost grows with it.
 - page: `/` and its <script src>/<link href> with Accept-Encoding: gzip; status line, headers
-  and bodies as sent."""
+  and bodies as sent.
+- civitai: the fake Civitai in its own process over loopback; plain copy = redirect + stream to
+  a file, nothing else; core = submit to `completed` (SHA-256 checked, sidecar, preview, state
+  file, events)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         "--inline-sim",
         action="store_true",
         help="run the simulator in this process (default: its own process, like a real server)",
+    )
+    p.add_argument(
+        "--civitai-mb", type=int, help="civitai: size of the downloaded file (default 256)"
     )
     p.add_argument("--dir", type=Path, default=None, help="where the temporary data goes")
     p.add_argument("--check", action="store_true", help="exit 1 when an aim is missed")
@@ -155,6 +161,12 @@ async def _main(args: argparse.Namespace) -> list[Row]:
             )
         if "page" in parts:
             rows += await page_load.run(root)
+        if "civitai" in parts:
+            rows += await civitai_download.run(
+                root,
+                size_mb=args.civitai_mb or (64 if quick else 256),
+                rounds=1 if quick else 3,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return rows

@@ -680,24 +680,33 @@ class DownloadManager:
     ) -> tuple[Any, int]:
         fh = await asyncio.to_thread(_open_part, part, append)
         buffer = bytearray()
+        # One block is written and hashed in a thread while the next one arrives: the socket
+        # keeps being read during disk work. Blocks stay in order (each waits for the last).
+        writing: asyncio.Future[None] | None = None
+        written = have
         done = False
         try:
-            async for chunk in response.aiter_bytes(WRITE_BLOCK):
+            async for chunk in response.aiter_bytes():
                 buffer += chunk
                 if len(buffer) >= WRITE_BLOCK:
-                    await asyncio.to_thread(_write, fh, hasher, bytes(buffer))
-                    have += len(buffer)
+                    if writing is not None:
+                        await asyncio.shield(writing)  # a cancel must not orphan a write
+                        download.bytes_done = written
+                        download.note = None
+                        self._publish(download)
+                    block = bytes(buffer)
                     buffer.clear()
-                    download.bytes_done = have
-                    download.note = None
-                    self._publish(download)
+                    writing = asyncio.ensure_future(asyncio.to_thread(_write, fh, hasher, block))
+                    written += len(block)
             done = True
         finally:
             # Bytes received before a drop are good bytes of the file: keep them to resume.
+            if writing is not None:
+                await writing
             if buffer:
                 await asyncio.to_thread(_write, fh, hasher, bytes(buffer))
-                have += len(buffer)
-                download.bytes_done = have
+                written += len(buffer)
+            have = download.bytes_done = written
             await asyncio.to_thread(_close, fh, done)
         self._publish(download, force=True)
         return hasher, have
