@@ -123,7 +123,8 @@ def test_resolved_paths_stay_inside(tmp_path: Path) -> None:
         ('attachment; filename="model.safetensors"', "model.safetensors"),
         ("attachment; filename=model.safetensors", "model.safetensors"),
         (
-            "attachment; filename=\"fallback.bin\"; filename*=UTF-8''%E6%A8%A1%E5%9E%8B.safetensors",
+            'attachment; filename="fallback.bin"; '
+            "filename*=UTF-8''%E6%A8%A1%E5%9E%8B.safetensors",
             "模型.safetensors",
         ),
         (r'attachment; filename="a\"b.safetensors"', 'a"b.safetensors'),

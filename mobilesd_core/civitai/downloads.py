@@ -691,13 +691,11 @@ class DownloadManager:
                 if len(buffer) >= WRITE_BLOCK:
                     if writing is not None:
                         await asyncio.shield(writing)  # a cancel must not orphan a write
-                        download.bytes_done = written
-                        download.note = None
-                        self._publish(download)
                     block = bytes(buffer)
                     buffer.clear()
                     writing = asyncio.ensure_future(asyncio.to_thread(_write, fh, hasher, block))
                     written += len(block)
+                    writing.add_done_callback(self._progress(download, written))
             done = True
         finally:
             # Bytes received before a drop are good bytes of the file: keep them to resume.
@@ -710,6 +708,17 @@ class DownloadManager:
             await asyncio.to_thread(_close, fh, done)
         self._publish(download, force=True)
         return hasher, have
+
+    def _progress(self, download: Download, size: int) -> Callable[[asyncio.Future[None]], None]:
+        """Once a block is on disk, the part file is `size` long: say so."""
+
+        def written(future: asyncio.Future[None]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                download.bytes_done = size
+                download.note = None
+                self._publish(download)
+
+        return written
 
     async def _finish(
         self, download: Download, target: Path, hashes: FileHashes, note: str | None = None
