@@ -154,3 +154,13 @@ def test_file_hashes_match_civitai_autov2_and_autov3(tmp_path: Path) -> None:
     assert hashes.matches(v3[:12])  # AutoV3 / Lora hashes
     assert not hashes.matches("abc")  # too short to mean anything
     assert not hashes.matches("0" * 10)
+
+
+def test_civitai_subfolders_setting() -> None:
+    from mobilesd_core.config import ConfigError, settings_from_env
+
+    assert settings_from_env({}).civitai_subfolders is False
+    assert settings_from_env({"CIVITAI_SUBFOLDERS": "1"}).civitai_subfolders is True
+    assert settings_from_env({"CIVITAI_SUBFOLDERS": "no"}).civitai_subfolders is False
+    with pytest.raises(ConfigError, match="CIVITAI_SUBFOLDERS='maybe' is not valid: expected 1"):
+        settings_from_env({"CIVITAI_SUBFOLDERS": "maybe"})
