@@ -2,7 +2,8 @@
 
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
-  python -m bench --only gap   one part: throughput, store, gap, api, page, inbox (repeatable)
+  python -m bench --only gap   one part: throughput, store, gap, api, page, inbox, civitai
+                               (repeatable)
 
 Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
 folder: fsync costs depend on that file system, so it is printed with the results.
@@ -20,10 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import api_load, idle_gap, inbox_pickup, page_load, store_writes, throughput
+from . import (
+    api_load,
+    civitai_download,
+    idle_gap,
+    inbox_pickup,
+    page_load,
+    store_writes,
+    throughput,
+)
 from .report import Row, say, table
 
-PARTS = ("throughput", "store", "gap", "api", "page", "inbox")
+PARTS = ("throughput", "store", "gap", "api", "page", "inbox", "civitai")
 NOTES = """\
 Notes:
 - core figures include all of the core's per-job work: the claim and the finish written to the
@@ -42,7 +51,10 @@ Notes:
   file counts as picked up when its job is in the store. The quiet window is every pickup's
   floor. Polling mode polls every second, as for an SMB share.
 - page: `/` and its <script src>/<link href> with Accept-Encoding: gzip; status line, headers
-  and bodies as sent."""
+  and bodies as sent.
+- civitai: the fake Civitai in its own process over loopback; plain copy = redirect + stream to
+  a file, nothing else; core = submit to `completed` (SHA-256 checked, sidecar, preview, state
+  file, events)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run the simulator in this process (default: its own process, like a real server)",
     )
     p.add_argument("--inbox-files", type=int, help="inbox: files dropped at once (default 1000)")
+    p.add_argument(
+        "--civitai-mb", type=int, help="civitai: size of the downloaded file (default 256)"
+    )
     p.add_argument("--dir", type=Path, default=None, help="where the temporary data goes")
     p.add_argument("--check", action="store_true", help="exit 1 when an aim is missed")
     return p
@@ -162,6 +177,12 @@ async def _main(args: argparse.Namespace) -> list[Row]:
         if "inbox" in parts:
             rows += await inbox_pickup.run(
                 root / "inbox", files=args.inbox_files or (200 if quick else 1000)
+            )
+        if "civitai" in parts:
+            rows += await civitai_download.run(
+                root,
+                size_mb=args.civitai_mb or (64 if quick else 256),
+                rounds=1 if quick else 3,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -37,8 +37,7 @@ async def _core(root: Path, poll: float | None) -> Core:
     core = Core(settings)
     await core.start()
     await core.service.set_paused(True)
-    while not core.inbox.watching.is_set():
-        await asyncio.sleep(0.005)
+    await asyncio.wait_for(core.inbox.watching.wait(), 30)
     return core
 
 

@@ -40,6 +40,12 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     civitai_api_key: str | None = field(default=None, repr=False)
     civitai_base_url: str = "https://civitai.com"
+    # Downloads go to <LORA_PATH or CHECKPOINT_PATH>/<base model>/ when set (CIVITAI_SUBFOLDERS=1).
+    civitai_subfolders: bool = False
+    # Civitai retry tuning: 429/500/503 and dropped connections back off (Retry-After wins).
+    civitai_retry_backoff: float = 2.0
+    civitai_retry_backoff_max: float = 60.0
+    civitai_max_retries: int = 6  # consecutive failures without progress before a download fails
     # Dispatcher tuning: defaults suit a real Forge server; tests shorten them.
     health_interval: float = 10.0
     progress_interval: float = 0.5
@@ -61,7 +67,16 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if k in known and v is not None})
 
 
-_ENV: dict[str, tuple[str, type]] = {
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_ENV: dict[str, tuple[str, Any]] = {
     "HOST": ("host", str),
     "PORT": ("port", int),
     "CONFIG_DATA_PATH": ("data_path", Path),
@@ -75,6 +90,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "MOBILESD_TOKEN": ("token", str),
     "CIVITAI_API_KEY": ("civitai_api_key", str),
     "CIVITAI_BASE_URL": ("civitai_base_url", str),
+    "CIVITAI_SUBFOLDERS": ("civitai_subfolders", _flag),
     # Dispatcher tuning (names of our own; the first ones above come from the original plan).
     "MOBILESD_HEALTH_SECONDS": ("health_interval", float),
     "MOBILESD_STALL_SECONDS": ("stall_timeout", float),
@@ -96,7 +112,9 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         try:
             values[name] = kind(raw.strip())
         except ValueError:
-            expected = "a whole number" if kind is int else "a number"
+            expected = {int: "a whole number", _flag: "1 or 0 (true/false, yes/no)"}.get(
+                kind, "a number"
+            )
             raise ConfigError(f"{var}={raw!r} is not valid: expected {expected}") from None
     settings = Settings().with_overrides(**values).with_overrides(**overrides)
     if not 0 < settings.port < 65536:

@@ -11,6 +11,10 @@ import logging
 
 import httpx
 
+from .civitai.client import CivitaiClient
+from .civitai.downloads import DownloadManager
+from .civitai.hashes import HashCache
+from .civitai.importer import ImageImporter, new_importer
 from .config import Settings
 from .dispatcher import Dispatcher
 from .events import EventBus
@@ -26,7 +30,11 @@ log = logging.getLogger(__name__)
 
 class Core:
     def __init__(
-        self, settings: Settings, *, forge_transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: Settings,
+        *,
+        forge_transport: httpx.AsyncBaseTransport | None = None,
+        civitai_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self.bus = EventBus()
@@ -47,6 +55,20 @@ class Core:
             self.store, self.registry, self.dispatcher, self.gallery, self.bus, self.board
         )
         self.inbox = InboxWatcher(settings, self.service)
+        self.civitai = CivitaiClient(
+            settings.civitai_base_url,
+            settings.civitai_api_key,
+            transport=civitai_transport,
+            backoff=min(settings.civitai_retry_backoff, 1.0),
+        )
+        self.hash_cache = HashCache(settings.data_path)
+        self.downloads = DownloadManager(
+            settings,
+            self.civitai,
+            self.bus,
+            self.hash_cache,
+            on_downloaded=self.registry.refresh_models,
+        )
         self.store.set_listener(self._on_job_change)
         self.registry.set_on_available(self.dispatcher.wake)
         self._started = False
@@ -65,6 +87,7 @@ class Core:
         await self.registry.start()
         await self.dispatcher.start()
         await self.inbox.start()
+        await self.downloads.start()  # unfinished downloads resume
         self._started = True
         counts = self.store.count()
         log.info(
@@ -79,12 +102,19 @@ class Core:
             return
         self._started = False
         await self.inbox.stop()
+        await self.downloads.stop()
         await self.dispatcher.stop()
         await self.registry.stop()
         self.bus.close_all()
         await self.store.close()
         await self.server_store.close()
+        await self.civitai.aclose()
         log.info("core stopped")
+
+    def importer(self) -> ImageImporter:
+        """A Civitai image importer over the current library (one per request: it caches the
+        folder scan for that request only)."""
+        return new_importer(self.civitai, self.settings, self.hash_cache)
 
     async def run_until_idle(self, timeout: float = 30.0) -> None:
         """Wait until nothing runs and nothing can be assigned (tests, demo, benchmarks)."""

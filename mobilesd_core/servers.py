@@ -314,3 +314,22 @@ class ServerRegistry:
             runtime.catalog = await runtime.client.catalog(refresh_loras=refresh)
             runtime.catalog_at = time.monotonic()
         return runtime.catalog
+
+    async def refresh_models(self, kind: str) -> None:
+        """Ask every reachable server to rescan its checkpoints (`kind` "checkpoint") or LoRAs
+        (after a download put a new file in the shared folder). Offline servers list their
+        files when they come back; a failure is logged, never raised."""
+
+        async def one(runtime: ServerRuntime) -> None:
+            try:
+                if kind == "checkpoint":
+                    await self.checkpoints(runtime, refresh=True)
+                else:
+                    await self.catalog(runtime, refresh=True)
+            except ForgeError as exc:
+                log.warning("server %s: model list refresh failed: %s", runtime.alias, exc.message)
+            else:
+                log.info("server %s: %s list refreshed", runtime.alias, kind)
+
+        targets = [r for r in self.runtimes.values() if r.config.enabled and r.online]
+        await asyncio.gather(*(one(r) for r in targets))

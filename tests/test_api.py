@@ -36,6 +36,9 @@ ROUTES = [
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/checkpoints"),
     ("GET", "/api/v1/loras"),
+    ("POST", "/api/v1/civitai/image-info"),
+    ("POST", "/api/v1/civitai/download-model"),
+    ("GET", "/api/v1/civitai/downloads"),
 ]
 
 

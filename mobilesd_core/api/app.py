@@ -13,6 +13,7 @@ from ..config import Settings, load_or_create_token
 from ..core import Core
 from . import (
     routes_auth,
+    routes_civitai,
     routes_docs,
     routes_events,
     routes_gallery,
@@ -79,6 +80,7 @@ def create_app(
     app.add_routes(routes_jobs.routes)
     app.add_routes(routes_gallery.routes)
     app.add_routes(routes_library.routes)
+    app.add_routes(routes_civitai.routes)
     app.add_routes(routes_events.routes)
     routes_events.setup(app)  # stream settings, and open streams ended on shutdown
     app.add_routes(routes_auth.routes)

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..civitai.client import CivitaiError
 from ..gallery import ImageNotFound, UnsafeName
 from ..schema import FieldProblem, InvalidInput
 from ..servers import ServerExists, ServerNotFound
@@ -58,6 +59,8 @@ def _map(exc: Exception) -> web.Response | None:
         return error_response(409, "wrong_state", str(exc), {"status": exc.status})
     if isinstance(exc, ImageNotFound):
         return error_response(404, "image_not_found", "no such image in the gallery")
+    if isinstance(exc, CivitaiError):
+        return error_response(exc.status, exc.code, exc.message)
     if isinstance(exc, UnsafeName):
         return error_response(400, "bad_filename", "not a gallery file name")
     return None

@@ -11,7 +11,11 @@ import functools
 import json
 from typing import Any
 
+from pydantic import BaseModel
+
 from .. import __version__
+from ..civitai.downloads import ACTIVE
+from ..civitai.schema import DownloadRequest, ImageInfoRequest
 from ..jobfile_schema import model_schemas
 from ..schema import ALL_STATUSES, SEED_MAX, TERMINAL_STATUSES
 from .auth import SESSION_COOKIE
@@ -444,14 +448,155 @@ def _response_schemas() -> dict[str, Schema]:
             ],
         },
         "DownloadEvent": {
-            "type": "object",
-            "description": "Progress of a Civitai download: bytes done/total, status, error.",
+            **_ref("CivitaiDownload"),
+            "description": "A Civitai download after a change (progress: a few per second).",
         },
+        **_civitai_schemas(),
         "ResetEvent": {
             "type": "object",
             "description": "The events a reconnecting client missed are gone: reload everything.",
         },
     }
+
+
+def _civitai_schemas() -> dict[str, Schema]:
+    resource = _obj(
+        {
+            "type": {"type": "string", "enum": ["checkpoint", "lora", "other"]},
+            "name": _nullable({**STR, "description": "As the image's data names it."}),
+            "weight": _nullable(NUM),
+            "hash": _nullable({**STR, "description": "A hash naming the file (lower-case)."}),
+            "model_version_id": _nullable({**INT, "description": "What to download."}),
+            "model_id": _nullable(INT),
+            "model_name": _nullable(STR),
+            "version_name": _nullable(STR),
+            "model_type": _nullable({**STR, "description": "Civitai's type: LORA, Checkpoint..."}),
+            "base_model": _nullable(STR),
+            "local": _nullable(
+                _obj(
+                    {
+                        "relative_path": {
+                            **STR,
+                            "description": "In LORA_PATH or CHECKPOINT_PATH.",
+                        },
+                        "matched_by": {"type": "string", "enum": ["hash", "name"]},
+                    },
+                    ["relative_path", "matched_by"],
+                )
+            ),
+            "downloadable": {
+                **BOOL,
+                "description": "POST /api/v1/civitai/download-model can fetch it.",
+            },
+        },
+        [
+            "type",
+            "name",
+            "weight",
+            "hash",
+            "model_version_id",
+            "model_id",
+            "model_name",
+            "version_name",
+            "model_type",
+            "base_model",
+            "local",
+            "downloadable",
+        ],
+        description="A model the image was made with, and where it is locally (null: missing).",
+    )
+    download = _obj(
+        {
+            "download_id": {**STR, "description": "ULID."},
+            "status": {
+                "type": "string",
+                "enum": [*sorted(ACTIVE), "completed", "failed"],
+                "description": "queued -> downloading -> verifying -> completed | failed.",
+            },
+            "model_version_id": INT,
+            "file_id": _nullable(INT),
+            "model_id": _nullable(INT),
+            "model_name": _nullable(STR),
+            "version_name": _nullable(STR),
+            "model_type": STR,
+            "base_model": _nullable(STR),
+            "kind": {"type": "string", "enum": ["checkpoint", "lora"]},
+            "filename": _nullable({**STR, "description": "null until the storage names it."}),
+            "relative_path": _nullable(
+                {**STR, "description": "In LORA_PATH or CHECKPOINT_PATH, '/' separated."}
+            ),
+            "bytes_done": {"type": "integer", "minimum": 0},
+            "bytes_total": _nullable({"type": "integer", "minimum": 0}),
+            "error": _nullable({**STR, "description": "Why it failed and what to do."}),
+            "error_code": _nullable(STR),
+            "note": _nullable({**STR, "description": "E.g. a retry under way."}),
+            "attempts": {"type": "integer", "minimum": 0},
+            "created": TIME,
+            "updated": TIME,
+        },
+        [
+            "download_id",
+            "status",
+            "model_version_id",
+            "kind",
+            "filename",
+            "relative_path",
+            "bytes_done",
+            "bytes_total",
+            "error",
+        ],
+        description="A Civitai model download.",
+    )
+    return {
+        "CivitaiImageInfoRequest": _request_schema(ImageInfoRequest, "url", "image_id"),
+        "CivitaiDownloadRequest": _request_schema(DownloadRequest, "url", "model_version_id"),
+        "CivitaiResource": resource,
+        "CivitaiImageInfo": _obj(
+            {
+                "image": _obj(
+                    {
+                        "id": INT,
+                        "url": _nullable(STR),
+                        "width": _nullable(INT),
+                        "height": _nullable(INT),
+                        "base_model": _nullable(STR),
+                    },
+                    ["id"],
+                ),
+                "generation_params": _ref("GenerationParams"),
+                "resources": {"type": "array", "items": _ref("CivitaiResource")},
+                "missing": {
+                    "type": "array",
+                    "items": _ref("CivitaiResource"),
+                    "description": "The resources not found locally.",
+                },
+                "warnings": {
+                    "type": "array",
+                    "items": STR,
+                    "description": "Values changed to fit (clamped, rounded) or not found.",
+                },
+            },
+            ["generation_params", "resources", "missing"],
+        ),
+        "CivitaiDownload": download,
+        "CivitaiDownloadAccepted": _obj(
+            {"download_id": STR, "download": _ref("CivitaiDownload")},
+            ["download_id"],
+        ),
+        "CivitaiDownloadList": _obj(
+            {"downloads": {"type": "array", "items": _ref("CivitaiDownload")}},
+            ["downloads"],
+            description="Newest first; unfinished ones resume when the core restarts.",
+        ),
+    }
+
+
+def _request_schema(model: type[BaseModel], *one_of: str) -> Schema:
+    """A request body from its pydantic model, with the exactly-one-of rule its validator adds."""
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    schema["oneOf"] = [{"required": [name]} for name in one_of]
+    return schema
 
 
 # Event name -> schema of its data.
@@ -481,7 +626,7 @@ _ERRORS: dict[str, tuple[str, str]] = {
     "413": ("TooLarge", "The request body is larger than 1 MB."),
     "422": ("InvalidFields", "Invalid fields; `details` lists each problem."),
     "429": ("TooManyAttempts", "Too many wrong tokens from this address; wait and retry."),
-    "502": ("ServerUnavailable", "The Forge server did not answer."),
+    "502": ("ServerUnavailable", "The Forge server (or Civitai) did not answer."),
 }
 
 
@@ -839,6 +984,51 @@ def _paths() -> dict[str, Schema]:
                 {"200": _json(_ref("Library"), "The scan, or why there is none."), **_errors()},
             ),
         },
+        "/api/v1/civitai/image-info": {
+            "post": _op(
+                "civitai_image_info",
+                "civitai",
+                "A Civitai image's generation data as generation_params, its resources matched "
+                "to the local library (by hash, then name), and what is missing locally.",
+                {
+                    "200": _json(_ref("CivitaiImageInfo"), "The parameters to review."),
+                    **_errors(400, 404, 413, 422, 502),
+                },
+                requestBody=_body(_ref("CivitaiImageInfoRequest")),
+                description=(
+                    "404 `civitai_image_not_found`: Civitai lists no such image; 422 "
+                    "`civitai_no_meta`: the image has no generation data; 502 "
+                    "`civitai_unavailable`: Civitai did not answer (after retries)."
+                ),
+            ),
+        },
+        "/api/v1/civitai/download-model": {
+            "post": _op(
+                "civitai_download_model",
+                "civitai",
+                "Download a Civitai model into LORA_PATH (LORA, LoCon, DoRA) or CHECKPOINT_PATH "
+                "(Checkpoint); progress in GET /api/v1/civitai/downloads and `download` events.",
+                {
+                    "202": _json(_ref("CivitaiDownloadAccepted"), "Queued (or already under way)."),
+                    **_errors(400, 404, 409, 413, 422, 502),
+                },
+                requestBody=_body(_ref("CivitaiDownloadRequest")),
+                description=(
+                    "404: no such model, version or file; 409 `folder_not_configured`: the "
+                    "folder's variable is not set; 422 `unsupported_model_type`: not a checkpoint "
+                    "or LoRA. With CIVITAI_SUBFOLDERS=1 the file goes into a subfolder named "
+                    "after its base model."
+                ),
+            ),
+        },
+        "/api/v1/civitai/downloads": {
+            "get": _op(
+                "civitai_downloads",
+                "civitai",
+                "Civitai downloads with bytes done/total, status and error.",
+                {"200": _json(_ref("CivitaiDownloadList"), "Newest first."), **_errors()},
+            ),
+        },
         "/api/v1/events": {
             "get": _op(
                 "events",
@@ -904,7 +1094,7 @@ heartbeat at least every 15 s. `x-event-data` maps each event name to the schema
 | `job_removed` | `{mobilesd_job_id}` |
 | `server` | the status of one server, or `{alias, removed: true}` |
 | `image` | `{added: <gallery entry>}` or `{removed: <gallery entry>}` |
-| `download` | Civitai download progress |
+| `download` | a Civitai download after a change (progress at most a few per second) |
 | `queue` | the queue's state (paused, counts) |
 | `reset` | what the client missed is gone: reload everything |
 
@@ -944,6 +1134,7 @@ def build_openapi() -> Schema:
             {"name": "queue", "description": "The queue as a whole"},
             {"name": "gallery", "description": "Generated images"},
             {"name": "library", "description": "Local model folders"},
+            {"name": "civitai", "description": "Civitai image import and model downloads"},
             {"name": "events", "description": "Live updates"},
         ],
         "security": [{"bearerAuth": []}, {"sessionCookie": []}],

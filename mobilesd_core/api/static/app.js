@@ -153,6 +153,10 @@ const state = {
   // overwrite the newer status it carried.
   serverEvents: new Map(),
   serverEventCount: 0,
+  // Parameters an import brought that the form has no field for (clip skip, hires fix...):
+  // sent with the job until the user drops them.
+  kept: {},
+  downloads: new Map(),
 };
 
 // -- views ------------------------------------------------------------------------------------
@@ -241,11 +245,13 @@ function setForm(params) {
   }
   state.loras = (p.loras || []).map((l) => ({ name: String(l.name), weight: Number(l.weight ?? 1) }));
   renderLoras();
+  state.kept = {};
+  renderKept();
   syncSizePreset();
 }
 
 function readForm() {
-  const params = {};
+  const params = { ...state.kept };
   for (const name of TEXT_FIELDS) params[name] = control(name).value;
   for (const name of NUMBER_FIELDS) {
     const el = control(name);
@@ -426,6 +432,164 @@ function setupGenerate() {
     renderLoras();
   });
   setForm(loadSettings());
+}
+
+// -- civitai import and downloads ------------------------------------------------------------
+
+const FORM_FIELDS = new Set([...TEXT_FIELDS, ...SELECT_FIELDS, ...NUMBER_FIELDS, "loras"]);
+const KEPT_LABELS = {
+  clip_skip: (v) => `clip skip ${v}`,
+  hires: (v) => `hires fix ${v.scale}× (${v.upscaler})`,
+  distilled_cfg_scale: (v) => `distilled CFG ${v}`,
+};
+
+function renderKept() {
+  const parts = Object.entries(state.kept)
+    .filter(([key, value]) => value !== null && value !== undefined && KEPT_LABELS[key])
+    .map(([key, value]) => KEPT_LABELS[key](value));
+  const kept = $("civitai-kept");
+  kept.hidden = parts.length === 0;
+  kept.replaceChildren(
+    `Also from the image: ${parts.join(", ")} `,
+    h("button", {
+      type: "button",
+      class: "ghost",
+      text: "Drop",
+      onclick: () => {
+        state.kept = {};
+        renderKept();
+      },
+    }),
+  );
+}
+
+function resourceLabel(r) {
+  const name = r.model_name || r.name || `version ${r.model_version_id}`;
+  const version = r.version_name ? ` · ${r.version_name}` : "";
+  return `${r.type === "checkpoint" ? "Checkpoint" : r.type === "lora" ? "LoRA" : "Model"}: ${name}${version}`;
+}
+
+function renderImport(answer) {
+  const warnings = $("civitai-warnings");
+  warnings.replaceChildren(...answer.warnings.map((w) => h("li", { text: w })));
+  warnings.hidden = answer.warnings.length === 0;
+  const list = $("civitai-missing-list");
+  list.replaceChildren(
+    ...answer.missing.map((r) => {
+      const note = h("small", { class: "err" });
+      const button = h("button", {
+        type: "button",
+        class: "ghost",
+        text: "Download",
+        disabled: !r.downloadable,
+        title: r.downloadable ? "" : "Civitai does not say which model this is",
+        onclick: async () => {
+          button.disabled = true;
+          note.textContent = "";
+          try {
+            const accepted = await api("POST", "/api/v1/civitai/download-model", { model_version_id: r.model_version_id });
+            if (accepted.download) downloadEvent(accepted.download);
+            button.textContent = "Downloading…";
+          } catch (error) {
+            button.disabled = false;
+            note.textContent = error.message;
+          }
+        },
+      });
+      return h("li", { "data-version": r.model_version_id || "" }, h("span", { class: "what", text: resourceLabel(r) }, note), button);
+    }),
+  );
+  $("civitai-missing").hidden = answer.missing.length === 0;
+}
+
+async function importCivitai(event) {
+  event.preventDefault();
+  const url = $("civitai-url").value.trim();
+  setText("civitai-error", "");
+  if (!url) return setText("civitai-error", "Paste a link such as https://civitai.com/images/12345.");
+  const button = $("civitai-import");
+  button.disabled = true;
+  setText("civitai-status", "Reading the image's generation data…");
+  try {
+    const answer = await api("POST", "/api/v1/civitai/image-info", { url });
+    const params = answer.generation_params;
+    setForm({ ...DEFAULTS, ...params, target_server_alias: control("target_server_alias").value });
+    state.kept = Object.fromEntries(Object.entries(params).filter(([key, value]) => !FORM_FIELDS.has(key) && value !== null && KEPT_LABELS[key]));
+    renderKept();
+    renderImport(answer);
+    state.modelsFor = null;
+    loadModels();
+    setText("civitai-status", `Settings of image ${answer.image.id} loaded: review them, then add to the queue.`);
+  } catch (error) {
+    setText("civitai-status", "");
+    const details = error.details.map((d) => d.message).join("; ");
+    setText("civitai-error", details ? `${error.message.split(":")[0]}: ${details}` : error.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function sizeText(bytes) {
+  if (bytes === null || bytes === undefined) return "?";
+  if (bytes >= 1024 ** 3) return `${(bytes / 1024 ** 3).toFixed(2)} GB`;
+  return `${(bytes / 1024 ** 2).toFixed(1)} MB`;
+}
+
+function downloadItem(d) {
+  const name = d.model_name ? `${d.model_name}${d.version_name ? ` · ${d.version_name}` : ""}` : d.filename || `version ${d.model_version_id}`;
+  const done = d.status === "completed";
+  const line = {
+    queued: "waiting",
+    downloading: `${sizeText(d.bytes_done)} of ${sizeText(d.bytes_total)}`,
+    verifying: "checking the file…",
+    completed: `done: ${d.relative_path || ""}`,
+    failed: "failed",
+  }[d.status] || d.status;
+  return h(
+    "li",
+    { "data-id": d.download_id, "data-status": d.status },
+    h("span", { class: "name", text: name }),
+    d.status === "downloading" || d.status === "queued"
+      ? h("progress", { max: String(d.bytes_total || 1), value: String(d.bytes_done || 0) })
+      : null,
+    h("span", { class: "state", text: d.note && !done ? `${line} · ${d.note}` : line }),
+    d.error ? h("p", { class: "err", text: d.error }) : null,
+  );
+}
+
+function renderDownloads() {
+  const items = [...state.downloads.values()].sort((a, b) => (a.created < b.created ? 1 : -1)).slice(0, 10);
+  $("download-list").replaceChildren(...items.map(downloadItem));
+  $("downloads-box").hidden = items.length === 0;
+}
+
+function downloadEvent(d) {
+  const before = state.downloads.get(d.download_id);
+  state.downloads.set(d.download_id, d);
+  renderDownloads();
+  if (d.status === "completed" && (!before || before.status !== "completed")) {
+    for (const li of $("civitai-missing-list").querySelectorAll(`li[data-version="${CSS.escape(String(d.model_version_id))}"]`)) {
+      const button = li.querySelector("button");
+      button.textContent = "Downloaded";
+      button.disabled = true;
+    }
+    state.modelsFor = null;
+    loadModels();
+  }
+}
+
+async function loadDownloads() {
+  try {
+    const answer = await api("GET", "/api/v1/civitai/downloads");
+    state.downloads = new Map(answer.downloads.map((d) => [d.download_id, d]));
+    renderDownloads();
+  } catch {
+    /* the list stays as it was; events keep it current */
+  }
+}
+
+function setupCivitai() {
+  $("civitai-form").addEventListener("submit", importCivitai);
 }
 
 // -- queue ------------------------------------------------------------------------------------
@@ -995,9 +1159,11 @@ function connectEvents() {
     if (data.removed) imageRemoved(data.removed);
   });
   on("server", serverEvent);
+  on("download", downloadEvent);
   on("reset", () => {
     loadJobs();
     loadServers();
+    loadDownloads();
     if (state.galleryLoaded) loadGallery(true);
   });
 }
@@ -1006,6 +1172,7 @@ function connectEvents() {
 
 async function start() {
   setupGenerate();
+  setupCivitai();
   setupQueue();
   setupGallery();
   setupServers();
@@ -1029,6 +1196,7 @@ async function start() {
   fillServerSelect();
   loadModels();
   loadJobs();
+  loadDownloads();
   show(location.hash.slice(1) || "generate");
 }
 
