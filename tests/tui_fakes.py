@@ -178,7 +178,9 @@ def picture(seed: int, size: tuple[int, int] = (128, 128)) -> bytes:
     hue = (seed * 47) % 255
     for y in range(height):
         shade = int(255 * y / height)
-        draw.line([(0, y), (width, y)], fill=(hue // 2 + shade // 3, 80 + shade // 4, 200 - shade // 2))
+        draw.line(
+            [(0, y), (width, y)], fill=(hue // 2 + shade // 3, 80 + shade // 4, 200 - shade // 2)
+        )
     draw.ellipse([width // 3, height // 5, width // 3 + 40, height // 5 + 40], fill=(250, 220, 90))
     draw.polygon([(0, height), (width // 2, height * 2 // 3), (width, height)], fill=(40, 110, 60))
     out = io.BytesIO()
@@ -286,3 +288,34 @@ class FakeApi:
     async def events(self, last_event_id: int | None) -> AsyncIterator[StreamEvent]:
         yield StreamEvent("open")
         await self._quiet.wait()  # an idle core: nothing more, ever
+
+
+async def settle(pilot: Any, *, timeout: float = 10.0) -> None:
+    """Wait for the first load and every worker but the event stream, then for the screen."""
+    app = pilot.app
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        busy = [w for w in app.workers if w.group != "events" and not w.is_finished]
+        if app.loaded and not busy:
+            break
+        if loop.time() > deadline:
+            raise AssertionError(f"app did not settle: loaded={app.loaded}, busy={busy}")
+        await pilot.pause(0.02)
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+
+
+def fake_app(tab: str = "generator", api: FakeApi | None = None) -> Any:
+    from mobilesd_tui.app import make_app
+    from mobilesd_tui.thumbs import halfcell_widget
+
+    return make_app(
+        api or FakeApi(),
+        clock=fixed_clock,
+        initial_tab=tab,
+        image_widget=halfcell_widget(),
+        animations=False,
+        age_refresh=None,
+    )

@@ -36,7 +36,7 @@ class ServerForm(ModalScreen[dict[str, Any] | None]):
         self.server = server
 
     def compose(self) -> ComposeResult:
-        server = self.server or {}
+        server = self.server or {"max_concurrent": 1, "enabled": True}
         title = f"Edit server {server['alias']}" if self.server else "Add a Forge server"
         with Vertical(classes="dialog", id="server-dialog"):
             yield Static(f"[b]{title}[/]", classes="dialog-title")
@@ -82,7 +82,7 @@ class ServerForm(ModalScreen[dict[str, Any] | None]):
                 values[key] = text
         values["enabled"] = self.query_one("#server-enabled", Switch).value
         if self.server is None:
-            return {k: v for k, v in values.items() if v is not None}
+            return {k: v for k, v in values.items() if v not in (None, "")}
         changed = {k: v for k, v in values.items() if k != "password" and v != self.server.get(k)}
         if values["password"]:
             changed["password"] = values["password"]

@@ -38,7 +38,7 @@ class Tile(Vertical, can_focus=True):
         seed = self.entry.get("seed")
         caption = f"{seed} " if seed is not None else ""
         caption += short_model(self.entry.get("checkpoint"))
-        yield Static(one_line(caption, 18), classes="tile-caption")
+        yield Static(one_line(caption, 17), classes="tile-caption")
 
     def show_image(self, widget: Widget) -> None:
         self.loaded = True
@@ -71,7 +71,7 @@ class GalleryPane(Vertical):
         Binding("up", "step_row(-1)", "", show=False, id="gallery.up"),
         Binding("down", "step_row(1)", "", show=False, id="gallery.down"),
     ]
-    TILE_WIDTH = 20
+    TILE_WIDTH = 19
 
     def __init__(self, loader: ImageLoader, image_widget: type[Widget], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -130,6 +130,10 @@ class GalleryPane(Vertical):
     # -- lazy thumbnails ----------------------------------------------------------------------
 
     def on_resize(self) -> None:
+        if self.size.width:
+            # As many tiles across as fit (the scrollbar takes one cell).
+            columns = max(1, (self.size.width - 1) // self.TILE_WIDTH)
+            self.query_one("#gallery-grid", Grid).styles.grid_size_columns = columns
         self.call_after_refresh(self.load_visible)
 
     def on_show(self) -> None:
@@ -178,8 +182,7 @@ class GalleryPane(Vertical):
         self.post_message(ImageAction(action, tile.entry))
 
     def _columns(self) -> int:
-        grid = self.query_one("#gallery-grid", Grid)
-        return max(1, grid.size.width // self.TILE_WIDTH)
+        return max(1, (self.size.width - 1) // self.TILE_WIDTH)
 
     def _focus_index(self, index: int) -> None:
         tiles = list(self.query(Tile))

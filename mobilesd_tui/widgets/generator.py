@@ -49,6 +49,17 @@ def number(text: str, *, integer: bool) -> Any:
     return text
 
 
+# Fields too narrow for their own message: it goes on the line under their row, named.
+ROW_ERRORS = {
+    "width": "size",
+    "height": "size",
+    "steps": "size",
+    "cfg_scale": "size",
+    "seed": "seed",
+    "n_iter": "seed",
+}
+
+
 class SubmitRequested(Message):
     def __init__(self, params: dict[str, Any], target: str | None) -> None:
         super().__init__()
@@ -78,11 +89,14 @@ class Field(Vertical):
         self.label = label
         self.control = control
         self.field_name = name
+        # Narrow fields side by side share one error line under their row (ROW_ERRORS).
+        self.inline_error = name not in ROW_ERRORS
 
     def compose(self) -> ComposeResult:
         yield Label(self.label, classes="field-label")
         yield self.control
-        yield Static("", classes="field-error", id=f"err-{self.field_name}")
+        if self.inline_error:
+            yield Static("", classes="field-error", id=f"err-{self.field_name}")
 
 
 class LoraRow(Horizontal):
@@ -193,6 +207,7 @@ class GeneratorPane(Vertical):
                 yield Field(
                     "CFG", Input("7", compact=True, id="cfg_scale"), "cfg_scale", classes="num"
                 )
+            yield Static("", classes="field-error", id="err-row-size")
             with Horizontal(classes="row"):
                 yield Field(
                     "Sampler",
@@ -227,6 +242,7 @@ class GeneratorPane(Vertical):
                 yield Field(
                     "Images", Input("1", compact=True, id="n_iter"), "n_iter", classes="num"
                 )
+            yield Static("", classes="field-error", id="err-row-seed")
         # Outside the scrolling form: on a 24-line terminal the button stays in view.
         yield Static("", classes="field-error", id="err-general")
         with Horizontal(id="submit-line"):
@@ -363,25 +379,34 @@ class GeneratorPane(Vertical):
             field.remove_class("invalid")
 
     def show_errors(self, problems: list[tuple[str, str]], fallback: str) -> None:
-        """Each problem next to its field; ones without a field go under the button."""
+        """Each problem next to its field; ones without a field go above the button."""
         self.clear_errors()
         general: list[str] = []
         first: Widget | None = None
+        fields = {field.field_name: field for field in self.query(Field)}
+        rows: dict[str, list[str]] = {}
         for path, message in problems:
             name = path.removeprefix("generation_params.")
             if name.startswith("loras"):
+                message = f"{name}: {message}"
                 name = "loras"
-                message = f"{path.removeprefix('generation_params.')}: {message}"
-            matches = self.query(f"#err-{name}")
-            if not matches:
-                general.append(f"{path}: {message}")
-                continue
-            target = matches.first(Static)
+            field = fields.get(name)
+            if name in ROW_ERRORS and field is not None:
+                row = ROW_ERRORS[name]
+                rows.setdefault(row, []).append(f"{field.label}: {message}")
+                target = self.query_one(f"#err-row-{row}", Static)
+                message = " · ".join(rows[row])
+            else:
+                matches = self.query(f"#err-{name}")
+                if not matches:
+                    general.append(f"{path}: {message}")
+                    continue
+                target = matches.first(Static)
             target.update(message)
             target.add_class("shown")
-            if isinstance(target.parent, Field):
-                target.parent.add_class("invalid")
-                first = first or target.parent.control
+            if field is not None:
+                field.add_class("invalid")
+                first = first or field.control
         if general or not problems:
             error = self.query_one("#err-general", Static)
             error.update("\n".join(general) or fallback)
