@@ -108,6 +108,9 @@ class MobileSDApp(App[None]):
         self.paused = False
         self.servers: list[dict[str, Any]] = []
         self._models: dict[str | None, dict[str, Any]] = {}
+        # Finished jobs are announced in batches: twenty quick jobs make one toast, not twenty.
+        self._done: list[str] = []
+        self._failed: list[str] = []
         self._model_target: str | None = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -222,14 +225,36 @@ class MobileSDApp(App[None]):
             prompt = one_line(job["generation_params"].get("prompt", ""), 40)
             if status == "completed":
                 count = len((job.get("result_details") or {}).get("images") or [])
-                self.notify(f"{prompt} ({count} image{'s' if count != 1 else ''})", title="Done")
+                self._announce(self._done, f"{prompt} ({count} image{'s' if count != 1 else ''})")
                 seed = self._seed_of(job)
                 if seed is not None:
                     self.generator.last_seed = seed
             elif status == "failed":
                 error = (job.get("result_details") or {}).get("error", "no reason given")
-                self.notify(f"{prompt}: {error}", title="Job failed", severity="error", timeout=10)
+                self._announce(self._failed, f"{prompt}: {error}")
         self._update_queue_state()
+
+    def _announce(self, batch: list[str], text: str) -> None:
+        if not self._done and not self._failed:
+            self.set_timer(0.7, self._flush_announcements)
+        batch.append(text)
+
+    def _flush_announcements(self) -> None:
+        done, failed = self._done, self._failed
+        self._done, self._failed = [], []
+        if len(done) == 1:
+            self.notify(done[0], title="Done")
+        elif done:
+            self.notify(f"{len(done)} jobs finished; the newest: {done[-1]}", title="Done")
+        if len(failed) == 1:
+            self.notify(failed[0], title="Job failed", severity="error", timeout=10)
+        elif failed:
+            self.notify(
+                f"{len(failed)} jobs failed; the last: {failed[-1]}. F2 shows why.",
+                title="Jobs failed",
+                severity="error",
+                timeout=10,
+            )
 
     def on_job_removed(self, message: JobRemoved) -> None:
         self.queue.remove(message.job_id)

@@ -26,7 +26,7 @@ class ServerForm(ModalScreen[dict[str, Any] | None]):
     """Result: the saved server as the core returned it, or None when cancelled."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "save", "Save", id="server_form.save", priority=True),
+        Binding("ctrl+s", "save", "Save", id="server_form.save"),
         Binding("escape", "cancel", "Cancel", id="server_form.cancel"),
     ]
 

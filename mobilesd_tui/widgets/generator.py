@@ -124,7 +124,7 @@ class LoraRow(Horizontal):
 
 class GeneratorPane(Vertical):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "submit", "Add to queue", id="generator.submit", priority=True),
+        Binding("ctrl+s", "submit", "Add to queue", id="generator.submit"),
         Binding("ctrl+l", "add_lora", "Add LoRA", id="generator.add_lora"),
         Binding("ctrl+r", "random_seed", "Random seed", id="generator.random_seed"),
     ]
