@@ -2,7 +2,7 @@
 
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
-  python -m bench --only gap   one part: throughput, store, gap, api, page (repeatable)
+  python -m bench --only gap   one part: throughput, store, gap, api, page, tui (repeatable)
 
 Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
 folder: fsync costs depend on that file system, so it is printed with the results.
@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import api_load, idle_gap, page_load, store_writes, throughput
+from . import api_load, idle_gap, page_load, store_writes, throughput, tui_start
 from .report import Row, say, table
 
-PARTS = ("throughput", "store", "gap", "api", "page")
+PARTS = ("throughput", "store", "gap", "api", "page", "tui")
 NOTES = """\
 Notes:
 - core figures include all of the core's per-job work: the claim and the finish written to the
@@ -39,7 +39,11 @@ Notes:
   The 100 ms p99 aim is our choice. Polls are closed-loop: a stalled core gets fewer requests.
   The core starts with 10,000 finished jobs (--api-history): a job list's cost grows with it.
 - page: `/` and its <script src>/<link href> with Accept-Encoding: gzip; status line, headers
-  and bodies as sent."""
+  and bodies as sent.
+- tui: headless (Textual's test driver) against a real core over loopback HTTP. Cold start is a
+  fresh interpreter from its first line to the first frame with the core's data (medians of 3);
+  10,000 pending jobs, dispatching paused; scroll is page-down to the last row, each key waited
+  for until handled and painted. The aims are our choice."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,6 +159,10 @@ async def _main(args: argparse.Namespace) -> list[Row]:
             )
         if "page" in parts:
             rows += await page_load.run(root)
+        if "tui" in parts:
+            rows += await tui_start.run(
+                root, jobs=2_000 if quick else 10_000, rounds=1 if quick else 3
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return rows
