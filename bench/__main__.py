@@ -2,8 +2,8 @@
 
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
-  python -m bench --only gap   one part: throughput, store, gap, api, page, inbox, civitai
-                               (repeatable)
+  python -m bench --only gap   one part: throughput, store, gap, api, page, inbox, civitai,
+                               tui (repeatable)
 
 Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
 folder: fsync costs depend on that file system, so it is printed with the results.
@@ -29,10 +29,11 @@ from . import (
     page_load,
     store_writes,
     throughput,
+    tui_start,
 )
 from .report import Row, say, table
 
-PARTS = ("throughput", "store", "gap", "api", "page", "inbox", "civitai")
+PARTS = ("throughput", "store", "gap", "api", "page", "inbox", "civitai", "tui")
 NOTES = """\
 Notes:
 - core figures include all of the core's per-job work: the claim and the finish written to the
@@ -54,7 +55,11 @@ Notes:
   and bodies as sent.
 - civitai: the fake Civitai in its own process over loopback; plain copy = redirect + stream to
   a file, nothing else; core = submit to `completed` (SHA-256 checked, sidecar, preview, state
-  file, events)."""
+  file, events).
+- tui: headless (Textual's test driver) against a real core over loopback HTTP. Cold start is a
+  fresh interpreter from its first line to the first frame with the core's data (medians of 3);
+  10,000 pending jobs, dispatching paused; scroll is page-down to the last row, each key waited
+  for until handled and painted. The aims are our choice."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,6 +188,10 @@ async def _main(args: argparse.Namespace) -> list[Row]:
                 root,
                 size_mb=args.civitai_mb or (64 if quick else 256),
                 rounds=1 if quick else 3,
+            )
+        if "tui" in parts:
+            rows += await tui_start.run(
+                root, jobs=2_000 if quick else 10_000, rounds=1 if quick else 3
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

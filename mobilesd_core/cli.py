@@ -20,6 +20,7 @@ from .config import DEFAULT_PORT, TOKEN_FILE, ConfigError, Settings, prepare, se
 log = logging.getLogger("mobilesd")
 
 
+TUI_TABS = ("generator", "queue", "gallery", "servers")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -134,8 +135,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         file_handler = logging.FileHandler(settings.data_path / "mobilesd.log")
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logging.getLogger().addHandler(file_handler)
-    asyncio.run(run_demo(settings, step_ms=args.step_ms))
+    tui = not args.no_tui and sys.stdin.isatty() and sys.stdout.isatty()
+    image_widget = None
+    if tui:
+        from mobilesd_tui.thumbs import pick_image_widget
+
+        _quiet_console_logging()
+        image_widget = pick_image_widget()  # asks the terminal, so before the app starts
+    asyncio.run(
+        run_demo(settings, step_ms=args.step_ms, tui=tui, tab=args.tab, image_widget=image_widget)
+    )
     return 0
+
+
+def _quiet_console_logging() -> None:
+    """Under the TUI the terminal is the app's: log lines would scribble over it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            root.removeHandler(handler)
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
 
 
 def cmd_forge_sim(args: argparse.Namespace) -> int:
@@ -211,8 +233,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    print("mobilesd tui: the terminal UI is not built yet (tracked in the TUI issue).")
-    return 2
+    from mobilesd_tui.api_client import CoreClient
+    from mobilesd_tui.app import make_app
+    from mobilesd_tui.prefs import default_path
+    from mobilesd_tui.thumbs import pick_image_widget
+
+    url, token = client_target(args.url, args.token)
+    if not token:
+        print(
+            f"mobilesd tui: no access token for {url}: pass --token or set MOBILESD_TOKEN "
+            "(on the core's machine it is read from CONFIG_DATA_PATH/access_token)",
+            file=sys.stderr,
+        )
+        return 2
+    _quiet_console_logging()
+    image_widget = pick_image_widget()  # asks the terminal, so before the app starts
+    app = make_app(
+        CoreClient(url, token),
+        prefs_path=default_path(),
+        initial_tab=args.tab,
+        image_widget=image_widget,
+    )
+    app.run()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_core_flags(p)
     p.add_argument("--dir", type=Path, default=Path("demo"), help="demo folder (./demo)")
     p.add_argument("--step-ms", type=float, default=60.0, help="simulated time per step")
+    p.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="print job changes instead of opening the terminal UI (also when not on a TTY)",
+    )
+    p.add_argument("--tab", choices=TUI_TABS, default="queue", help="the TUI's first tab")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("forge-sim", help="run the Forge simulator alone")
@@ -250,9 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help="target server alias for every job")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("tui", help="terminal UI")
-    p.add_argument("--url")
-    p.add_argument("--token")
+    p = sub.add_parser("tui", help="terminal UI (connects to a running core)")
+    p.add_argument("--url", help="core URL (MOBILESD_URL; default this machine's core)")
+    p.add_argument("--token", help="access token (MOBILESD_TOKEN; default this machine's)")
+    p.add_argument("--tab", choices=TUI_TABS, default="generator", help="the tab to open on")
     p.set_defaults(func=cmd_tui)
     return parser
 

@@ -111,7 +111,16 @@ async def _queue_examples(http: httpx.AsyncClient) -> int:
     return queued
 
 
-async def run_demo(settings: Settings, *, step_ms: float = 60.0) -> None:
+async def run_demo(
+    settings: Settings,
+    *,
+    step_ms: float = 60.0,
+    tui: bool = False,
+    tab: str = "queue",
+    image_widget: Any = None,
+) -> None:
+    """Core + simulated servers; with `tui`, the terminal UI on the same loop (through the API),
+    else the console view until Ctrl-C."""
     sims = {
         alias: SimServer(
             SimulatorConfig(checkpoints=ckpts, step_ms=step_ms, switch_ms=1500, name=alias)
@@ -123,13 +132,13 @@ async def run_demo(settings: Settings, *, step_ms: float = 60.0) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     view = ConsoleView()
     tasks: list[asyncio.Task[None]] = []
+    base = f"http://{settings.host}:{settings.port}"
 
     async def start() -> None:
         for sim in sims.values():
             await sim.start()
         await runner.setup()
         await web.SockSite(runner, listener).start()
-        base = f"http://{settings.host}:{settings.port}"
         core = app[CORE]
         headers = {"Authorization": f"Bearer {app[TOKEN]}"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
@@ -138,9 +147,12 @@ async def run_demo(settings: Settings, *, step_ms: float = 60.0) -> None:
             if not marker.exists():
                 count = await _queue_examples(http)
                 marker.write_text("examples queued\n")
-                print(f"queued {count} example jobs from {EXAMPLES}")
-            else:
+                if not tui:
+                    print(f"queued {count} example jobs from {EXAMPLES}")
+            elif not tui:
                 print("examples were queued on an earlier run; showing the queue as it is")
+        if tui:
+            return  # the TUI shows all of this; printing would scribble over its screen
 
         async def follow() -> None:
             sub, _ = core.bus.subscribe()
@@ -169,4 +181,23 @@ async def run_demo(settings: Settings, *, step_ms: float = 60.0) -> None:
         for sim in sims.values():
             await sim.stop()
 
-    await _run_until_signalled(start, stop)
+    if not tui:
+        await _run_until_signalled(start, stop)
+        return
+
+    from mobilesd_tui.api_client import CoreClient
+    from mobilesd_tui.app import make_app
+    from mobilesd_tui.prefs import default_path
+
+    await start()
+    try:
+        tui_app = make_app(
+            CoreClient(base, app[TOKEN]),
+            prefs_path=default_path(),
+            initial_tab=tab,
+            image_widget=image_widget,
+        )
+        await tui_app.run_async()
+    finally:
+        await stop()
+        print(f"MobileSD demo stopped. Data and gallery are kept in {settings.data_path.parent}.")

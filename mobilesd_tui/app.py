@@ -1,0 +1,624 @@
+"""MobileSDApp: four tabs over one API client and one event stream.
+
+Workers do the I/O (named, grouped, `exit_on_error=False`); message handlers change the UI. One
+`on_worker_state_changed` turns an unexpected worker error into a notification, so nothing is
+swallowed and nothing kills the app. `make_app()` is the one factory for the CLI, the demo, the
+tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from .api_client import ApiError, CoreApi, Unauthorized, Unreachable
+from .events import EventConsumer
+from .jobtext import one_line
+from .messages import (
+    ConnectionChanged,
+    ImageChanged,
+    JobChanged,
+    JobRemoved,
+    QueueChanged,
+    Reloaded,
+    ServerChanged,
+)
+from .prefs import Prefs
+from .screens.confirm import Confirm
+from .screens.image_view import ImageView
+from .screens.lora_picker import LoraPicker
+from .screens.server_form import ServerForm
+from .thumbs import ImageLoader, halfcell_widget
+from .widgets.gallery import GalleryPane, ImageAction
+from .widgets.generator import (
+    GeneratorPane,
+    LoraPickRequested,
+    ModelsWanted,
+    SubmitRequested,
+)
+from .widgets.queue import QueueAction, QueuePane
+from .widgets.servers import ServerAction, ServersPane
+
+TABS = ("generator", "queue", "gallery", "servers")
+TAB_TITLES = {
+    "generator": "F1 Generate",
+    "queue": "F2 Queue",
+    "gallery": "F3 Gallery",
+    "servers": "F4 Servers",
+}
+CONNECTION_LABEL = {
+    "connecting": "[yellow]◌ connecting[/]",
+    "online": "[green]● online[/]",
+    "offline": "[bold red]✗ core unreachable[/]",
+    "unauthorized": "[bold red]✗ token refused[/]",
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MobileSDApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "MobileSD"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f1", "show_tab('generator')", "Generate", show=False, id="app.tab.generator"),
+        Binding("f2", "show_tab('queue')", "Queue", show=False, id="app.tab.queue"),
+        Binding("f3", "show_tab('gallery')", "Gallery", show=False, id="app.tab.gallery"),
+        Binding("f4", "show_tab('servers')", "Servers", show=False, id="app.tab.servers"),
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+    ]
+
+    def __init__(
+        self,
+        api_client: CoreApi,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        prefs: Prefs | None = None,
+        initial_tab: str = "generator",
+        image_widget: type[Widget] | None = None,
+        follow_events: bool = True,
+        age_refresh: float | None = 10.0,
+    ) -> None:
+        super().__init__()
+        self.api = api_client
+        self.clock = clock
+        self.prefs = prefs or Prefs(None)
+        self.initial_tab = initial_tab if initial_tab in TABS else "generator"
+        self.image_widget = image_widget or halfcell_widget()
+        self.follow_events = follow_events
+        self.age_refresh = age_refresh
+        self.thumbs = ImageLoader(api_client, size=300)
+        self.previews = ImageLoader(api_client, size=4, parallel=1)
+        self.connection = "connecting"
+        self.loaded = False  # the first snapshot arrived (tests wait for it)
+        self.paused = False
+        self.servers: list[dict[str, Any]] = []
+        self._models: dict[str | None, dict[str, Any]] = {}
+        # Finished jobs are announced in batches: twenty quick jobs make one toast, not twenty.
+        self._done: list[str] = []
+        self._failed: list[str] = []
+        self._model_target: str | None = None
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="topbar"):
+            yield Static("[b]MobileSD[/]", id="brand")
+            yield Static("", id="queue-state")
+            yield Static(CONNECTION_LABEL["connecting"], id="connection")
+        with TabbedContent(initial=self.initial_tab, id="tabs"):
+            with TabPane(TAB_TITLES["generator"], id="generator"):
+                yield GeneratorPane(id="generator-pane")
+            with TabPane(TAB_TITLES["queue"], id="queue"):
+                yield QueuePane(self.clock, id="queue-pane")
+            with TabPane(TAB_TITLES["gallery"], id="gallery"):
+                yield GalleryPane(self.thumbs, self.image_widget, id="gallery-pane")
+            with TabPane(TAB_TITLES["servers"], id="servers"):
+                yield ServersPane(id="servers-pane")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.generator.fill(self.prefs.load())
+        if self.follow_events:
+            self.follow()
+        if self.age_refresh:
+            self.set_interval(self.age_refresh, self.queue.refresh_ages)
+        self.call_after_refresh(self._focus_tab, self.initial_tab)
+
+    @property
+    def generator(self) -> GeneratorPane:
+        return self.query_one(GeneratorPane)
+
+    @property
+    def queue(self) -> QueuePane:
+        return self.query_one(QueuePane)
+
+    @property
+    def gallery(self) -> GalleryPane:
+        return self.query_one(GalleryPane)
+
+    @property
+    def servers_pane(self) -> ServersPane:
+        return self.query_one(ServersPane)
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        self._focus_tab(tab)
+
+    def _focus_tab(self, tab: str) -> None:
+        targets = {
+            "generator": "#prompt",
+            "queue": "#jobs",
+            "gallery": ".tile",
+            "servers": "#servers-table",
+        }
+        with contextlib.suppress(Exception):  # nothing focusable yet (an empty gallery)
+            self.query(targets[tab]).first().focus()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id:
+            self.call_after_refresh(self._focus_tab, event.pane.id)
+
+    # -- the event stream ---------------------------------------------------------------------
+
+    @work(exclusive=True, group="events", exit_on_error=False, name="events")
+    async def follow(self) -> None:
+        await EventConsumer(self.api, self.post_message).run()
+
+    def on_connection_changed(self, message: ConnectionChanged) -> None:
+        before, self.connection = self.connection, message.state
+        label = CONNECTION_LABEL.get(message.state, message.state)
+        widget = self.query_one("#connection", Static)
+        widget.update(label)
+        widget.tooltip = message.detail or None
+        if message.state == "offline" and before != "offline":
+            self.notify(
+                f"{message.detail}. Your input is kept; reconnecting by itself.",
+                title="Core unreachable",
+                severity="error",
+            )
+        elif message.state == "online" and before == "offline":
+            self.notify("Connected to the core again.", title="Reconnected")
+        elif message.state == "unauthorized":
+            self.notify(
+                f"{message.detail}. Restart with the right token.",
+                title="Not signed in",
+                severity="error",
+                timeout=30,
+            )
+
+    def on_reloaded(self, message: Reloaded) -> None:
+        snap = message.snapshot
+        self.paused = snap.paused
+        self.servers = snap.servers
+        self.queue.load(snap.jobs, snap.paused)
+        self.servers_pane.load(snap.servers)
+        self.gallery.load(snap.images)
+        self.generator.set_servers([s["alias"] for s in snap.servers])
+        self.generator.last_seed = self._last_seed(snap.jobs)
+        self._update_queue_state()
+        if not self.loaded:
+            self.loaded = True
+            self.want_models(self._model_target)
+
+    def on_job_changed(self, message: JobChanged) -> None:
+        job = message.job
+        before = self.queue.jobs.get(message.job_id)
+        self.queue.apply(job)
+        status = job["status"]
+        if before is not None and before["status"] != status:
+            prompt = one_line(job["generation_params"].get("prompt", ""), 40)
+            if status == "completed":
+                count = len((job.get("result_details") or {}).get("images") or [])
+                self._announce(self._done, f"{prompt} ({count} image{'s' if count != 1 else ''})")
+                seed = self._seed_of(job)
+                if seed is not None:
+                    self.generator.last_seed = seed
+            elif status == "failed":
+                error = (job.get("result_details") or {}).get("error", "no reason given")
+                self._announce(self._failed, f"{prompt}: {error}")
+        self._update_queue_state()
+
+    def _announce(self, batch: list[str], text: str) -> None:
+        if not self._done and not self._failed:
+            self.set_timer(0.7, self._flush_announcements)
+        batch.append(text)
+
+    def _flush_announcements(self) -> None:
+        done, failed = self._done, self._failed
+        self._done, self._failed = [], []
+        if len(done) == 1:
+            self.notify(done[0], title="Done")
+        elif done:
+            self.notify(f"{len(done)} jobs finished; the newest: {done[-1]}", title="Done")
+        if len(failed) == 1:
+            self.notify(failed[0], title="Job failed", severity="error", timeout=10)
+        elif failed:
+            self.notify(
+                f"{len(failed)} jobs failed; the last: {failed[-1]}. F2 shows why.",
+                title="Jobs failed",
+                severity="error",
+                timeout=10,
+            )
+
+    def on_job_removed(self, message: JobRemoved) -> None:
+        self.queue.remove(message.job_id)
+        self._update_queue_state()
+
+    def on_server_changed(self, message: ServerChanged) -> None:
+        self.servers_pane.apply_status(message.data)
+        aliases = sorted(self.servers_pane.servers)
+        self.generator.set_servers(aliases)
+
+    def on_image_changed(self, message: ImageChanged) -> None:
+        if isinstance(message.data.get("added"), dict):
+            self.gallery.add(message.data["added"])
+        if isinstance(message.data.get("removed"), dict):
+            self.gallery.discard(message.data["removed"]["filename"])
+
+    def on_queue_changed(self, message: QueueChanged) -> None:
+        self.paused = bool(message.data.get("paused"))
+        self.queue.set_paused(self.paused)
+        self._update_queue_state()
+
+    def _update_queue_state(self) -> None:
+        jobs = self.queue.jobs.values()
+        running = sum(1 for j in jobs if j["status"] == "processing")
+        pending = sum(1 for j in jobs if j["status"] == "pending")
+        text = f"{running} running · {pending} pending"
+        if self.paused:
+            text += " · [bold yellow]paused[/]"
+        self.query_one("#queue-state", Static).update(text)
+
+    @staticmethod
+    def _seed_of(job: dict[str, Any]) -> int | None:
+        info = (job.get("result_details") or {}).get("info") or {}
+        seed = info.get("seed")
+        return seed if isinstance(seed, int) and seed >= 0 else None
+
+    def _last_seed(self, jobs: list[dict[str, Any]]) -> int | None:
+        done = [j for j in jobs if j["status"] == "completed" and self._seed_of(j) is not None]
+        if not done:
+            return None
+        newest = max(done, key=lambda j: j.get("completion_timestamp") or "")
+        return self._seed_of(newest)
+
+    # -- generator ----------------------------------------------------------------------------
+
+    @on(SubmitRequested)
+    def _submit_requested(self, message: SubmitRequested) -> None:
+        self.submit(message.params, message.target)
+
+    @work(exclusive=True, group="submit", exit_on_error=False, name="submit")
+    async def submit(self, params: dict[str, Any], target: str | None) -> None:
+        generator = self.generator
+        try:
+            job = await self.api.submit(params, target)
+        except ApiError as exc:
+            generator.show_errors(exc.field_problems(), exc.message)
+            return
+        except Unreachable as exc:
+            generator.show_errors([], f"{exc.message}. Nothing was queued; try again.")
+            return
+        generator.clear_errors()
+        generator.show_queued(job)
+        self.prefs.save(generator.form())
+        self.queue.apply(job)
+        self.queue.select(job["mobilesd_job_id"])
+        self._update_queue_state()
+
+    @on(ModelsWanted)
+    def _models_wanted(self, message: ModelsWanted) -> None:
+        self.want_models(message.target)
+
+    def want_models(self, target: str | None) -> None:
+        self._model_target = target
+        if target in self._models:
+            self.generator.set_models(self._models[target])
+        else:
+            self.load_models(target)
+
+    @work(exclusive=True, group="models", exit_on_error=False, name="models")
+    async def load_models(self, target: str | None) -> None:
+        """One server's lists; for "any server", every online server's lists merged."""
+        if target is not None:
+            aliases = [target]
+        else:
+            aliases = [
+                s["alias"]
+                for s in self.servers
+                if (s.get("status") or {}).get("online") and s.get("enabled", True)
+            ]
+        merged: dict[str, Any] = {"checkpoints": [], "loras": [], "samplers": [], "schedulers": []}
+        for alias in aliases:
+            try:
+                models = await self.api.server_models(alias)
+            except (ApiError, Unreachable) as exc:
+                message = exc.message
+                self.notify(
+                    f"Cannot read the model lists of {alias}: {message}",
+                    severity="warning",
+                )
+                continue
+            for key in merged:
+                for item in models.get(key) or []:
+                    if item not in merged[key]:
+                        merged[key].append(item)
+        if aliases and any(merged.values()):
+            self._models[target] = merged
+        if self._model_target == target:
+            self.generator.set_models(merged)
+
+    @on(LoraPickRequested)
+    def _pick_lora(self) -> None:
+        models = self._models.get(self._model_target) or {}
+        source = self._model_target or "all online servers"
+
+        def chosen(name: str | None) -> None:
+            if name:
+                self.generator.add_lora(name, 1.0)
+
+        self.push_screen(LoraPicker(list(models.get("loras") or []), source), chosen)
+
+    # -- queue --------------------------------------------------------------------------------
+
+    @on(QueueAction)
+    def _queue_action(self, message: QueueAction) -> None:
+        if message.action == "clear":
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.job_action("clear", None)
+
+            self.push_screen(Confirm("Remove every finished job from the list?", "Clear"), answered)
+            return
+        if message.action == "pause":
+            self.job_action("pause", None)
+            return
+        if message.job_id is None:
+            self.notify("No job selected.", severity="warning")
+            return
+        self.job_action(message.action, message.job_id)
+
+    @work(group="queue-actions", exit_on_error=False, name="queue-action")
+    async def job_action(self, action: str, job_id: str | None) -> None:
+        api = self.api
+        try:
+            if action == "cancel" and job_id:
+                self.queue.apply(await api.cancel(job_id))
+            elif action == "retry" and job_id:
+                job = await api.retry(job_id)
+                self.queue.apply(job)
+                self.notify(f"Queued again as {job['mobilesd_job_id'][-8:]}.")
+            elif action in ("up", "down", "top", "bottom") and job_id:
+                self.queue.apply(await api.move(job_id, action))
+            elif action == "delete" and job_id:
+                await api.delete_job(job_id)
+                self.queue.remove(job_id)
+            elif action == "clear":
+                removed = await api.clear_finished()
+                self.notify(f"Removed {removed} finished job{'s' if removed != 1 else ''}.")
+            elif action == "pause":
+                state = await api.set_paused(not self.paused)
+                self.paused = bool(state.get("paused"))
+                self.queue.set_paused(self.paused)
+                self.notify("Dispatching paused." if self.paused else "Dispatching resumed.")
+        except ApiError as exc:
+            self.notify(exc.message, title=f"Cannot {action} this job", severity="error")
+        except Unreachable as exc:
+            self.notify(exc.message, title=f"Cannot {action}", severity="error")
+        self._update_queue_state()
+
+    # -- gallery ------------------------------------------------------------------------------
+
+    @on(ImageAction)
+    def _image_action(self, message: ImageAction) -> None:
+        entry = message.entry
+        if message.action == "open":
+
+            def closed(what: str | None) -> None:
+                if what:
+                    self.post_message(ImageAction(what, entry))
+
+            self.push_screen(ImageView(entry, self.previews, self.image_widget), closed)
+        elif message.action == "delete":
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.delete_image(entry)
+
+            self.push_screen(
+                Confirm(f"Delete {entry['filename']} (image, sidecar and thumbnail)?"), answered
+            )
+        elif message.action == "reuse":
+            self.reuse(entry)
+
+    @work(group="gallery", exit_on_error=False, name="delete-image")
+    async def delete_image(self, entry: dict[str, Any]) -> None:
+        try:
+            await self.api.delete_image(entry["filename"])
+        except (ApiError, Unreachable) as exc:
+            self.notify(exc.message, title="Cannot delete the image", severity="error")
+            return
+        self.gallery.discard(entry["filename"])
+        self.notify(f"Deleted {entry['filename']}.")
+
+    @work(group="gallery", exit_on_error=False, name="reuse")
+    async def reuse(self, entry: dict[str, Any]) -> None:
+        """Copy an image's settings into the Generator: the job's full params when it is still
+        listed, else what the image itself records."""
+        values: dict[str, Any] = {
+            "prompt": entry.get("prompt", ""),
+            "negative_prompt": entry.get("negative_prompt", ""),
+        }
+        job = self.queue.jobs.get(entry.get("mobilesd_job_id") or "")
+        if job is not None:
+            params = job.get("generation_params") or {}
+            values.update(params)
+            values["target"] = job.get("target_server_alias")
+        if entry.get("seed") is not None:
+            values["seed"] = entry["seed"]
+        self.generator.fill(values)
+        self.action_show_tab("generator")
+        self.notify("Settings copied into the Generator (seed included).")
+
+    # -- servers ------------------------------------------------------------------------------
+
+    @on(ServerAction)
+    def _server_action(self, message: ServerAction) -> None:
+        server = message.server
+        if message.action in ("add", "edit"):
+            old_alias = server["alias"] if server and message.action == "edit" else None
+
+            def saved(result: dict[str, Any] | None) -> None:
+                if result:
+                    self.servers_pane.upsert(result, old_alias)
+                    self.servers = list(self.servers_pane.servers.values())
+                    self.generator.set_servers(sorted(self.servers_pane.servers))
+                    self.notify(f"Saved server {result['alias']}.")
+
+            self.push_screen(
+                ServerForm(self.api, server if message.action == "edit" else None), saved
+            )
+        elif message.action == "remove" and server:
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.remove_server(server["alias"])
+
+            self.push_screen(
+                Confirm(
+                    f"Remove server {server['alias']}? Pending jobs aimed at it stay pending.",
+                    "Remove",
+                ),
+                answered,
+            )
+        elif message.action == "test" and server:
+            self.test_server(server["alias"])
+
+    @work(group="servers", exit_on_error=False, name="remove-server")
+    async def remove_server(self, alias: str) -> None:
+        try:
+            await self.api.remove_server(alias)
+        except (ApiError, Unreachable) as exc:
+            self.notify(exc.message, title=f"Cannot remove {alias}", severity="error")
+            return
+        self.servers_pane.apply_status({"alias": alias, "removed": True})
+        self.generator.set_servers(sorted(self.servers_pane.servers))
+        self.notify(f"Removed server {alias}.")
+
+    @work(group="servers", exit_on_error=False, name="test-server")
+    async def test_server(self, alias: str) -> None:
+        self.notify(f"Testing {alias}…", timeout=2)
+        try:
+            status = await self.api.server_status(alias)
+        except (ApiError, Unreachable) as exc:
+            self.notify(exc.message, title=f"Cannot test {alias}", severity="error")
+            return
+        if status.get("online"):
+            latency = status.get("latency_ms")
+            latency_text = f"{latency:.0f} ms" if isinstance(latency, int | float) else "?"
+            checkpoint = status.get("current_checkpoint") or "no checkpoint loaded"
+            self.notify(f"{alias} answers in {latency_text}; {checkpoint}.", title="Online")
+        else:
+            self.notify(
+                f"{alias}: {status.get('error') or 'no answer'}. Check its URL and that Forge "
+                "runs with --api.",
+                title="Offline",
+                severity="error",
+            )
+        self.servers_pane.apply_status({"alias": alias, **status})
+
+    # -- everything else ----------------------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Unexpected errors from any worker: say so (expected ones are handled in place)."""
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            error = event.worker.error
+            if isinstance(error, (Unauthorized, ApiError | Unreachable)):
+                message = error.message
+            else:
+                message = f"{type(error).__name__}: {error}"
+            self.notify(message, title=f"{event.worker.name or 'task'} failed", severity="error")
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Add to queue", "Submit the Generator form", self._cmd_submit)
+        yield SystemCommand(
+            "Pause / resume dispatching", "Stop or restart new jobs", self._cmd_pause
+        )
+        yield SystemCommand("Clear finished jobs", "Remove finished jobs", self._cmd_clear)
+        yield SystemCommand("Add server", "Add a Forge server", self._cmd_add_server)
+        yield SystemCommand("Reload", "Load jobs, servers and gallery again", self._cmd_reload)
+        for tab in TABS:
+            yield SystemCommand(
+                f"Go to {TAB_TITLES[tab].split(' ', 1)[1]}",
+                f"Show the {tab} tab",
+                lambda tab=tab: self.action_show_tab(tab),  # type: ignore[misc]
+            )
+
+    def _cmd_submit(self) -> None:
+        self.generator.action_submit()
+
+    def _cmd_pause(self) -> None:
+        self.job_action("pause", None)
+
+    def _cmd_clear(self) -> None:
+        self.post_message(QueueAction("clear", None))
+
+    def _cmd_add_server(self) -> None:
+        self.action_show_tab("servers")
+        self.post_message(ServerAction("add", None))
+
+    def _cmd_reload(self) -> None:
+        self.follow()  # exclusive: the old stream stops, the new one reloads everything
+
+    async def action_quit(self) -> None:
+        self.prefs.save(self.generator.form())
+        self.exit()
+
+    async def on_unmount(self) -> None:
+        # The client's sockets belong to this loop; close them before it ends.
+        await self.api.aclose()
+
+
+def make_app(
+    api_client: CoreApi,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    prefs_path: Path | None = None,
+    initial_tab: str = "generator",
+    image_widget: type[Widget] | None = None,
+    follow_events: bool = True,
+    age_refresh: float | None = 10.0,
+    animations: bool = True,
+) -> MobileSDApp:
+    """The one factory: CLI, demo, tests and benchmark build the app the same way."""
+    app = MobileSDApp(
+        api_client,
+        clock=clock,
+        prefs=Prefs(prefs_path),
+        initial_tab=initial_tab,
+        image_widget=image_widget,
+        follow_events=follow_events,
+        age_refresh=age_refresh,
+    )
+    # Set on the instance: TEXTUAL_ANIMATIONS is read once at import, too late for tests.
+    if not animations:
+        app.animation_level = "none"
+    return app

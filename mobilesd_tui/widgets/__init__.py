@@ -1,0 +1,1 @@
+"""The four tabs and their parts."""

@@ -1,0 +1,480 @@
+"""Generator tab: the form that becomes `generation_params`, and its field errors.
+
+The TUI does not validate by itself: it sends what was typed (numbers as numbers when they
+parse, else the text as typed) and shows the API's 422 `details` next to each field, so the one
+schema in the core is the only judge.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
+
+ANY = "*"  # the target Select's value for "any server"
+CURRENT = "*"  # the checkpoint Select's value for "keep the server's current"
+AUTO = "*"  # the scheduler Select's value for "the sampler's default"
+SIZE_PRESETS = (
+    ("512 × 512", "512x512"),
+    ("768 × 768", "768x768"),
+    ("1024 × 1024", "1024x1024"),
+    ("832 × 1216 portrait", "832x1216"),
+    ("1216 × 832 landscape", "1216x832"),
+    ("896 × 1152 portrait", "896x1152"),
+    ("1152 × 896 landscape", "1152x896"),
+    ("512 × 768 portrait", "512x768"),
+    ("768 × 512 landscape", "768x512"),
+    ("custom", "custom"),
+)
+DEFAULT_SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM"]
+INT_RE = re.compile(r"^[+-]?\d+$")
+FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
+
+
+def number(text: str, *, integer: bool) -> Any:
+    """The typed text as a number when it is one; else the text, for the API to reject."""
+    text = text.strip()
+    if integer and INT_RE.match(text):
+        return int(text)
+    if not integer and FLOAT_RE.match(text):
+        value = float(text)
+        return int(value) if value.is_integer() and "." not in text else value
+    return text
+
+
+# Fields too narrow for their own message: it goes on the line under their row, named.
+ROW_ERRORS = {
+    "width": "size",
+    "height": "size",
+    "steps": "size",
+    "cfg_scale": "size",
+    "seed": "seed",
+    "n_iter": "seed",
+}
+
+
+class SubmitRequested(Message):
+    def __init__(self, params: dict[str, Any], target: str | None) -> None:
+        super().__init__()
+        self.params = params
+        self.target = target
+
+
+class ModelsWanted(Message):
+    """The target changed: the app fetches that server's lists (checkpoints, LoRAs, ...)."""
+
+    def __init__(self, target: str | None) -> None:
+        super().__init__()
+        self.target = target
+
+
+class LoraPickRequested(Message):
+    pass
+
+
+class Field(Vertical):
+    """A label, the control, and the line where the API's complaint about it appears."""
+
+    def __init__(
+        self, label: str, control: Widget, name: str, *, classes: str = "", id: str | None = None
+    ) -> None:
+        super().__init__(classes=f"field {classes}".strip(), id=id)
+        self.label = label
+        self.control = control
+        self.field_name = name
+        # Narrow fields side by side share one error line under their row (ROW_ERRORS).
+        self.inline_error = name not in ROW_ERRORS
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.label, classes="field-label")
+        yield self.control
+        if self.inline_error:
+            yield Static("", classes="field-error", id=f"err-{self.field_name}")
+
+
+class LoraRow(Horizontal):
+    def __init__(self, name: str, weight: float, index: int) -> None:
+        super().__init__(classes="lora-row")
+        self.lora_name = name
+        self.weight = weight
+        self.index = index
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.lora_name, classes="lora-name")
+        yield Input(str(self.weight), compact=True, classes="lora-weight", tooltip="weight -5..5")
+        yield Button("✕", compact=True, classes="lora-remove", tooltip="remove this LoRA")
+
+    def value(self) -> dict[str, Any]:
+        return {
+            "name": self.lora_name,
+            "weight": number(self.query_one(Input).value, integer=False),
+        }
+
+    @on(Button.Pressed, ".lora-remove")
+    def _remove(self) -> None:
+        self.remove()
+
+
+class GeneratorPane(Vertical):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "submit", "Add to queue", id="generator.submit"),
+        Binding("ctrl+l", "add_lora", "Add LoRA", id="generator.add_lora"),
+        Binding("ctrl+r", "random_seed", "Random seed", id="generator.random_seed"),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.models: dict[str, Any] = {}
+        self.last_seed: int | None = None
+        # Each Select's options as we set them (Select keeps its own list private).
+        self._options: dict[str, list[tuple[str, Any]]] = {
+            "target": [("any server", ANY)],
+            "checkpoint_name": [("server's current", CURRENT)],
+            "sampler_name": [(s, s) for s in DEFAULT_SAMPLERS],
+            "scheduler": [("automatic", AUTO)],
+        }
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="generator-form"):
+            yield Field(
+                "Prompt",
+                TextArea(
+                    id="prompt", soft_wrap=True, show_line_numbers=False, tab_behavior="focus"
+                ),
+                "prompt",
+            )
+            yield Field(
+                "Negative prompt",
+                TextArea(
+                    id="negative_prompt",
+                    soft_wrap=True,
+                    show_line_numbers=False,
+                    tab_behavior="focus",
+                ),
+                "negative_prompt",
+            )
+            with Horizontal(classes="row"):
+                yield Field(
+                    "Server",
+                    Select(
+                        [("any server", ANY)],
+                        value=ANY,
+                        allow_blank=False,
+                        compact=True,
+                        id="target",
+                    ),
+                    "target_server_alias",
+                    id="f-target",
+                )
+                yield Field(
+                    "Checkpoint (type to search)",
+                    Select(
+                        [("server's current", CURRENT)],
+                        value=CURRENT,
+                        allow_blank=False,
+                        compact=True,
+                        id="checkpoint_name",
+                    ),
+                    "checkpoint_name",
+                    id="f-checkpoint",
+                )
+            with Horizontal(classes="row", id="lora-line"):
+                yield Label("LoRAs", classes="field-label")
+                yield Button("+ LoRA", compact=True, id="add-lora", tooltip="pick a LoRA (ctrl+l)")
+                yield Vertical(id="loras")
+            yield Static("", classes="field-error", id="err-loras")
+            with Horizontal(classes="row"):
+                yield Field(
+                    "Size",
+                    Select(
+                        SIZE_PRESETS, value="512x512", allow_blank=False, compact=True, id="size"
+                    ),
+                    "size",
+                    id="f-size",
+                )
+                yield Field("Width", Input("512", compact=True, id="width"), "width", classes="num")
+                yield Field(
+                    "Height", Input("512", compact=True, id="height"), "height", classes="num"
+                )
+                yield Field("Steps", Input("20", compact=True, id="steps"), "steps", classes="num")
+                yield Field(
+                    "CFG", Input("7", compact=True, id="cfg_scale"), "cfg_scale", classes="num"
+                )
+            yield Static("", classes="field-error", id="err-row-size")
+            with Horizontal(classes="row"):
+                yield Field(
+                    "Sampler",
+                    Select(
+                        [(s, s) for s in DEFAULT_SAMPLERS],
+                        value="Euler",
+                        allow_blank=False,
+                        compact=True,
+                        id="sampler_name",
+                    ),
+                    "sampler_name",
+                    id="f-sampler",
+                )
+                yield Field(
+                    "Scheduler",
+                    Select(
+                        [("automatic", AUTO)],
+                        value=AUTO,
+                        allow_blank=False,
+                        compact=True,
+                        id="scheduler",
+                    ),
+                    "scheduler",
+                    id="f-scheduler",
+                )
+            with Horizontal(classes="row"):
+                yield Field(
+                    "Seed (-1 random)", Input("-1", compact=True, id="seed"), "seed", id="f-seed"
+                )
+                yield Button("Random", compact=True, id="seed-random", tooltip="seed -1 (ctrl+r)")
+                yield Button("Reuse last", compact=True, id="seed-last", tooltip="last job's seed")
+                yield Field(
+                    "Images", Input("1", compact=True, id="n_iter"), "n_iter", classes="num"
+                )
+            yield Static("", classes="field-error", id="err-row-seed")
+        # Outside the scrolling form: on a 24-line terminal the button stays in view.
+        yield Static("", classes="field-error", id="err-general")
+        with Horizontal(id="submit-line"):
+            yield Button(
+                "Add to queue", compact=True, variant="primary", id="submit", tooltip="ctrl+s"
+            )
+            yield Static("", id="submit-status")
+
+    # -- the form as data ---------------------------------------------------------------------
+
+    def form(self) -> dict[str, Any]:
+        """Everything typed, as remembered between runs (raw text for numbers)."""
+        target = self.query_one("#target", Select).value
+        checkpoint = self.query_one("#checkpoint_name", Select).value
+        scheduler = self.query_one("#scheduler", Select).value
+        return {
+            "prompt": self.query_one("#prompt", TextArea).text,
+            "negative_prompt": self.query_one("#negative_prompt", TextArea).text,
+            "target": None if target == ANY else target,
+            "checkpoint_name": None if checkpoint == CURRENT else checkpoint,
+            "loras": [row.value() for row in self.query(LoraRow)],
+            "width": self.query_one("#width", Input).value,
+            "height": self.query_one("#height", Input).value,
+            "steps": self.query_one("#steps", Input).value,
+            "cfg_scale": self.query_one("#cfg_scale", Input).value,
+            "sampler_name": self.query_one("#sampler_name", Select).value,
+            "scheduler": None if scheduler == AUTO else scheduler,
+            "seed": self.query_one("#seed", Input).value,
+            "n_iter": self.query_one("#n_iter", Input).value,
+        }
+
+    def params(self) -> dict[str, Any]:
+        form = self.form()
+        params: dict[str, Any] = {
+            "prompt": form["prompt"],
+            "negative_prompt": form["negative_prompt"],
+            "loras": form["loras"],
+            "width": number(form["width"], integer=True),
+            "height": number(form["height"], integer=True),
+            "steps": number(form["steps"], integer=True),
+            "cfg_scale": number(form["cfg_scale"], integer=False),
+            "sampler_name": form["sampler_name"],
+            "seed": number(form["seed"], integer=True),
+            "n_iter": number(form["n_iter"], integer=True),
+        }
+        if form["checkpoint_name"]:
+            params["checkpoint_name"] = form["checkpoint_name"]
+        if form["scheduler"]:
+            params["scheduler"] = form["scheduler"]
+        return params
+
+    def fill(self, values: dict[str, Any]) -> None:
+        """Put remembered or copied settings into the form (unknown keys are ignored)."""
+        if "prompt" in values:
+            self.query_one("#prompt", TextArea).text = str(values["prompt"] or "")
+        if "negative_prompt" in values:
+            self.query_one("#negative_prompt", TextArea).text = str(values["negative_prompt"] or "")
+        for key in ("width", "height", "steps", "cfg_scale", "seed", "n_iter"):
+            if values.get(key) is not None:
+                self.query_one(f"#{key}", Input).value = str(values[key])
+        if "target" in values:
+            self._choose(self.query_one("#target", Select), values["target"] or ANY)
+        if "checkpoint_name" in values:
+            self._choose(
+                self.query_one("#checkpoint_name", Select), values["checkpoint_name"] or CURRENT
+            )
+        if values.get("sampler_name"):
+            self._choose(self.query_one("#sampler_name", Select), values["sampler_name"])
+        if "scheduler" in values:
+            self._choose(self.query_one("#scheduler", Select), values["scheduler"] or AUTO)
+        if isinstance(values.get("loras"), list):
+            box = self.query_one("#loras", Vertical)
+            box.remove_children()
+            for lora in values["loras"]:
+                if isinstance(lora, dict) and lora.get("name"):
+                    self.add_lora(str(lora["name"]), lora.get("weight", 1.0))
+        self._sync_size_preset()
+
+    def _choose(self, select: Select[Any], value: Any) -> None:
+        """Select `value`, adding it as an option when the list does not have it (yet)."""
+        options = self._options[str(select.id)]
+        if value not in [v for _, v in options]:
+            self._set_options(select, [*options, (str(value), value)], value)
+        else:
+            select.value = value
+
+    def _set_options(self, select: Select[Any], options: list[tuple[str, Any]], value: Any) -> None:
+        """New options, keeping `value` chosen (added to the list when it is not in it)."""
+        if value not in [v for _, v in options]:
+            options = [*options, (str(value), value)]
+        if options != self._options[str(select.id)]:
+            self._options[str(select.id)] = options
+            with select.prevent(Select.Changed):
+                select.set_options(options)
+        if select.value != value:
+            select.value = value
+
+    def add_lora(self, name: str, weight: Any = 1.0) -> None:
+        box = self.query_one("#loras", Vertical)
+        if any(row.lora_name == name for row in self.query(LoraRow)):
+            return
+        box.mount(LoraRow(name, weight, len(box.children)))
+
+    # -- server lists -------------------------------------------------------------------------
+
+    def set_servers(self, aliases: list[str]) -> None:
+        select = self.query_one("#target", Select)
+        options = [("any server", ANY), *[(alias, alias) for alias in aliases]]
+        self._set_options(select, options, select.value)
+
+    def set_models(self, models: dict[str, Any]) -> None:
+        """Fill the pickers from a server's lists, keeping what is chosen."""
+        self.models = models
+        checkpoint = self.query_one("#checkpoint_name", Select)
+        titles = [c["title"] for c in models.get("checkpoints", []) if c.get("title")]
+        options = [("server's current", CURRENT), *[(t, t) for t in titles]]
+        self._set_options(checkpoint, options, checkpoint.value)
+        sampler = self.query_one("#sampler_name", Select)
+        names = models.get("samplers") or DEFAULT_SAMPLERS
+        self._set_options(sampler, [(s, s) for s in names], sampler.value)
+        scheduler = self.query_one("#scheduler", Select)
+        names = models.get("schedulers") or []
+        self._set_options(
+            scheduler, [("automatic", AUTO), *[(s, s) for s in names]], scheduler.value
+        )
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def clear_errors(self) -> None:
+        for widget in self.query(".field-error"):
+            widget.update("")  # type: ignore[attr-defined]
+            widget.remove_class("shown")
+        for field in self.query(Field):
+            field.remove_class("invalid")
+
+    def show_errors(self, problems: list[tuple[str, str]], fallback: str) -> None:
+        """Each problem next to its field; ones without a field go above the button."""
+        self.clear_errors()
+        general: list[str] = []
+        first: Widget | None = None
+        fields = {field.field_name: field for field in self.query(Field)}
+        rows: dict[str, list[str]] = {}
+        for path, message in problems:
+            name = path.removeprefix("generation_params.")
+            if name.startswith("loras"):
+                message = f"{name}: {message}"
+                name = "loras"
+            field = fields.get(name)
+            if name in ROW_ERRORS and field is not None:
+                row = ROW_ERRORS[name]
+                rows.setdefault(row, []).append(f"{field.label}: {message}")
+                target = self.query_one(f"#err-row-{row}", Static)
+                message = " · ".join(rows[row])
+            else:
+                matches = self.query(f"#err-{name}")
+                if not matches:
+                    general.append(f"{path}: {message}")
+                    continue
+                target = matches.first(Static)
+            target.update(message)
+            target.add_class("shown")
+            if field is not None:
+                field.add_class("invalid")
+                first = first or field.control
+        if general or not problems:
+            error = self.query_one("#err-general", Static)
+            error.update("\n".join(general) or fallback)
+            error.add_class("shown")
+        if first is not None:
+            first.focus()
+            self.query_one("#generator-form", VerticalScroll).scroll_to_widget(first)
+
+    def show_queued(self, job: dict[str, Any]) -> None:
+        position = job.get("position")
+        where = f", #{position + 1} in line" if isinstance(position, int) else ""
+        self.query_one("#submit-status", Static).update(
+            f"[green]queued[/] {job['mobilesd_job_id'][-8:]}{where} (F2 shows the queue)"
+        )
+
+    # -- events -------------------------------------------------------------------------------
+
+    def action_submit(self) -> None:
+        target = self.query_one("#target", Select).value
+        self.post_message(SubmitRequested(self.params(), None if target == ANY else str(target)))
+
+    def action_add_lora(self) -> None:
+        self.post_message(LoraPickRequested())
+
+    def action_random_seed(self) -> None:
+        self.query_one("#seed", Input).value = "-1"
+
+    @on(Button.Pressed, "#submit")
+    def _submit_pressed(self) -> None:
+        self.action_submit()
+
+    @on(Button.Pressed, "#add-lora")
+    def _lora_pressed(self) -> None:
+        self.action_add_lora()
+
+    @on(Button.Pressed, "#seed-random")
+    def _random_pressed(self) -> None:
+        self.action_random_seed()
+
+    @on(Button.Pressed, "#seed-last")
+    def _last_pressed(self) -> None:
+        if self.last_seed is None:
+            self.notify("No finished job with a seed yet.", severity="warning")
+            return
+        self.query_one("#seed", Input).value = str(self.last_seed)
+
+    @on(Select.Changed, "#target")
+    def _target_changed(self, event: Select.Changed) -> None:
+        self.post_message(ModelsWanted(None if event.value == ANY else str(event.value)))
+
+    @on(Select.Changed, "#size")
+    def _preset_changed(self, event: Select.Changed) -> None:
+        if event.value == "custom":
+            return
+        width, height = str(event.value).split("x")
+        self.query_one("#width", Input).value = width
+        self.query_one("#height", Input).value = height
+
+    @on(Input.Changed, "#width, #height")
+    def _size_typed(self) -> None:
+        self._sync_size_preset()
+
+    def _sync_size_preset(self) -> None:
+        width = self.query_one("#width", Input).value.strip()
+        height = self.query_one("#height", Input).value.strip()
+        key = f"{width}x{height}"
+        select = self.query_one("#size", Select)
+        value = key if key in [v for _, v in SIZE_PRESETS] else "custom"
+        if select.value != value:
+            with select.prevent(Select.Changed):
+                select.value = value

@@ -1,0 +1,288 @@
+"""Queue tab: every job in a keyed table, changed in place as events arrive.
+
+Rows are keyed by `mobilesd_job_id`. A change touches only the cells that differ (inside
+`batch_update`); order changes are folded into one sort per refresh; the cursor stays on the job
+it was on. A reload (start, reconnect) clears and refills the table in one batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import DataTable, Select, Static
+from textual.widgets.data_table import RowDoesNotExist
+
+from ..jobtext import STATUSES, KeyedText, detail_text, rank, row_cells
+
+COLUMNS = (
+    ("status", "Status", 11),
+    ("age", "Age", 4),
+    ("server", "Server", 6),
+    ("progress", "Progress", 10),
+    ("checkpoint", "Checkpoint", 14),
+    ("prompt", "Prompt", 20),  # widened to fill the terminal (on_resize)
+)
+FIXED_WIDTH = sum(width for key, _, width in COLUMNS if key != "prompt")
+FILTERS = ("all", *STATUSES)
+
+
+class QueueAction(Message):
+    """Asks the app to run an API action on a job (the app owns the client and workers)."""
+
+    def __init__(self, action: str, job_id: str | None) -> None:
+        super().__init__()
+        self.action = action
+        self.job_id = job_id
+
+
+class JobTable(DataTable[Any]):
+    pass
+
+
+class QueuePane(Vertical):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("c", "job('cancel')", "Cancel", id="queue.cancel"),
+        Binding("r", "job('retry')", "Retry", id="queue.retry"),
+        Binding("u", "job('up')", "Up", id="queue.up"),
+        Binding("d", "job('down')", "Down", id="queue.down"),
+        Binding("t", "job('top')", "Top", id="queue.top"),
+        Binding("x,delete", "job('delete')", "Del", id="queue.delete"),
+        Binding("X", "job('clear')", "Clear", id="queue.clear"),
+        Binding("p", "job('pause')", "Pause", id="queue.pause"),
+        Binding("f", "cycle_filter", "Filter", id="queue.filter"),
+    ]
+
+    def __init__(self, clock: Callable[[], datetime], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock = clock
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.filter = "all"
+        self.paused = False
+        self._rank: dict[str, tuple[Any, ...]] = {}
+        self._shown: dict[str, tuple[Any, ...]] = {}  # job id -> cells on screen
+        self._sort_pending = False
+        self._prompt_width = COLUMNS[-1][2]
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="queue-top"):
+            yield Select(
+                [(f"Show: {name}", name) for name in FILTERS],
+                value="all",
+                allow_blank=False,
+                compact=True,
+                id="queue-filter",
+            )
+            yield Static("", id="queue-summary")
+        table = JobTable(id="jobs", cursor_type="row", zebra_stripes=True)
+        table.cell_padding = 1
+        yield table
+        with VerticalScroll(id="job-detail"):
+            yield Static("No job selected.", id="job-detail-text")
+
+    def on_mount(self) -> None:
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        table = self.query_one(JobTable)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=self._prompt_width if key == "prompt" else width)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    @property
+    def table(self) -> JobTable:
+        return self.query_one(JobTable)
+
+    def selected_id(self) -> str | None:
+        table = self.table
+        if table.row_count == 0:
+            return None
+        try:
+            key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        except Exception:  # cursor outside the table while it is rebuilt
+            return None
+        return key.value
+
+    def visible(self, job: dict[str, Any]) -> bool:
+        return self.filter == "all" or job["status"] == self.filter
+
+    def load(self, jobs: list[dict[str, Any]], paused: bool) -> None:
+        """Replace everything (start, reconnect, `reset`): one clear and one add_rows."""
+        selected = self.selected_id()
+        self.jobs = {job["mobilesd_job_id"]: job for job in jobs}
+        self.paused = paused
+        self._rebuild(selected)
+
+    def _rebuild(self, selected: str | None) -> None:
+        table = self.table
+        now = self.clock()
+        shown = sorted((j for j in self.jobs.values() if self.visible(j)), key=rank)
+        self._rank = {j["mobilesd_job_id"]: rank(j) for j in self.jobs.values()}
+        self._shown = {}
+        rows = []
+        keys = []
+        for job in shown:
+            cells = row_cells(job, now, self._prompt_width)
+            self._shown[job["mobilesd_job_id"]] = cells
+            rows.append(cells)
+            keys.append(job["mobilesd_job_id"])
+        with self.app.batch_update():
+            table.clear()
+            for key, cells in zip(keys, rows, strict=True):
+                table.add_row(*cells, key=key)
+        self._restore_cursor(selected)
+        self._update_summary()
+        self.show_detail()
+
+    def apply(self, job: dict[str, Any]) -> None:
+        """One job changed: update its cells, add or drop its row, re-sort if it moved."""
+        job_id = job["mobilesd_job_id"]
+        self.jobs[job_id] = job
+        new_rank = rank(job)
+        moved = self._rank.get(job_id) != new_rank
+        self._rank[job_id] = new_rank
+        table = self.table
+        if self.visible(job):
+            cells = row_cells(job, self.clock(), self._prompt_width)
+            old = self._shown.get(job_id)
+            if old is None:
+                table.add_row(*cells, key=job_id)
+                moved = True
+            else:
+                for (column, _, _), before, after in zip(COLUMNS, old, cells, strict=True):
+                    if before != after or (
+                        isinstance(before, KeyedText) and before.style != after.style
+                    ):
+                        table.update_cell(job_id, column, after)
+            self._shown[job_id] = cells
+            if moved:
+                self._schedule_sort()
+        elif job_id in self._shown:
+            self._remove_row(job_id)
+        if job_id == self.selected_id():
+            self.show_detail()
+        self._update_summary()
+
+    def remove(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+        self._rank.pop(job_id, None)
+        if job_id in self._shown:
+            self._remove_row(job_id)
+        self._update_summary()
+
+    def _remove_row(self, job_id: str) -> None:
+        self._shown.pop(job_id, None)
+        with contextlib.suppress(RowDoesNotExist):
+            self.table.remove_row(job_id)
+        self.show_detail()
+
+    def _schedule_sort(self) -> None:
+        # Many jobs move at once (a reorder, a burst of submits): sort once, after them all.
+        if not self._sort_pending:
+            self._sort_pending = True
+            self.call_after_refresh(self._sort)
+
+    def _sort(self) -> None:
+        self._sort_pending = False
+        selected = self.selected_id()
+        ranks = self._rank
+        self.table.sort("status", key=lambda cell: ranks.get(cell.job_id, (9,)))
+        self._restore_cursor(selected)
+
+    def _restore_cursor(self, job_id: str | None) -> None:
+        if job_id is None or job_id not in self._shown:
+            return
+        table = self.table
+        try:
+            index = table.get_row_index(job_id)
+        except RowDoesNotExist:
+            return
+        if table.cursor_row != index:
+            table.move_cursor(row=index, animate=False)
+
+    def select(self, job_id: str) -> None:
+        """Put the cursor on a job (after a submit, or when the user asks)."""
+        if job_id in self._shown:
+            self.call_after_refresh(self._restore_cursor, job_id)
+
+    def refresh_ages(self) -> None:
+        """Ages move on: rewrite only the age cells whose text changed."""
+        now = self.clock()
+        with self.app.batch_update():
+            for job_id, cells in self._shown.items():
+                fresh = row_cells(self.jobs[job_id], now, self._prompt_width)
+                if fresh[1] != cells[1]:
+                    self.table.update_cell(job_id, "age", fresh[1])
+                    self._shown[job_id] = fresh
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self._update_summary()
+
+    def _update_summary(self) -> None:
+        counts = {status: 0 for status in STATUSES}
+        for job in self.jobs.values():
+            counts[job["status"]] = counts.get(job["status"], 0) + 1
+        parts = [
+            f"{counts['processing']} running",
+            f"{counts['pending']} pending",
+            f"{counts['completed']} done",
+        ]
+        if counts["failed"]:
+            parts.append(f"[red]{counts['failed']} failed[/]")
+        if self.paused:
+            parts.append("[bold yellow]PAUSED[/]")
+        self.query_one("#queue-summary", Static).update(" · ".join(parts))
+
+    # -- detail -------------------------------------------------------------------------------
+
+    def show_detail(self) -> None:
+        job_id = self.selected_id()
+        widget = self.query_one("#job-detail-text", Static)
+        job = self.jobs.get(job_id) if job_id else None
+        if job is None:
+            widget.update("No job selected." if not self._shown else "")
+            return
+        widget.update(detail_text(job, self.clock()))
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail()
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def on_resize(self) -> None:
+        if not self.size.width:
+            return  # a hidden tab
+        # Padding: one cell each side of every column, plus the scrollbar.
+        width = max(12, self.size.width - FIXED_WIDTH - 2 * len(COLUMNS) - 1)
+        if width != self._prompt_width:
+            self._prompt_width = width
+            selected = self.selected_id()
+            self.table.clear(columns=True)
+            self._add_columns()
+            self._rebuild(selected)
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def action_job(self, action: str) -> None:
+        self.post_message(QueueAction(action, self.selected_id()))
+
+    def action_cycle_filter(self) -> None:
+        index = (FILTERS.index(self.filter) + 1) % len(FILTERS)
+        self.query_one("#queue-filter", Select).value = FILTERS[index]
+
+    @on(Select.Changed, "#queue-filter")
+    def _filter_changed(self, event: Select.Changed) -> None:
+        value = str(event.value)
+        if value != self.filter:
+            self.filter = value
+            self._rebuild(self.selected_id())

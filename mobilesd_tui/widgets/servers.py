@@ -1,0 +1,187 @@
+"""Servers tab: each Forge server's live status, from `server` events and the server list."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Static
+from textual.widgets.data_table import RowDoesNotExist
+
+from ..jobtext import one_line, short_model
+
+COLUMNS = (
+    ("alias", "Server", 10),
+    ("state", "Status", 10),
+    ("latency", "Latency", 7),
+    ("busy", "Jobs", 4),
+    ("checkpoint", "Checkpoint", 16),
+    ("url", "URL", 20),  # widened to fill the terminal (on_resize)
+)
+FIXED_WIDTH = sum(width for key, _, width in COLUMNS if key != "url")
+
+
+class ServerAction(Message):
+    """add / edit / remove / test, handled by the app (it owns the client and dialogs)."""
+
+    def __init__(self, action: str, server: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.action = action
+        self.server = server
+
+
+def state_cell(server: dict[str, Any]) -> Text:
+    status = server.get("status") or {}
+    if not server.get("enabled", True):
+        return Text("○ disabled", style="dim")
+    if not status.get("checked", True) and not status.get("online"):
+        return Text("◌ checking", style="yellow")
+    if status.get("online"):
+        return Text("● busy" if status.get("busy") else "● online", style="green")
+    return Text("✗ offline", style="bold red")
+
+
+def server_cells(server: dict[str, Any], url_width: int = 30) -> tuple[Any, ...]:
+    status = server.get("status") or {}
+    latency = status.get("latency_ms")
+    return (
+        Text(server["alias"], style="bold"),
+        state_cell(server),
+        "-" if latency is None else f"{latency:.0f} ms",
+        f"{status.get('active_jobs', 0)}/{server.get('max_concurrent', 1)}",
+        short_model(status.get("current_checkpoint")),
+        one_line(server.get("api_url", ""), url_width),
+    )
+
+
+class ServersPane(Vertical):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("a", "server('add')", "Add", id="servers.add"),
+        Binding("e,enter", "server('edit')", "Edit", id="servers.edit"),
+        Binding("x,delete", "server('remove')", "Remove", id="servers.remove"),
+        Binding("t", "server('test')", "Test", id="servers.test"),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.servers: dict[str, dict[str, Any]] = {}
+        self._url_width = COLUMNS[-1][2]
+
+    def compose(self) -> ComposeResult:
+        yield DataTable(id="servers-table", cursor_type="row")
+        yield Static("", id="server-detail")
+
+    def on_mount(self) -> None:
+        self._add_columns()
+        self._detail()
+
+    def _add_columns(self) -> None:
+        table = self.query_one(DataTable)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=self._url_width if key == "url" else width)
+
+    def on_resize(self) -> None:
+        if not self.size.width:
+            return  # a hidden tab
+        width = max(12, self.size.width - FIXED_WIDTH - 2 * len(COLUMNS) - 1)
+        if width != self._url_width:
+            self._url_width = width
+            self.query_one(DataTable).clear(columns=True)
+            self._add_columns()
+            self.load(list(self.servers.values()))
+
+    def load(self, servers: list[dict[str, Any]]) -> None:
+        self.servers = {s["alias"]: s for s in servers}
+        table = self.query_one(DataTable)
+        selected = self.selected()
+        table.clear()
+        for alias in sorted(self.servers):
+            table.add_row(*server_cells(self.servers[alias], self._url_width), key=alias)
+        if selected is not None and selected["alias"] in self.servers:
+            table.move_cursor(row=table.get_row_index(selected["alias"]), animate=False)
+        self._detail()
+
+    def apply_status(self, data: dict[str, Any]) -> None:
+        """A `server` event: its status changed, or it was removed."""
+        alias = data["alias"]
+        if data.get("removed"):
+            if self.servers.pop(alias, None) is not None:
+                self.load(list(self.servers.values()))
+            return
+        server = self.servers.get(alias)
+        if server is None:
+            # New to us (added elsewhere): the full record comes with the next list load.
+            server = {"alias": alias, "api_url": "", "enabled": data.get("enabled", True)}
+        server = {**server, "status": data, "enabled": data.get("enabled", server.get("enabled"))}
+        if "max_concurrent" in data:
+            server["max_concurrent"] = data["max_concurrent"]
+        known = alias in self.servers
+        self.servers[alias] = server
+        if not known:
+            self.load(list(self.servers.values()))
+            return
+        table = self.query_one(DataTable)
+        try:
+            for (column, _, _), value in zip(
+                COLUMNS, server_cells(server, self._url_width), strict=True
+            ):
+                table.update_cell(alias, column, value)
+        except RowDoesNotExist:
+            self.load(list(self.servers.values()))
+        self._detail()
+
+    def upsert(self, server: dict[str, Any], old_alias: str | None = None) -> None:
+        if old_alias and old_alias != server["alias"]:
+            self.servers.pop(old_alias, None)
+        self.servers[server["alias"]] = server
+        self.load(list(self.servers.values()))
+        table = self.query_one(DataTable)
+        table.move_cursor(row=table.get_row_index(server["alias"]), animate=False)
+
+    def selected(self) -> dict[str, Any] | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return self.servers.get(str(key.value))
+
+    def _detail(self) -> None:
+        server = self.selected()
+        detail = self.query_one("#server-detail", Static)
+        if server is None:
+            detail.update("No servers yet. Press [b]a[/] to add a Forge server (its API URL).")
+            return
+        status = server.get("status") or {}
+        text = Text()
+        text.append(f"{server['alias']}", style="bold")
+        text.append(f"  {server.get('api_url', '')}")
+        if server.get("username"):
+            text.append(f"  user {server['username']}")
+            text.append(" (password set)" if server.get("has_password") else "")
+        text.append(f"\nconcurrency {server.get('max_concurrent', 1)}")
+        text.append(f", {'enabled' if server.get('enabled', True) else 'disabled'}")
+        if status.get("current_checkpoint"):
+            text.append(f"\ncheckpoint: {status['current_checkpoint']}")
+        if status.get("error"):
+            text.append(f"\nerror: {status['error']}", style="red")
+        detail.update(text)
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self._detail()
+
+    @on(DataTable.RowSelected)
+    def _selected(self) -> None:
+        self.action_server("edit")
+
+    def action_server(self, action: str) -> None:
+        server = self.selected()
+        if action != "add" and server is None:
+            self.notify("No server selected; press a to add one.", severity="warning")
+            return
+        self.post_message(ServerAction(action, server))

@@ -1,0 +1,256 @@
+"""The TUI against a real core and Forge simulators, driven with keys and clicks (Pilot).
+
+Nothing is faked here: the app talks HTTP and SSE to a core on a loopback socket, which runs jobs
+on simulated Forge servers. Waits poll with deadlines; no sleep is a synchronisation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from textual.widgets import Input, Static
+
+from mobilesd_core.api.app import create_app
+from mobilesd_tui.api_client import CoreClient
+from mobilesd_tui.app import MobileSDApp, make_app
+from mobilesd_tui.thumbs import halfcell_widget
+from mobilesd_tui.widgets.gallery import Tile
+
+from .conftest import TOKEN, Harness, fast_settings, start_harness, stop_harness
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = await start_harness(fast_settings(tmp_path))
+    try:
+        await h.add_sim("gpu1")
+        yield h
+    finally:
+        await stop_harness(h)
+
+
+def tui(harness: Harness, tmp_path: Path, tab: str = "generator") -> MobileSDApp:
+    url = str(harness.server.make_url("")).rstrip("/")
+    return make_app(
+        CoreClient(url, TOKEN),
+        prefs_path=tmp_path / "config" / "tui.json",
+        initial_tab=tab,
+        image_widget=halfcell_widget(),
+        animations=False,
+        age_refresh=None,
+    )
+
+
+async def until(pilot: Any, check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await pilot.pause(0.02)
+
+
+async def type_text(pilot: Any, text: str) -> None:
+    await pilot.press(*["space" if c == " " else c for c in text])
+
+
+async def set_input(pilot: Any, selector: str, text: str) -> None:
+    await pilot.click(selector)
+    app = pilot.app
+    app.query_one(selector, Input).value = ""  # select-all differs between terminals
+    await type_text(pilot, text)
+
+
+def status_of(app: MobileSDApp, job_id: str) -> str | None:
+    job = app.queue.jobs.get(job_id)
+    return job["status"] if job else None
+
+
+def cell(app: MobileSDApp, job_id: str, column: str) -> str:
+    return str(app.queue.table.get_cell(job_id, column))
+
+
+async def test_submit_runs_to_completion_and_lands_in_the_gallery(
+    harness: Harness, tmp_path: Path
+) -> None:
+    app = tui(harness, tmp_path)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: app.loaded and app.connection == "online", "first load")
+        await pilot.click("#prompt")
+        await type_text(pilot, "a red fox")
+        for selector, value in (("#width", "64"), ("#height", "64"), ("#steps", "4")):
+            await set_input(pilot, selector, value)
+        await pilot.press("ctrl+s")
+        job_id = await until(
+            pilot,
+            lambda: next(
+                (
+                    i
+                    for i, j in app.queue.jobs.items()
+                    if j["generation_params"]["prompt"] == "a red fox"
+                ),
+                None,
+            ),
+            "the new job in the queue",
+        )
+        status = app.query_one("#submit-status", Static)
+        assert job_id[-8:] in str(status.render())
+        await until(pilot, lambda: status_of(app, job_id) == "completed", "completion")
+        await pilot.press("f2")
+        assert "done" in cell(app, job_id, "status")
+        assert "1 image" in cell(app, job_id, "progress")
+        await pilot.press("f3")
+        tile = await until(
+            pilot,
+            lambda: next(
+                (t for t in app.query(Tile) if t.entry["mobilesd_job_id"] == job_id), None
+            ),
+            "the image in the gallery",
+        )
+        await until(pilot, lambda: tile.loaded, "its thumbnail")
+        # The form is remembered, and the token is not in it.
+        saved = (tmp_path / "config" / "tui.json").read_text()
+        assert json.loads(saved)["generator"]["prompt"] == "a red fox"
+        assert TOKEN not in saved
+
+
+async def test_validation_error_shows_next_to_its_field(harness: Harness, tmp_path: Path) -> None:
+    app = tui(harness, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "first load")
+        await pilot.click("#prompt")
+        await type_text(pilot, "fox")
+        await set_input(pilot, "#steps", "500")
+        await pilot.press("ctrl+s")
+        row_error = app.query_one("#err-row-size", Static)
+        await until(pilot, lambda: row_error.has_class("shown"), "the steps error")
+        assert "Steps" in str(row_error.render()) and "150" in str(row_error.render())
+        assert app.query_one("#steps").parent.has_class("invalid")
+        assert app.focused is app.query_one("#steps")
+        assert harness.core.store.count()["pending"] == 0
+        # Fixed, it goes through and the error is gone.
+        await set_input(pilot, "#steps", "4")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not row_error.has_class("shown"), "the error to clear")
+
+
+async def test_cancel_and_move_from_the_queue(harness: Harness, tmp_path: Path) -> None:
+    await harness.api.post("/api/v1/queue/pause")
+    ids = [await harness.submit(prompt=f"job {n}") for n in range(3)]
+    app = tui(harness, tmp_path, tab="queue")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: all(i in app.queue.jobs for i in ids), "the jobs")
+        table = app.queue.table
+        await until(pilot, lambda: table.get_row_index(ids[2]) == 2, "run order")
+        table.move_cursor(row=2)
+        await pilot.press("t")  # to the top
+        await until(
+            pilot, lambda: table.get_row_index(ids[2]) == 0, "the moved job on top of the table"
+        )
+        assert app.queue.selected_id() == ids[2]  # the cursor followed it
+        pending = [j["mobilesd_job_id"] for j in harness.core.store.pending_in_order()]
+        assert pending == [ids[2], ids[0], ids[1]]
+        await pilot.press("d")  # and one down
+        await until(pilot, lambda: table.get_row_index(ids[2]) == 1, "one down")
+        # Cancel the one under the cursor, with a click on its row first.
+        await pilot.click("#jobs", offset=(5, 1 + table.get_row_index(ids[1])))
+        assert app.queue.selected_id() == ids[1]
+        await pilot.press("c")
+        await until(pilot, lambda: status_of(app, ids[1]) == "cancelled", "the cancel")
+        assert (await harness.job(ids[1]))["status"] == "cancelled"
+        assert "cancelled" in cell(app, ids[1], "status")
+        # Resume with p; the other two run to completion.
+        await pilot.press("p")
+        for job_id in (ids[0], ids[2]):
+            await until(pilot, lambda j=job_id: status_of(app, j) == "completed", "completion")
+
+
+async def test_add_and_edit_a_server(harness: Harness, tmp_path: Path) -> None:
+    from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
+
+    sim = SimServer(SimulatorConfig(step_ms=5, switch_ms=20, name="gpu2"))
+    await sim.start()
+    harness.sims["gpu2"] = sim
+    app = tui(harness, tmp_path, tab="servers")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: app.loaded, "first load")
+        await pilot.press("a")
+        await until(pilot, lambda: app.screen.query("#server-alias"), "the server form")
+        await type_text(pilot, "gpu2")
+        await pilot.press("tab")
+        await type_text(pilot, sim.url)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: "gpu2" in harness.core.registry.runtimes, "the new server")
+        await until(
+            pilot,
+            lambda: (app.servers_pane.servers.get("gpu2", {}).get("status") or {}).get("online"),
+            "gpu2 online in the table",
+        )
+        # Edit it: concurrency 2, and a bad URL first (its error shows by the field).
+        table = app.servers_pane.query_one("#servers-table")
+        table.move_cursor(row=1)
+        await pilot.press("e")
+        await until(pilot, lambda: app.screen.query("#server-max_concurrent"), "the edit form")
+        form = app.screen
+        form.query_one("#server-max_concurrent", Input).value = ""
+        await pilot.click("#server-max_concurrent")
+        await type_text(pilot, "2")
+        form.query_one("#server-api_url", Input).value = ""
+        await pilot.click("#server-api_url")
+        await type_text(pilot, "ftp://nowhere")
+        await pilot.press("ctrl+s")
+        error = form.query_one("#err-server-api_url", Static)
+        await until(pilot, lambda: error.has_class("shown"), "the URL error")
+        form.query_one("#server-api_url", Input).value = ""
+        await pilot.click("#server-api_url")
+        await type_text(pilot, sim.url)
+        await pilot.press("ctrl+s")
+        await until(
+            pilot,
+            lambda: harness.core.registry.runtimes["gpu2"].config.max_concurrent == 2,
+            "the change saved",
+        )
+        await until(pilot, lambda: "2" in str(table.get_cell("gpu2", "busy")), "the table")
+
+
+async def test_survives_the_core_restarting(tmp_path: Path) -> None:
+    """The core goes away and comes back on the same port: the indicator says so, what was typed
+    stays, and the queue is reloaded from the new core."""
+    settings = fast_settings(tmp_path)
+    first = await start_harness(settings)
+    port = first.server.port
+    app = tui(first, tmp_path)
+    second: Harness | None = None
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.connection == "online", "online")
+            await pilot.click("#prompt")
+            await type_text(pilot, "kept while away")
+            await first.api.aclose()
+            await first.server.close()
+            await until(pilot, lambda: app.connection == "offline", "offline", timeout=30)
+            assert "unreachable" in str(app.query_one("#connection", Static).render())
+            server = TestServer(create_app(settings), host="127.0.0.1", port=port)
+            await server.start_server()
+            second = Harness(settings=settings, server=server, api=first.api)
+            second.api = type(first.api)(
+                base_url=str(server.make_url("")).rstrip("/"),
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=30,
+            )
+            job_id = await second.submit(prompt="queued while the TUI was away")
+            await until(pilot, lambda: app.connection == "online", "online again", timeout=30)
+            await until(pilot, lambda: job_id in app.queue.jobs, "the reloaded queue")
+            assert app.query_one("#prompt").text == "kept while away"
+    finally:
+        if second is not None:
+            await stop_harness(second)

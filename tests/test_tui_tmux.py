@@ -1,0 +1,119 @@
+"""`mobilesd tui` in a real terminal: tmux runs it at 80x24, keys go in with send-keys and the
+screen comes back with capture-pane. The core runs in this test's loop on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import TOKEN, Harness, fast_settings, start_harness, stop_harness
+
+TMUX = shutil.which("tmux")
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+
+
+class Tmux:
+    """One private tmux server (its own socket), so nothing else of the user's is touched."""
+
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+
+    async def run(self, *args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            TMUX or "tmux",
+            "-L",
+            self.socket,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise AssertionError(f"tmux {' '.join(args)}: {err.decode()}")
+        return out.decode()
+
+    async def screen(self) -> str:
+        return await self.run("capture-pane", "-p", "-t", "tui")
+
+    async def wait_for(self, *texts: str, timeout: float = 30.0) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            screen = await self.screen()
+            if all(text in screen for text in texts):
+                return screen
+            if loop.time() > deadline:
+                raise AssertionError(f"never saw {texts} on the screen:\n{screen}")
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = await start_harness(fast_settings(tmp_path))
+    try:
+        await h.add_sim("gpu1")
+        yield h
+    finally:
+        await stop_harness(h)
+
+
+@pytest.fixture
+async def tmux() -> AsyncIterator[Tmux]:
+    t = Tmux(f"mobilesd-test-{os.getpid()}")
+    try:
+        yield t
+    finally:
+        # Our own server only (its private socket).
+        proc = await asyncio.create_subprocess_exec(
+            TMUX or "tmux", "-L", t.socket, "kill-server", stderr=asyncio.subprocess.DEVNULL
+        )
+        await proc.wait()
+
+
+async def test_tui_in_tmux_shows_the_submitted_job(
+    core: Harness, tmux: Tmux, tmp_path: Path
+) -> None:
+    url = str(core.server.make_url("")).rstrip("/")
+    env = {
+        "MOBILESD_URL": url,
+        "MOBILESD_TOKEN": TOKEN,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "TERM": "tmux-256color",
+        "COLORTERM": "truecolor",
+        "ESCDELAY": "10",
+    }
+    command = " ".join(
+        [
+            "env",
+            *(f"{key}={value}" for key, value in env.items()),
+            sys.executable,
+            "-m",
+            "mobilesd_core.cli",
+            "tui",
+            "--tab",
+            "queue",
+        ]
+    )
+    await tmux.run("new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", command)
+    await tmux.run("set-option", "-t", "tui", "escape-time", "10")
+    await tmux.wait_for("F2 Queue", "online")
+    # Write a job in the Generator and queue it with the keyboard.
+    await tmux.run("send-keys", "-t", "tui", "F1")
+    await tmux.wait_for("Prompt", "Add to queue")
+    await tmux.run("send-keys", "-t", "tui", "-l", "a fox typed in tmux")
+    await tmux.wait_for("a fox typed in tmux")
+    await tmux.run("send-keys", "-t", "tui", "C-s")
+    await tmux.wait_for("queued")
+    await tmux.run("send-keys", "-t", "tui", "F2")
+    screen = await tmux.wait_for("a fox typed in tmux", "done")
+    assert "1 image" in screen
+    jobs = (await core.api.get("/api/v1/queue/jobs")).json()["jobs"]
+    assert [j["generation_params"]["prompt"] for j in jobs] == ["a fox typed in tmux"]
+    assert jobs[0]["source"] == "tui"
+    await tmux.run("send-keys", "-t", "tui", "C-q")
