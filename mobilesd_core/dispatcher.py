@@ -339,6 +339,9 @@ class Dispatcher:
         async def answered() -> None:
             run.timings["generate_s"] = time.monotonic() - sent
             self.scheduler.cost.observe(run.timings["generate_s"], switched=run.switches)
+            if checkpoint is not None:
+                # Known before the slot is handed over, so the next pick sees the right model.
+                self._registry.note_checkpoint(runtime, checkpoint.title)
             await self._hand_over(run)
 
         request = asyncio.create_task(
