@@ -2,8 +2,10 @@
 
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
-  python -m bench --only gap   one part: throughput, store, gap, api, page, inbox, civitai,
-                               tui (repeatable)
+  python -m bench --only gap   one part: throughput, store, gap, sched, scale, api, page,
+                               inbox, civitai, tui (repeatable)
+  python -m bench --json F     also write the figures as JSON (default bench/results/latest.json)
+  python -m bench --compare F  add a column with the figures of an earlier JSON run
 
 Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
 folder: fsync costs depend on that file system, so it is printed with the results.
@@ -16,6 +18,7 @@ import asyncio
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +30,25 @@ from . import (
     idle_gap,
     inbox_pickup,
     page_load,
+    scheduling,
     store_writes,
     throughput,
     tui_start,
 )
-from .report import Row, say, table
+from .report import Row, load_results, say, table, write_results
 
-PARTS = ("throughput", "store", "gap", "api", "page", "inbox", "civitai", "tui")
+PARTS = (
+    "throughput",
+    "store",
+    "gap",
+    "sched",
+    "scale",
+    "api",
+    "page",
+    "inbox",
+    "civitai",
+    "tui",
+)
 NOTES = """\
 Notes:
 - core figures include all of the core's per-job work: the claim and the finish written to the
@@ -42,6 +57,12 @@ Notes:
 - throughput: step time 0; core timed from one submit of all jobs to the dispatcher idle, direct
   loop from its first request to its last answer decoded; medians over rounds that alternate.
   The 85 % aim is judged at 512x512, the default job size; 64x64 shows the fixed per-job cost.
+- sched: 3 simulated servers in their own process, 60 jobs over 4 checkpoints in a seeded random
+  order, a switch costing 4 jobs (200 ms jobs, 800 ms loads). Lower bound = (measured job time
+  + one load per checkpoint) / 3; the best schedule is about 10 % above it.
+- scale: all simulated servers in one process of their own, sharing the 2 cores with the core;
+  20 ms jobs of one model. Generating share = each server's generation time between the queue's
+  release and the last job's start, over that window; CPU = this process, all threads.
 - idle gap: the simulator's own clock, sampling start minus the previous job's encoded images.
 - api load: the core over loopback HTTP as `mobilesd serve` runs it; the clients in their own
   process (one asyncio loop), latency from request sent to body read there, so it includes
@@ -104,7 +125,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dir", type=Path, default=None, help="where the temporary data goes")
     p.add_argument("--check", action="store_true", help="exit 1 when an aim is missed")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=Path(__file__).parent / "results" / "latest.json",
+        help="where the figures are written as JSON (default bench/results/latest.json)",
+    )
+    p.add_argument("--compare", type=Path, help="an earlier JSON run to show beside this one")
     return p
+
+
+def _commit() -> str:
+    """The git commit measured, so JSON runs can be compared across commits."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
 
 
 def _filesystem(path: Path) -> str:
@@ -165,6 +208,14 @@ async def _main(args: argparse.Namespace) -> list[Row]:
                 sizes=args.sizes,
                 inline_sim=args.inline_sim,
             )
+        if "sched" in parts:
+            rows += await scheduling.run_mix(root / "sched")
+        if "scale" in parts:
+            rows += await scheduling.run_scale(
+                root / "scale",
+                jobs=300 if quick else 2000,
+                sizes=(1, 4, 16) if quick else (1, 4, 16, 32),
+            )
         if "api" in parts:
             rows += await api_load.run(
                 root,
@@ -203,7 +254,10 @@ def main() -> int:
     started = time.perf_counter()
     rows = asyncio.run(_main(args))
     say()
-    table(rows)
+    earlier = load_results(args.compare) if args.compare else None
+    table(rows, earlier=earlier)
+    write_results(args.json, rows, context={"load": _load(), "commit": _commit()})
+    say(f"(figures written to {args.json})")
     say(NOTES)
     missed = [r.figure for r in rows if r.ok is False]
     took = time.perf_counter() - started

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,17 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def table(rows: Iterable[Row], out: object = None) -> str:
-    headers = ("figure", "value", "aim", "ratio", "verdict")
-    cells = [headers] + [(r.figure, r.value, r.aim, r.ratio, verdict(r.ok)) for r in rows]
+def table(rows: Iterable[Row], out: object = None, *, earlier: dict[str, str] | None = None) -> str:
+    """The one table; with `earlier` (figure -> value of another run) a column for it."""
+    headers: tuple[str, ...] = ("figure", "value", "aim", "ratio", "verdict")
+    if earlier is not None:
+        headers += ("earlier run",)
+    cells = [headers]
+    for r in rows:
+        row: tuple[str, ...] = (r.figure, r.value, r.aim, r.ratio, verdict(r.ok))
+        if earlier is not None:
+            row += (earlier.get(r.figure, "-"),)
+        cells.append(row)
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
@@ -71,3 +82,19 @@ def table(rows: Iterable[Row], out: object = None) -> str:
     text = "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
     print(text, file=out or sys.stdout, flush=True)
     return text
+
+
+def write_results(path: Path, rows: Iterable[Row], *, context: dict[str, str]) -> None:
+    """The figures as JSON, for comparing runs between commits (`--compare`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        **context,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "figures": [asdict(r) for r in rows],
+    }
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def load_results(path: Path) -> dict[str, str]:
+    data = json.loads(path.read_text())
+    return {f["figure"]: f["value"] for f in data.get("figures", [])}

@@ -19,6 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -108,9 +109,34 @@ async def start_simulator(*, step_ms: float, inline: bool) -> Simulator:
     return ProcessSimulator(proc, url)
 
 
-async def _serve(step_ms: float) -> None:
-    server = SimServer(SimulatorConfig(step_ms=step_ms, switch_ms=0, name="bench"))
-    await server.start()
+async def start_simulators(configs: list[dict[str, Any]]) -> tuple[list[str], Simulator]:
+    """Several simulators in one process of their own (`SimulatorConfig` fields as dicts);
+    returns their URLs and a handle that stops them all."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.simproc",
+        "--configs",
+        json.dumps(configs),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        urls = json.loads(line)["urls"]
+    except (TimeoutError, ValueError, KeyError):
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError("the simulator process did not start") from None
+    return urls, ProcessSimulator(proc, urls[0])
+
+
+async def _serve(configs: list[SimulatorConfig]) -> None:
+    servers = [SimServer(config) for config in configs]
+    for server in servers:
+        await server.start()
     loop = asyncio.get_running_loop()
     stdin_closed = asyncio.Event()
 
@@ -120,18 +146,24 @@ async def _serve(step_ms: float) -> None:
         loop.call_soon_threadsafe(stdin_closed.set)
 
     threading.Thread(target=wait_for_eof, daemon=True).start()
-    print(json.dumps({"url": server.url}), flush=True)
+    print(json.dumps({"url": servers[0].url, "urls": [s.url for s in servers]}), flush=True)
     try:
         await stdin_closed.wait()
     finally:
-        await server.stop()
+        for server in servers:
+            await server.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--step-ms", type=float, default=0.0)
+    parser.add_argument("--configs", help="JSON list of SimulatorConfig fields, one per server")
     args = parser.parse_args()
-    asyncio.run(_serve(args.step_ms))
+    if args.configs:
+        configs = [SimulatorConfig(**c) for c in json.loads(args.configs)]
+    else:
+        configs = [SimulatorConfig(step_ms=args.step_ms, switch_ms=0, name="bench")]
+    asyncio.run(_serve(configs))
 
 
 if __name__ == "__main__":
