@@ -166,13 +166,12 @@ class Dispatcher:
         runtimes = self._registry.runtimes
         pending = self._store.pending_in_order()
         candidates, unroutable = [], []
-        for job in pending[: self.scheduler.window_size(len(runtimes))]:
-            cand = self.router.candidate(job)
-            problem = self.router.unroutable(cand)
-            if problem is None:
-                candidates.append(cand)
+        window = pending[: self.scheduler.window_size(len(runtimes))]
+        for routed in self.router.candidates(window):
+            if routed.problem is None:
+                candidates.append(routed.candidate)
             else:
-                unroutable.append(problem)
+                unroutable.append(routed.problem)
         if unroutable:
             await self._unroutable(unroutable)
         slots = [
@@ -187,8 +186,8 @@ class Dispatcher:
             if cand.group is not None:
                 runtime.planned_checkpoint = title
             await self._claim(cand.job, runtime, switches=switches)
-        self.scheduler.prune({j["mobilesd_job_id"] for j in pending})
-        self._arm_retry_timer(now)
+        self.scheduler.prune(pending)
+        self._arm_retry_timer(window, now)
         self._update_idle()
 
     async def _unroutable(self, problems: list[Unroutable]) -> None:
@@ -223,10 +222,9 @@ class Dispatcher:
         self._refreshed.update(job_ids)
         self.wake()
 
-    def _arm_retry_timer(self, now: float) -> None:
-        waits = [
-            j["retry_at"] for j in self._store.pending_in_order() if (j.get("retry_at") or 0) > now
-        ]
+    def _arm_retry_timer(self, window: list[dict[str, Any]], now: float) -> None:
+        # Only jobs in the scheduling window can be assigned; later ones get their turn there.
+        waits = [j["retry_at"] for j in window if (j.get("retry_at") or 0) > now]
         if self._timer:
             self._timer.cancel()
             self._timer = None

@@ -26,6 +26,12 @@ _NOT_LISTED = object()
 
 
 @dataclass
+class Routed:
+    candidate: Candidate
+    problem: Unroutable | None
+
+
+@dataclass
 class Unroutable:
     """No server lists the job's checkpoint: what to tell the user."""
 
@@ -37,6 +43,34 @@ class Router:
     def __init__(self, registry: ServerRegistry) -> None:
         self._registry = registry
         self._cache: dict[tuple[str, str], tuple[int, object]] = {}
+        # A pending job's candidate, valid while the job record (replaced on every change) and
+        # the servers' lists stay the same objects: a pass over a deep queue reuses them.
+        self._candidates: dict[str, tuple[dict[str, Any], tuple[object, ...], Routed]] = {}
+
+    def _lists_stamp(self) -> tuple[object, ...]:
+        return tuple(
+            (alias, id(r.checkpoints), id(r.catalog), r.checkpoints is None, r.config.enabled)
+            for alias, r in self._registry.runtimes.items()
+        )
+
+    def candidates(self, jobs: list[dict[str, Any]]) -> list[Routed]:
+        """Candidates for a pass (with the reason a job cannot go anywhere, if so), reusing
+        those whose job and server lists did not change since the last pass."""
+        stamp = self._lists_stamp()
+        out = []
+        fresh: dict[str, tuple[dict[str, Any], tuple[object, ...], Routed]] = {}
+        for job in jobs:
+            job_id = job["mobilesd_job_id"]
+            cached = self._candidates.get(job_id)
+            if cached is not None and cached[0] is job and cached[1] == stamp:
+                routed = cached[2]
+            else:
+                cand = self.candidate(job)
+                routed = Routed(cand, self.unroutable(cand))
+            fresh[job_id] = (job, stamp, routed)
+            out.append(routed)
+        self._candidates = fresh
+        return out
 
     def _resolve(self, name: str, runtime: ServerRuntime) -> object:
         """The model key `name` resolves to there; None: list unknown; _NOT_LISTED."""
@@ -90,6 +124,8 @@ class Router:
         target = cand.job.get("target_server_alias")
         if not name or not self._registry.runtimes:
             return None
+        if (target is None and cand.titles) or (target is not None and target in cand.titles):
+            return None  # the common case, decided without looking at every server
         concerned = [
             r for r in self._registry.runtimes.values() if target is None or r.alias == target
         ]

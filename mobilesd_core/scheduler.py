@@ -81,17 +81,18 @@ class Scheduler:
     max_overtakes: int = 200
     # Only this many jobs at the head of the queue are looked at per pass: keeps a pass cheap
     # with a deep queue; jobs further back move into view as the head drains.
-    window: int = 512
+    window: int = 256
     cost: SwitchCost = field(default_factory=SwitchCost)
     overtaken: dict[str, int] = field(default_factory=dict)
 
     def window_size(self, servers: int) -> int:
         return max(self.window, 16 * servers)
 
-    def prune(self, pending_ids: set[str]) -> None:
+    def prune(self, pending: list[dict[str, Any]]) -> None:
         """Drop counters of jobs that left the queue (ran elsewhere, cancelled, removed)."""
-        if len(self.overtaken) > len(pending_ids):
-            for job_id in [j for j in self.overtaken if j not in pending_ids]:
+        if len(self.overtaken) > len(pending):
+            ids = {j["mobilesd_job_id"] for j in pending}
+            for job_id in [j for j in self.overtaken if j not in ids]:
                 del self.overtaken[job_id]
 
     def plan(

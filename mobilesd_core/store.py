@@ -531,9 +531,10 @@ class JobStore:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
-    async def _commit(self, op: _Op) -> Any:
+    async def _commit(self, op: _Op, *, pending_cache_kept: bool = False) -> Any:
         # Every change to `_live` is made just before its commit (or, archiving, just after).
-        self._pending_cache = None
+        if not pending_cache_kept:
+            self._pending_cache = None
         loop = asyncio.get_running_loop()
         op.future, op.loop = loop.create_future(), loop
         future = op.future
@@ -682,23 +683,46 @@ class JobStore:
         if expect is not None and current["status"] not in set(expect):
             raise Conflict(f"job is {current['status']}", current["status"])
         job = {**current, **changes}
+        kept = self._patch_pending_cache(current, job)
         if job["status"] in TERMINAL_STATUSES:
             job["progress"] = None
             self._archiving.add(job_id)
             try:
                 (entry,) = await self._commit(
-                    _Op(archive=[job], journal=[{"op": "done", "job": job}])
+                    _Op(archive=[job], journal=[{"op": "done", "job": job}]),
+                    pending_cache_kept=kept,
                 )
             finally:
                 self._archiving.discard(job_id)
             self._archive.commit_append(job, entry)
             self._live.pop(job_id, None)
-            self._pending_cache = None
         else:
             self._live[job_id] = job
-            await self._commit(_Op(journal=[{"op": "put", "job": job}], durable=durable))
+            await self._commit(
+                _Op(journal=[{"op": "put", "job": job}], durable=durable),
+                pending_cache_kept=kept,
+            )
         self._notify("job", job)
         return job
+
+    def _patch_pending_cache(self, old: Job, new: Job) -> bool:
+        """Keep the run-order cache through a one-job change instead of sorting the whole queue
+        again (a claim per job would make every pass O(n log n)). False: drop it."""
+        cache = self._pending_cache
+        was, now = old["status"] == "pending", new["status"] == "pending"
+        if cache is None or not (was or now):
+            return cache is not None
+        if was and (not now or new["position"] == old["position"]):
+            # Claimed jobs sit near the head: the scan is short.
+            index = next((i for i, j in enumerate(cache) if j is old), None)
+            if index is None:
+                return False
+            if now:
+                cache[index] = new
+            else:
+                del cache[index]
+            return True
+        return False
 
     async def reorder(self, ordered_ids: list[str]) -> list[Job]:
         """Give pending jobs positions 1..n in the given order, in one journal line."""

@@ -18,6 +18,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static, TabbedContent, TabPane
@@ -130,6 +131,23 @@ class MobileSDApp(App[None]):
             with TabPane(TAB_TITLES["servers"], id="servers"):
                 yield ServersPane(id="servers-pane")
         yield Footer(compact=True)
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Toasts carry prompts, file names and server errors: shown as text, never as markup
+        (a prompt like `[@click=app.quit]` must not become a link)."""
+        if title == "Done":
+            # Completions come one after another: the newest replaces the last, not a pile.
+            for old in [n for n in self._notifications if n.title == "Done"]:
+                self._unnotify(old, refresh=False)
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def on_mount(self) -> None:
         self.generator.fill(self.prefs.load())
