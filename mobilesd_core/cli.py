@@ -124,6 +124,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     root = args.dir.resolve()
+    if args.inbox is None:
+        (root / "inbox").mkdir(parents=True, exist_ok=True)  # the demo's own: the examples go in
     settings = _settings(
         args, data_path=root / "data", gallery_path=root / "outputs", inbox_path=root / "inbox"
     )
@@ -135,17 +137,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         file_handler = logging.FileHandler(settings.data_path / "mobilesd.log")
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logging.getLogger().addHandler(file_handler)
-    tui = not args.no_tui and sys.stdin.isatty() and sys.stdout.isatty()
+    tui = not args.no_tui and not args.once and sys.stdin.isatty() and sys.stdout.isatty()
     image_widget = None
     if tui:
         from mobilesd_tui.thumbs import pick_image_widget
 
         _quiet_console_logging()
         image_widget = pick_image_widget()  # asks the terminal, so before the app starts
-    asyncio.run(
-        run_demo(settings, step_ms=args.step_ms, tui=tui, tab=args.tab, image_widget=image_widget)
+    ok = asyncio.run(
+        run_demo(
+            settings,
+            step_ms=args.step_ms,
+            tui=tui and not args.once,
+            tab=args.tab,
+            image_widget=image_widget,
+            once=args.once,
+        )
     )
-    return 0
+    return 0 if ok else 1
 
 
 def _quiet_console_logging() -> None:
@@ -280,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print job changes instead of opening the terminal UI (also when not on a TTY)",
     )
     p.add_argument("--tab", choices=TUI_TABS, default="queue", help="the TUI's first tab")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="headless: exit when the example jobs are done (exit 1 if any did not complete)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("forge-sim", help="run the Forge simulator alone")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import sys
 import time
@@ -26,7 +27,11 @@ from .forge.simulator import SimServer, SimulatorConfig
 from .jobfiles import load_job_file
 from .phone_link import phone_url
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
+# The repository's examples; an installed copy (Docker) names its own with MOBILESD_EXAMPLES.
+EXAMPLES = Path(
+    os.environ.get("MOBILESD_EXAMPLES")
+    or Path(__file__).resolve().parent.parent / "examples" / "jobs"
+)
 SIMULATED = {
     "gpu1": ["sd15/dreamshaper_8.safetensors", "sdxl/juggernautXL_v9.safetensors"],
     "gpu2": ["sdxl/juggernautXL_v9.safetensors", "flux/flux1-dev-fp8.safetensors"],
@@ -94,21 +99,29 @@ async def _register_servers(http: httpx.AsyncClient, sims: dict[str, SimServer])
         response.raise_for_status()
 
 
-async def _queue_examples(http: httpx.AsyncClient) -> int:
-    queued = 0
+def _drop_examples(inbox: Path) -> int:
+    """Copy the example job files into the inbox, as a user would: the watcher queues them."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    jobs = 0
     for path in sorted(EXAMPLES.glob("*.yaml")):
-        result = load_job_file(path)
-        for spec in result.jobs:
-            body = {
-                "target_server_alias": spec.server,
-                "generation_params": spec.params.model_dump(mode="json"),
-            }
-            response = await http.post(
-                "/api/v1/generate", json=body, headers={"X-MobileSD-Source": "cli"}
-            )
-            response.raise_for_status()
-            queued += 1
-    return queued
+        jobs += len(load_job_file(path).jobs)
+        tmp = inbox / f".{path.name}.tmp"  # hidden while it is written: never read half-done
+        shutil.copyfile(path, tmp)
+        tmp.rename(inbox / path.name)
+    return jobs
+
+
+async def _until_examples_done(core: Any, expected: int, timeout: float = 600) -> tuple[int, int]:
+    """Wait until the example jobs are all terminal: (completed, not completed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = core.store.count()
+        done = counts["completed"] + counts["failed"] + counts["cancelled"]
+        if done >= expected and counts["pending"] == 0 and counts["processing"] == 0:
+            return counts["completed"], counts["failed"] + counts["cancelled"]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {done} of {expected} example jobs finished in {timeout:g} s")
+        await asyncio.sleep(0.1)
 
 
 async def run_demo(
@@ -118,9 +131,11 @@ async def run_demo(
     tui: bool = False,
     tab: str = "queue",
     image_widget: Any = None,
-) -> None:
+    once: bool = False,
+) -> bool:
     """Core + simulated servers; with `tui`, the terminal UI on the same loop (through the API),
-    else the console view until Ctrl-C."""
+    else the console view until Ctrl-C. `once`: headless, until the example jobs are done;
+    True if every one completed."""
     sims = {
         alias: SimServer(
             SimulatorConfig(checkpoints=ckpts, step_ms=step_ms, switch_ms=1500, name=alias)
@@ -133,6 +148,7 @@ async def run_demo(
     view = ConsoleView()
     tasks: list[asyncio.Task[None]] = []
     base = f"http://{settings.host}:{settings.port}"
+    expected = {"jobs": 0}
 
     async def start() -> None:
         for sim in sims.values():
@@ -145,10 +161,13 @@ async def run_demo(
             await _register_servers(http, sims)
             marker = settings.data_path / QUEUED_MARKER
             if not marker.exists():
-                count = await _queue_examples(http)
+                expected["jobs"] = await asyncio.to_thread(_drop_examples, settings.inbox_path)
                 marker.write_text("examples queued\n")
                 if not tui:
-                    print(f"queued {count} example jobs from {EXAMPLES}")
+                    print(
+                        f"dropped the example job files ({expected['jobs']} jobs) into "
+                        f"{settings.inbox_path}; the inbox watcher queues them"
+                    )
             elif not tui:
                 print("examples were queued on an earlier run; showing the queue as it is")
         if tui:
@@ -181,9 +200,17 @@ async def run_demo(
         for sim in sims.values():
             await sim.stop()
 
+    if once:
+        await start()
+        try:
+            completed, other = await _until_examples_done(app[CORE], expected["jobs"])
+        finally:
+            await stop()
+        print(f"demo: {completed} example jobs completed, {other} did not")
+        return other == 0
     if not tui:
         await _run_until_signalled(start, stop)
-        return
+        return True
 
     from mobilesd_tui.api_client import CoreClient
     from mobilesd_tui.app import make_app
@@ -201,3 +228,4 @@ async def run_demo(
     finally:
         await stop()
         print(f"MobileSD demo stopped. Data and gallery are kept in {settings.data_path.parent}.")
+    return True
