@@ -13,9 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_demo_once_runs_the_examples_through_the_inbox_and_exits_zero(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
+    command = [sys.executable, "-m", "mobilesd_core.cli", "demo", "--once", "--dir", str(demo)]
     result = subprocess.run(
-        [sys.executable, "-m", "mobilesd_core.cli", "demo", "--once", "--dir", str(demo)]
-        + ["--port", str(free_port()), "--step-ms", "2"],
+        [*command, "--port", str(free_port()), "--step-ms", "2"],
         cwd=REPO,
         capture_output=True,
         text=True,
