@@ -96,6 +96,9 @@ class CoreApi(Protocol):
     async def images(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]: ...
     async def delete_image(self, filename: str) -> None: ...
     async def fetch_bytes(self, url: str) -> bytes: ...
+    async def civitai_image_info(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def civitai_download(self, model_version_id: int) -> dict[str, Any]: ...
+    async def civitai_downloads(self) -> list[dict[str, Any]]: ...
     def events(self, last_event_id: int | None) -> AsyncIterator[StreamEvent]: ...
 
 
@@ -232,6 +235,16 @@ class CoreClient:
         if not url.startswith("/"):
             raise ValueError(f"not a core-relative URL: {url!r}")
         return (await self._call("GET", url)).content
+
+    async def civitai_image_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._json("POST", "/api/v1/civitai/image-info", json=body)
+
+    async def civitai_download(self, model_version_id: int) -> dict[str, Any]:
+        body = {"model_version_id": model_version_id}
+        return await self._json("POST", "/api/v1/civitai/download-model", json=body)
+
+    async def civitai_downloads(self) -> list[dict[str, Any]]:
+        return (await self._json("GET", "/api/v1/civitai/downloads"))["downloads"]
 
     async def events(self, last_event_id: int | None) -> AsyncIterator[StreamEvent]:
         """The event stream from `last_event_id` on; ends (or raises) when the stream does."""

@@ -29,6 +29,7 @@ from .events import EventConsumer
 from .jobtext import one_line
 from .messages import (
     ConnectionChanged,
+    DownloadChanged,
     ImageChanged,
     JobChanged,
     JobRemoved,
@@ -37,6 +38,7 @@ from .messages import (
     ServerChanged,
 )
 from .prefs import Prefs
+from .screens.civitai_import import CivitaiImport, MissingModels
 from .screens.confirm import Confirm
 from .screens.image_view import ImageView
 from .screens.lora_picker import LoraPicker
@@ -80,6 +82,7 @@ class MobileSDApp(App[None]):
         Binding("f2", "show_tab('queue')", "Queue", show=False, id="app.tab.queue"),
         Binding("f3", "show_tab('gallery')", "Gallery", show=False, id="app.tab.gallery"),
         Binding("f4", "show_tab('servers')", "Servers", show=False, id="app.tab.servers"),
+        Binding("f5", "civitai_import", "Civitai", show=False, id="app.civitai"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
 
@@ -282,6 +285,50 @@ class MobileSDApp(App[None]):
         self.servers_pane.apply_status(message.data)
         aliases = sorted(self.servers_pane.servers)
         self.generator.set_servers(aliases)
+
+    def on_download_changed(self, message: DownloadChanged) -> None:
+        self.servers_pane.show_download(message.data)
+        status = message.data.get("status")
+        name = message.data.get("filename") or message.data.get("model_name") or "model"
+        if status == "completed":
+            self.notify(f"{name} is in your library.", title="Download finished")
+        elif status == "failed":
+            error = message.data.get("error") or "no reason given"
+            self.notify(f"{name}: {error}", title="Download failed", severity="error", timeout=10)
+
+    # -- Civitai ------------------------------------------------------------------------------
+
+    def action_civitai_import(self) -> None:
+        self.action_show_tab("generator")
+        self.push_screen(CivitaiImport(self.api), self._imported)
+
+    def _imported(self, answer: dict[str, Any] | None) -> None:
+        if not answer:
+            return
+        self.generator.fill(answer["generation_params"])
+        missing = answer.get("missing") or []
+        warnings = answer.get("warnings") or []
+        note = f" {len(missing)} model(s) not in your libraries." if missing else ""
+        self.notify("Review the form, then add it to the queue (ctrl+s)." + note, title="Imported")
+        for warning in warnings:
+            self.notify(str(warning), title="Civitai", severity="warning")
+        if missing:
+            self.push_screen(MissingModels(missing), self._download_missing)
+
+    def _download_missing(self, chosen: list[dict[str, Any]] | None) -> None:
+        for item in chosen or []:
+            if item.get("model_version_id"):
+                self._start_download(int(item["model_version_id"]))
+
+    @work(group="civitai", exit_on_error=False)
+    async def _start_download(self, model_version_id: int) -> None:
+        try:
+            answer = await self.api.civitai_download(model_version_id)
+        except (ApiError, Unreachable) as exc:
+            self.notify(exc.message, title="Cannot download", severity="error", timeout=10)
+            return
+        self.servers_pane.show_download(answer["download"])
+        self.notify("Downloading; F4 shows the progress.", title="Download started")
 
     def on_image_changed(self, message: ImageChanged) -> None:
         if isinstance(message.data.get("added"), dict):
@@ -582,6 +629,11 @@ class MobileSDApp(App[None]):
         )
         yield SystemCommand("Clear finished jobs", "Remove finished jobs", self._cmd_clear)
         yield SystemCommand("Add server", "Add a Forge server", self._cmd_add_server)
+        yield SystemCommand(
+            "Import from Civitai",
+            "Fill the Generator from a Civitai image link",
+            self.action_civitai_import,
+        )
         yield SystemCommand("Reload", "Load jobs, servers and gallery again", self._cmd_reload)
         for tab in TABS:
             yield SystemCommand(

@@ -18,6 +18,7 @@ from textual.message import Message
 from .api_client import ApiError, CoreApi, Unauthorized, Unreachable
 from .messages import (
     ConnectionChanged,
+    DownloadChanged,
     ImageChanged,
     JobChanged,
     JobRemoved,
@@ -67,6 +68,8 @@ def message_for(name: str, data: object) -> Message | None:
         return ImageChanged(data)
     if name == "queue":
         return QueueChanged(data)
+    if name == "download" and "download_id" in data:
+        return DownloadChanged(data)
     return None
 
 

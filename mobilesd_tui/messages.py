@@ -77,3 +77,17 @@ class QueueChanged(Message):
     def __init__(self, data: dict[str, Any]) -> None:
         super().__init__()
         self.data = data
+
+
+class DownloadChanged(Message):
+    """A Civitai download's progress or end (the core's `download` event)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__()
+        self.data = data
+
+    def can_replace(self, message: Message) -> bool:
+        # Progress of one download arrives several times a second: only the latest counts.
+        return isinstance(message, DownloadChanged) and message.data.get(
+            "download_id"
+        ) == self.data.get("download_id")

@@ -111,8 +111,9 @@ async def test_tui_in_tmux_shows_the_submitted_job(
     await tmux.run("send-keys", "-t", "tui", "C-s")
     await tmux.wait_for("queued")
     await tmux.run("send-keys", "-t", "tui", "F2")
-    screen = await tmux.wait_for("a fox typed in tmux", "done")
-    assert "1 image" in screen
+    # The row shows the job's end: its status and its image count (one row, one screen).
+    screen = await tmux.wait_for("a fox typed in tmux", "done", "1 image")
+    assert "✓ done" in screen
     jobs = (await core.api.get("/api/v1/queue/jobs")).json()["jobs"]
     assert [j["generation_params"]["prompt"] for j in jobs] == ["a fox typed in tmux"]
     assert jobs[0]["source"] == "tui"

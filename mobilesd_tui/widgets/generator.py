@@ -127,6 +127,7 @@ class GeneratorPane(Vertical):
         Binding("ctrl+s", "submit", "Add to queue", id="generator.submit"),
         Binding("ctrl+l", "add_lora", "Add LoRA", id="generator.add_lora"),
         Binding("ctrl+r", "random_seed", "Random seed", id="generator.random_seed"),
+        Binding("f5", "app.civitai_import", "Civitai link", id="generator.civitai"),
     ]
 
     def __init__(self, **kwargs: Any) -> None:

@@ -69,12 +69,14 @@ class ServersPane(Vertical):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.downloads: dict[str, dict[str, Any]] = {}
         self.servers: dict[str, dict[str, Any]] = {}
         self._url_width = COLUMNS[-1][2]
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="servers-table", cursor_type="row")
         yield Static("", id="server-detail")
+        yield Static("", id="downloads")
 
     def on_mount(self) -> None:
         self._add_columns()
@@ -135,6 +137,19 @@ class ServersPane(Vertical):
             self.load(list(self.servers.values()))
         self._detail()
 
+    def show_download(self, download: dict[str, Any]) -> None:
+        """A Civitai download started, moved on or ended (newest first, the last few kept)."""
+        self.downloads[download["download_id"]] = download
+        recent = sorted(self.downloads.values(), key=lambda d: d.get("created") or 0, reverse=True)
+        self.downloads = {d["download_id"]: d for d in recent[:MAX_DOWNLOADS_SHOWN]}
+        text = Text("Civitai downloads", style="bold")
+        for item in self.downloads.values():
+            text.append("\n")
+            text.append_text(download_line(item))
+        panel = self.query_one("#downloads", Static)
+        panel.update(text)
+        panel.add_class("shown")
+
     def upsert(self, server: dict[str, Any], old_alias: str | None = None) -> None:
         if old_alias and old_alias != server["alias"]:
             self.servers.pop(old_alias, None)
@@ -185,3 +200,20 @@ class ServersPane(Vertical):
             self.notify("No server selected; press a to add one.", severity="warning")
             return
         self.post_message(ServerAction(action, server))
+
+
+MAX_DOWNLOADS_SHOWN = 5
+
+
+def download_line(item: dict[str, Any]) -> Text:
+    """`name  42 %  110/260 MB  downloading` (the name as text: it comes from Civitai)."""
+    done, total = item.get("bytes_done") or 0, item.get("bytes_total") or 0
+    status = item.get("status", "")
+    line = Text(f"  {item.get('filename') or item.get('model_name') or '?'}")
+    if total:
+        line.append(f"  {done * 100 // total} %  {done / 1e6:.0f}/{total / 1e6:.0f} MB")
+    style = {"failed": "red", "completed": "green"}.get(status, "")
+    line.append(f"  {status}", style=style)
+    if item.get("error"):
+        line.append(f": {item['error']}", style="red")
+    return line
