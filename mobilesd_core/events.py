@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-EVENT_NAMES = ("job", "job_removed", "server", "image", "download", "reset", "queue")
+EVENT_NAMES = ("job", "job_removed", "server", "image", "download", "sync", "reset", "queue")
 
 
 @dataclass(frozen=True, slots=True)
