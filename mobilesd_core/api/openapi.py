@@ -899,8 +899,7 @@ def _paths() -> dict[str, Schema]:
                     _query(
                         "refresh",
                         {"type": "string", "enum": ["1", "true", "yes"]},
-                        "Ask Forge to rescan instead of using the cached lists (and rescan the "
-                        "library).",
+                        "Ask Forge to rescan instead of using the cached lists.",
                     )
                 ],
             ),

@@ -58,8 +58,8 @@ async def server_models(request: web.Request) -> web.Response:
         styles = await runtime.client.raw("/prompt-styles")
     except ForgeError as exc:
         raise ApiError(502, "server_unavailable", exc.message) from None
-    if refresh:
-        await core.library_index.refresh()
+    # The library side is always read now: a folder walk (no sidecars) costs milliseconds.
+    await core.library_index.refresh()
     return web.json_response(
         {
             "checkpoints": [

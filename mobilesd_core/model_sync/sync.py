@@ -149,26 +149,39 @@ class ModelSync:
         params = job["generation_params"]
         needs: list[Need] = []
         used: list[str] = []
+        rescanned = False
+
+        async def lookup(kind: str, name: str) -> LibraryFile | None:
+            # A miss may be a file added since the last scan: rescan once per job, since the
+            # job would fail on this server without it.
+            nonlocal rescanned
+            find = self.index.checkpoint if kind == "checkpoint" else self.index.lora
+            found = find(name)
+            if found is None and not rescanned and self.index.configured:
+                rescanned = True
+                await self.index.refresh()
+                found = find(name)
+            return found
+
         name = params.get("checkpoint_name")
         if name and config.checkpoint_dir:
-            file = self.index.checkpoint(name)
-            if file is not None:
-                target = Path(config.checkpoint_dir) / file.relpath
-                models = await self._registry.checkpoints(runtime)
-                if _resolves(name, models):
-                    used.append(str(target))
-                else:
-                    needs.append(Need(file, target))
+            models = await self._registry.checkpoints(runtime)
+            listed = _resolves(name, models)
+            file = None if listed else await lookup("checkpoint", name)
+            if listed and (file := self.index.checkpoint(name)) is not None:
+                used.append(str(Path(config.checkpoint_dir) / file.relpath))
+            elif file is not None:
+                needs.append(Need(file, Path(config.checkpoint_dir) / file.relpath))
         if config.lora_dir:
             for lora in params.get("loras") or []:
-                file = self.index.lora(lora["name"])
-                if file is None:
-                    continue
-                target = Path(config.lora_dir) / file.relpath
                 catalog = await self._registry.catalog(runtime)
                 if lora["name"] in catalog.loras:
-                    used.append(str(target))
-                elif all(n.key != str(target) for n in needs):
+                    if (file := self.index.lora(lora["name"])) is not None:
+                        used.append(str(Path(config.lora_dir) / file.relpath))
+                    continue
+                file = await lookup("lora", lora["name"])
+                target = Path(config.lora_dir) / file.relpath if file else None
+                if file and target and all(n.key != str(target) for n in needs):
                     needs.append(Need(file, target))
         return needs, used
 
