@@ -565,3 +565,35 @@ async def test_sync_folders_are_validated(env: Env) -> None:
     gone.rmdir()
     renamed = check(await h.api.put("/api/v1/servers/gpu1", json={"max_concurrent": 2}))
     assert renamed["lora_dir"] == str(gone)
+
+
+async def test_copies_cut_short_are_swept_at_start_and_the_ledger_survives(
+    tmp_path: Path,
+) -> None:
+    library = tmp_path / "library"
+    put(library, "sdxl/a.safetensors")
+    settings = fast_settings(tmp_path, checkpoint_path=library)
+    folder = tmp_path / "gpu1"
+    folder.mkdir()
+    h = await start_harness(settings)
+    try:
+        await h.add_sim(
+            "gpu1",
+            SimulatorConfig(step_ms=5, switch_ms=20, name="gpu1", models_dir=str(folder)),
+            checkpoint_dir=str(folder),
+        )
+        await run(h, checkpoint_name="sdxl/a.safetensors")
+    finally:
+        await stop_harness(h)
+    leftover = folder / "sdxl" / f".b.safetensors.0badc0de{PART_SUFFIX}"
+    leftover.write_bytes(b"half a model")
+    theirs = folder / "sdxl" / ".hidden-by-someone-else.part"
+    theirs.write_bytes(b"not ours")
+    h = await start_harness(settings)
+    try:
+        await wait_for(lambda: not leftover.exists(), what="the leftover temp file to go")
+        assert theirs.exists()
+        entries = h.core.model_sync.ledger.entries("gpu1")
+        assert [e.relpath for e in entries] == ["sdxl/a.safetensors"]
+    finally:
+        await stop_harness(h)

@@ -62,7 +62,10 @@ def copy_verified(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(target)
     try:
-        hasher = StreamHasher(safetensors=source.suffix.lower() == ".safetensors", size=size)
+        # AutoV3 (a second SHA-256 over most of the bytes) only when the hash cache will
+        # learn the file from this copy; with the cached hashes, the full SHA-256 is enough.
+        safetensors = expected is None and source.suffix.lower() == ".safetensors"
+        hasher = StreamHasher(safetensors=safetensors, size=size)
         done = 0
         last = 0.0
         progress(0, size, "copying")

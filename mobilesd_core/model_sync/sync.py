@@ -40,7 +40,7 @@ from ..forge.models import (
 from ..schema import FieldProblem, ServerConfig, utc_now_iso
 from ..servers import ServerRegistry, ServerRuntime
 from ..store import JobStore
-from .copier import CopyCancelled, CopyFailed, copy_verified
+from .copier import PART_SUFFIX, CopyCancelled, CopyFailed, copy_verified
 from .dirs import check_dirs
 from .index import LibraryFile, LibraryIndex, listed_as
 from .ledger import SyncedFile, SyncLedger
@@ -88,6 +88,7 @@ class ModelSync:
         self._stale: dict[str, set[str]] = {}  # alias -> kinds whose list predates an eviction
         self._event_at: dict[str, float] = {}
         self.copies_started = 0
+        self._sweep: asyncio.Task[int] | None = None
         # Test seam: called with the fsynced temp file before it is verified (corrupt a copy).
         self.after_write: Callable[[Path], None] | None = None
 
@@ -96,11 +97,24 @@ class ModelSync:
     async def start(self) -> None:
         await asyncio.to_thread(self.ledger.load)
         await self.index.refresh()
+        folders = {
+            Path(d)
+            for r in self._registry.runtimes.values()
+            for d in (r.config.checkpoint_dir, r.config.lora_dir)
+            if d
+        }
+        if folders:
+            # Temp files of copies cut short by a crash: ours by their suffix, never listed by
+            # Forge, but they hold disk space. Swept in the background (a share may be slow).
+            self._sweep = asyncio.create_task(asyncio.to_thread(_sweep_parts, sorted(folders)))
 
     async def stop(self) -> None:
         """Stop copies in flight (their temp files are removed) and wait for their threads."""
         for event in self._cancel.values():
             event.set()
+        if self._sweep is not None:
+            with contextlib.suppress(BaseException):
+                await self._sweep
         for task in list(self._copies.values()):
             with contextlib.suppress(BaseException):
                 await task
@@ -378,7 +392,11 @@ class ModelSync:
                 break
             if entry.path in protected:
                 continue
-            await asyncio.to_thread(_unlink, Path(entry.path))
+            try:
+                await asyncio.to_thread(_unlink, Path(entry.path))
+            except OSError as exc:  # kept in the ledger: tried again at the next eviction
+                log.warning("model sync: cannot delete %s: %s", entry.path, _os_reason(exc))
+                continue
             self.ledger.remove(alias, entry.path)
             used -= entry.size
             evicted = True
@@ -499,6 +517,18 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except FileNotFoundError:
         return None
+
+
+def _sweep_parts(folders: list[Path]) -> int:
+    """Delete leftover `*.mobilesd-part` temp files under `folders`; how many."""
+    removed = 0
+    for folder in folders:
+        for path in folder.rglob(f"*{PART_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+                log.info("model sync: removed %s, left by a copy that was cut short", path)
+    return removed
 
 
 def _unlink(path: Path) -> None:
