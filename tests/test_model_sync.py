@@ -597,3 +597,24 @@ async def test_copies_cut_short_are_swept_at_start_and_the_ledger_survives(
         assert [e.relpath for e in entries] == ["sdxl/a.safetensors"]
     finally:
         await stop_harness(h)
+
+
+async def test_cancelling_a_job_during_its_copy_keeps_the_copy(env: Env) -> None:
+    h = env.harness
+    data = put(env.library, "sdxl/slow.safetensors", 256 * KB)
+    sim, ckpt_dir, _ = await env.add_synced("gpu1")
+    release = threading.Event()
+    h.core.model_sync.after_write = lambda _tmp: release.wait(20) or None
+    job_id = await h.submit(checkpoint_name="sdxl/slow.safetensors")
+    await wait_for(lambda: h.core.model_sync._copies, what="the copy to start")
+    cancelled = await h.api.post(f"/api/v1/queue/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert (await h.wait_status(job_id, "cancelled"))["status"] == "cancelled"
+    release.set()
+    target = ckpt_dir / "sdxl" / "slow.safetensors"
+    await wait_for(lambda: h.core.model_sync.ledger.entries("gpu1"), what="the copy recorded")
+    assert target.read_bytes() == data
+    assert sim.sim.generations == []
+    # The next job for it finds the file there: no second copy.
+    await run(h, checkpoint_name="sdxl/slow.safetensors")
+    assert h.core.model_sync.copies_started == 1
