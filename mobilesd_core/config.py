@@ -61,6 +61,9 @@ class Settings:
     # A job passed over this long, or by this many jobs, runs next whatever it costs.
     max_wait_seconds: float = 1800.0
     max_overtakes: int = 200
+    # Model sync: default cap, in GB (10^9 bytes), of the copies made into one server's sync
+    # folders (a server's own sync_cap_gb wins); None: no cap.
+    model_sync_cap_gb: float | None = None
 
     def with_overrides(self, **changes: Any) -> Settings:
         known = {f.name for f in fields(self)}
@@ -98,6 +101,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MOBILESD_SCHEDULER": ("scheduler", str),
     "MOBILESD_MAX_WAIT_SECONDS": ("max_wait_seconds", float),
     "MOBILESD_MAX_OVERTAKES": ("max_overtakes", int),
+    "MODEL_SYNC_CAP_GB": ("model_sync_cap_gb", float),
 }
 
 
@@ -124,6 +128,11 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.scheduler not in ("checkpoint", "fifo"):
         raise ConfigError(
             f"MOBILESD_SCHEDULER={settings.scheduler!r} is not valid: expected checkpoint or fifo"
+        )
+    if settings.model_sync_cap_gb is not None and settings.model_sync_cap_gb <= 0:
+        raise ConfigError(
+            f"MODEL_SYNC_CAP_GB must be positive (found {settings.model_sync_cap_gb}); "
+            "leave it unset for no cap"
         )
     for var, value in (
         ("MOBILESD_MAX_WAIT_SECONDS", settings.max_wait_seconds),

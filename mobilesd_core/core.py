@@ -20,6 +20,7 @@ from .dispatcher import Dispatcher
 from .events import EventBus
 from .gallery import Gallery
 from .inbox import InboxWatcher
+from .model_sync import LibraryIndex, ModelSync
 from .progress import ProgressBoard
 from .servers import ServerRegistry, default_client_factory
 from .service import QueueService, load_paused
@@ -51,8 +52,22 @@ class Core:
         self.dispatcher = Dispatcher(
             self.store, self.registry, self.gallery, self.bus, self.board, settings
         )
+        self.hash_cache = HashCache(settings.data_path)
+        # Model sync: the Router learns what the library holds, the dispatcher copies it first.
+        self.library_index = LibraryIndex(settings.checkpoint_path, settings.lora_path)
+        self.model_sync = ModelSync(
+            settings, self.registry, self.store, self.bus, self.hash_cache, self.library_index
+        )
+        self.dispatcher.router.library = self.library_index
+        self.dispatcher.before_run.append(self.model_sync.prepare)
         self.service = QueueService(
-            self.store, self.registry, self.dispatcher, self.gallery, self.bus, self.board
+            self.store,
+            self.registry,
+            self.dispatcher,
+            self.gallery,
+            self.bus,
+            self.board,
+            model_sync=self.model_sync,
         )
         self.inbox = InboxWatcher(settings, self.service)
         self.civitai = CivitaiClient(
@@ -61,17 +76,21 @@ class Core:
             transport=civitai_transport,
             backoff=min(settings.civitai_retry_backoff, 1.0),
         )
-        self.hash_cache = HashCache(settings.data_path)
         self.downloads = DownloadManager(
             settings,
             self.civitai,
             self.bus,
             self.hash_cache,
-            on_downloaded=self.registry.refresh_models,
+            on_downloaded=self._on_downloaded,
         )
         self.store.set_listener(self._on_job_change)
         self.registry.set_on_available(self.dispatcher.wake)
         self._started = False
+
+    async def _on_downloaded(self, kind: str) -> None:
+        await self.library_index.refresh()  # the new file can be synced to servers now
+        await self.registry.refresh_models(kind)
+        self.dispatcher.wake()
 
     def _on_job_change(self, kind: str, payload: object) -> None:
         if kind == "job_removed":
@@ -85,6 +104,7 @@ class Core:
         await self.gallery.start()
         self.dispatcher.paused = await asyncio.to_thread(load_paused, self.settings.data_path)
         await self.registry.start()
+        await self.model_sync.start()
         await self.dispatcher.start()
         await self.inbox.start()
         await self.downloads.start()  # unfinished downloads resume
@@ -104,6 +124,7 @@ class Core:
         await self.inbox.stop()
         await self.downloads.stop()
         await self.dispatcher.stop()
+        await self.model_sync.stop()
         await self.registry.stop()
         self.bus.close_all()
         await self.store.close()

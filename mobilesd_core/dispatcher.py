@@ -16,6 +16,7 @@ import binascii
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,14 @@ class _JobCancelled(Exception):
     pass
 
 
+# A step awaited after a job is claimed, before its checkpoint is resolved: (job, its server,
+# a progress callback). Model sync copies missing models here; a ForgeError fails or retries
+# the job like any Forge failure.
+BeforeRun = Callable[
+    [dict[str, Any], ServerRuntime, Callable[[dict[str, Any]], None]], Awaitable[None]
+]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -84,6 +93,7 @@ class Dispatcher:
         self.router = Router(registry)
         self._refreshed: set[str] = set()  # jobs whose missing checkpoint got a list refresh
         self._refresh_task: asyncio.Task[None] | None = None
+        self.before_run: list[BeforeRun] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -215,6 +225,7 @@ class Dispatcher:
             self._refresh_task = asyncio.create_task(self._refresh_lists(fresh))
 
     async def _refresh_lists(self, job_ids: list[str]) -> None:
+        await self.router.refresh_library()  # a file just put in the library makes it syncable
         for runtime in list(self._registry.runtimes.values()):
             if runtime.online:
                 with contextlib.suppress(ForgeError):
@@ -291,8 +302,11 @@ class Dispatcher:
         future = asyncio.get_running_loop().create_future()
         self._waiting_for_pass.append(future)
         self._release_slot(run)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+        # arrives as the awaited thing completes, and a stop would then wait forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(future, 1.0)
+            async with asyncio.timeout(1.0):
+                await future
 
     def _release_slot(self, run: _Run) -> None:
         if not run.slot_released:
@@ -323,6 +337,8 @@ class Dispatcher:
         runtime = run.runtime
         params = job["generation_params"]
         started = time.monotonic()
+        for step in self.before_run:
+            await step(job, runtime, lambda progress: self._set_progress(run, progress))
         checkpoint = await self._resolve_checkpoint(params.get("checkpoint_name"), runtime)
         payload = await self._payload(params, checkpoint, runtime)
         if job["attempts"] > 1:

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-EVENT_NAMES = ("job", "job_removed", "server", "image", "download", "reset", "queue")
+EVENT_NAMES = ("job", "job_removed", "server", "image", "download", "sync", "reset", "queue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,8 @@ class Subscription:
         """Next event; None when the subscription was dropped or closed."""
         if timeout is None:
             return await self.queue.get()
-        return await asyncio.wait_for(self.queue.get(), timeout)
+        async with asyncio.timeout(timeout):  # (not wait_for: see Dispatcher._hand_over)
+            return await self.queue.get()
 
     def close(self) -> None:
         self._bus.unsubscribe(self)

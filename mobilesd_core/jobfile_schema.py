@@ -120,6 +120,19 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ),
     ("ServerConfig", "enabled"): "Disabled servers take no jobs.",
     ("ServerConfig", "max_concurrent"): "Jobs sent to this server at once, 1..16.",
+    ("ServerConfig", "checkpoint_dir"): (
+        "Model sync: absolute path of a folder the core can write that Forge reads checkpoints "
+        "from (its models/Stable-diffusion, or a folder inside it). A job whose checkpoint is "
+        "only in CHECKPOINT_PATH gets it copied here first. null: no sync."
+    ),
+    ("ServerConfig", "lora_dir"): (
+        "Model sync: absolute path of a folder the core can write that Forge reads LoRAs from "
+        "(its models/Lora). null: no sync."
+    ),
+    ("ServerConfig", "sync_cap_gb"): (
+        "Model sync: the most GB (10^9 bytes) of copies the core keeps on this server; least "
+        "recently used copies are deleted first. null: MODEL_SYNC_CAP_GB, else no cap."
+    ),
     ("FieldProblem", "path"): "The field, e.g. generation_params.loras[0].weight.",
     ("FieldProblem", "message"): "What is wrong and what is expected.",
     ("FieldProblem", "line"): "Line number in a job file, when the input was one.",

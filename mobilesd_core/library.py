@@ -111,8 +111,11 @@ def _sidecar(
     }
 
 
-def scan_folder(root: Path, extensions: frozenset[str]) -> list[dict[str, Any]]:
-    """Every model file under `root` (raises OSError when `root` itself cannot be read)."""
+def scan_folder(
+    root: Path, extensions: frozenset[str], *, sidecars: bool = True
+) -> list[dict[str, Any]]:
+    """Every model file under `root` (raises OSError when `root` itself cannot be read).
+    `sidecars=False` skips reading metadata files (the model sync index needs only paths)."""
     real_root = os.path.realpath(root)
     items: list[dict[str, Any]] = []
     seen_dirs: set[tuple[int, int]] = set()
@@ -151,7 +154,9 @@ def scan_folder(root: Path, extensions: frozenset[str]) -> list[dict[str, Any]]:
                     "relativePath": prefix + entry.name,
                     "size": stat.st_size,
                     "modified": _iso(stat.st_mtime),
-                    "sidecar": _sidecar(folder, prefix, stem, names, real_root),
+                    "sidecar": (
+                        _sidecar(folder, prefix, stem, names, real_root) if sidecars else None
+                    ),
                 }
             )
         for path, sub_prefix in subfolders:

@@ -19,6 +19,7 @@ from .forge.models import (
     model_key,
     resolve_checkpoint,
 )
+from .model_sync.index import LibraryIndex
 from .scheduler import Candidate
 from .servers import ServerRegistry, ServerRuntime
 
@@ -40,18 +41,41 @@ class Unroutable:
 
 
 class Router:
-    def __init__(self, registry: ServerRegistry) -> None:
+    def __init__(self, registry: ServerRegistry, library: LibraryIndex | None = None) -> None:
         self._registry = registry
         self._cache: dict[tuple[str, str], tuple[int, object]] = {}
+        # The master library: a server with a sync folder can run a job whose model is there
+        # (model sync copies it first). None: no sync, servers run only what they list.
+        self.library = library
         # A pending job's candidate, valid while the job record (replaced on every change) and
         # the servers' lists stay the same objects: a pass over a deep queue reuses them.
         self._candidates: dict[str, tuple[dict[str, Any], tuple[object, ...], Routed]] = {}
 
+    async def refresh_library(self) -> None:
+        if self.library is not None:
+            await self.library.refresh()
+
+    def _synced_title(self, name: str, runtime: ServerRuntime) -> str | None:
+        """The model key a library checkpoint will have on a server that can be synced to."""
+        if self.library is None or not runtime.config.checkpoint_dir:
+            return None
+        file = self.library.checkpoint(name)
+        return None if file is None else file.key
+
+    def _lora_syncable(self, name: str, runtime: ServerRuntime) -> bool:
+        return (
+            self.library is not None
+            and bool(runtime.config.lora_dir)
+            and self.library.lora(name) is not None
+        )
+
     def _lists_stamp(self) -> tuple[object, ...]:
-        return tuple(
-            (alias, id(r.checkpoints), id(r.catalog), r.checkpoints is None, r.config.enabled)
+        # Anything a route depends on: the servers' lists and settings, and the library scan.
+        servers = tuple(
+            (alias, id(r.checkpoints), id(r.catalog), r.checkpoints is None, id(r.config))
             for alias, r in self._registry.runtimes.items()
         )
+        return (servers, id(self.library.files) if self.library is not None else None)
 
     def candidates(self, jobs: list[dict[str, Any]]) -> list[Routed]:
         """Candidates for a pass (with the reason a job cannot go anywhere, if so), reusing
@@ -99,15 +123,23 @@ class Router:
             if name:
                 found = self._resolve(name, runtime)
                 if found is _NOT_LISTED:
-                    continue
-                if found is not None and resolved is None:
-                    resolved = str(found)
-                # An unknown list: the job may run there; the name stands in for the title.
-                titles[alias] = model_key(name) if found is None else str(found)
+                    # Not there, but in the library and the server has a sync folder: it can
+                    # run the job once the file is copied (see model_sync).
+                    synced = self._synced_title(name, runtime)
+                    if synced is None:
+                        continue
+                    titles[alias] = synced
+                else:
+                    if found is not None and resolved is None:
+                        resolved = str(found)
+                    # An unknown list: the job may run there; the name stands in for the title.
+                    titles[alias] = model_key(name) if found is None else str(found)
             else:
                 titles[alias] = None
             known = runtime.catalog.loras if runtime.catalog else set()
-            if not known or all(lora in known for lora in loras):  # unknown lists don't exclude
+            missing = [lora for lora in loras if lora not in known] if known else []
+            # Unknown lists don't exclude; nor do LoRAs model sync can copy there.
+            if all(self._lora_syncable(lora, runtime) for lora in missing):
                 with_loras[alias] = titles[alias]
         # Where no server has every LoRA, the job runs anyway and fails naming the closest ones.
         return Candidate(

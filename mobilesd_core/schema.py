@@ -7,6 +7,7 @@ means the same thing everywhere and a typo is an error everywhere.
 from __future__ import annotations
 
 import difflib
+import posixpath
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -132,6 +133,21 @@ def _check_api_url(value: str) -> str:
     return value
 
 
+def _check_sync_dir(value: str | None) -> str | None:
+    """An absolute, plain path (no '..', no NUL), normalised. Whether it is a writable folder is
+    checked when the API sets it (model_sync.check_dirs), not here: a share that is not mounted
+    at start must not make the stored server unreadable."""
+    if value is None:
+        return None
+    if "\0" in value or not value.strip():
+        raise ValueError("must be an absolute folder path")
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path (starting with '/'), not a relative one")
+    if ".." in value.split("/"):
+        raise ValueError("must not contain '..'")
+    return posixpath.normpath(value)
+
+
 class ServerConfig(_Strict):
     """A Forge server as stored. `password` never leaves the core."""
 
@@ -141,6 +157,10 @@ class ServerConfig(_Strict):
     password: SecretStr | None = None
     enabled: bool = True
     max_concurrent: int = Field(default=1, ge=1, le=16)
+    # Model sync (see model_sync/): folders this core can write that Forge reads its models from.
+    checkpoint_dir: str | None = Field(default=None, max_length=4096)
+    lora_dir: str | None = Field(default=None, max_length=4096)
+    sync_cap_gb: float | None = Field(default=None, gt=0, le=1_000_000)
 
     @field_validator("alias")
     @classmethod
@@ -151,6 +171,11 @@ class ServerConfig(_Strict):
     @classmethod
     def _valid_url(cls, value: str) -> str:
         return _check_api_url(value)
+
+    @field_validator("checkpoint_dir", "lora_dir")
+    @classmethod
+    def _valid_dir(cls, value: str | None) -> str | None:
+        return _check_sync_dir(value)
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> ServerConfig:
@@ -179,6 +204,10 @@ class ServerUpdate(_Strict):
     password: SecretStr | None = None
     enabled: bool | None = None
     max_concurrent: int | None = Field(default=None, ge=1, le=16)
+    # null clears them (sync off); absent keeps them.
+    checkpoint_dir: str | None = Field(default=None, max_length=4096)
+    lora_dir: str | None = Field(default=None, max_length=4096)
+    sync_cap_gb: float | None = Field(default=None, gt=0, le=1_000_000)
 
     @field_validator("alias")
     @classmethod
@@ -189,6 +218,11 @@ class ServerUpdate(_Strict):
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
         return value if value is None else _check_api_url(value)
+
+    @field_validator("checkpoint_dir", "lora_dir")
+    @classmethod
+    def _valid_dir(cls, value: str | None) -> str | None:
+        return _check_sync_dir(value)
 
 
 class GenerateRequest(_Strict):

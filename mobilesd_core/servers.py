@@ -286,8 +286,9 @@ class ServerRegistry:
             # Offline servers are probed more often, so they rejoin quickly.
             delay = self._interval if runtime.online else min(self._interval, 2.0)
             runtime.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.wake.wait(), delay)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: see Dispatcher._hand_over)
+                async with asyncio.timeout(delay):
+                    await runtime.wake.wait()
 
     # -- model lists -------------------------------------------------------------------------
 

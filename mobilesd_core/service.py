@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -33,6 +33,9 @@ from .servers import ServerRegistry
 from .storage import atomic_write_bytes
 from .store import Conflict, JobNotFound, JobStore
 
+if TYPE_CHECKING:
+    from .model_sync import ModelSync
+
 log = logging.getLogger(__name__)
 
 QUEUE_STATE_FILE = "queue_state.json"
@@ -54,6 +57,8 @@ class QueueService:
         gallery: Gallery,
         bus: EventBus,
         board: ProgressBoard,
+        *,
+        model_sync: ModelSync | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -61,6 +66,7 @@ class QueueService:
         self.gallery = gallery
         self.bus = bus
         self.board = board
+        self.model_sync = model_sync
 
     # -- views ------------------------------------------------------------------------------
 
@@ -282,6 +288,7 @@ class QueueService:
             config = ServerConfig.model_validate(data)
         except ValidationError as exc:
             raise InvalidInput(problems_from_error(exc, model=ServerConfig)) from None
+        await self._check_sync_dirs(config, set(data))
         runtime = await self.registry.add(config)
         return {**config.public(), "status": runtime.status()}
 
@@ -293,7 +300,10 @@ class QueueService:
             config = ServerConfig.model_validate(merged.model_dump())
         except ValidationError as exc:
             raise InvalidInput(problems_from_error(exc, model=ServerUpdate)) from None
+        await self._check_sync_dirs(config, set(data))
         runtime = await self.registry.update(alias, config)
+        if config.alias != alias and self.model_sync is not None:
+            await self.model_sync.rename_server(alias, config.alias)  # its copies stay its own
         if config.alias != alias:
             # Pending jobs aimed at the old name follow the rename.
             for job in self.store.pending_in_order():
@@ -305,6 +315,15 @@ class QueueService:
                     )
         self.dispatcher.wake()
         return {**config.public(), "status": runtime.status()}
+
+    async def _check_sync_dirs(self, config: ServerConfig, fields: set[str]) -> None:
+        """The sync folders being set must be writable folders (422 naming the field). Only
+        fields in the request are checked: a share that is down must not block other edits."""
+        if self.model_sync is None:
+            return
+        problems = await self.model_sync.check_dirs(config, fields)
+        if problems:
+            raise InvalidInput(problems)
 
     async def remove_server(self, alias: str) -> None:
         await self.registry.remove(alias)

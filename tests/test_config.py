@@ -22,8 +22,10 @@ def test_environment_names_and_flag_override(tmp_path: Path) -> None:
         "CHECKPOINT_PATH": str(tmp_path / "c"),
         "INBOX_POLL_SECONDS": "5",
         "CIVITAI_BASE_URL": "http://127.0.0.1:1",
+        "MODEL_SYNC_CAP_GB": "250",
     }
     settings = settings_from_env(env, port=9100)
+    assert settings.model_sync_cap_gb == 250.0
     assert settings.port == 9100  # the flag wins
     assert settings.host == "0.0.0.0"
     assert settings.data_path == tmp_path / "d"
@@ -40,6 +42,8 @@ def test_environment_names_and_flag_override(tmp_path: Path) -> None:
         ({"PORT": "eighty"}, "PORT='eighty' is not valid: expected a whole number"),
         ({"PORT": "70000"}, "PORT=70000 is not valid"),
         ({"INBOX_POLL_SECONDS": "0"}, "INBOX_POLL_SECONDS must be a positive number"),
+        ({"MODEL_SYNC_CAP_GB": "0"}, "MODEL_SYNC_CAP_GB must be positive"),
+        ({"MODEL_SYNC_CAP_GB": "lots"}, "MODEL_SYNC_CAP_GB='lots' is not valid: expected a number"),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], fragment: str) -> None:

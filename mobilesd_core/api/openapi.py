@@ -81,9 +81,16 @@ def _response_schemas() -> dict[str, Schema]:
                 "phase": {
                     "type": "string",
                     "description": (
-                        "starting | waiting for server | loading model | sampling | finishing"
+                        "syncing model | verifying model copy | starting | waiting for server | "
+                        "loading model | sampling | finishing"
                     ),
                 },
+                "file": {
+                    **STR,
+                    "description": "While syncing: the library file being copied.",
+                },
+                "bytes_done": {"type": "integer", "minimum": 0},
+                "bytes_total": {"type": "integer", "minimum": 0},
                 "step": INT,
                 "steps": INT,
                 "batch": INT,
@@ -288,6 +295,9 @@ def _response_schemas() -> dict[str, Schema]:
                 "username": _nullable(STR),
                 "enabled": BOOL,
                 "max_concurrent": {"type": "integer", "minimum": 1},
+                "checkpoint_dir": _nullable(STR),
+                "lora_dir": _nullable(STR),
+                "sync_cap_gb": _nullable(NUM),
                 "has_password": {
                     "type": "boolean",
                     "description": "Passwords are never returned.",
@@ -317,9 +327,70 @@ def _response_schemas() -> dict[str, Schema]:
                 "upscalers": {"type": "array", "items": STR},
                 "styles": {"type": "array", "items": _nullable(STR)},
                 "current_checkpoint": _nullable(STR),
+                "library_only": _obj(
+                    {
+                        "checkpoints": {
+                            "type": "array",
+                            "items": STR,
+                            "description": "relativePath of each library checkpoint the "
+                            "server does not list.",
+                        },
+                        "loras": {
+                            "type": "array",
+                            "items": STR,
+                            "description": "Names of library LoRAs the server does not list.",
+                        },
+                    },
+                    ["checkpoints", "loras"],
+                    description=(
+                        "Models in the local library (CHECKPOINT_PATH, LORA_PATH) that this "
+                        "server does not list, compared by relative path (the server's folder "
+                        "may nest it deeper). A job naming one runs there only after model sync "
+                        "copied it, so only on a server with checkpoint_dir / lora_dir."
+                    ),
+                ),
+                "sync": _nullable(_ref("ServerSync")),
             },
-            ["checkpoints", "loras", "samplers", "schedulers", "styles"],
+            ["checkpoints", "loras", "samplers", "schedulers", "styles", "library_only", "sync"],
             description="What one Forge server offers.",
+        ),
+        "SyncedCopy": _obj(
+            {
+                "kind": {"type": "string", "enum": ["checkpoint", "lora"]},
+                "relpath": {**STR, "description": "Under the library and the sync folder."},
+                "path": {**STR, "description": "Absolute path of the copy."},
+                "size": {"type": "integer", "minimum": 0},
+                "sha256": STR,
+                "copied_at": TIME,
+                "last_used": {**NUM, "description": "Epoch seconds; eviction takes the oldest."},
+            },
+            ["kind", "relpath", "path", "size", "sha256", "copied_at", "last_used"],
+            description="A file model sync copied to a server (the only files it may delete).",
+        ),
+        "ServerSync": _obj(
+            {
+                "checkpoint_dir": _nullable(STR),
+                "lora_dir": _nullable(STR),
+                "cap_bytes": _nullable(
+                    {
+                        "type": "integer",
+                        "description": "sync_cap_gb, else MODEL_SYNC_CAP_GB; null: no cap.",
+                    }
+                ),
+                "used_bytes": {"type": "integer", "minimum": 0},
+                "copies": {
+                    "type": "array",
+                    "items": _ref("SyncedCopy"),
+                    "description": "Most recently used first.",
+                },
+                "copying": {
+                    "type": "array",
+                    "items": STR,
+                    "description": "Target paths of copies in progress.",
+                },
+            },
+            ["checkpoint_dir", "lora_dir", "cap_bytes", "used_bytes", "copies", "copying"],
+            description="Model sync state of a server with sync folders.",
         ),
         "GalleryImage": _obj(
             {
@@ -374,8 +445,16 @@ def _response_schemas() -> dict[str, Schema]:
                 "size": {"type": "integer", "minimum": 0},
                 "modified": TIME,
                 "sidecar": _nullable(_ref("LibrarySidecar")),
+                "on_servers": {
+                    "type": "array",
+                    "items": STR,
+                    "description": (
+                        "Aliases of the servers whose model lists (as last fetched) include this "
+                        "file; GET /api/v1/servers/{alias}/models?refresh=1 fetches them again."
+                    ),
+                },
             },
-            ["filename", "relativePath", "size", "modified", "sidecar"],
+            ["filename", "relativePath", "size", "modified", "sidecar", "on_servers"],
         ),
         "Library": _obj(
             {
@@ -451,6 +530,31 @@ def _response_schemas() -> dict[str, Schema]:
             **_ref("CivitaiDownload"),
             "description": "A Civitai download after a change (progress: a few per second).",
         },
+        "SyncEvent": _obj(
+            {
+                "server": STR,
+                "kind": {"type": "string", "enum": ["checkpoint", "lora"]},
+                "file": {**STR, "description": "relativePath in the library."},
+                "path": {**STR, "description": "Where the copy goes on the server's folder."},
+                "status": {
+                    "type": "string",
+                    "enum": ["copying", "verifying", "done", "failed", "evicted"],
+                },
+                "bytes_done": {"type": "integer", "minimum": 0},
+                "bytes_total": {"type": "integer", "minimum": 0},
+                "jobs": {
+                    "type": "array",
+                    "items": JOB_ID,
+                    "description": "Jobs waiting for this copy.",
+                },
+                "error": _nullable(STR),
+            },
+            ["server", "kind", "file", "path", "status", "bytes_done", "bytes_total", "jobs"],
+            description=(
+                "Model sync of one file to one server (progress: a few per second), or a copy "
+                "evicted by the cache cap."
+            ),
+        ),
         **_civitai_schemas(),
         "ResetEvent": {
             "type": "object",
@@ -606,6 +710,7 @@ EVENT_DATA: dict[str, str] = {
     "server": "ServerEvent",
     "image": "ImageEvent",
     "download": "DownloadEvent",
+    "sync": "SyncEvent",
     "reset": "ResetEvent",
     "queue": "QueueState",
 }
@@ -783,7 +888,9 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 "server_models",
                 "servers",
-                "The server's checkpoints, LoRAs, samplers, schedulers, upscalers and styles.",
+                "The server's checkpoints, LoRAs, samplers, schedulers, upscalers and styles "
+                "(cached; `refresh=1` rescans), the library models it lacks (`library_only`) "
+                "and its model sync state.",
                 {
                     "200": _json(_ref("ServerModels"), "What it offers."),
                     **_errors(404, 502),
@@ -1095,6 +1202,7 @@ heartbeat at least every 15 s. `x-event-data` maps each event name to the schema
 | `server` | the status of one server, or `{alias, removed: true}` |
 | `image` | `{added: <gallery entry>}` or `{removed: <gallery entry>}` |
 | `download` | a Civitai download after a change (progress at most a few per second) |
+| `sync` | model sync of a library file to a server (progress, done, failed) or an eviction |
 | `queue` | the queue's state (paused, counts) |
 | `reset` | what the client missed is gone: reload everything |
 

@@ -58,6 +58,8 @@ async def server_models(request: web.Request) -> web.Response:
         styles = await runtime.client.raw("/prompt-styles")
     except ForgeError as exc:
         raise ApiError(502, "server_unavailable", exc.message) from None
+    # The library side is always read now: a folder walk (no sidecars) costs milliseconds.
+    await core.library_index.refresh()
     return web.json_response(
         {
             "checkpoints": [
@@ -71,5 +73,8 @@ async def server_models(request: web.Request) -> web.Response:
             "upscalers": catalog.upscalers,
             "styles": [s.get("name") for s in styles or [] if isinstance(s, dict)],
             "current_checkpoint": runtime.current_checkpoint,
+            # In the master library but not on this server (a job for one needs model sync).
+            "library_only": core.model_sync.library_only(runtime),
+            "sync": core.model_sync.status(runtime),
         }
     )

@@ -74,6 +74,50 @@ def hash_file(path: Path) -> FileHashes:
     return FileHashes(full.hexdigest(), data_hash.hexdigest() if data_hash else None)
 
 
+class StreamHasher:
+    """The hashes of `hash_file`, fed chunk by chunk as the bytes go by (a copy hashes what it
+    reads without a second pass over the source). `size` is the whole stream's length: like
+    `hash_file`, AutoV3 exists only when the safetensors header length fits in it."""
+
+    def __init__(self, *, safetensors: bool, size: int) -> None:
+        self._full = hashlib.sha256()
+        self._safetensors = safetensors
+        self._size = size
+        self._head = b""
+        self._skip: int | None = None  # header bytes still to pass before the data hash starts
+        self._data: Any = None
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        self._full.update(chunk)
+        if not self._safetensors:
+            return
+        view = memoryview(chunk)
+        if self._skip is None:
+            need = 8 - len(self._head)
+            self._head += bytes(view[:need])
+            view = view[need:]
+            if len(self._head) < 8:
+                return
+            header_len = int.from_bytes(self._head, "little")
+            self._skip = header_len if header_len <= self._size - 8 else -1
+        if self._skip < 0:
+            return  # not a safetensors layout: no AutoV3
+        if self._skip:
+            step = min(self._skip, len(view))
+            self._skip -= step
+            view = view[step:]
+            if self._skip:
+                return
+        if self._data is None:
+            self._data = hashlib.sha256()
+        self._data.update(view)
+
+    def result(self) -> FileHashes:
+        if self._safetensors and self._skip == 0 and self._data is None:
+            self._data = hashlib.sha256()  # the header ran to the end of the file
+        return FileHashes(self._full.hexdigest(), self._data.hexdigest() if self._data else None)
+
+
 def _key(path: Path) -> str:
     return os.path.realpath(path)
 

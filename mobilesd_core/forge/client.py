@@ -94,7 +94,8 @@ class ForgeClient:
             try:
                 if on_headers is not None and response.status_code == 200:
                     await on_headers()
-                await asyncio.wait_for(response.aread(), body_timeout)
+                async with asyncio.timeout(body_timeout):
+                    await response.aread()
             finally:
                 await response.aclose()
         except TimeoutError:

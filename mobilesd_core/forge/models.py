@@ -100,6 +100,9 @@ def _tiers(wanted: str) -> list[Callable[[CheckpointInfo], bool]]:
         lambda c: strip_ext(c.path) == no_ext,
         lambda c: c.model_name == wanted or c.model_name == no_ext.replace("/", "_"),
         lambda c: "/" not in no_ext and c.stem == base,
+        # The server's folder nests the same relative path deeper (a sync folder inside
+        # models/Stable-diffusion): 'sdxl/a' names 'mobilesd/sdxl/a.safetensors'.
+        lambda c: "/" in no_ext and strip_ext(c.path).endswith("/" + no_ext),
         lambda c: (
             hex_like
             and any(h and h.lower().startswith(wanted.strip().lower()) for h in (c.hash, c.sha256))

@@ -95,11 +95,16 @@ class InboxWatcher:
         self._task = asyncio.create_task(self._run(), name="inbox-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        # Bounded: a stop must never hang the core's shutdown, whatever the watcher was doing.
+        done, _ = await asyncio.wait({task}, timeout=15)
+        if not done:
+            log.warning("inbox: the watcher did not stop within 15 s; left behind")
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("inbox: the watcher had failed: %r", task.exception())
 
     async def rescan_now(self) -> None:
         """Scan the whole inbox now and handle what is ready; returns when that is done."""
@@ -158,8 +163,9 @@ class InboxWatcher:
                     await self._stop_observer(observer)
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        with contextlib.suppress(TimeoutError):  # (not wait_for: see Dispatcher._hand_over)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._wake.clear()
 
     def _start_observer(self) -> BaseObserver | None:
@@ -200,7 +206,8 @@ class InboxWatcher:
 
         threading.Thread(target=stop, name="inbox-observer-stop", daemon=True).start()
         try:
-            await asyncio.wait_for(asyncio.shield(stopped), 10)
+            async with asyncio.timeout(10):
+                await asyncio.shield(stopped)
         except TimeoutError:
             log.warning("inbox: the file watcher did not stop within 10 s; left behind")
 

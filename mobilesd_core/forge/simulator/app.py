@@ -284,6 +284,7 @@ async def refresh_checkpoints(request: web.Request) -> web.Response:
 
 
 async def refresh_loras(request: web.Request) -> web.Response:
+    await _sim(request).refresh_loras()
     return _json(None)
 
 

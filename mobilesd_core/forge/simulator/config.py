@@ -45,6 +45,12 @@ class SimulatorConfig:
     """Salt for the derived hashes; two simulators with different salts disagree on hashes."""
     webui: bool = False
     """Also serve `/internal/*`, like Forge started with its web UI (not `--nowebui`)."""
+    models_dir: str | None = None
+    """A real folder standing for `models/Stable-diffusion`: its model files are listed besides
+    `checkpoints`, read at boot and again only on `/refresh-checkpoints` (as Forge does)."""
+    lora_dir: str | None = None
+    """A real folder standing for `models/Lora`: its files' stems join `loras`, read at boot and
+    again only on `/refresh-loras`."""
 
     def __post_init__(self) -> None:
         if self.unhashed == LAST_CHECKPOINT:

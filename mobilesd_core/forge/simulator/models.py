@@ -107,6 +107,8 @@ class CheckpointRegistry:
         self._unhashed = self._normalise(unhashed) if unhashed else None
         self._hashed_paths: set[str] = set()
         self.on_disk: list[str] = [self._normalise(p) for p in relpaths]
+        # Real files from `SimulatorConfig.models_dir`: relative path -> sha256 of their bytes.
+        self.real_files: dict[str, str] = {}
         self._listed: list[Checkpoint] = []
         self._aliases: dict[str, Checkpoint] = {}
         self.refresh()
@@ -116,12 +118,18 @@ class CheckpointRegistry:
         return relpath.replace("\\", "/").strip("/")
 
     def _make(self, relpath: str) -> Checkpoint:
-        hashed = relpath != self._unhashed or relpath in self._hashed_paths
-        return Checkpoint(relpath, self._os_sep, _digest(self._salt, "ckpt", relpath), hashed)
+        real = self.real_files.get(relpath)
+        # A real file is new to this Forge: never hashed until it is first loaded.
+        unhashed = relpath == self._unhashed or real is not None
+        hashed = not unhashed or relpath in self._hashed_paths
+        return Checkpoint(
+            relpath, self._os_sep, real or _digest(self._salt, "ckpt", relpath), hashed
+        )
 
     def refresh(self) -> None:
         """`/refresh-checkpoints`: list what is on disk now; a file hashed once stays hashed."""
-        self._listed = [self._make(p) for p in self.on_disk]
+        paths = [*self.on_disk, *(p for p in self.real_files if p not in self.on_disk)]
+        self._listed = [self._make(p) for p in paths]
         self._aliases = {}
         for ckpt in self._listed:
             self._register(ckpt)

@@ -168,6 +168,16 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--webui", action="store_true", help="also serve /internal/*, like Forge with its web UI"
     )
+    parser.add_argument(
+        "--models-dir",
+        default=None,
+        help="a real folder listed as models/Stable-diffusion (read at start and on refresh)",
+    )
+    parser.add_argument(
+        "--lora-dir",
+        default=None,
+        help="a real folder listed as models/Lora (read at start and on refresh-loras)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
@@ -183,6 +193,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         os_sep="\\" if args.windows_paths else "/",
         name=getattr(args, "name", "sim"),
         webui=getattr(args, "webui", False),
+        models_dir=getattr(args, "models_dir", None),
+        lora_dir=getattr(args, "lora_dir", None),
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -18,12 +18,14 @@ import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
 
 from . import images
 from .config import SimulatorConfig
+from .disk import CHECKPOINT_EXTS, LORA_EXTS, FileHasher, scan
 from .faults import Fault, FaultBook
 from .models import Checkpoint, CheckpointRegistry, Lora
 from .plan import Plan, info_object, infotext, make_plan
@@ -133,7 +135,12 @@ class SimulatedForge:
             unhashed=self.config.unhashed,
             salt=self.config.seed_for_hashes,
         )
-        self.lora_list = [Lora(name, self.config.seed_for_hashes) for name in self.config.loras]
+        self._hasher = FileHasher()
+        if self.config.models_dir:  # boot: Forge lists its folder once at start
+            self._read_models_dir()
+            self.registry.refresh()
+        self.lora_list: list[Lora] = []
+        self._read_lora_dir()
         self.generations: list[GenerationRecord] = []
         self.interrupt_count = 0
         self.skip_count = 0
@@ -219,7 +226,27 @@ class SimulatedForge:
 
     async def refresh_checkpoints(self) -> None:
         async with self._lock:
+            if self.config.models_dir:
+                await asyncio.to_thread(self._read_models_dir)
             self.registry.refresh()
+
+    async def refresh_loras(self) -> None:
+        """`/refresh-loras`: the LoRA folder is read again (no generation lock, as in Forge)."""
+        if self.config.lora_dir:
+            await asyncio.to_thread(self._read_lora_dir)
+
+    def _read_models_dir(self) -> None:
+        root = Path(self.config.models_dir or "")
+        self.registry.real_files = self._hasher.scan_hashed(root, CHECKPOINT_EXTS)
+
+    def _read_lora_dir(self) -> None:
+        names = list(self.config.loras)
+        if self.config.lora_dir:
+            for relpath in scan(Path(self.config.lora_dir), LORA_EXTS):
+                stem = PurePosixPath(relpath).stem
+                if stem not in names:
+                    names.append(stem)
+        self.lora_list = [Lora(name, self.config.seed_for_hashes) for name in names]
 
     def lora_by_alias(self) -> dict[str, Lora]:
         by_alias = {lora.alias: lora for lora in self.lora_list}
