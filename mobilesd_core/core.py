@@ -52,7 +52,13 @@ class Core:
             self.store, self.registry, self.gallery, self.bus, self.board, settings
         )
         self.service = QueueService(
-            self.store, self.registry, self.dispatcher, self.gallery, self.bus, self.board
+            self.store,
+            self.registry,
+            self.dispatcher,
+            self.gallery,
+            self.bus,
+            self.board,
+            wildcards_path=settings.wildcards_path,
         )
         self.inbox = InboxWatcher(settings, self.service)
         self.civitai = CivitaiClient(
