@@ -100,7 +100,13 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.post("/api/v1/queue/jobs/{job_id}/retry")
 async def retry_job(request: web.Request) -> web.Response:
     job = await request.app[CORE].service.retry(request.match_info["job_id"])
-    return web.json_response({"mobilesd_job_id": job["mobilesd_job_id"], "job": job}, status=202)
+    answer = {
+        "mobilesd_job_id": job["mobilesd_job_id"],
+        "job": job,
+        "batch_id": job["batch_id"],
+        "mobilesd_job_ids": [job["mobilesd_job_id"]],
+    }
+    return web.json_response(answer, status=202)
 
 
 async def _move_body(request: web.Request) -> dict[str, Any]:
