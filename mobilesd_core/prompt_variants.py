@@ -161,7 +161,7 @@ class PromptExpander:
         missing = []
         for name in dict.fromkeys(_WILDCARD_RE.findall(template)):
             try:
-                found = bool(manager.get_values(name).tolist()) if ".." not in name else False
+                found = ".." not in name and len(list(manager.get_values(name))) > 0
             except Exception:
                 found = False
             if not found:
