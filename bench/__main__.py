@@ -3,7 +3,7 @@
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
   python -m bench --only gap   one part: throughput, store, gap, api, page, inbox, civitai,
-                               tui (repeatable)
+                               tui, power (repeatable)
 
 Data goes to a temporary folder (removed afterwards) under --dir, default the system's temp
 folder: fsync costs depend on that file system, so it is printed with the results.
@@ -28,12 +28,13 @@ from . import (
     inbox_pickup,
     page_load,
     store_writes,
+    sweep_zip,
     throughput,
     tui_start,
 )
 from .report import Row, say, table
 
-PARTS = ("throughput", "store", "gap", "api", "page", "inbox", "civitai", "tui")
+PARTS = ("throughput", "store", "gap", "api", "page", "inbox", "civitai", "tui", "power")
 NOTES = """\
 Notes:
 - core figures include all of the core's per-job work: the claim and the finish written to the
@@ -59,7 +60,11 @@ Notes:
 - tui: headless (Textual's test driver) against a real core over loopback HTTP. Cold start is a
   fresh interpreter from its first line to the first frame with the core's data (medians of 3);
   10,000 pending jobs, dispatching paused; scroll is page-down to the last row, each key waited
-  for until handled and painted. The aims are our choice."""
+  for until handled and painted. The aims are our choice.
+- power: sweep expansion is validation of every job included (medians of 5). The zip is a real
+  core over loopback HTTP streaming stored entries to a client that counts bytes; the peer
+  (`zip -r`, or `python -m zipfile -c` without zip) writes the same files to a local file.
+  MB/s are of the files' bytes (images + sidecars). The aims are our choice."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -192,6 +197,10 @@ async def _main(args: argparse.Namespace) -> list[Row]:
         if "tui" in parts:
             rows += await tui_start.run(
                 root, jobs=2_000 if quick else 10_000, rounds=1 if quick else 3
+            )
+        if "power" in parts:
+            rows += await sweep_zip.run(
+                root / "power", images=200 if quick else 1000, rounds=1 if quick else 3
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)
