@@ -3,7 +3,12 @@ API (equal to job files), batches, prompt variants with wildcards, and their lim
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import shutil
+import tracemalloc
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -378,3 +383,99 @@ def test_expansion_without_a_wildcard_folder_names_the_setting(tmp_path: Path) -
     expander = PromptExpander(tmp_path)
     shutil.copy  # noqa: B018 - keep the import used even if the folder is empty
     assert parse_job_text("prompt: a {b|c}\nexpand: combinatorial\n", expander=expander).ok
+
+
+# --- batch zip --------------------------------------------------------------------------------
+
+
+async def _fill(h: Harness, body: dict[str, Any], per_job: int) -> tuple[str, list[str], int]:
+    """A batch whose jobs have `per_job` gallery images each (written as the gallery names them)."""
+    from bench.sweep_zip import fill_gallery, noise_png
+
+    answer = await _generate(h, body)
+    jobs = await _batch(h, answer["batch_id"])
+    png = await asyncio.to_thread(noise_png)
+    total = await asyncio.to_thread(fill_gallery, h.settings.gallery_path, jobs, per_job, png)
+    await h.core.gallery.rescan()
+    return answer["batch_id"], answer["mobilesd_job_ids"], total
+
+
+async def test_a_1000_image_zip_streams_with_flat_memory(paused: Harness, tmp_path: Path) -> None:
+    body = {
+        "generation_params": {"prompt": "a lighthouse", "batch_size": 8},
+        "matrix": {"seed": list(range(125))},
+    }
+    batch, _, total = await _fill(paused, body, per_job=8)
+    assert total > 45_000_000  # 1,000 incompressible ~49 KB PNGs plus sidecars
+
+    out = tmp_path / "batch.zip"
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        with out.open("wb") as sink:
+            async with paused.api.stream(
+                "GET", "/api/v1/gallery/archive", params={"batch_id": batch}
+            ) as response:
+                assert response.status_code == 200
+                assert response.headers["Content-Type"] == "application/zip"
+                assert f"mobilesd-{batch}.zip" in response.headers["Content-Disposition"]
+                async for chunk in response.aiter_raw():
+                    sink.write(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = out.stat().st_size
+    assert size > total
+    # Server and client in this process together: the zip was never held in memory.
+    print(f"zip {size:,} B streamed, tracemalloc peak {peak:,} B")
+    assert peak < size / 10, f"peak {peak:,} B while streaming {size:,} B"
+
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None
+        names = zf.namelist()
+        assert len(names) == 2000
+        assert all(n.startswith(f"mobilesd-{batch}/") and ".." not in n for n in names)
+        pngs = [n for n in names if n.endswith(".png")]
+        assert len(pngs) == 1000
+        sidecar = json.loads(zf.read(pngs[0][:-4] + ".json"))
+        assert sidecar["filename"] == pngs[0].split("/", 1)[1]
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+
+
+async def test_archive_by_job_ids_and_its_errors(paused: Harness) -> None:
+    body = {"generation_params": {"prompt": "a fox"}, "matrix": {"seed": [1, 2, 3]}}
+    batch, ids, _ = await _fill(paused, body, per_job=2)
+    response = await paused.api.get(
+        "/api/v1/gallery/archive", params={"job_ids": f"{ids[0]},{ids[2]}"}
+    )
+    assert response.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
+        assert zf.testzip() is None
+        names = zf.namelist()
+    assert len(names) == 8 and all(n.startswith("mobilesd-images/") for n in names)
+    assert all(ids[1] not in n for n in names)
+
+    for params, status in (
+        ({}, 422),
+        ({"batch_id": batch, "job_ids": ids[0]}, 422),
+        ({"job_ids": "../../etc/passwd"}, 422),
+        ({"batch_id": "nope"}, 404),
+        ({"job_ids": "01NOIMAGES"}, 404),
+    ):
+        answer = await paused.api.get("/api/v1/gallery/archive", params=params)
+        assert answer.status_code == status, (params, answer.text)
+
+
+async def test_a_client_leaving_mid_zip_stops_the_stream(paused: Harness) -> None:
+    body = {"generation_params": {"prompt": "a fox", "batch_size": 8}, "matrix": {"seed": [1, 2]}}
+    batch, _, _ = await _fill(paused, body, per_job=8)
+    async with paused.api.stream(
+        "GET", "/api/v1/gallery/archive", params={"batch_id": batch}
+    ) as response:
+        async for _ in response.aiter_raw():
+            break  # hang up after the first chunk
+    # The core goes on serving (its zip thread did not wedge the loop).
+    again = await paused.api.get("/api/v1/gallery/archive", params={"batch_id": batch})
+    assert again.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(again.content)) as zf:
+        assert zf.testzip() is None
