@@ -97,17 +97,13 @@ async def _register_servers(http: httpx.AsyncClient, sims: dict[str, SimServer])
 async def _queue_examples(http: httpx.AsyncClient) -> int:
     queued = 0
     for path in sorted(EXAMPLES.glob("*.yaml")):
-        result = load_job_file(path)
-        for spec in result.jobs:
-            body = {
-                "target_server_alias": spec.server,
-                "generation_params": spec.params.model_dump(mode="json"),
-            }
-            response = await http.post(
-                "/api/v1/generate", json=body, headers={"X-MobileSD-Source": "cli"}
-            )
-            response.raise_for_status()
-            queued += 1
+        result = load_job_file(path, expand_prompts=False)
+        body = {"jobs": [spec.request_job() for spec in result.jobs]}  # one batch per file
+        response = await http.post(
+            "/api/v1/generate", json=body, headers={"X-MobileSD-Source": "cli"}
+        )
+        response.raise_for_status()
+        queued += len(response.json()["mobilesd_job_ids"])
     return queued
 
 

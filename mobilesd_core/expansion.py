@@ -38,6 +38,17 @@ class JobSpec:
     prompt_expand: dict[str, Any] | None = None  # how: {"mode", "count", "seed"}
     expand: ExpandSpec | None = None  # not yet expanded (expand_prompts=False)
 
+    def request_job(self, server: str | None = None) -> dict[str, Any]:
+        """This job as an entry of POST /api/v1/generate's `jobs` (defaults left out, so a
+        1,000-job file stays a small request); the core expands any template itself."""
+        out = self.params.model_dump(mode="json", exclude_defaults=True)
+        out["prompt"] = self.params.prompt
+        if server or self.server:
+            out["server"] = server or self.server
+        if self.expand is not None:
+            out["expand"] = self.expand.request()
+        return out
+
     def job_fields(self) -> dict[str, Any]:
         """Fields of the job record beyond new_job's: where its prompt came from."""
         if self.prompt_template is None:

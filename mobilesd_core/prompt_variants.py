@@ -31,6 +31,15 @@ class ExpandSpec:
     count: int = 1
     seed: int | None = None
 
+    def request(self) -> dict[str, Any]:
+        """The `expand` value that asks for this again (what `mobilesd submit` sends)."""
+        if self.mode == "combinatorial":
+            return {"mode": "combinatorial"}
+        out: dict[str, Any] = {"mode": "random", "count": self.count}
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
     def record(self, seed: int | None = None) -> dict[str, Any]:
         """The form stored on each job (random mode: with the seed actually used)."""
         if self.mode == "combinatorial":
