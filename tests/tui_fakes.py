@@ -35,6 +35,7 @@ def _job(n: int, status: str, **extra: Any) -> dict[str, Any]:
     minute = 59 - n
     job = {
         "mobilesd_job_id": f"01JD3FAKE{n:017d}",
+        "batch_id": f"b01JD3FAKEBATCH{n // 2:011d}",  # jobs pair up in batches
         "status": status,
         "creation_timestamp": f"2026-11-24T11:{minute:02d}:00.000Z",
         "started_timestamp": None,
