@@ -25,8 +25,11 @@ def _source(request: web.Request) -> str:
 async def generate(request: web.Request) -> web.Response:
     body = await read_object(request)
     service = request.app[CORE].service
-    # In a thread: a 1,000-job sweep validates for a while, and wildcards are files.
-    result = await asyncio.to_thread(expand_body, body, service.expander)
+    if body.keys() & {"matrix", "jobs", "expand"}:
+        # In a thread: a 1,000-job sweep validates for a while, and wildcards are files.
+        result = await asyncio.to_thread(expand_body, body, service.expander)
+    else:
+        result = expand_body(body, service.expander)  # one job: cheaper than a thread hop
     created = await service.submit_specs(
         result.jobs, source=_source(request), target_server_alias=body.get("target_server_alias")
     )
