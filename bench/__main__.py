@@ -3,7 +3,7 @@
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
   python -m bench --only gap   one part: throughput, store, gap, sched, scale, api, page,
-                               inbox, civitai, tui (repeatable)
+                               inbox, civitai, tui, power (repeatable)
   python -m bench --json F     also write the figures as JSON (default bench/results/latest.json)
   python -m bench --compare F  add a column with the figures of an earlier JSON run
 
@@ -32,6 +32,7 @@ from . import (
     page_load,
     scheduling,
     store_writes,
+    sweep_zip,
     throughput,
     tui_start,
 )
@@ -48,6 +49,7 @@ PARTS = (
     "inbox",
     "civitai",
     "tui",
+    "power",
 )
 NOTES = """\
 Notes:
@@ -80,7 +82,11 @@ Notes:
 - tui: headless (Textual's test driver) against a real core over loopback HTTP. Cold start is a
   fresh interpreter from its first line to the first frame with the core's data (medians of 3);
   10,000 pending jobs, dispatching paused; scroll is page-down to the last row, each key waited
-  for until handled and painted. The aims are our choice."""
+  for until handled and painted. The aims are our choice.
+- power: sweep expansion is validation of every job included (medians of 5). The zip is a real
+  core over loopback HTTP streaming stored entries to a client that counts bytes; the peer
+  (`zip -r`, or `python -m zipfile -c` without zip) writes the same files to a local file.
+  MB/s are of the files' bytes (images + sidecars). The aims are our choice."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -243,6 +249,10 @@ async def _main(args: argparse.Namespace) -> list[Row]:
         if "tui" in parts:
             rows += await tui_start.run(
                 root, jobs=2_000 if quick else 10_000, rounds=1 if quick else 3
+            )
+        if "power" in parts:
+            rows += await sweep_zip.run(
+                root / "power", images=200 if quick else 1000, rounds=1 if quick else 3
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

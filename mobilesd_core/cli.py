@@ -216,28 +216,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     failures = 0
     with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
         for name in args.files:
-            result = load_job_file(Path(name))
+            result = load_job_file(Path(name), expand_prompts=False)
             if result.problems:
                 failures += 1
                 for problem in result.problems:
                     print(problem.render_in(name))
                 continue
-            for spec in result.jobs:
-                body = {
-                    "target_server_alias": args.server or spec.server,
-                    "generation_params": spec.params.model_dump(mode="json"),
-                }
-                try:
-                    response = http.post("/api/v1/generate", json=body)
-                except httpx.HTTPError as exc:
-                    print(f"mobilesd: cannot reach the core at {url} ({type(exc).__name__})")
-                    return 2
-                if response.status_code != 202:
-                    failures += 1
-                    message = response.json().get("error", {}).get("message", response.text)
-                    print(f"{name}: refused ({response.status_code}): {message}")
-                    continue
-                print(f"{name}: queued {response.json()['mobilesd_job_id']}")
+            # One request per file: its jobs are one batch, created all or none; templates
+            # (`expand`) are expanded by the core, which holds the wildcard files.
+            body = {"jobs": [spec.request_job(args.server) for spec in result.jobs]}
+            try:
+                response = http.post("/api/v1/generate", json=body)
+            except httpx.HTTPError as exc:
+                print(f"mobilesd: cannot reach the core at {url} ({type(exc).__name__})")
+                return 2
+            if response.status_code != 202:
+                failures += 1
+                message = response.json().get("error", {}).get("message", response.text)
+                print(f"{name}: refused ({response.status_code}): {message}")
+                continue
+            answer = response.json()
+            count = len(answer["mobilesd_job_ids"])
+            print(f"{name}: queued {count} job(s) as batch {answer['batch_id']}")
     return 1 if failures else 0
 
 

@@ -30,6 +30,8 @@ class Settings:
     inbox_path: Path = Path("inbox")
     lora_path: Path | None = None
     checkpoint_path: Path | None = None
+    # Wildcard files (`animal.txt`, one value a line) for `__animal__` in expanded prompts.
+    wildcards_path: Path | None = None
     inbox_poll_seconds: float | None = None
     # A dropped file is read once its size and mtime have held still this long (SMB clients
     # create the file first and fill it over seconds).
@@ -87,6 +89,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "INBOX_PATH": ("inbox_path", Path),
     "LORA_PATH": ("lora_path", Path),
     "CHECKPOINT_PATH": ("checkpoint_path", Path),
+    "WILDCARDS_PATH": ("wildcards_path", Path),
     "INBOX_POLL_SECONDS": ("inbox_poll_seconds", float),
     "INBOX_SETTLE_SECONDS": ("inbox_settle_seconds", float),
     "INBOX_RESCAN_SECONDS": ("inbox_rescan_seconds", float),
@@ -175,6 +178,7 @@ def prepare(settings: Settings) -> Settings:
     gallery = _ensure_writable_dir("STABLE_DIFFUSION_SAVE_PATH", settings.gallery_path, create=True)
     lora = settings.lora_path.expanduser().resolve() if settings.lora_path else None
     ckpt = settings.checkpoint_path.expanduser().resolve() if settings.checkpoint_path else None
+    wildcards = settings.wildcards_path.expanduser().resolve() if settings.wildcards_path else None
     inbox = settings.inbox_path.expanduser()
     if settings.inbox_path == Settings.inbox_path and not inbox.exists():
         # Only the default ./inbox is made: a configured path that is missing is usually an
@@ -187,6 +191,7 @@ def prepare(settings: Settings) -> Settings:
         inbox_path=settings.inbox_path.expanduser().resolve(),
         lora_path=lora,
         checkpoint_path=ckpt,
+        wildcards_path=wildcards,
     )
 
 

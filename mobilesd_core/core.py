@@ -68,6 +68,7 @@ class Core:
             self.bus,
             self.board,
             model_sync=self.model_sync,
+            wildcards_path=settings.wildcards_path,
         )
         self.inbox = InboxWatcher(settings, self.service)
         self.civitai = CivitaiClient(

@@ -821,6 +821,22 @@ class Gallery:
             total += 1
         return page, total
 
+    def names_for_jobs(self, job_ids: Iterable[str]) -> list[str]:
+        """The gallery images of these jobs, job by job in the given order, by name in a job."""
+        return [name for job_id in job_ids for name in sorted(self._by_job.get(job_id, ()))]
+
+    def sidecar_path(self, filename: str) -> Path | None:
+        """The JSON sidecar beside an image, if there is one inside the gallery (blocking)."""
+        name = check_name(filename)[:-4] + ".json"
+        root = self._root()
+        try:
+            real = (root / name).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if not real.is_relative_to(root) or not real.is_file():
+            return None
+        return real
+
     async def get_entry(self, filename: str) -> dict[str, Any]:
         record = self._records.get(check_name(filename))
         if record is None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .jobfiles import MAX_JOBS
+from .prompt_variants import MAX_VARIANTS
 from .schema import (
     _ALIAS_RE,
     FieldProblem,
@@ -191,6 +192,36 @@ def model_schemas(ref_template: str) -> dict[str, JSONSchema]:
 # --- the job file schema ----------------------------------------------------------------------
 
 
+def expand_schema() -> JSONSchema:
+    """`expand`: how a prompt template becomes jobs (prompt_variants.parse_expand's rules)."""
+    mode = {"type": "string", "enum": ["combinatorial", "random"]}
+    return {
+        "description": (
+            "Expand the prompt as a dynamicprompts template (`{red|green}`, `__wildcard__` from "
+            "WILDCARDS_PATH) into one job per prompt: every combination, or `count` seeded random "
+            "picks (seed: `seed`, else the job's seed). Without it a prompt is taken literally. "
+            f"At most {MAX_VARIANTS} prompts per template."
+        ),
+        "anyOf": [
+            {"type": "null"},
+            mode,
+            {
+                "type": "object",
+                "properties": {
+                    "mode": mode,
+                    "count": {"type": "integer", "minimum": 1, "maximum": MAX_VARIANTS},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": 4_294_967_295},
+                },
+                "required": ["mode"],
+                "additionalProperties": False,
+                # Combinatorial makes every combination: a count would be ignored, so refused.
+                "if": {"properties": {"mode": {"const": "combinatorial"}}},
+                "then": {"not": {"required": ["count"]}},
+            },
+        ],
+    }
+
+
 def _ref(name: str) -> JSONSchema:
     return {"$ref": f"#/definitions/{name}"}
 
@@ -207,8 +238,8 @@ def job_file_schema() -> JSONSchema:
     job_fields: JSONSchema = {
         "title": "Job fields",
         "description": (
-            "The generation_params fields plus `server`; unknown keys are an error (except "
-            "inside `extra`)."
+            "The generation_params fields plus `server` and `expand`; unknown keys are an error "
+            "(except inside `extra`)."
         ),
         "type": "object",
         "properties": {
@@ -217,10 +248,11 @@ def job_file_schema() -> JSONSchema:
                 "anyOf": [{"type": "string", "minLength": 1}, {"type": "null"}],
                 "description": SERVER_DESCRIPTION,
             },
+            "expand": expand_schema(),
         },
         "additionalProperties": False,
     }
-    job_keys = [*fields, "server"]
+    job_keys = [*fields, "server", "expand"]
     matrix_axes = {
         key: {
             "type": "array",

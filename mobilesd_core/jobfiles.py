@@ -2,42 +2,24 @@
 
 Parsing is defensive (size cap, safe loader, node and alias caps against "billion laughs") and
 every problem is collected with its field path and line number, so one report lists them all.
+The forms themselves are expanded by expansion.py, which the API shares.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from .schema import FieldProblem, GenerationParams, InvalidInput, parse_params
+from .expansion import JOB_KEYS, MAX_JOBS, JobFileResult, JobSpec, expand_document
+from .prompt_variants import PromptExpander
+from .schema import FieldProblem
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_NODES = 50_000
 MAX_DEPTH = 20
-MAX_JOBS = 1000
-JOB_KEYS = set(GenerationParams.model_fields) | {"server"}
 
-
-@dataclass
-class JobSpec:
-    params: GenerationParams
-    server: str | None
-    path: str = ""  # where in the file the job came from, e.g. "jobs[2]"
-    server_line: int | None = None
-
-
-@dataclass
-class JobFileResult:
-    jobs: list[JobSpec] = field(default_factory=list)
-    problems: list[FieldProblem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems and bool(self.jobs)
+__all__ = ["JOB_KEYS", "MAX_JOBS", "JobFileResult", "JobSpec", "load_job_file", "parse_job_text"]
 
 
 class _Lines:
@@ -79,12 +61,19 @@ class _TooBig(Exception):
     pass
 
 
-def _problem(path: str, message: str, lines: _Lines | None, *alt: str) -> FieldProblem:
-    return FieldProblem(path=path, message=message, line=lines.line(path, *alt) if lines else None)
+def parse_job_text(
+    text: str | bytes,
+    *,
+    name: str = "<text>",
+    expander: PromptExpander | None = None,
+    expand_prompts: bool = True,
+) -> JobFileResult:
+    """Parse and validate a job file's content. Never raises on bad input.
 
-
-def parse_job_text(text: str | bytes, *, name: str = "<text>") -> JobFileResult:
-    """Parse and validate a job file's content. Never raises on bad input."""
+    Prompt templates (`expand`) are expanded with `expander` (wildcards from its folder; none
+    given: no wildcard files); `expand_prompts=False` keeps them, with their `expand`, for a core
+    to expand (`mobilesd submit`, which has no access to the core's WILDCARDS_PATH).
+    """
     result = JobFileResult()
     if isinstance(text, bytes):
         if len(text) > MAX_FILE_BYTES:
@@ -145,20 +134,14 @@ def parse_job_text(text: str | bytes, *, name: str = "<text>") -> JobFileResult:
     except yaml.YAMLError as exc:
         result.problems.append(FieldProblem(path="", message=f"not valid YAML: {exc}"))
         return result
-    _expand(data, lines, result)
-    if not result.problems and not result.jobs:
-        result.problems.append(FieldProblem(path="", message="file defines no jobs"))
-    if len(result.jobs) > MAX_JOBS:
-        result.problems.append(
-            FieldProblem(path="", message=f"file makes {len(result.jobs)} jobs; at most {MAX_JOBS}")
-        )
-        result.jobs = []
-    if result.problems:
-        result.jobs = []
-    return result
+    if expand_prompts and expander is None:
+        expander = PromptExpander(None)
+    return expand_document(data, lines=lines, expander=expander if expand_prompts else None)
 
 
-def load_job_file(path: Path) -> JobFileResult:
+def load_job_file(
+    path: Path, *, expander: PromptExpander | None = None, expand_prompts: bool = True
+) -> JobFileResult:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -172,142 +155,4 @@ def load_job_file(path: Path) -> JobFileResult:
         return JobFileResult(
             problems=[FieldProblem(path="", message=f"cannot read: {exc.strerror}")]
         )
-    return parse_job_text(raw, name=path.name)
-
-
-def _job(raw: Any, path: str, lines: _Lines, result: JobFileResult) -> None:
-    if not isinstance(raw, dict):
-        result.problems.append(_problem(path, "must be a mapping of job fields", lines))
-        return
-    server = raw.get("server")
-    params = {k: v for k, v in raw.items() if k != "server"}
-    server_path = f"{path}.server" if path else "server"
-    if server is not None and not isinstance(server, str):
-        result.problems.append(_problem(server_path, "must be a string", lines))
-    try:
-        spec_params = parse_params(params, prefix=path)
-    except InvalidInput as exc:
-        for p in exc.problems:
-            p.line = lines.line(p.path)
-            result.problems.append(p)
-        return
-    result.jobs.append(JobSpec(spec_params, server, path, lines.line(server_path)))
-
-
-def _expand(data: Any, lines: _Lines, result: JobFileResult) -> None:
-    if isinstance(data, list):
-        for i, item in enumerate(data):
-            _job(item, f"[{i}]", lines, result)
-        return
-    if not isinstance(data, dict):
-        result.problems.append(
-            _problem("", "expected a job (mapping), a list of jobs, or defaults + jobs", lines)
-        )
-        return
-    if "jobs" in data or "defaults" in data:
-        _expand_defaults(data, lines, result)
-    elif "matrix" in data:
-        _expand_matrix(data, lines, result)
-    else:
-        _job(data, "", lines, result)
-
-
-def _expand_defaults(data: dict[str, Any], lines: _Lines, result: JobFileResult) -> None:
-    for key in data:
-        if key not in ("defaults", "jobs"):
-            hint = " (put job fields under defaults or in each job)" if key in JOB_KEYS else ""
-            result.problems.append(_problem(str(key), f"unknown top-level key{hint}", lines))
-    defaults = data.get("defaults") or {}
-    jobs = data.get("jobs")
-    if not isinstance(defaults, dict):
-        result.problems.append(_problem("defaults", "must be a mapping of job fields", lines))
-        return
-    if not isinstance(jobs, list) or not jobs:
-        result.problems.append(_problem("jobs", "must be a non-empty list of jobs", lines))
-        return
-    for i, item in enumerate(jobs):
-        if not isinstance(item, dict):
-            result.problems.append(_problem(f"jobs[{i}]", "must be a mapping of job fields", lines))
-            continue
-        before = len(result.problems)
-        _job({**defaults, **item}, f"jobs[{i}]", lines, result)
-        # A bad default shows up once per job; report it once, at the defaults line.
-        _dedupe_defaults(result, before, f"jobs[{i}]", item, defaults, lines)
-
-
-def _dedupe_defaults(
-    result: JobFileResult,
-    start: int,
-    path: str,
-    item: dict[str, Any],
-    defaults: dict[str, Any],
-    lines: _Lines,
-) -> None:
-    seen = {(p.path, p.message) for p in result.problems[:start]}
-    kept = result.problems[:start]
-    for p in result.problems[start:]:
-        field_name = p.path[len(path) + 1 :].split(".")[0].split("[")[0]
-        if field_name and field_name not in item and field_name in defaults:
-            moved = "defaults" + p.path[len(path) :]
-            p = FieldProblem(path=moved, message=p.message, line=lines.line(moved))
-        if (p.path, p.message) not in seen:
-            seen.add((p.path, p.message))
-            kept.append(p)
-    result.problems[:] = kept
-
-
-def _substitute(value: Any, names: dict[str, Any]) -> Any:
-    if isinstance(value, str):
-        for name, replacement in names.items():
-            value = value.replace("{" + name + "}", str(replacement))
-        return value
-    if isinstance(value, list):
-        return [_substitute(v, names) for v in value]
-    if isinstance(value, dict):
-        return {k: _substitute(v, names) for k, v in value.items()}
-    return value
-
-
-def _expand_matrix(data: dict[str, Any], lines: _Lines, result: JobFileResult) -> None:
-    matrix = data["matrix"]
-    base = {k: v for k, v in data.items() if k != "matrix"}
-    if not isinstance(matrix, dict) or not matrix:
-        result.problems.append(_problem("matrix", "must be a mapping of name: [values]", lines))
-        return
-    axes: list[tuple[str, list[Any]]] = []
-    for name, values in matrix.items():
-        if not isinstance(values, list) or not values:
-            result.problems.append(
-                _problem(f"matrix.{name}", "must be a non-empty list of values", lines)
-            )
-            continue
-        axes.append((str(name), values))
-    if result.problems:
-        return
-    total = 1
-    for _, values in axes:
-        total *= len(values)
-    if total > MAX_JOBS:
-        result.problems.append(
-            _problem("matrix", f"makes {total} jobs; at most {MAX_JOBS} per file", lines)
-        )
-        return
-    seen: set[tuple[str, str]] = set()
-    for combo in itertools.product(*(values for _, values in axes)):
-        chosen = dict(zip((n for n, _ in axes), combo, strict=True))
-        fields_set = {k: v for k, v in chosen.items() if k in JOB_KEYS}
-        placeholders = {k: v for k, v in chosen.items() if k not in JOB_KEYS}
-        job = _substitute({**base, **fields_set}, placeholders)
-        before = len(result.problems)
-        _job(job, "", lines, result)
-        fresh = []
-        for p in result.problems[before:]:
-            key = (p.path, p.message)
-            if key in seen:
-                continue
-            seen.add(key)
-            if p.path.split(".")[0].split("[")[0] in fields_set:
-                p.path = f"matrix.{p.path}"
-                p.line = lines.line(p.path) or p.line
-            fresh.append(p)
-        result.problems[before:] = fresh
+    return parse_job_text(raw, name=path.name, expander=expander, expand_prompts=expand_prompts)

@@ -239,6 +239,11 @@ def new_job_id() -> str:
     return str(ULID())
 
 
+def new_batch_id() -> str:
+    """Jobs created together (one request, one job file) share one; sortable like job ids."""
+    return "b" + str(ULID())
+
+
 def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -250,10 +255,12 @@ def new_job(
     target_server_alias: str | None = None,
     source_ref: str | None = None,
     position: int = 0,
+    batch_id: str | None = None,
 ) -> dict[str, Any]:
     """A fresh pending job record, in the shape of CONTRACT.md."""
     return {
         "mobilesd_job_id": new_job_id(),
+        "batch_id": batch_id or new_batch_id(),
         "status": "pending",
         "creation_timestamp": utc_now_iso(),
         "started_timestamp": None,

@@ -16,8 +16,10 @@ from pydantic import ValidationError
 
 from .dispatcher import Dispatcher
 from .events import EventBus
+from .expansion import JobSpec
 from .gallery import Gallery
 from .progress import ProgressBoard
+from .prompt_variants import PromptExpander
 from .schema import (
     TERMINAL_STATUSES,
     FieldProblem,
@@ -25,13 +27,15 @@ from .schema import (
     InvalidInput,
     ServerConfig,
     ServerUpdate,
+    new_batch_id,
     new_job,
+    parse_params,
     problems_from_error,
     utc_now_iso,
 )
 from .servers import ServerRegistry
 from .storage import atomic_write_bytes
-from .store import Conflict, JobNotFound, JobStore
+from .store import BatchNotFound, Conflict, JobNotFound, JobStore
 
 if TYPE_CHECKING:
     from .model_sync import ModelSync
@@ -59,7 +63,10 @@ class QueueService:
         board: ProgressBoard,
         *,
         model_sync: ModelSync | None = None,
+        wildcards_path: Path | None = None,
     ) -> None:
+        # Entry points expand job documents with it (in a thread: it reads wildcard files).
+        self.expander = PromptExpander(wildcards_path)
         self.store = store
         self.registry = registry
         self.dispatcher = dispatcher
@@ -120,16 +127,59 @@ class QueueService:
         target_server_alias: str | None = None,
         source_ref: str | None = None,
         extra_fields: dict[str, Any] | None = None,
+        batch_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Queue jobs, all or none, in one durable write."""
+        """Queue jobs, all or none, in one durable write, as one batch."""
+        batch_id = batch_id or new_batch_id()
         jobs = [
             {
                 **new_job(
-                    p, source=source, target_server_alias=target_server_alias, source_ref=source_ref
+                    p,
+                    source=source,
+                    target_server_alias=target_server_alias,
+                    source_ref=source_ref,
+                    batch_id=batch_id,
                 ),
                 **(extra_fields or {}),
             }
             for p in params_list
+        ]
+        return await self.submit_prepared(jobs)
+
+    async def submit_specs(
+        self,
+        specs: list[JobSpec],
+        *,
+        source: str,
+        target_server_alias: str | None = None,
+        source_ref: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Queue what one request or job file defines (expanded), all or none, as one batch.
+
+        A job's own `server` wins over `target_server_alias`; unknown servers are named by the
+        field they came from.
+        """
+        problems = []
+        for spec in specs:
+            if spec.server is not None:
+                where = f"{spec.path}.server" if spec.path else "server"
+                if (problem := self.unknown_target(spec.server, where)) is not None:
+                    problems.append(problem)
+        if problems:
+            raise InvalidInput(list({p.path: p for p in problems}.values()))
+        batch_id = new_batch_id()
+        jobs = [
+            {
+                **new_job(
+                    spec.params,
+                    source=source,
+                    target_server_alias=spec.server or target_server_alias,
+                    source_ref=source_ref,
+                    batch_id=batch_id,
+                ),
+                **spec.job_fields(),
+            }
+            for spec in specs
         ]
         return await self.submit_prepared(jobs)
 
@@ -166,9 +216,55 @@ class QueueService:
         q: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        batch_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        jobs, total = await self.store.list_jobs(statuses=statuses, q=q, limit=limit, offset=offset)
+        jobs, total = await self.store.list_jobs(
+            statuses=statuses, q=q, limit=limit, offset=offset, batch_id=batch_id
+        )
         return [self.view(j) for j in jobs], total
+
+    async def edit(
+        self,
+        job_id: str,
+        params_changes: dict[str, Any] | None,
+        *,
+        target: str | None = None,
+        set_target: bool = False,
+    ) -> dict[str, Any]:
+        """Change a pending job: `params_changes` merged onto its params, then validated whole.
+
+        Conflict once it left `pending`. The status check and the write happen in one step of
+        the event loop (the store's `expect`), so the dispatcher claims either the old job or
+        the edited one, never a half-edited one.
+        """
+        job = await self.store.get(job_id)
+        if job["status"] != "pending":
+            raise Conflict(
+                f"job is {job['status']}; only pending jobs can be edited", job["status"]
+            )
+        changes: dict[str, Any] = {}
+        problems: list[FieldProblem] = []
+        if params_changes is not None:
+            merged = {**job["generation_params"], **params_changes}
+            try:
+                changes["generation_params"] = parse_params(merged).model_dump(mode="json")
+            except InvalidInput as exc:
+                problems.extend(exc.problems)
+            old_prompt = job["generation_params"].get("prompt")
+            if "prompt" in params_changes and params_changes["prompt"] != old_prompt:
+                # A prompt typed by hand no longer comes from the job's template.
+                changes["prompt_template"] = None
+                changes["prompt_expand"] = None
+        if set_target:
+            if (problem := self.unknown_target(target)) is not None:
+                problems.append(problem)
+            changes["target_server_alias"] = target
+        if problems:
+            raise InvalidInput(problems)
+        edited = await self.store.update(job_id, changes, expect={"pending"})
+        log.info("job %s edited (%s)", job_id, ", ".join(sorted(changes)) or "nothing")
+        self.dispatcher.wake()
+        return self.view(edited)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         job = await self.store.get(job_id)
@@ -206,7 +302,8 @@ class QueueService:
             source=source,
             target_server_alias=target,
             source_ref=job.get("source_ref"),
-            extra_fields={"retry_of": job_id},
+            extra_fields={"retry_of": job_id, **_prompt_origin(job)},
+            batch_id=job.get("batch_id"),  # a retry stays in its batch
         )
         return created
 
@@ -240,6 +337,121 @@ class QueueService:
         await self.store.reorder(order)
         self.dispatcher.wake()
         return self.view(await self.store.get(job_id))
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def batch(self, batch_id: str) -> list[dict[str, Any]]:
+        return [self.view(j) for j in await self.store.batch_jobs(batch_id)]
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel every pending or running job of the batch; finished ones stay as they are."""
+        active = [
+            j["mobilesd_job_id"]
+            for j in await self.store.batch_jobs(batch_id)
+            if j["status"] not in TERMINAL_STATUSES
+        ]
+        # Concurrently: the store's group commit then shares fsyncs among them.
+        outcomes = await asyncio.gather(*(self.cancel(j) for j in active), return_exceptions=True)
+        cancelled = []
+        for outcome in outcomes:
+            if isinstance(outcome, Conflict | JobNotFound):
+                continue  # finished meanwhile
+            if isinstance(outcome, BaseException):
+                raise outcome
+            cancelled.append(outcome["mobilesd_job_id"])
+        log.info("batch %s: %d job(s) cancelled", batch_id, len(cancelled))
+        return {"batch_id": batch_id, "cancelled": len(cancelled), "mobilesd_job_ids": cancelled}
+
+    async def retry_batch(self, batch_id: str, *, source: str = "api") -> dict[str, Any]:
+        """Queue again every failed or cancelled job of the batch not retried yet, in one write.
+
+        The new jobs join the batch; a job that already has a retry in it is skipped, so asking
+        twice does not queue twice.
+        """
+        jobs = await self.store.batch_jobs(batch_id)
+        retried = {j.get("retry_of") for j in jobs}
+        todo = [
+            j
+            for j in jobs
+            if j["status"] in ("failed", "cancelled") and j["mobilesd_job_id"] not in retried
+        ]
+        fresh = []
+        for job in todo:
+            try:
+                params = GenerationParams.model_validate(job["generation_params"])
+            except ValidationError as exc:
+                raise InvalidInput(problems_from_error(exc, prefix="generation_params")) from None
+            target = job.get("target_server_alias")
+            if target is not None and target not in self.registry.runtimes:
+                target = None
+            fresh.append(
+                {
+                    **new_job(
+                        params,
+                        source=source,
+                        target_server_alias=target,
+                        source_ref=job.get("source_ref"),
+                        batch_id=batch_id,
+                    ),
+                    "retry_of": job["mobilesd_job_id"],
+                    **_prompt_origin(job),
+                }
+            )
+        created = await self.submit_prepared(fresh) if fresh else []
+        ids = [j["mobilesd_job_id"] for j in created]
+        return {"batch_id": batch_id, "retried": len(ids), "mobilesd_job_ids": ids}
+
+    async def move_batch(
+        self, batch_id: str, *, to: str | None = None, before: str | None = None
+    ) -> dict[str, Any]:
+        """Move the batch's pending jobs as one block (their own order kept)."""
+        await self.store.batch_jobs(batch_id)  # BatchNotFound for an unknown id
+        order = [j["mobilesd_job_id"] for j in self.store.pending_in_order()]
+        pending = {
+            j["mobilesd_job_id"]
+            for j in self.store.pending_in_order()
+            if j.get("batch_id") == batch_id
+        }
+        if not pending:
+            raise Conflict("the batch has no pending jobs to move")
+        block = [j for j in order if j in pending]
+        rest = [j for j in order if j not in pending]
+        at = next(i for i, j in enumerate(order) if j in pending)  # rest jobs before the block
+        if before is not None:
+            if before in pending:
+                raise InvalidInput([FieldProblem(path="before", message="is in this batch")])
+            if before not in rest:
+                raise InvalidInput(
+                    [FieldProblem(path="before", message=f"'{before}' is not a pending job")]
+                )
+            at = rest.index(before)
+        elif to == "top":
+            at = 0
+        elif to == "bottom":
+            at = len(rest)
+        elif to == "up":
+            at = max(0, at - 1)
+        elif to == "down":
+            at = min(len(rest), at + 1)
+        else:
+            raise InvalidInput(
+                [FieldProblem(path="to", message="must be one of top, bottom, up, down")]
+            )
+        await self.store.reorder(rest[:at] + block + rest[at:])
+        self.dispatcher.wake()
+        return {"batch_id": batch_id, "moved": len(block), "mobilesd_job_ids": block}
+
+    async def delete_batch(self, batch_id: str) -> dict[str, Any]:
+        """Remove every job of a finished batch from the list (images stay); all or none."""
+        jobs = await self.store.batch_jobs(batch_id)
+        active = [j for j in jobs if j["status"] not in TERMINAL_STATUSES]
+        if active:
+            raise Conflict(
+                f"{len(active)} job(s) of the batch are pending or processing; cancel them first",
+                active[0]["status"],
+            )
+        removed = await self.store.remove_finished([j["mobilesd_job_id"] for j in jobs])
+        return {"batch_id": batch_id, "removed": len(removed)}
 
     async def delete(self, job_id: str) -> None:
         job = await self.store.get(job_id)
@@ -333,4 +545,11 @@ class QueueService:
         return await self.registry.check(self.registry.get(alias))
 
 
-__all__ = ["Conflict", "JobNotFound", "QueueService"]
+def _prompt_origin(job: dict[str, Any]) -> dict[str, Any]:
+    """The template a job's prompt came from, carried over to its retry."""
+    if job.get("prompt_template") is None:
+        return {}
+    return {"prompt_template": job["prompt_template"], "prompt_expand": job.get("prompt_expand")}
+
+
+__all__ = ["BatchNotFound", "Conflict", "JobNotFound", "QueueService"]

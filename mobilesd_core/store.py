@@ -52,6 +52,10 @@ class JobNotFound(Exception):
     pass
 
 
+class BatchNotFound(Exception):
+    """No job (live or finished) carries this batch_id."""
+
+
 class Conflict(Exception):
     """The job is not in a state that allows the operation."""
 
@@ -71,6 +75,7 @@ class _ArchiveEntry:
     length: int
     status: str
     search: str  # lower-cased prompt, checkpoint, server, file: what `q` looks in
+    batch: str | None  # batch_id: batch routes find finished jobs without reading files
 
 
 def _search_text(job: Job) -> str:
@@ -114,8 +119,16 @@ class _Archive:
 
     @staticmethod
     def entry(month: str, offset: int, length: int, job: Job) -> _ArchiveEntry:
-        # Interned status: 100,000 entries share five strings.
-        return _ArchiveEntry(month, offset, length, sys.intern(job["status"]), _search_text(job))
+        # Interned status: 100,000 entries share five strings (and a batch's jobs one id).
+        batch = job.get("batch_id")
+        return _ArchiveEntry(
+            month,
+            offset,
+            length,
+            sys.intern(job["status"]),
+            _search_text(job),
+            sys.intern(batch) if isinstance(batch, str) else None,
+        )
 
     def load(self) -> None:
         """Stream every month into the index (thread side, before the loop uses it)."""
@@ -586,12 +599,15 @@ class JobStore:
         q: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        batch_id: str | None = None,
     ) -> tuple[list[Job], int]:
         """Pending in run order, then processing, then finished newest first."""
         needle = q.lower() if q else None
 
         def keep_live(job: Job) -> bool:
             if statuses and job["status"] not in statuses:
+                return False
+            if batch_id is not None and job.get("batch_id") != batch_id:
                 return False
             return not needle or needle in _search_text(job)
 
@@ -605,12 +621,13 @@ class JobStore:
         start = max(0, offset - len(live))
         page: list[Job] = live[offset : offset + limit]
         need = limit - len(page)
-        if needle:  # a text search must look at every finished job anyway
+        if needle or batch_id is not None:  # a search must look at every finished job anyway
             finished = [
                 job_id
                 for job_id in self._archive.newest_first()
                 if (not statuses or index[job_id].status in statuses)
-                and needle in index[job_id].search
+                and (not needle or needle in index[job_id].search)
+                and (batch_id is None or index[job_id].batch == batch_id)
             ]
             total_finished = len(finished)
             wanted = finished[start : start + need] if need > 0 else []
@@ -780,6 +797,27 @@ class JobStore:
         for job_id in ids:
             self._notify("job_removed", job_id)
         return ids
+
+    async def batch_jobs(self, batch_id: str) -> list[Job]:
+        """Every job of a batch: live ones in run order, then finished ones oldest first."""
+        live = [j for j in self.pending_in_order() if j.get("batch_id") == batch_id]
+        live += sorted(
+            (
+                j
+                for j in self._live.values()
+                if j["status"] == "processing" and j.get("batch_id") == batch_id
+            ),
+            key=lambda j: j["mobilesd_job_id"],
+        )
+        done = sorted(j for j, e in self._archive.index.items() if e.batch == batch_id)
+        missing = [j for j in done if j not in self._archive.recent]
+        loaded: dict[str, Job] = {}
+        if missing:
+            loaded = await self._read(lambda: {j: self._archive.read(j) for j in missing})
+        jobs = live + [self._archive.recent.get(j) or loaded[j] for j in done]
+        if not jobs:
+            raise BatchNotFound(batch_id)
+        return jobs
 
     def finished_ids(self, statuses: set[str]) -> list[str]:
         return [j for j, e in self._archive.index.items() if e.status in statuses]

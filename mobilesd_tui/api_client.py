@@ -81,6 +81,13 @@ class CoreApi(Protocol):
     async def jobs(self, *, limit: int = 1000, offset: int = 0) -> JobPage: ...
     async def queue_state(self) -> dict[str, Any]: ...
     async def submit(self, params: dict[str, Any], target: str | None) -> dict[str, Any]: ...
+    async def submit_sweep(
+        self, params: dict[str, Any], matrix: dict[str, list[Any]], target: str | None
+    ) -> dict[str, Any]: ...
+    async def edit(
+        self, job_id: str, params: dict[str, Any], target: str | None
+    ) -> dict[str, Any]: ...
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]: ...
     async def cancel(self, job_id: str) -> dict[str, Any]: ...
     async def retry(self, job_id: str) -> dict[str, Any]: ...
     async def move(self, job_id: str, to: str) -> dict[str, Any]: ...
@@ -181,6 +188,24 @@ class CoreClient:
         if target:
             body["target_server_alias"] = target
         return (await self._json("POST", "/api/v1/generate", json=body))["job"]
+
+    async def submit_sweep(
+        self, params: dict[str, Any], matrix: dict[str, list[Any]], target: str | None
+    ) -> dict[str, Any]:
+        """One job per combination of `matrix` (e.g. every checkpoint): one batch, all or none.
+        Returns the answer: `batch_id` and `mobilesd_job_ids`."""
+        body: dict[str, Any] = {"generation_params": params, "matrix": matrix}
+        if target:
+            body["target_server_alias"] = target
+        return await self._json("POST", "/api/v1/generate", json=body)
+
+    async def edit(self, job_id: str, params: dict[str, Any], target: str | None) -> dict[str, Any]:
+        """PATCH a pending job: the form's fields merged onto its params, and its target."""
+        body = {"generation_params": params, "target_server_alias": target}
+        return await self._json("PATCH", f"/api/v1/queue/jobs/{quote(job_id)}", json=body)
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._json("POST", f"/api/v1/queue/batches/{quote(batch_id)}/cancel")
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self._json("POST", f"/api/v1/queue/jobs/{quote(job_id)}/cancel")

@@ -367,7 +367,61 @@ class MobileSDApp(App[None]):
 
     @on(SubmitRequested)
     def _submit_requested(self, message: SubmitRequested) -> None:
-        self.submit(message.params, message.target)
+        if message.edit_of is not None:
+            self.save_edit(message.edit_of, message.params, message.target)
+        elif message.every_checkpoint:
+            self.submit_every_checkpoint(message.params, message.target)
+        else:
+            self.submit(message.params, message.target)
+
+    @work(exclusive=True, group="submit", exit_on_error=False, name="edit")
+    async def save_edit(self, job_id: str, params: dict[str, Any], target: str | None) -> None:
+        generator = self.generator
+        try:
+            job = await self.api.edit(job_id, params, target)
+        except ApiError as exc:
+            if exc.status == 409:
+                generator.stop_editing()
+                self.notify(
+                    f"Job {job_id[-8:]} has already started or finished; nothing was changed.",
+                    severity="error",
+                )
+                return
+            generator.show_errors(exc.field_problems(), exc.message)
+            return
+        except Unreachable as exc:
+            generator.show_errors([], f"{exc.message}. Nothing was changed; try again.")
+            return
+        generator.clear_errors()
+        generator.stop_editing(f"[green]saved[/] job {job_id[-8:]}")
+        self.queue.apply(job)
+        self.queue.select(job_id)
+
+    @work(exclusive=True, group="submit", exit_on_error=False, name="every-checkpoint")
+    async def submit_every_checkpoint(self, params: dict[str, Any], target: str | None) -> None:
+        """One job per checkpoint the chosen server (or every online one) lists: one batch."""
+        generator = self.generator
+        models = self._models.get(target)
+        if models is None:
+            await self.load_models(target).wait()
+            models = self._models.get(target) or {}
+        titles = [c["title"] for c in models.get("checkpoints", []) if c.get("title")]
+        if not titles:
+            where = target or "any online server"
+            generator.show_errors([], f"No checkpoint list from {where}; nothing was queued.")
+            return
+        params = {k: v for k, v in params.items() if k != "checkpoint_name"}
+        try:
+            answer = await self.api.submit_sweep(params, {"checkpoint_name": titles}, target)
+        except ApiError as exc:
+            generator.show_errors(exc.field_problems(), exc.message)
+            return
+        except Unreachable as exc:
+            generator.show_errors([], f"{exc.message}. Nothing was queued; try again.")
+            return
+        generator.clear_errors()
+        generator.show_batch(answer)
+        self.prefs.save(generator.form())
 
     @work(exclusive=True, group="submit", exit_on_error=False, name="submit")
     async def submit(self, params: dict[str, Any], target: str | None) -> None:
@@ -458,7 +512,22 @@ class MobileSDApp(App[None]):
         if message.job_id is None:
             self.notify("No job selected.", severity="warning")
             return
+        if message.action == "edit":
+            self.edit_job(message.job_id)
+            return
         self.job_action(message.action, message.job_id)
+
+    def edit_job(self, job_id: str) -> None:
+        """Open a pending job in the generator form; saving there PATCHes it."""
+        job = self.queue.jobs.get(job_id)
+        if job is None or job["status"] != "pending":
+            status = job["status"] if job else "gone"
+            self.notify(
+                f"Only pending jobs can be edited; this one is {status}.", severity="warning"
+            )
+            return
+        self.generator.start_editing(job)
+        self.action_show_tab("generator")
 
     @work(group="queue-actions", exit_on_error=False, name="queue-action")
     async def job_action(self, action: str, job_id: str | None) -> None:
@@ -466,6 +535,11 @@ class MobileSDApp(App[None]):
         try:
             if action == "cancel" and job_id:
                 self.queue.apply(await api.cancel(job_id))
+            elif action == "cancel_batch" and job_id:
+                batch = (self.queue.jobs.get(job_id) or {}).get("batch_id")
+                if batch:
+                    done = await api.cancel_batch(batch)
+                    self.notify(f"Cancelled {done['cancelled']} job(s) of batch {batch[-4:]}.")
             elif action == "retry" and job_id:
                 job = await api.retry(job_id)
                 self.queue.apply(job)

@@ -102,11 +102,18 @@ def server_of(job: dict[str, Any]) -> str:
     return job.get("assigned_server_alias") or job.get("target_server_alias") or "any"
 
 
+def batch_label(job: dict[str, Any]) -> str:
+    """The batch's last four id characters: jobs queued together share them at a glance."""
+    batch = job.get("batch_id")
+    return str(batch)[-4:] if batch else ""
+
+
 def row_cells(job: dict[str, Any], now: datetime, prompt_width: int) -> tuple[Any, ...]:
     params = job.get("generation_params") or {}
     return (
         status_cell(job),
         age(job.get("creation_timestamp"), now),
+        batch_label(job),
         server_of(job),
         progress_cell(job),
         one_line(short_model(params.get("checkpoint_name")), 14),
@@ -141,6 +148,10 @@ def detail_text(job: dict[str, Any], now: datetime) -> Text:
         out.append(f"{details['error']}\n", style="red")
     if job.get("waiting_reason"):
         out.append(f"waiting: {job['waiting_reason']}\n", style="yellow")
+    if job.get("batch_id"):
+        out.append(f"batch: {job['batch_id']}\n", style="dim")
+    if job.get("prompt_template"):
+        out.append(f"from template: {job['prompt_template']}\n", style="dim")
     if job["status"] == "completed":
         images = details.get("images") or []
         info = details.get("info") or {}

@@ -24,6 +24,12 @@ ROUTES = [
     ("POST", "/api/v1/queue/jobs/x/retry"),
     ("POST", "/api/v1/queue/jobs/x/move"),
     ("DELETE", "/api/v1/queue/jobs/x"),
+    ("PATCH", "/api/v1/queue/jobs/x"),
+    ("POST", "/api/v1/queue/batches/x/cancel"),
+    ("POST", "/api/v1/queue/batches/x/retry"),
+    ("POST", "/api/v1/queue/batches/x/move"),
+    ("DELETE", "/api/v1/queue/batches/x"),
+    ("GET", "/api/v1/gallery/archive"),
     ("POST", "/api/v1/queue/clear"),
     ("POST", "/api/v1/queue/pause"),
     ("POST", "/api/v1/queue/resume"),
@@ -382,8 +388,11 @@ async def test_submit_command_queues_job_files(harness: Harness, tmp_path) -> No
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out.decode()
     queued = [line for line in out.decode().splitlines() if ": queued " in line]
-    assert len(queued) == len(harness.core.store.live_jobs()) == 16
-    assert {j["source"] for j in harness.core.store.live_jobs()} == {"cli"}
+    jobs = harness.core.store.live_jobs()
+    assert len(queued) == len(examples)  # one request, and one batch, per file
+    assert len(jobs) == 16
+    assert len({j["batch_id"] for j in jobs}) == len(examples)
+    assert {j["source"] for j in jobs} == {"cli"}
 
 
 async def test_long_json_answers_are_gzipped(harness: Harness) -> None:

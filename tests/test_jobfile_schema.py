@@ -61,7 +61,7 @@ def test_check_mode_reports_a_stale_file(tmp_path: Path) -> None:
 
 def test_schema_knows_every_job_field(validator: Draft7Validator) -> None:
     fields = validator.schema["definitions"]["JobFields"]["properties"]
-    assert set(fields) == set(GenerationParams.model_fields) | {"server"}
+    assert set(fields) == set(GenerationParams.model_fields) | {"server", "expand"}
     for name, field in fields.items():
         assert field.get("description"), f"{name} has no description"
 
@@ -138,6 +138,14 @@ AGREEMENT = [
     "prompt: a\nstpes: 2\nmatrix: {seed: [1]}\n",
     "just a string\n",
     "42\n",
+    "prompt: 'a {red|blue} fox'\nexpand: combinatorial\n",
+    "prompt: 'a {red|blue} fox'\nexpand: {mode: random, count: 3, seed: 7}\n",
+    "prompt: 'a {red|blue} fox'\nexpand: {mode: random}\n",
+    "prompt: 'a {red|blue} fox'\nexpand: sideways\n",
+    "prompt: 'a {red|blue} fox'\nexpand: {mode: combinatorial, count: 2}\n",
+    "prompt: 'a {red|blue} fox'\nexpand: {mode: random, count: 0}\n",
+    "prompt: 'a {red|blue} fox'\nexpand: {mode: random, colour: red}\n",
+    "defaults: {prompt: 'a {x|y}', expand: combinatorial}\njobs: [{seed: 1}, {seed: 2}]\n",
 ]
 
 

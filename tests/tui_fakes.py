@@ -35,6 +35,7 @@ def _job(n: int, status: str, **extra: Any) -> dict[str, Any]:
     minute = 59 - n
     job = {
         "mobilesd_job_id": f"01JD3FAKE{n:017d}",
+        "batch_id": f"b01JD3FAKEBATCH{n // 2:011d}",  # jobs pair up in batches
         "status": status,
         "creation_timestamp": f"2026-11-24T11:{minute:02d}:00.000Z",
         "started_timestamp": None,
@@ -231,6 +232,24 @@ class FakeApi:
         if self.fail_submit is not None:
             raise ApiError(422, "invalid_fields", "invalid fields", self.fail_submit)
         return _job(99, "pending", position=3, generation_params=params)
+
+    async def submit_sweep(
+        self, params: dict[str, Any], matrix: dict[str, list[Any]], target: str | None
+    ) -> dict[str, Any]:
+        self.calls.append(("sweep", (params, matrix, target)))
+        return {
+            "batch_id": "b01FAKEBATCH",
+            "mobilesd_job_ids": ["x"] * len(matrix["checkpoint_name"]),
+        }
+
+    async def edit(self, job_id: str, params: dict[str, Any], target: str | None) -> dict[str, Any]:
+        self.calls.append(("edit", (job_id, params, target)))
+        job = next(j for j in self._jobs if j["mobilesd_job_id"] == job_id)
+        return {**job, "generation_params": {**job["generation_params"], **params}}
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        self.calls.append(("cancel_batch", batch_id))
+        return {"batch_id": batch_id, "cancelled": 0, "mobilesd_job_ids": []}
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         self.calls.append(("cancel", job_id))

@@ -12,6 +12,7 @@ from .. import __version__
 from ..config import Settings, load_or_create_token
 from ..core import Core
 from . import (
+    routes_archive,
     routes_auth,
     routes_civitai,
     routes_docs,
@@ -79,6 +80,7 @@ def create_app(
     app.add_routes(routes_servers.routes)
     app.add_routes(routes_jobs.routes)
     app.add_routes(routes_gallery.routes)
+    app.add_routes(routes_archive.routes)
     app.add_routes(routes_library.routes)
     app.add_routes(routes_civitai.routes)
     app.add_routes(routes_events.routes)

@@ -16,7 +16,7 @@ from ..civitai.client import CivitaiError
 from ..gallery import ImageNotFound, UnsafeName
 from ..schema import FieldProblem, InvalidInput
 from ..servers import ServerExists, ServerNotFound
-from ..store import Conflict, JobNotFound
+from ..store import BatchNotFound, Conflict, JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ def _map(exc: Exception) -> web.Response | None:
         )
     if isinstance(exc, JobNotFound):
         return error_response(404, "job_not_found", f"no job with id '{exc.args[0]}'")
+    if isinstance(exc, BatchNotFound):
+        return error_response(404, "batch_not_found", f"no job has batch_id '{exc.args[0]}'")
     if isinstance(exc, ServerNotFound):
         return error_response(404, "server_not_found", f"no server named '{exc.args[0]}'")
     if isinstance(exc, ServerExists):

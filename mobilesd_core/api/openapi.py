@@ -7,6 +7,7 @@ documented (and every documented one registered), and real responses must valida
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from typing import Any
@@ -16,7 +17,8 @@ from pydantic import BaseModel
 from .. import __version__
 from ..civitai.downloads import ACTIVE
 from ..civitai.schema import DownloadRequest, ImageInfoRequest
-from ..jobfile_schema import model_schemas
+from ..jobfile_schema import SERVER_DESCRIPTION, expand_schema, model_schemas
+from ..jobfiles import MAX_JOBS
 from ..schema import ALL_STATUSES, SEED_MAX, TERMINAL_STATUSES
 from .auth import SESSION_COOKIE
 
@@ -176,6 +178,27 @@ def _response_schemas() -> dict[str, Schema]:
                     "description": "Pending jobs: why it is not running yet (null: its turn).",
                 },
                 "retry_of": {**JOB_ID, "description": "The job this one retries."},
+                "batch_id": {
+                    "type": "string",
+                    "description": "Shared by the jobs one request or job file created "
+                    "(a retry stays in its batch); see /api/v1/queue/batches/{batch_id}.",
+                },
+                "prompt_template": {
+                    "type": ["string", "null"],
+                    "description": "The template the prompt was expanded from (request with "
+                    "`expand`); null once the prompt was edited by hand.",
+                },
+                "prompt_expand": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "mode": {"type": "string", "enum": ["combinatorial", "random"]},
+                        "count": INT,
+                        "seed": INT,
+                    },
+                    "required": ["mode"],
+                    "description": "How the template was expanded; random mode with the seed "
+                    "used, so the same request replays the same prompts.",
+                },
                 "interruptions": {
                     "type": "integer",
                     "minimum": 0,
@@ -218,8 +241,42 @@ def _response_schemas() -> dict[str, Schema]:
             description="The cheap view for polling.",
         ),
         "JobAccepted": _obj(
-            {"mobilesd_job_id": JOB_ID, "job": _ref("Job")},
-            ["mobilesd_job_id", "job"],
+            {
+                "batch_id": STR,
+                "mobilesd_job_ids": {"type": "array", "items": JOB_ID, "minItems": 1},
+                "mobilesd_job_id": {**JOB_ID, "description": "When one job was created."},
+                "job": {**_ref("Job"), "description": "When one job was created."},
+            },
+            ["batch_id", "mobilesd_job_ids"],
+            description="Jobs queued together, as one batch; a single job comes in full.",
+        ),
+        "JobEdit": _obj(
+            {
+                "generation_params": {
+                    "type": "object",
+                    "description": "Any generation_params fields; merged onto the job's, then "
+                    "the whole is validated like a new job's.",
+                },
+                "target_server_alias": {"type": ["string", "null"]},
+            },
+            additionalProperties=False,
+            description="A change of a pending job.",
+        ),
+        "BatchResult": _obj(
+            {
+                "batch_id": STR,
+                "cancelled": {"type": "integer", "minimum": 0},
+                "retried": {"type": "integer", "minimum": 0},
+                "moved": {"type": "integer", "minimum": 0},
+                "removed": {"type": "integer", "minimum": 0},
+                "mobilesd_job_ids": {
+                    "type": "array",
+                    "items": JOB_ID,
+                    "description": "The jobs cancelled, created (retry) or moved.",
+                },
+            },
+            ["batch_id"],
+            description="What a batch operation did.",
         ),
         "JobList": _obj(
             {
@@ -703,6 +760,53 @@ def _request_schema(model: type[BaseModel], *one_of: str) -> Schema:
     return schema
 
 
+def _generate_request(params: Schema) -> Schema:
+    """POST /api/v1/generate's body: generation_params [+ matrix], or defaults + jobs (the job
+    file shapes, expanded by the same code); `expand` with either."""
+    job_fields = {
+        "type": "object",
+        "properties": {
+            **copy.deepcopy(params["properties"]),
+            "server": {"type": ["string", "null"], "description": SERVER_DESCRIPTION},
+            "expand": expand_schema(),
+        },
+        "additionalProperties": False,
+        "description": "generation_params fields plus `server` and `expand`, as in job files.",
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "target_server_alias": {
+                "type": ["string", "null"],
+                "description": "null: any enabled server; a job's own `server` wins.",
+            },
+            "generation_params": _ref("GenerationParams"),
+            "matrix": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": {"type": "array", "minItems": 1},
+                "description": f"One job per combination (at most {MAX_JOBS}); a key that is a "
+                "generation_params field sets it, any other is a {placeholder} in strings.",
+            },
+            "defaults": {**job_fields, "description": "Fields every job starts from."},
+            "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_JOBS, "items": job_fields},
+            "expand": expand_schema(),
+        },
+        "additionalProperties": False,
+        "oneOf": [
+            {
+                "required": ["generation_params"],
+                "not": {"anyOf": [{"required": ["defaults"]}, {"required": ["jobs"]}]},
+            },
+            {
+                "required": ["jobs"],
+                "not": {"anyOf": [{"required": ["generation_params"]}, {"required": ["matrix"]}]},
+            },
+        ],
+        "description": "One job, a sweep (generation_params + matrix) or defaults + jobs.",
+    }
+
+
 # Event name -> schema of its data.
 EVENT_DATA: dict[str, str] = {
     "job": "Job",
@@ -811,11 +915,13 @@ def _op(
 ALIAS = _path_param("alias", "The server's alias.")
 JOB = _path_param("job_id", "The job's mobilesd_job_id.")
 FILENAME = _path_param("filename", "A gallery image's file name (.png).")
+BATCH = _path_param("batch_id", "A batch_id (jobs created together).")
 
 
 def _paths() -> dict[str, Schema]:
     job_ok = _json(_ref("Job"), "The job after the change.")
     accepted = _json(_ref("JobAccepted"), "Queued.")
+    batch_ok = _json(_ref("BatchResult"), "What was done.")
     return {
         "/healthz": {
             "get": _op(
@@ -908,7 +1014,8 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "generate",
                 "jobs",
-                "Queue a job.",
+                "Queue a job, a sweep (matrix), defaults + jobs, or prompt variants: one batch, "
+                "all or none.",
                 {"202": accepted, **_errors(400, 413, 422)},
                 requestBody=_body(_ref("GenerateRequest")),
                 parameters=[
@@ -948,6 +1055,7 @@ def _paths() -> dict[str, Schema]:
                     ),
                     *_page(100),
                     _query("q", STR, "Words that must all occur (prompt, checkpoint, ...)."),
+                    _query("batch_id", STR, "Only the jobs of this batch."),
                 ],
             ),
         },
@@ -964,6 +1072,14 @@ def _paths() -> dict[str, Schema]:
                 "jobs",
                 "Remove a finished job from the list (its images stay).",
                 {"204": {"description": "Removed."}, **_errors(404, 409)},
+            ),
+            "patch": _op(
+                "edit_job",
+                "jobs",
+                "Edit a pending job (params merged, then validated whole); 409 once it left "
+                "pending.",
+                {"200": job_ok, **_errors(400, 404, 409, 413, 422)},
+                requestBody=_body(_ref("JobEdit")),
             ),
         },
         "/api/v1/queue/jobs/{job_id}/status": {
@@ -1003,6 +1119,44 @@ def _paths() -> dict[str, Schema]:
                 requestBody=_body(_ref("MoveRequest")),
             ),
         },
+        "/api/v1/queue/batches/{batch_id}/cancel": {
+            "parameters": [BATCH],
+            "post": _op(
+                "cancel_batch",
+                "jobs",
+                "Cancel every pending or processing job of the batch.",
+                {"200": batch_ok, **_errors(404)},
+            ),
+        },
+        "/api/v1/queue/batches/{batch_id}/retry": {
+            "parameters": [BATCH],
+            "post": _op(
+                "retry_batch",
+                "jobs",
+                "Queue again the batch's failed and cancelled jobs not retried yet (into the "
+                "same batch).",
+                {"202": _json(_ref("BatchResult"), "Queued."), **_errors(404, 422)},
+            ),
+        },
+        "/api/v1/queue/batches/{batch_id}/move": {
+            "parameters": [BATCH],
+            "post": _op(
+                "move_batch",
+                "jobs",
+                "Move the batch's pending jobs as one block.",
+                {"200": batch_ok, **_errors(400, 404, 409, 413, 422)},
+                requestBody=_body(_ref("MoveRequest")),
+            ),
+        },
+        "/api/v1/queue/batches/{batch_id}": {
+            "parameters": [BATCH],
+            "delete": _op(
+                "delete_batch",
+                "jobs",
+                "Remove a finished batch's jobs from the list (images stay); 409 while any runs.",
+                {"200": batch_ok, **_errors(404, 409)},
+            ),
+        },
         "/api/v1/queue/clear": {
             "post": _op(
                 "clear_jobs",
@@ -1038,6 +1192,26 @@ def _paths() -> dict[str, Schema]:
                     *_page(50),
                     _query("q", STR, "Words that must all occur (prompt, checkpoint, file name)."),
                     _query("job_id", STR, "Only this job's images."),
+                ],
+            ),
+        },
+        "/api/v1/gallery/archive": {
+            "get": _op(
+                "gallery_archive",
+                "gallery",
+                "A zip of the images (and JSON sidecars) of a batch or of jobs, streamed.",
+                {
+                    "200": {
+                        "description": "application/zip, stored entries under one folder.",
+                        "content": {
+                            "application/zip": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    **_errors(404, 422),
+                },
+                parameters=[
+                    _query("batch_id", STR, "Every image of this batch's jobs."),
+                    _query("job_ids", STR, "Or: comma-separated job ids (at most 1000)."),
                 ],
             ),
         },
@@ -1218,6 +1392,7 @@ def build_openapi() -> Schema:
     """A fresh copy of the whole document."""
     schemas = model_schemas("#/components/schemas/{model}")
     schemas.update(_response_schemas())
+    schemas["GenerateRequest"] = _generate_request(schemas["GenerationParams"])
     responses = {name: _json(_ref("Error"), description) for name, description in _ERRORS.values()}
     paths = _paths()
     _add_cross_site(paths)

@@ -2,44 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from aiohttp import web
 
-from ..schema import FieldProblem, InvalidInput, parse_params
+from ..schema import FieldProblem, InvalidInput
 from .errors import read_object
+from .generate_body import expand_body
 from .keys import CORE
 from .params import int_param, status_param
 
 routes = web.RouteTableDef()
 
-_GENERATE_KEYS = {"target_server_alias", "generation_params"}
+
+def _source(request: web.Request) -> str:
+    source = request.headers.get("X-MobileSD-Source", "api")
+    return source if source in ("tui", "web", "api", "cli") else "api"
 
 
 @routes.post("/api/v1/generate")
 async def generate(request: web.Request) -> web.Response:
     body = await read_object(request)
-    problems = [
-        FieldProblem(path=key, message="unknown field") for key in body if key not in _GENERATE_KEYS
-    ]
-    target = body.get("target_server_alias")
-    if target is not None and not isinstance(target, str):
-        problems.append(FieldProblem(path="target_server_alias", message="must be a string"))
-    if "generation_params" not in body:
-        problems.append(FieldProblem(path="generation_params", message="is required"))
-    params = None
-    try:
-        if "generation_params" in body:
-            params = parse_params(body["generation_params"])
-    except InvalidInput as exc:
-        problems.extend(exc.problems)
-    if problems or params is None:
-        raise InvalidInput(problems)
-    source = request.headers.get("X-MobileSD-Source", "api")
-    if source not in ("tui", "web", "api", "cli"):
-        source = "api"
-    (job,) = await request.app[CORE].service.submit(
-        [params], source=source, target_server_alias=target or None
+    service = request.app[CORE].service
+    if body.keys() & {"matrix", "jobs", "expand"}:
+        # In a thread: a 1,000-job sweep validates for a while, and wildcards are files.
+        result = await asyncio.to_thread(expand_body, body, service.expander)
+    else:
+        result = expand_body(body, service.expander)  # one job: cheaper than a thread hop
+    created = await service.submit_specs(
+        result.jobs, source=_source(request), target_server_alias=body.get("target_server_alias")
     )
-    return web.json_response({"mobilesd_job_id": job["mobilesd_job_id"], "job": job}, status=202)
+    answer: dict[str, Any] = {
+        "batch_id": created[0]["batch_id"],
+        "mobilesd_job_ids": [j["mobilesd_job_id"] for j in created],
+    }
+    if len(created) == 1:  # the answer single jobs always had
+        answer = {"mobilesd_job_id": created[0]["mobilesd_job_id"], "job": created[0], **answer}
+    return web.json_response(answer, status=202)
 
 
 @routes.get("/api/v1/queue/jobs")
@@ -49,8 +49,36 @@ async def list_jobs(request: web.Request) -> web.Response:
         q=request.query.get("q") or None,
         limit=int_param(request, "limit", 100, lo=1, hi=1000),
         offset=int_param(request, "offset", 0, lo=0, hi=10**9),
+        batch_id=request.query.get("batch_id") or None,
     )
     return web.json_response({"jobs": jobs, "total": total})
+
+
+@routes.patch("/api/v1/queue/jobs/{job_id}")
+async def edit_job(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    problems = [
+        FieldProblem(
+            path=k, message="unknown field (expected generation_params, target_server_alias)"
+        )
+        for k in body
+        if k not in ("generation_params", "target_server_alias")
+    ]
+    changes = body.get("generation_params")
+    if changes is not None and not isinstance(changes, dict):
+        problems.append(FieldProblem(path="generation_params", message="must be an object"))
+    target = body.get("target_server_alias")
+    if target is not None and not isinstance(target, str):
+        problems.append(FieldProblem(path="target_server_alias", message="must be a string"))
+    if problems:
+        raise InvalidInput(problems)
+    job = await request.app[CORE].service.edit(
+        request.match_info["job_id"],
+        changes,
+        target=target or None,
+        set_target="target_server_alias" in body,
+    )
+    return web.json_response(job)
 
 
 @routes.get("/api/v1/queue/jobs/{job_id}")
@@ -75,11 +103,16 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.post("/api/v1/queue/jobs/{job_id}/retry")
 async def retry_job(request: web.Request) -> web.Response:
     job = await request.app[CORE].service.retry(request.match_info["job_id"])
-    return web.json_response({"mobilesd_job_id": job["mobilesd_job_id"], "job": job}, status=202)
+    answer = {
+        "mobilesd_job_id": job["mobilesd_job_id"],
+        "job": job,
+        "batch_id": job["batch_id"],
+        "mobilesd_job_ids": [job["mobilesd_job_id"]],
+    }
+    return web.json_response(answer, status=202)
 
 
-@routes.post("/api/v1/queue/jobs/{job_id}/move")
-async def move_job(request: web.Request) -> web.Response:
+async def _move_body(request: web.Request) -> dict[str, Any]:
     body = await read_object(request)
     problems = [
         FieldProblem(path=k, message="unknown field") for k in body if k not in ("to", "before")
@@ -91,10 +124,47 @@ async def move_job(request: web.Request) -> web.Response:
     for key in ("to", "before"):
         if key in body and not isinstance(body[key], str):
             raise InvalidInput([FieldProblem(path=key, message="must be a string")])
+    return body
+
+
+@routes.post("/api/v1/queue/jobs/{job_id}/move")
+async def move_job(request: web.Request) -> web.Response:
+    body = await _move_body(request)
     job = await request.app[CORE].service.move(
         request.match_info["job_id"], to=body.get("to"), before=body.get("before")
     )
     return web.json_response(job)
+
+
+# -- batches: the jobs one request or job file created ------------------------------------------
+
+
+@routes.post("/api/v1/queue/batches/{batch_id}/cancel")
+async def cancel_batch(request: web.Request) -> web.Response:
+    service = request.app[CORE].service
+    return web.json_response(await service.cancel_batch(request.match_info["batch_id"]))
+
+
+@routes.post("/api/v1/queue/batches/{batch_id}/retry")
+async def retry_batch(request: web.Request) -> web.Response:
+    service = request.app[CORE].service
+    answer = await service.retry_batch(request.match_info["batch_id"], source=_source(request))
+    return web.json_response(answer, status=202)
+
+
+@routes.post("/api/v1/queue/batches/{batch_id}/move")
+async def move_batch(request: web.Request) -> web.Response:
+    body = await _move_body(request)
+    answer = await request.app[CORE].service.move_batch(
+        request.match_info["batch_id"], to=body.get("to"), before=body.get("before")
+    )
+    return web.json_response(answer)
+
+
+@routes.delete("/api/v1/queue/batches/{batch_id}")
+async def delete_batch(request: web.Request) -> web.Response:
+    service = request.app[CORE].service
+    return web.json_response(await service.delete_batch(request.match_info["batch_id"]))
 
 
 @routes.delete("/api/v1/queue/jobs/{job_id}")

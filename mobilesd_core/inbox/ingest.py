@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 
 from ..jobfiles import MAX_FILE_BYTES, JobFileResult, parse_job_text
-from ..schema import FieldProblem, InvalidInput, new_job, utc_now_iso
+from ..schema import FieldProblem, InvalidInput, new_batch_id, new_job, utc_now_iso
 from ..service import QueueService
 from .ledger import FileKey, IngestLedger
 from .names import FAILED, PROCESSED
@@ -89,7 +89,9 @@ class Ingestor:
                 ]
             )
         else:
-            result = await asyncio.to_thread(parse_job_text, snap.data, name=rel)
+            result = await asyncio.to_thread(
+                parse_job_text, snap.data, name=rel, expander=self.service.expander
+            )
         problems = list(result.problems)
         for spec in result.jobs:
             where = f"{spec.path}.server" if spec.path else "server"
@@ -123,13 +125,18 @@ class Ingestor:
                     seen.at,
                     seen.moved_to,
                 )
+            batch_id = new_batch_id()  # one batch per file
             jobs = [
-                new_job(
-                    spec.params,
-                    source="inbox",
-                    target_server_alias=spec.server,
-                    source_ref=key.name,
-                )
+                {
+                    **new_job(
+                        spec.params,
+                        source="inbox",
+                        target_server_alias=spec.server,
+                        source_ref=key.name,
+                        batch_id=batch_id,
+                    ),
+                    **spec.job_fields(),
+                }
                 for spec in result.jobs
             ]
             if ids is not None:  # recovering: the ids noted before the crash

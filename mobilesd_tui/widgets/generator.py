@@ -16,7 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import Button, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
 ANY = "*"  # the target Select's value for "any server"
 CURRENT = "*"  # the checkpoint Select's value for "keep the server's current"
@@ -61,10 +61,21 @@ ROW_ERRORS = {
 
 
 class SubmitRequested(Message):
-    def __init__(self, params: dict[str, Any], target: str | None) -> None:
+    """Queue the form: as one job, as one job per checkpoint, or as an edit of `edit_of`."""
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        target: str | None,
+        *,
+        edit_of: str | None = None,
+        every_checkpoint: bool = False,
+    ) -> None:
         super().__init__()
         self.params = params
         self.target = target
+        self.edit_of = edit_of
+        self.every_checkpoint = every_checkpoint
 
 
 class ModelsWanted(Message):
@@ -134,6 +145,7 @@ class GeneratorPane(Vertical):
         super().__init__(**kwargs)
         self.models: dict[str, Any] = {}
         self.last_seed: int | None = None
+        self.editing: str | None = None  # the pending job the form edits (saving PATCHes it)
         # Each Select's options as we set them (Select keeps its own list private).
         self._options: dict[str, list[tuple[str, Any]]] = {
             "target": [("any server", ANY)],
@@ -186,6 +198,11 @@ class GeneratorPane(Vertical):
                     "checkpoint_name",
                     id="f-checkpoint",
                 )
+            yield Checkbox(
+                "Every checkpoint (one job per checkpoint of the server, as one batch)",
+                compact=True,
+                id="every-checkpoint",
+            )
             with Horizontal(classes="row", id="lora-line"):
                 yield Label("LoRAs", classes="field-label")
                 yield Button("+ LoRA", compact=True, id="add-lora", tooltip="pick a LoRA (ctrl+l)")
@@ -249,6 +266,9 @@ class GeneratorPane(Vertical):
         with Horizontal(id="submit-line"):
             yield Button(
                 "Add to queue", compact=True, variant="primary", id="submit", tooltip="ctrl+s"
+            )
+            yield Button(
+                "Stop editing", compact=True, id="stop-editing", tooltip="back to a new job"
             )
             yield Static("", id="submit-status")
 
@@ -427,7 +447,48 @@ class GeneratorPane(Vertical):
 
     def action_submit(self) -> None:
         target = self.query_one("#target", Select).value
-        self.post_message(SubmitRequested(self.params(), None if target == ANY else str(target)))
+        every = self.query_one("#every-checkpoint", Checkbox).value and self.editing is None
+        self.post_message(
+            SubmitRequested(
+                self.params(),
+                None if target == ANY else str(target),
+                edit_of=self.editing,
+                every_checkpoint=every,
+            )
+        )
+
+    # -- editing a pending job ------------------------------------------------------------------
+
+    def start_editing(self, job: dict[str, Any]) -> None:
+        """Load a pending job into the form; Save sends only the form's fields (PATCH), so what
+        the form does not show (hires, extra, styles) stays as it is."""
+        self.editing = job["mobilesd_job_id"]
+        params = job.get("generation_params") or {}
+        self.fill({**params, "target": job.get("target_server_alias")})
+        self.clear_errors()
+        self.query_one("#every-checkpoint", Checkbox).value = False
+        self.query_one("#submit", Button).label = "Save changes"
+        self.add_class("editing")
+        self.query_one("#submit-status", Static).update(
+            f"[yellow]editing[/] pending job {self.editing[-8:]}"
+        )
+
+    def stop_editing(self, status: str = "") -> None:
+        self.editing = None
+        self.query_one("#submit", Button).label = "Add to queue"
+        self.remove_class("editing")
+        self.query_one("#submit-status", Static).update(status)
+
+    @on(Button.Pressed, "#stop-editing")
+    def _stop_editing_pressed(self) -> None:
+        self.stop_editing()
+
+    def show_batch(self, answer: dict[str, Any]) -> None:
+        count = len(answer.get("mobilesd_job_ids") or [])
+        self.query_one("#submit-status", Static).update(
+            f"[green]queued {count} jobs[/] as batch {str(answer.get('batch_id'))[-4:]} "
+            "(F2 shows the queue)"
+        )
 
     def action_add_lora(self) -> None:
         self.post_message(LoraPickRequested())

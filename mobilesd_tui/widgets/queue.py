@@ -25,6 +25,7 @@ from ..jobtext import STATUSES, KeyedText, detail_text, rank, row_cells
 COLUMNS = (
     ("status", "Status", 11),
     ("age", "Age", 4),
+    ("batch", "Batch", 5),  # jobs queued together (a sweep, a job file) share a label
     ("server", "Server", 6),
     ("progress", "Progress", 10),
     ("checkpoint", "Checkpoint", 14),
@@ -50,6 +51,8 @@ class JobTable(DataTable[Any]):
 class QueuePane(Vertical):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("c", "job('cancel')", "Cancel", id="queue.cancel"),
+        Binding("e", "job('edit')", "Edit", id="queue.edit"),
+        Binding("C", "job('cancel_batch')", "Cancel batch", show=False, id="queue.cancel_batch"),
         Binding("r", "job('retry')", "Retry", id="queue.retry"),
         Binding("u", "job('up')", "Up", id="queue.up"),
         Binding("d", "job('down')", "Down", id="queue.down"),

@@ -146,7 +146,9 @@ const state = {
   galleryLoading: false,
   loras: [],
   modelsFor: null,
+  models: null, // the lists of `modelsFor`: "every checkpoint" sweeps its checkpoints
   editing: null,
+  editingJob: null, // the pending job the generator form edits (saving PATCHes it)
   events: null,
   signedIn: false,
   // Latest `server` event per alias, numbered: a list fetched while one arrived must not
@@ -343,10 +345,12 @@ async function loadModels() {
   }
   if (state.modelsFor === alias) return;
   state.modelsFor = alias;
+  state.models = null;
   try {
     const models = await api("GET", `/api/v1/servers/${enc(alias)}/models`);
     if (state.modelsFor !== alias) return;
     note.textContent = "";
+    state.models = models;
     fillModelSelects(models);
   } catch (error) {
     state.modelsFor = null;
@@ -378,6 +382,39 @@ function fillServerSelect() {
   );
 }
 
+function editJob(job) {
+  // The form shows the job; what it has no control for (hires, extra, styles) stays on the job,
+  // since saving sends only the form's fields and the core merges them.
+  setForm({ ...job.generation_params, target_server_alias: job.target_server_alias || "" });
+  state.editingJob = job.mobilesd_job_id;
+  $("gen-submit").textContent = "Save changes";
+  $("gen-stop-editing").hidden = false;
+  $("every-line").hidden = true;
+  const note = $("gen-editing");
+  note.textContent = `Editing pending job …${job.mobilesd_job_id.slice(-8)}`;
+  note.hidden = false;
+  setText("gen-ok", "");
+  show("generate");
+  loadModels();
+}
+
+function stopEditing() {
+  state.editingJob = null;
+  $("gen-submit").textContent = "Add to queue";
+  $("gen-stop-editing").hidden = true;
+  $("every-line").hidden = false;
+  $("gen-editing").hidden = true;
+}
+
+function checkpointSweep(body) {
+  const models = state.models;
+  const titles = models ? models.checkpoints.map((c) => c.title).filter(Boolean) : [];
+  if (!titles.length) return false;
+  delete body.generation_params.checkpoint_name;
+  body.matrix = { checkpoint_name: titles };
+  return true;
+}
+
 async function submitJob(event) {
   event.preventDefault();
   const form = $("gen-form");
@@ -387,17 +424,41 @@ async function submitJob(event) {
   const body = { generation_params: readForm() };
   const target = control("target_server_alias").value;
   if (target) body.target_server_alias = target;
+  const editing = state.editingJob;
+  const every = !editing && $("f-every-checkpoint").checked;
+  if (every && !checkpointSweep(body)) {
+    general.textContent = "No checkpoint list from the server yet; nothing was queued.";
+    return;
+  }
   const button = $("gen-submit");
   button.disabled = true;
   try {
     const since = performance.now();
+    if (editing) {
+      body.target_server_alias = target || null;
+      const job = await api("PATCH", `/api/v1/queue/jobs/${enc(editing)}`, body);
+      upsertJob(job, since);
+      stopEditing();
+      setText("gen-ok", "Changes saved.");
+      return;
+    }
     const answer = await api("POST", "/api/v1/generate", body);
-    upsertJob(answer.job, since);
     saveSettings();
+    if (!answer.job) {
+      const n = answer.mobilesd_job_ids.length;
+      setText("gen-ok", `Added ${n} jobs to the queue as one batch.`);
+      return; // their cards come with the event stream
+    }
+    upsertJob(answer.job, since);
     const count = answer.job.generation_params.n_iter * answer.job.generation_params.batch_size;
     setText("gen-ok", `Added to the queue (${count} image${count === 1 ? "" : "s"}).`);
   } catch (error) {
-    showErrors(form, general, error, "generation_params.");
+    if (editing && error.status === 409) {
+      stopEditing();
+      general.textContent = "That job has already started or finished; nothing was changed.";
+    } else {
+      showErrors(form, general, error, "generation_params.");
+    }
   } finally {
     button.disabled = false;
   }
@@ -406,6 +467,7 @@ async function submitJob(event) {
 function setupGenerate() {
   const form = $("gen-form");
   form.addEventListener("submit", submitJob);
+  $("gen-stop-editing").addEventListener("click", stopEditing);
   $("f-size").addEventListener("change", (e) => {
     if (e.target.value === "custom") return control("width").focus();
     const [w, hgt] = e.target.value.split("x");
@@ -669,6 +731,7 @@ function makeCard(id) {
       { class: "row actions" },
       (refs.up = act("↑", "icon", () => jobAction(job(), card, "POST", `${base}/move`, { to: "up" }))),
       (refs.down = act("↓", "icon", () => jobAction(job(), card, "POST", `${base}/move`, { to: "down" }))),
+      (refs.edit = act("Edit", "ghost", () => editJob(job()))),
       (refs.cancel = act("Cancel", "ghost", () => jobAction(job(), card, "POST", `${base}/cancel`))),
       (refs.retry = act("Retry", "ghost", () => jobAction(job(), card, "POST", `${base}/retry`))),
       (refs.remove = act("Remove", "ghost", async () => {
@@ -692,6 +755,11 @@ function updateCard(card, job) {
   const server = job.assigned_server_alias || job.target_server_alias || "any server";
   const count = (p.n_iter || 1) * (p.batch_size || 1);
   refs.meta.textContent = `${server} · ${p.width}×${p.height} · ${p.steps} steps${count > 1 ? ` · ×${count}` : ""}`;
+  // Jobs queued together (a sweep, a job file) share a batch label.
+  if (job.batch_id) {
+    card.dataset.batch = job.batch_id;
+    refs.meta.textContent += ` · batch ${job.batch_id.slice(-4)}`;
+  }
   refs.time.textContent = timeText(job.completion_timestamp || job.started_timestamp || job.creation_timestamp);
   if (refs.prompt.textContent !== p.prompt) refs.prompt.textContent = p.prompt;
 
@@ -735,7 +803,7 @@ function updateCard(card, job) {
   }
 
   const finished = !(status in STATUS_ORDER);
-  refs.up.hidden = refs.down.hidden = status !== "pending";
+  refs.up.hidden = refs.down.hidden = refs.edit.hidden = status !== "pending";
   refs.cancel.hidden = finished;
   refs.retry.hidden = !finished;
   refs.remove.hidden = !finished;
