@@ -19,6 +19,7 @@ from . import (
     routes_gallery,
     routes_jobs,
     routes_library,
+    routes_notify,
     routes_page,
     routes_servers,
 )
@@ -81,6 +82,7 @@ def create_app(
     app.add_routes(routes_gallery.routes)
     app.add_routes(routes_library.routes)
     app.add_routes(routes_civitai.routes)
+    app.add_routes(routes_notify.routes)
     app.add_routes(routes_events.routes)
     routes_events.setup(app)  # stream settings, and open streams ended on shutdown
     app.add_routes(routes_auth.routes)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..schema import FieldProblem, InvalidInput, parse_params
+from ..schema import FieldProblem, InvalidInput, check_webhook_url, parse_params
 from .errors import read_object
 from .keys import CORE
 from .params import int_param, status_param
 
 routes = web.RouteTableDef()
 
-_GENERATE_KEYS = {"target_server_alias", "generation_params"}
+_GENERATE_KEYS = {"target_server_alias", "generation_params", "webhook_url"}
 
 
 @routes.post("/api/v1/generate")
@@ -23,6 +23,12 @@ async def generate(request: web.Request) -> web.Response:
     target = body.get("target_server_alias")
     if target is not None and not isinstance(target, str):
         problems.append(FieldProblem(path="target_server_alias", message="must be a string"))
+    webhook_url = body.get("webhook_url")
+    if webhook_url is not None:
+        try:
+            webhook_url = check_webhook_url(webhook_url)
+        except ValueError as exc:
+            problems.append(FieldProblem(path="webhook_url", message=str(exc)))
     if "generation_params" not in body:
         problems.append(FieldProblem(path="generation_params", message="is required"))
     params = None
@@ -37,18 +43,40 @@ async def generate(request: web.Request) -> web.Response:
     if source not in ("tui", "web", "api", "cli"):
         source = "api"
     (job,) = await request.app[CORE].service.submit(
-        [params], source=source, target_server_alias=target or None
+        [params],
+        source=source,
+        target_server_alias=target or None,
+        # Stored on the job: every terminal state is POSTed there, signed.
+        extra_fields={"webhook_url": webhook_url} if webhook_url else None,
     )
     return web.json_response({"mobilesd_job_id": job["mobilesd_job_id"], "job": job}, status=202)
 
 
+_ARCHIVED = {
+    "0": "exclude",
+    "false": "exclude",
+    "no": "exclude",
+    "1": "include",
+    "true": "include",
+    "yes": "include",
+    "only": "only",
+}
+
+
 @routes.get("/api/v1/queue/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
+    raw = request.query.get("archived", "0").lower()
+    archived = _ARCHIVED.get(raw)
+    if archived is None:
+        raise InvalidInput(
+            [FieldProblem(path="archived", message=f"must be 0, 1 or only (found {raw!r})")]
+        )
     jobs, total = await request.app[CORE].service.list(
         statuses=status_param(request),
         q=request.query.get("q") or None,
         limit=int_param(request, "limit", 100, lo=1, hi=1000),
         offset=int_param(request, "offset", 0, lo=0, hi=10**9),
+        archived=archived,  # type: ignore[arg-type]
     )
     return web.json_response({"jobs": jobs, "total": total})
 
@@ -94,6 +122,19 @@ async def move_job(request: web.Request) -> web.Response:
     job = await request.app[CORE].service.move(
         request.match_info["job_id"], to=body.get("to"), before=body.get("before")
     )
+    return web.json_response(job)
+
+
+@routes.post("/api/v1/queue/jobs/{job_id}/pin")
+async def pin_job(request: web.Request) -> web.Response:
+    return web.json_response(
+        await request.app[CORE].service.pin(request.match_info["job_id"], True)
+    )
+
+
+@routes.post("/api/v1/queue/jobs/{job_id}/unpin")
+async def unpin_job(request: web.Request) -> web.Response:
+    job = await request.app[CORE].service.pin(request.match_info["job_id"], False)
     return web.json_response(job)
 
 
