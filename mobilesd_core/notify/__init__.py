@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,9 +60,13 @@ class Notifier:
             load_or_create_webhook_secret, settings
         )
         redactor = Redactor(settings.notify_urls, [self._secret])
-        # Imports Apprise (only when configured) and parses each URL.
-        self.sender = await asyncio.to_thread(AppriseSender, settings.notify_urls, redactor)
+        if settings.notify_urls:
+            # Apprise (only when configured) brings in requests and urllib3; their loggers exist
+            # once imported, and the filter must be on them before the first URL is parsed
+            # (Apprise logs each URL it loads).
+            await asyncio.to_thread(importlib.import_module, "apprise")
         self._filter = install_filter(redactor)
+        self.sender = await asyncio.to_thread(AppriseSender, settings.notify_urls, redactor)
 
     async def start(self) -> None:
         settings = self.settings

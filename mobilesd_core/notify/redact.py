@@ -17,8 +17,18 @@ from urllib.parse import unquote
 
 MASK = "***"
 MIN_FRAGMENT = 4  # shorter pieces (ports, "v1") are not secrets and would mangle every message
-# Libraries that log what Apprise sends: Apprise itself, and requests' urllib3 (request paths).
-NOISY_LOGGERS = ("apprise", "urllib3.connectionpool")
+# Libraries that log what Apprise sends: Apprise itself, and requests' urllib3 (request paths,
+# retries). A logger's filters do not apply to its children, so each one gets the filter.
+NOISY_PREFIXES = ("apprise", "urllib3", "requests")
+# Apprise imports requests lazily (with the plugin), so urllib3's module loggers may not exist
+# yet when the filter goes on: these are made in advance (urllib3 gets the same objects by name).
+KNOWN_LOGGERS = (
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.poolmanager",
+    "urllib3.response",
+    "urllib3.util.retry",
+)
 
 _SCHEME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -79,13 +89,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def _noisy_loggers() -> list[logging.Logger]:
+    """The loggers of those libraries that exist now (call after importing Apprise: its import
+    brings in requests and urllib3, which create their loggers at import)."""
+    names = {*NOISY_PREFIXES, *KNOWN_LOGGERS} | {
+        name for name in logging.root.manager.loggerDict if name.split(".", 1)[0] in NOISY_PREFIXES
+    }
+    return [logging.getLogger(name) for name in sorted(names)]
+
+
 def install_filter(redactor: Redactor) -> RedactingFilter:
     log_filter = RedactingFilter(redactor)
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).addFilter(log_filter)
+    for logger in _noisy_loggers():
+        logger.addFilter(log_filter)
     return log_filter
 
 
 def remove_filter(log_filter: RedactingFilter) -> None:
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).removeFilter(log_filter)
+    for logger in _noisy_loggers():
+        logger.removeFilter(log_filter)
