@@ -339,7 +339,7 @@ def _response_schemas() -> dict[str, Schema]:
                         "pending": {
                             "type": "integer",
                             "minimum": 0,
-                            "description": "Deliveries not yet acknowledged (kept across restarts).",
+                            "description": "Not yet acknowledged (kept across restarts).",
                         },
                         "delivered": {"type": "integer", "minimum": 0},
                         "failed": {
