@@ -300,6 +300,15 @@ async def test_apprise_notices_for_batch_failure_server_and_empty_queue(
         batch = notices["MobileSD: batch finished (2 completed, 1 failed, 0 cancelled)"]
         assert batch["type"] == "warning"
         assert f"https://sd.example.net/#gallery?jobs={ids[0]}..{ids[-1]}" in batch["message"]
+        # The link's job range selects the batch's images through the gallery API.
+        gallery = await harness.api.get(
+            "/api/v1/gallery/images", params={"jobs": f"{ids[0]}..{ids[-1]}"}
+        )
+        assert {i["mobilesd_job_id"] for i in gallery.json()["images"]} == {
+            j["mobilesd_job_id"] for j in jobs if j["generation_params"].get("prompt") != "owl"
+        }
+        bad = await harness.api.get("/api/v1/gallery/images", params={"jobs": "x..y"})
+        assert bad.status_code == 422
         failed = notices["MobileSD: job failed"]
         assert "sdxl/missing_model" in failed["message"] and failed["type"] == "failure"
         # The failure came first, the batch when its last job ended, then the empty queue.

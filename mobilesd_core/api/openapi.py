@@ -1086,6 +1086,16 @@ def _paths() -> dict[str, Schema]:
                     *_page(50),
                     _query("q", STR, "Words that must all occur (prompt, checkpoint, file name)."),
                     _query("job_id", STR, "Only this job's images."),
+                    _query(
+                        "jobs",
+                        {
+                            "type": "string",
+                            "pattern": "^[0-9A-HJKMNP-TV-Z]{26}(\\.\\.[0-9A-HJKMNP-TV-Z]{26})?$",
+                        },
+                        "Only the images of jobs whose ids lie between <first>..<last> (both "
+                        "included), or of one job: a batch's jobs have consecutive ids. The links "
+                        "in notifications use it.",
+                    ),
                 ],
             ),
         },
