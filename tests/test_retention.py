@@ -198,3 +198,22 @@ async def test_finish_index_handles_out_of_order_finishes_removals_and_reopen(
         assert total == 2
     finally:
         await reopened.close()
+
+
+def test_retention_settings_are_checked() -> None:
+    from mobilesd_core.config import ConfigError, settings_from_env
+
+    settings = settings_from_env({"RETENTION_ARCHIVE_DAYS": "7", "RETENTION_PRUNE_DAYS": "90"})
+    assert (settings.retention_archive_days, settings.retention_prune_days) == (7, 90)
+    for env, fragment in (
+        ({"RETENTION_ARCHIVE_DAYS": "30", "RETENTION_PRUNE_DAYS": "7"}, "at least"),
+        ({"RETENTION_PRUNE_DAYS": "-1"}, "RETENTION_PRUNE_DAYS must be 0"),
+        ({"RETENTION_ARCHIVE_DAYS": "soon"}, "expected a number"),
+        ({"PUBLIC_URL": "sd.example.net"}, "PUBLIC_URL must be"),
+    ):
+        try:
+            settings_from_env(env)
+        except ConfigError as exc:
+            assert fragment in str(exc), (env, str(exc))
+        else:
+            raise AssertionError(f"{env} was accepted")

@@ -258,7 +258,10 @@ class WebhookOutbox:
                 self._attempts.add(task)
                 task.add_done_callback(self._attempts.discard)
             waiting = [d.next_at for d in due if not d.running]
-            delay = max(0.0, min(waiting) - now) if waiting else None
+            if len(self._attempts) >= CONCURRENCY or not waiting:
+                delay = None  # a finishing attempt (or a new delivery) wakes the loop
+            else:
+                delay = max(0.0, min(waiting) - now)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
