@@ -240,6 +240,7 @@ async def test_pending_delivery_survives_a_restart(tmp_path: Path) -> None:
     receiver.hits.clear()
     harness = await start_harness(settings)
     try:
+
         async def delivered() -> bool:
             # The core's record of it, not the receiver's: its answer may still be on the way.
             status = (await harness.api.get("/api/v1/notifications")).json()["webhooks"]
