@@ -7,6 +7,7 @@ Validated once at start: a folder that is missing and cannot be made, or is not 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -57,7 +58,23 @@ class Settings:
     max_interruptions: int = 25
     retry_backoff: float = 2.0
     retry_backoff_max: float = 60.0
-    archive_after_days: int = 0  # 0: terminal jobs go to the archive at once
+    # Retention. Finished jobs older than `retention_archive_days` leave the default job list
+    # (GET /api/v1/queue/jobs?archived=1 still finds them); older than `retention_prune_days`
+    # they are deleted from the history unless pinned. Images always stay. 0 turns either off.
+    retention_archive_days: float = 14.0
+    retention_prune_days: float = 0.0
+    retention_interval: float = 3600.0  # seconds between prune sweeps (one also runs at start)
+    # Notifications: Apprise URLs (they hold tokens: never logged, never returned).
+    notify_urls: tuple[str, ...] = field(default=(), repr=False)
+    # Webhook signing key; when unset one is made and kept in CONFIG_DATA_PATH/webhook_secret.
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_max_attempts: int = 12
+    webhook_backoff: float = 1.0  # first retry after this many seconds, doubling
+    webhook_backoff_max: float = 600.0
+    webhook_timeout: float = 10.0
+    # The phone page's address for links in notifications (e.g. https://sd.example.net);
+    # unset: http://<HOST, or the LAN address for 0.0.0.0>:<PORT>.
+    public_url: str | None = None
     # Scheduling: "checkpoint" keeps servers on the model they have loaded; "fifo" is queue order.
     scheduler: str = "checkpoint"
     # A job passed over this long, or by this many jobs, runs next whatever it costs.
@@ -70,6 +87,21 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in changes.items() if k in known and v is not None})
+
+
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def split_notify_urls(raw: str) -> tuple[str, ...]:
+    """NOTIFY_URLS: Apprise URLs separated by spaces or commas. A comma only separates when a
+    new `scheme://` follows, so commas inside a URL (`mailto://...?to=a@x.org,b@y.org`) stay."""
+    parts = re.split(r"\s+|,(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)", raw.strip())
+    urls = tuple(p.strip().strip(",") for p in parts if p.strip().strip(","))
+    for index, url in enumerate(urls, start=1):
+        if not _URL_START.match(url):
+            # Only the position: the entry may be a token pasted without its scheme.
+            raise ValueError(f"entry {index} does not start with scheme://")
+    return urls
 
 
 def _flag(raw: str) -> bool:
@@ -105,6 +137,13 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MOBILESD_MAX_WAIT_SECONDS": ("max_wait_seconds", float),
     "MOBILESD_MAX_OVERTAKES": ("max_overtakes", int),
     "MODEL_SYNC_CAP_GB": ("model_sync_cap_gb", float),
+    # Notifications, webhooks, retention.
+    "NOTIFY_URLS": ("notify_urls", split_notify_urls),
+    "WEBHOOK_SECRET": ("webhook_secret", str),
+    "WEBHOOK_MAX_ATTEMPTS": ("webhook_max_attempts", int),
+    "PUBLIC_URL": ("public_url", str),
+    "RETENTION_ARCHIVE_DAYS": ("retention_archive_days", float),
+    "RETENTION_PRUNE_DAYS": ("retention_prune_days", float),
 }
 
 
@@ -118,7 +157,9 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
             continue
         try:
             values[name] = kind(raw.strip())
-        except ValueError:
+        except ValueError as exc:
+            if kind is split_notify_urls:  # the value holds tokens: never echo it
+                raise ConfigError(f"{var} is not valid: {exc}") from None
             expected = {int: "a whole number", _flag: "1 or 0 (true/false, yes/no)"}.get(
                 kind, "a number"
             )
@@ -145,9 +186,26 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         ("MOBILESD_HEALTH_SECONDS", settings.health_interval),
         ("MOBILESD_STALL_SECONDS", settings.stall_timeout),
         ("MOBILESD_MAX_ATTEMPTS", settings.max_attempts),
+        ("WEBHOOK_MAX_ATTEMPTS", settings.webhook_max_attempts),
     ):
         if value <= 0:
             raise ConfigError(f"{var} must be positive (found {value})")
+    for var, value in (
+        ("RETENTION_ARCHIVE_DAYS", settings.retention_archive_days),
+        ("RETENTION_PRUNE_DAYS", settings.retention_prune_days),
+    ):
+        if value < 0:
+            raise ConfigError(f"{var} must be 0 (off) or a positive number of days")
+    archive, prune = settings.retention_archive_days, settings.retention_prune_days
+    if archive and prune and prune < archive:
+        raise ConfigError(
+            f"RETENTION_PRUNE_DAYS ({prune:g}) must be at least RETENTION_ARCHIVE_DAYS "
+            f"({archive:g}): jobs are archived first, pruned later"
+        )
+    if settings.public_url is not None and not re.match(
+        r"^https?://[^\s/?#]+", settings.public_url
+    ):
+        raise ConfigError("PUBLIC_URL must be an http(s) address, e.g. https://sd.example.net")
     return settings
 
 
@@ -204,6 +262,24 @@ def write_secret_file(path: Path, text: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+WEBHOOK_SECRET_FILE = "webhook_secret"
+
+
+def load_or_create_webhook_secret(settings: Settings) -> tuple[str, bool]:
+    """WEBHOOK_SECRET if set, else the one kept in CONFIG_DATA_PATH (made on first use).
+    Returns (secret, whether it came from the environment)."""
+    if settings.webhook_secret:
+        return settings.webhook_secret, True
+    path = settings.data_path / WEBHOOK_SECRET_FILE
+    if path.exists():
+        secret = path.read_text().strip()
+        if secret:
+            return secret, False
+    secret = secrets.token_hex(32)
+    write_secret_file(path, secret + "\n")
+    return secret, False
 
 
 def load_or_create_token(settings: Settings) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 import httpx
 
@@ -21,7 +23,9 @@ from .events import EventBus
 from .gallery import Gallery
 from .inbox import InboxWatcher
 from .model_sync import LibraryIndex, ModelSync
+from .notify import Notifier
 from .progress import ProgressBoard
+from .retention import Pins, Retention
 from .servers import ServerRegistry, default_client_factory
 from .service import QueueService, load_paused
 from .store import JobStore, ServerStore
@@ -36,8 +40,12 @@ class Core:
         *,
         forge_transport: httpx.AsyncBaseTransport | None = None,
         civitai_transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` (unix seconds) measures retention ages and webhook retry times; tests move
+        it instead of waiting days."""
         self.settings = settings
+        self.clock = clock
         self.bus = EventBus()
         self.board = ProgressBoard()
         self.store = JobStore(settings.data_path)
@@ -60,6 +68,8 @@ class Core:
         )
         self.dispatcher.router.library = self.library_index
         self.dispatcher.before_run.append(self.model_sync.prepare)
+        self.pins = Pins(settings.data_path)
+        self.retention = Retention(self.store, self.pins, settings, clock=clock)
         self.service = QueueService(
             self.store,
             self.registry,
@@ -69,7 +79,9 @@ class Core:
             self.board,
             model_sync=self.model_sync,
             wildcards_path=settings.wildcards_path,
+            retention=self.retention,
         )
+        self.notifier = Notifier(settings, live_jobs=self.store.live_jobs, clock=clock)
         self.inbox = InboxWatcher(settings, self.service)
         self.civitai = CivitaiClient(
             settings.civitai_base_url,
@@ -85,8 +97,10 @@ class Core:
             on_downloaded=self._on_downloaded,
         )
         self.store.set_listener(self._on_job_change)
+        self.bus.add_listener(self.notifier.on_event)
         self.registry.set_on_available(self.dispatcher.wake)
         self._started = False
+        self._background: set[asyncio.Task[None]] = set()
 
     async def _on_downloaded(self, kind: str) -> None:
         await self.library_index.refresh()  # the new file can be synced to servers now
@@ -96,19 +110,31 @@ class Core:
     def _on_job_change(self, kind: str, payload: object) -> None:
         if kind == "job_removed":
             self.bus.publish("job_removed", {"mobilesd_job_id": payload})
+            if payload in self.pins:
+                # A deleted job's pin goes with it (in the background: listeners never wait).
+                task = asyncio.create_task(self.pins.forget([payload]))  # type: ignore[list-item]
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         else:
-            self.bus.publish("job", self.service.view(payload))  # type: ignore[arg-type]
+            view = self.service.view(payload)  # type: ignore[arg-type]
+            self.bus.publish("job", view)
+            self.notifier.on_job(view)
 
     async def start(self) -> None:
+        await self.notifier.prepare()  # configuration errors before any file is taken
         await self.store.open()
         await self.server_store.open()
+        await self.pins.load()
         await self.gallery.start()
         self.dispatcher.paused = await asyncio.to_thread(load_paused, self.settings.data_path)
+        # Before servers and jobs move: it must see their first states.
+        await self.notifier.start()
         await self.registry.start()
         await self.model_sync.start()
         await self.dispatcher.start()
         await self.inbox.start()
         await self.downloads.start()  # unfinished downloads resume
+        self.retention.start()  # prunes once now, then every RETENTION interval
         self._started = True
         counts = self.store.count()
         log.info(
@@ -124,9 +150,13 @@ class Core:
         self._started = False
         await self.inbox.stop()
         await self.downloads.stop()
+        await self.retention.stop()
         await self.dispatcher.stop()
         await self.model_sync.stop()
         await self.registry.stop()
+        await self.notifier.stop()  # after the dispatcher: the last terminal jobs are queued
+        for task in list(self._background):
+            await task
         self.bus.close_all()
         await self.store.close()
         await self.server_store.close()

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 EVENT_NAMES = ("job", "job_removed", "server", "image", "download", "sync", "reset", "queue")
 
@@ -61,6 +65,12 @@ class EventBus:
         self._ring: deque[Event] = deque(maxlen=ring_size)
         self._subs: set[Subscription] = set()
         self._queue_size = queue_size
+        self._listeners: list[Callable[[str, Any], None]] = []
+
+    def add_listener(self, listener: Callable[[str, Any], None]) -> None:
+        """Call `listener(name, data)` for every event, synchronously: for parts of the core
+        (notifications) that must see every event, which a bounded subscription may drop."""
+        self._listeners.append(listener)
 
     @property
     def last_id(self) -> int:
@@ -70,6 +80,11 @@ class EventBus:
         event = Event(self._next_id, name, data)
         self._next_id += 1
         self._ring.append(event)
+        for listener in self._listeners:
+            try:
+                listener(name, data)
+            except Exception:  # a broken listener must not stop the event from going out
+                log.exception("event listener failed on %s", name)
         for sub in list(self._subs):
             try:
                 sub.queue.put_nowait(event)

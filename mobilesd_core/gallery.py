@@ -787,27 +787,39 @@ class Gallery:
         offset: int = 0,
         q: str | None = None,
         job_id: str | None = None,
+        job_range: tuple[str, str] | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
         """A page of entries, newest first, and how many match in total.
 
         `q` is split into words; an image matches when each word occurs (case-insensitively) in
-        its prompt, negative prompt, checkpoint or file name.
+        its prompt, negative prompt, checkpoint or file name. `job_range` (first, last) keeps the
+        images of jobs whose ids sort between the two, both included: a batch's jobs have
+        consecutive ids, so this is how a notice links to a batch's images.
         """
         limit = max(0, limit)
         offset = max(0, offset)
         words = q.casefold().split() if q else []
-        if job_id is None and not words:
+        if job_range is not None:
+            first, last = job_range
+            job_ids = [j for j in self._by_job if first <= j <= last]
+            if job_id is not None:
+                job_ids = [j for j in job_ids if j == job_id]
+            job_id = None
+            range_names = [name for j in job_ids for name in self._by_job[j]]
+        if job_id is None and not words and job_range is None:
             total = len(self._order)
             stop = max(0, total - offset)
             start = max(0, stop - limit)
             keys = self._order[start:stop][::-1]
             return [dict(self._records[name].entry) for _, name in keys], total
 
-        if job_id is not None:
-            names = self._by_job.get(job_id, set())
+        if job_range is not None:
             candidates: Iterable[tuple[str, str]] = sorted(
-                (self._records[name].key for name in names), reverse=True
+                (self._records[name].key for name in range_names), reverse=True
             )
+        elif job_id is not None:
+            names = self._by_job.get(job_id, set())
+            candidates = sorted((self._records[name].key for name in names), reverse=True)
         else:
             candidates = reversed(self._order)
         page: list[dict[str, Any]] = []

@@ -67,6 +67,7 @@ VALIDATOR_RULES: dict[tuple[str, str], JSONSchema] = {
     ("ServerConfig", "alias"): {"pattern": _ALIAS_RE.pattern},
     ("ServerUpdate", "alias"): {"pattern": _ALIAS_RE.pattern},
     ("ServerConfig", "api_url"): {"pattern": _URL_PATTERN, "format": "uri"},
+    ("GenerateRequest", "webhook_url"): {"pattern": _URL_PATTERN, "format": "uri"},
     ("ServerUpdate", "api_url"): {"pattern": _URL_PATTERN, "format": "uri"},
 }
 
@@ -109,6 +110,12 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("HiresParams", "denoising_strength"): "Denoising strength of the second pass, 0..1.",
     ("GenerateRequest", "target_server_alias"): (
         "Alias of the server that must run the job; absent or null: any enabled server."
+    ),
+    ("GenerateRequest", "webhook_url"): (
+        "http(s) URL told about every job the request creates: each terminal state (completed, "
+        "failed, cancelled) is POSTed there as the job's JSON, signed with the header "
+        "X-MobileSD-Signature: sha256=<hex HMAC-SHA256 of the body, keyed with WEBHOOK_SECRET>, "
+        "and retried with backoff until a 2xx answer."
     ),
     ("ServerConfig", "alias"): "Short name, 1-64 letters, digits, '_', '-', '.'.",
     ("ServerConfig", "api_url"): (

@@ -225,11 +225,45 @@ class ServerUpdate(_Strict):
         return _check_sync_dir(value)
 
 
+WEBHOOK_URL_MAX = 2048
+
+
+def check_webhook_url(value: object) -> str:
+    """A webhook URL: http(s), with a host, no spaces. (Query strings are allowed: receivers
+    often take their key there.)"""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    value = value.strip()
+    if len(value) > WEBHOOK_URL_MAX:
+        raise ValueError(f"must be at most {WEBHOOK_URL_MAX} characters")
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port_ok
+        or any(c.isspace() for c in value)
+    ):
+        raise ValueError("must be an http:// or https:// URL such as https://example.net/hook")
+    return value
+
+
 class GenerateRequest(_Strict):
     """Body of POST /api/v1/generate."""
 
     target_server_alias: str | None = None
     generation_params: GenerationParams
+    webhook_url: str | None = Field(default=None, max_length=WEBHOOK_URL_MAX)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _valid_webhook(cls, value: str | None) -> str | None:
+        return value if value is None else check_webhook_url(value)
 
 
 # --- jobs -------------------------------------------------------------------------------------

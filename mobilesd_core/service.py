@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -35,10 +35,11 @@ from .schema import (
 )
 from .servers import ServerRegistry
 from .storage import atomic_write_bytes
-from .store import BatchNotFound, Conflict, JobNotFound, JobStore
+from .store import BatchNotFound, Conflict, JobNotFound, JobStore, finish_time
 
 if TYPE_CHECKING:
     from .model_sync import ModelSync
+    from .retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,12 @@ class QueueService:
         *,
         model_sync: ModelSync | None = None,
         wildcards_path: Path | None = None,
+        retention: Retention | None = None,
     ) -> None:
         # Entry points expand job documents with it (in a thread: it reads wildcard files).
         self.expander = PromptExpander(wildcards_path)
         self.store = store
+        self.retention = retention
         self.registry = registry
         self.dispatcher = dispatcher
         self.gallery = gallery
@@ -84,6 +87,12 @@ class QueueService:
             reason = self._waiting_reason(job)
             if reason != job.get("waiting_reason"):
                 job = {**job, "waiting_reason": reason}
+        if self.retention is not None:
+            archived = job["status"] in TERMINAL_STATUSES and self.retention.is_archived(
+                finish_time(job)
+            )
+            pinned = job["mobilesd_job_id"] in self.retention.pins
+            job = {**job, "pinned": pinned, "archived": archived}
         return job
 
     def _waiting_reason(self, job: dict[str, Any]) -> str | None:
@@ -153,6 +162,7 @@ class QueueService:
         source: str,
         target_server_alias: str | None = None,
         source_ref: str | None = None,
+        extra_fields: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Queue what one request or job file defines (expanded), all or none, as one batch.
 
@@ -178,6 +188,7 @@ class QueueService:
                     batch_id=batch_id,
                 ),
                 **spec.job_fields(),
+                **(extra_fields or {}),
             }
             for spec in specs
         ]
@@ -217,9 +228,23 @@ class QueueService:
         limit: int = 100,
         offset: int = 0,
         batch_id: str | None = None,
+        archived: Literal["exclude", "include", "only"] = "exclude",
     ) -> tuple[list[dict[str, Any]], int]:
+        """`archived`: "exclude" leaves out jobs finished longer ago than
+        RETENTION_ARCHIVE_DAYS, "include" lists them too, "only" lists nothing else."""
+        cutoff = self.retention.archive_cutoff() if self.retention is not None else None
+        if cutoff is None:  # archiving is off: every finished job is in the list
+            if archived == "only":
+                return [], 0
+            archived = "include"
         jobs, total = await self.store.list_jobs(
-            statuses=statuses, q=q, limit=limit, offset=offset, batch_id=batch_id
+            statuses=statuses,
+            q=q,
+            limit=limit,
+            offset=offset,
+            batch_id=batch_id,
+            finished_after=cutoff if archived == "exclude" else None,
+            finished_before=cutoff if archived == "only" else None,
         )
         return [self.view(j) for j in jobs], total
 
@@ -266,6 +291,17 @@ class QueueService:
         self.dispatcher.wake()
         return self.view(edited)
 
+    async def pin(self, job_id: str, pinned: bool) -> dict[str, Any]:
+        """Pin a job (kept when old jobs are pruned) or unpin it."""
+        job = await self.store.get(job_id)
+        if self.retention is None:
+            raise Conflict("retention is not set up")
+        await self.retention.pins.set(job_id, pinned)
+        log.info("job %s %s", job_id, "pinned" if pinned else "unpinned")
+        view = self.view(job)
+        self.bus.publish("job", view)  # lists show the pin at once
+        return view
+
     async def cancel(self, job_id: str) -> dict[str, Any]:
         job = await self.store.get(job_id)
         if job["status"] in TERMINAL_STATUSES:
@@ -302,7 +338,12 @@ class QueueService:
             source=source,
             target_server_alias=target,
             source_ref=job.get("source_ref"),
-            extra_fields={"retry_of": job_id, **_prompt_origin(job)},
+            # A webhook asked for with the original is told about its retry too.
+            extra_fields={
+                "retry_of": job_id,
+                **_prompt_origin(job),
+                **({"webhook_url": job["webhook_url"]} if job.get("webhook_url") else {}),
+            },
             batch_id=job.get("batch_id"),  # a retry stays in its batch
         )
         return created

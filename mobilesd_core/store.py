@@ -26,10 +26,13 @@ import os
 import queue
 import sys
 import threading
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,6 +79,18 @@ class _ArchiveEntry:
     status: str
     search: str  # lower-cased prompt, checkpoint, server, file: what `q` looks in
     batch: str | None  # batch_id: batch routes find finished jobs without reading files
+    finished: float  # completion time, unix seconds: retention ages are measured from it
+
+
+def finish_time(job: Job) -> float:
+    """A finished job's completion time in unix seconds (0 when it has none: counts as old)."""
+    stamp = job.get("completion_timestamp")
+    if not isinstance(stamp, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _search_text(job: Job) -> str:
@@ -110,6 +125,12 @@ class _Archive:
         self.removed: set[str] = set()  # tombstoned ids seen while loading
         self.status_counts: Counter[str] = Counter()  # of the index, kept in step with it
         self._logs: dict[str, AppendLog] = {}
+        # Finished jobs by completion time (parallel arrays, oldest first; may hold dead or
+        # outdated items, checked against the index). Retention cut-offs are a bisect away, so
+        # "finished in the last N days" costs those jobs, not the history.
+        self._fin_times: array[float] = array("d")
+        self._fin_ids: list[str] = []
+        self._fin_dead = 0
 
     def log_for(self, month: str) -> AppendLog:
         log_ = self._logs.get(month)
@@ -128,6 +149,7 @@ class _Archive:
             sys.intern(job["status"]),
             _search_text(job),
             sys.intern(batch) if isinstance(batch, str) else None,
+            finish_time(job),
         )
 
     def load(self) -> None:
@@ -144,6 +166,7 @@ class _Archive:
             if gc_was_enabled:
                 gc.enable()
         self._rebuild_order()
+        self._rebuild_finish_index()
         self.status_counts = Counter(e.status for e in self.index.values())
 
     def _load_month(self, month: str) -> None:
@@ -178,6 +201,51 @@ class _Archive:
         self.order = order
         self._dead_in_order = 0
 
+    def _rebuild_finish_index(self) -> None:
+        # Files are read month by month in append order: nearly sorted, so the sort is cheap.
+        pairs = sorted(((e.finished, j) for j, e in self.index.items()), key=lambda p: p[0])
+        self._fin_times = array("d", (t for t, _ in pairs))
+        self._fin_ids = [j for _, j in pairs]
+        self._fin_dead = 0
+
+    def _index_finish(self, job_id: str, finished: float) -> None:
+        times = self._fin_times
+        if not times or finished >= times[-1]:  # the usual case: it just finished
+            times.append(finished)
+            self._fin_ids.append(job_id)
+        else:
+            i = bisect_right(times, finished)
+            times.insert(i, finished)
+            self._fin_ids.insert(i, job_id)
+
+    def _finish_current(self, i: int) -> bool:
+        entry = self.index.get(self._fin_ids[i])
+        return entry is not None and entry.finished == self._fin_times[i]
+
+    def finished_since(self, cutoff: float) -> list[str]:
+        """Ids of jobs finished at or after `cutoff`, newest first."""
+        start = bisect_left(self._fin_times, cutoff)
+        seen: set[str] = set()
+        out = []
+        for i in range(len(self._fin_ids) - 1, start - 1, -1):
+            job_id = self._fin_ids[i]
+            if job_id not in seen and self._finish_current(i):
+                seen.add(job_id)
+                out.append(job_id)
+        return out
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of jobs finished before `cutoff`, oldest first."""
+        end = bisect_left(self._fin_times, cutoff)
+        seen: set[str] = set()
+        out = []
+        for i in range(end):
+            job_id = self._fin_ids[i]
+            if job_id not in seen and self._finish_current(i):
+                seen.add(job_id)
+                out.append(job_id)
+        return out
+
     def _compact(self, month: str) -> None:
         log_ = self.log_for(month)
         live = [(job_id, e) for job_id, e in self.index.items() if e.month == month]
@@ -199,6 +267,9 @@ class _Archive:
             self.status_counts[old.status] -= 1
         self.index[job_id] = entry
         self.status_counts[entry.status] += 1
+        if old is None or old.finished != entry.finished:
+            self._index_finish(job_id, entry.finished)
+            self._fin_dead += old is not None
         self.order.append(job_id)
         self.recent[job_id] = job
         self.recent.move_to_end(job_id)
@@ -210,10 +281,13 @@ class _Archive:
             old = self.index.pop(job_id, None)
             if old is not None:
                 self._dead_in_order += 1
+                self._fin_dead += 1
                 self.status_counts[old.status] -= 1
             self.recent.pop(job_id, None)
         if self._dead_in_order > 1024 and self._dead_in_order * 4 > len(self.order):
             self._rebuild_order()
+        if self._fin_dead > 1024 and self._fin_dead * 4 > len(self._fin_ids):
+            self._rebuild_finish_index()
 
     def newest_first(self) -> Iterator[str]:
         seen: set[str] = set()
@@ -600,8 +674,15 @@ class JobStore:
         limit: int = 100,
         offset: int = 0,
         batch_id: str | None = None,
+        finished_after: float | None = None,
+        finished_before: float | None = None,
     ) -> tuple[list[Job], int]:
-        """Pending in run order, then processing, then finished newest first."""
+        """Pending in run order, then processing, then finished newest first.
+
+        Finished jobs are all of them by default; `finished_after` keeps those finished at or
+        after that unix time (the list without the archived ones), `finished_before` keeps only
+        those finished before it (the archive alone, and then no live jobs).
+        """
         needle = q.lower() if q else None
 
         def keep_live(job: Job) -> bool:
@@ -611,23 +692,40 @@ class JobStore:
                 return False
             return not needle or needle in _search_text(job)
 
-        pending = [j for j in self.pending_in_order() if keep_live(j)]
-        processing = sorted(
-            (j for j in self._live.values() if j["status"] == "processing" and keep_live(j)),
-            key=lambda j: j.get("started_timestamp") or "",
-        )
-        live = pending + processing
+        if finished_before is None:
+            pending = [j for j in self.pending_in_order() if keep_live(j)]
+            processing = sorted(
+                (j for j in self._live.values() if j["status"] == "processing" and keep_live(j)),
+                key=lambda j: j.get("started_timestamp") or "",
+            )
+            live = pending + processing
+        else:
+            live = []
         index = self._archive.index
         start = max(0, offset - len(live))
         page: list[Job] = live[offset : offset + limit]
         need = limit - len(page)
-        if needle or batch_id is not None:  # a search must look at every finished job anyway
+
+        def keep_finished(job_id: str) -> bool:
+            entry = index[job_id]
+            if statuses and entry.status not in statuses:
+                return False
+            if batch_id is not None and entry.batch != batch_id:
+                return False
+            return not needle or needle in entry.search
+
+        if finished_after is not None:
+            # The recent ones only: their count is bounded by the retention age, not history.
+            finished = [j for j in self._archive.finished_since(finished_after) if keep_finished(j)]
+            total_finished = len(finished)
+            wanted = finished[start : start + need] if need > 0 else []
+        elif needle or batch_id is not None or finished_before is not None:
+            # A text search, a batch (or the archive alone) looks at every finished job anyway.
             finished = [
-                job_id
-                for job_id in self._archive.newest_first()
-                if (not statuses or index[job_id].status in statuses)
-                and (not needle or needle in index[job_id].search)
-                and (batch_id is None or index[job_id].batch == batch_id)
+                j
+                for j in self._archive.newest_first()
+                if keep_finished(j)
+                and (finished_before is None or index[j].finished < finished_before)
             ]
             total_finished = len(finished)
             wanted = finished[start : start + need] if need > 0 else []
@@ -651,6 +749,10 @@ class JobStore:
                 loaded = await self._read(lambda: {j: self._archive.read(j) for j in missing})
             page.extend(self._archive.recent.get(j) or loaded[j] for j in wanted)
         return page, total
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of finished jobs that finished before `cutoff` (unix time), oldest first."""
+        return self._archive.finished_before(cutoff)
 
     # -- writes -----------------------------------------------------------------------------
 

@@ -120,8 +120,8 @@ class Harness:
         return await wait_for(check, timeout=timeout, what=f"job {job_id} to be {statuses}")
 
 
-async def start_harness(settings: Settings) -> Harness:
-    app = create_app(settings)
+async def start_harness(settings: Settings, *, core: Core | None = None) -> Harness:
+    app = create_app(settings, core=core)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     api = httpx.AsyncClient(

@@ -322,6 +322,28 @@ async def test_signed_out_page_offers_sign_in(harness: Harness, phone: Phone) ->
     await expect(page.locator("#live")).to_have_text("live")
 
 
+async def test_batch_link_from_a_notice_shows_only_that_batch(
+    harness: Harness, phone: Phone
+) -> None:
+    """`#gallery?jobs=<first>..<last>` (the link in a batch-finished notice) shows the images of
+    those jobs only; "Show all images" goes back to the whole gallery."""
+    await harness.add_sim("gpu1")
+    ids = [await harness.submit(prompt=f"batch image {i}") for i in range(3)]
+    for job_id in ids:
+        await harness.wait_status(job_id, "completed")
+    await phone.login()
+    await phone.page.goto(f"{phone.base}/#gallery?jobs={ids[1]}..{ids[2]}")
+    tiles = phone.page.locator("#gallery-grid li")
+    await expect(tiles).to_have_count(2)
+    await expect(phone.page.locator("#gallery-count")).to_have_text("Batch: 2 images")
+    await expect(phone.page).to_have_url(re.compile(rf"#gallery\?jobs={ids[1]}\.\.{ids[2]}$"))
+    await phone.page.locator("#gallery-all").click()
+    await expect(tiles).to_have_count(3)
+    await expect(phone.page.locator("#gallery-all")).to_be_hidden()
+    await expect(phone.page).to_have_url(re.compile(r"#gallery$"))
+    phone.assert_clean()
+
+
 # -- the page's HTTP side (no browser) --------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from . import (
     routes_gallery,
     routes_jobs,
     routes_library,
+    routes_notify,
     routes_page,
     routes_servers,
 )
@@ -83,6 +84,7 @@ def create_app(
     app.add_routes(routes_archive.routes)
     app.add_routes(routes_library.routes)
     app.add_routes(routes_civitai.routes)
+    app.add_routes(routes_notify.routes)
     app.add_routes(routes_events.routes)
     routes_events.setup(app)  # stream settings, and open streams ended on shutdown
     app.add_routes(routes_auth.routes)

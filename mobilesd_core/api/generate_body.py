@@ -16,8 +16,9 @@ from ..expansion import JobFileResult, expand_document
 from ..prompt_variants import PromptExpander
 from ..schema import FieldProblem, GenerationParams, InvalidInput
 
-_SINGLE_KEYS = {"target_server_alias", "generation_params", "matrix", "expand"}
-_LIST_KEYS = {"target_server_alias", "defaults", "jobs", "expand"}
+# `webhook_url` is checked by the route; it applies to every job the body makes.
+_SINGLE_KEYS = {"target_server_alias", "generation_params", "matrix", "expand", "webhook_url"}
+_LIST_KEYS = {"target_server_alias", "defaults", "jobs", "expand", "webhook_url"}
 _PARAM_FIELDS = set(GenerationParams.model_fields)
 
 

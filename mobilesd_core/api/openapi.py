@@ -209,6 +209,25 @@ def _response_schemas() -> dict[str, Schema]:
                     "type": ["number", "null"],
                     "description": "Unix time before which a failed attempt is not retried.",
                 },
+                "webhook_url": {
+                    "type": "string",
+                    "format": "uri",
+                    "description": (
+                        "Given with the request: each terminal state of the job is POSTed "
+                        "there as JSON, signed (see GenerateRequest.webhook_url)."
+                    ),
+                },
+                "pinned": {
+                    "type": "boolean",
+                    "description": "Kept when old finished jobs are pruned (RETENTION_PRUNE_DAYS).",
+                },
+                "archived": {
+                    "type": "boolean",
+                    "description": (
+                        "Finished longer ago than RETENTION_ARCHIVE_DAYS: listed only with "
+                        "?archived=1 or ?archived=only."
+                    ),
+                },
             },
             [
                 "mobilesd_job_id",
@@ -326,6 +345,107 @@ def _response_schemas() -> dict[str, Schema]:
                 ),
             },
             ["paused", "counts"],
+        ),
+        "NotifyError": _obj(
+            {"at": TIME, "kind": STR, "message": STR},
+            ["at", "message"],
+            description="Why the last notice to a target failed (secrets masked as ***).",
+        ),
+        "NotifyTarget": _obj(
+            {
+                "index": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Position in NOTIFY_URLS.",
+                },
+                "scheme": {
+                    "type": "string",
+                    "description": "The URL's scheme (ntfy, tgram, json, ...); never the URL.",
+                },
+                "sent": {"type": "integer", "minimum": 0},
+                "failed": {"type": "integer", "minimum": 0},
+                "last_sent": _nullable(TIME),
+                "last_error": _nullable(_ref("NotifyError")),
+            },
+            ["index", "scheme", "sent", "failed", "last_sent", "last_error"],
+        ),
+        "WebhookError": _obj(
+            {
+                "at": TIME,
+                "job_id": JOB_ID,
+                "target": {"type": "string", "description": "scheme://host:port only."},
+                "attempt": {"type": "integer", "minimum": 1},
+                "message": STR,
+            },
+            ["at", "job_id", "target", "attempt", "message"],
+        ),
+        "NotificationStatus": _obj(
+            {
+                "notify": _obj(
+                    {
+                        "configured": {
+                            "type": "boolean",
+                            "description": "Whether NOTIFY_URLS names any target.",
+                        },
+                        "targets": {"type": "array", "items": _ref("NotifyTarget")},
+                        "queued": {"type": "integer", "minimum": 0},
+                        "dropped": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Notices dropped because the queue was full.",
+                        },
+                    },
+                    ["configured", "targets"],
+                    description="Apprise notices since the core started.",
+                ),
+                "webhooks": _obj(
+                    {
+                        "pending": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Not yet acknowledged (kept across restarts).",
+                        },
+                        "delivered": {"type": "integer", "minimum": 0},
+                        "failed": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Given up after WEBHOOK_MAX_ATTEMPTS tries.",
+                        },
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "last_delivered": _nullable(TIME),
+                        "last_error": _nullable(_ref("WebhookError")),
+                        "secret_source": {
+                            "type": "string",
+                            "enum": ["WEBHOOK_SECRET", "generated"],
+                            "description": (
+                                "Where the signing key comes from: the variable, or the file "
+                                "CONFIG_DATA_PATH/webhook_secret made on first start."
+                            ),
+                        },
+                    },
+                    ["secret_source"],
+                    description="Webhook deliveries since the core started.",
+                ),
+                "public_url": {
+                    "type": "string",
+                    "description": "The phone page's address used in links (PUBLIC_URL).",
+                },
+                "retention": _obj(
+                    {
+                        "archive_days": {"type": "number", "minimum": 0},
+                        "prune_days": {"type": "number", "minimum": 0},
+                        "pinned": {"type": "integer", "minimum": 0},
+                        "pruned": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Jobs pruned since the core started.",
+                        },
+                    },
+                    ["archive_days", "prune_days", "pinned", "pruned"],
+                    description="RETENTION_ARCHIVE_DAYS, RETENTION_PRUNE_DAYS (0: off) and pins.",
+                ),
+            },
+            ["notify", "webhooks", "public_url", "retention"],
         ),
         "ServerStatus": _obj(
             {
@@ -1056,6 +1176,13 @@ def _paths() -> dict[str, Schema]:
                     *_page(100),
                     _query("q", STR, "Words that must all occur (prompt, checkpoint, ...)."),
                     _query("batch_id", STR, "Only the jobs of this batch."),
+                    _query(
+                        "archived",
+                        {"type": "string", "enum": ["0", "1", "only"], "default": "0"},
+                        "Finished jobs older than RETENTION_ARCHIVE_DAYS are archived: 0 leaves "
+                        "them out, 1 lists them too (the whole history, `q` included), only "
+                        "lists them alone.",
+                    ),
                 ],
             ),
         },
@@ -1157,6 +1284,34 @@ def _paths() -> dict[str, Schema]:
                 {"200": batch_ok, **_errors(404, 409)},
             ),
         },
+        "/api/v1/queue/jobs/{job_id}/pin": {
+            "parameters": [JOB],
+            "post": _op(
+                "pin_job",
+                "jobs",
+                "Pin a job: it is kept when finished jobs older than RETENTION_PRUNE_DAYS are "
+                "pruned (deleting it by hand still works).",
+                {"200": job_ok, **_errors(404)},
+            ),
+        },
+        "/api/v1/queue/jobs/{job_id}/unpin": {
+            "parameters": [JOB],
+            "post": _op(
+                "unpin_job",
+                "jobs",
+                "Unpin a job: it is pruned with the others once old enough.",
+                {"200": job_ok, **_errors(404)},
+            ),
+        },
+        "/api/v1/notifications": {
+            "get": _op(
+                "notifications",
+                "meta",
+                "Notification targets and webhook deliveries: counts and last errors (no URL "
+                "or secret is ever shown), and the retention settings.",
+                {"200": _json(_ref("NotificationStatus"), "The status."), **_errors()},
+            ),
+        },
         "/api/v1/queue/clear": {
             "post": _op(
                 "clear_jobs",
@@ -1192,6 +1347,16 @@ def _paths() -> dict[str, Schema]:
                     *_page(50),
                     _query("q", STR, "Words that must all occur (prompt, checkpoint, file name)."),
                     _query("job_id", STR, "Only this job's images."),
+                    _query(
+                        "jobs",
+                        {
+                            "type": "string",
+                            "pattern": "^[0-9A-HJKMNP-TV-Z]{26}(\\.\\.[0-9A-HJKMNP-TV-Z]{26})?$",
+                        },
+                        "Only the images of jobs whose ids lie between <first>..<last> (both "
+                        "included), or of one job: a batch's jobs have consecutive ids. The links "
+                        "in notifications use it.",
+                    ),
                 ],
             ),
         },

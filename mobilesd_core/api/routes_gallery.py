@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
+from ..schema import FieldProblem, InvalidInput
 from .keys import CORE
 from .params import int_param
+
+_JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def _jobs_param(request: web.Request) -> tuple[str, str] | None:
+    """`jobs=<id>` or `jobs=<first id>..<last id>` (a batch: the links notices carry)."""
+    raw = request.query.get("jobs")
+    if not raw:
+        return None
+    first, _, last = raw.partition("..")
+    last = last or first
+    if not (_JOB_ID.match(first) and _JOB_ID.match(last)):
+        raise InvalidInput(
+            [FieldProblem(path="jobs", message="must be a job id or <first id>..<last id>")]
+        )
+    return (first, last) if first <= last else (last, first)
+
 
 routes = web.RouteTableDef()
 
@@ -17,6 +37,7 @@ async def list_images(request: web.Request) -> web.Response:
         offset=int_param(request, "offset", 0, lo=0, hi=10**9),
         q=request.query.get("q") or None,
         job_id=request.query.get("job_id") or None,
+        job_range=_jobs_param(request),
     )
     return web.json_response({"images": images, "total": total})
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..schema import FieldProblem, InvalidInput
+from ..schema import FieldProblem, InvalidInput, check_webhook_url
 from .errors import read_object
 from .generate_body import expand_body
 from .keys import CORE
@@ -25,13 +25,23 @@ def _source(request: web.Request) -> str:
 async def generate(request: web.Request) -> web.Response:
     body = await read_object(request)
     service = request.app[CORE].service
+    webhook_url = body.get("webhook_url")
+    if webhook_url is not None:
+        try:
+            webhook_url = check_webhook_url(webhook_url)
+        except ValueError as exc:
+            raise InvalidInput([FieldProblem(path="webhook_url", message=str(exc))]) from None
     if body.keys() & {"matrix", "jobs", "expand"}:
         # In a thread: a 1,000-job sweep validates for a while, and wildcards are files.
         result = await asyncio.to_thread(expand_body, body, service.expander)
     else:
         result = expand_body(body, service.expander)  # one job: cheaper than a thread hop
     created = await service.submit_specs(
-        result.jobs, source=_source(request), target_server_alias=body.get("target_server_alias")
+        result.jobs,
+        source=_source(request),
+        target_server_alias=body.get("target_server_alias"),
+        # Stored on every job the request makes: each terminal state is POSTed there, signed.
+        extra_fields={"webhook_url": webhook_url} if webhook_url else None,
     )
     answer: dict[str, Any] = {
         "batch_id": created[0]["batch_id"],
@@ -42,14 +52,32 @@ async def generate(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
+_ARCHIVED = {
+    "0": "exclude",
+    "false": "exclude",
+    "no": "exclude",
+    "1": "include",
+    "true": "include",
+    "yes": "include",
+    "only": "only",
+}
+
+
 @routes.get("/api/v1/queue/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
+    raw = request.query.get("archived", "0").lower()
+    archived = _ARCHIVED.get(raw)
+    if archived is None:
+        raise InvalidInput(
+            [FieldProblem(path="archived", message=f"must be 0, 1 or only (found {raw!r})")]
+        )
     jobs, total = await request.app[CORE].service.list(
         statuses=status_param(request),
         q=request.query.get("q") or None,
         limit=int_param(request, "limit", 100, lo=1, hi=1000),
         offset=int_param(request, "offset", 0, lo=0, hi=10**9),
         batch_id=request.query.get("batch_id") or None,
+        archived=archived,  # type: ignore[arg-type]
     )
     return web.json_response({"jobs": jobs, "total": total})
 
@@ -136,9 +164,6 @@ async def move_job(request: web.Request) -> web.Response:
     return web.json_response(job)
 
 
-# -- batches: the jobs one request or job file created ------------------------------------------
-
-
 @routes.post("/api/v1/queue/batches/{batch_id}/cancel")
 async def cancel_batch(request: web.Request) -> web.Response:
     service = request.app[CORE].service
@@ -165,6 +190,19 @@ async def move_batch(request: web.Request) -> web.Response:
 async def delete_batch(request: web.Request) -> web.Response:
     service = request.app[CORE].service
     return web.json_response(await service.delete_batch(request.match_info["batch_id"]))
+
+
+@routes.post("/api/v1/queue/jobs/{job_id}/pin")
+async def pin_job(request: web.Request) -> web.Response:
+    return web.json_response(
+        await request.app[CORE].service.pin(request.match_info["job_id"], True)
+    )
+
+
+@routes.post("/api/v1/queue/jobs/{job_id}/unpin")
+async def unpin_job(request: web.Request) -> web.Response:
+    job = await request.app[CORE].service.pin(request.match_info["job_id"], False)
+    return web.json_response(job)
 
 
 @routes.delete("/api/v1/queue/jobs/{job_id}")

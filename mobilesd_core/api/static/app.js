@@ -143,6 +143,7 @@ const state = {
   images: [],
   imagesTotal: 0,
   galleryLoaded: false,
+  galleryJobs: null, // "<first id>..<last id>" while showing one batch's images
   galleryLoading: false,
   loras: [],
   modelsFor: null,
@@ -165,9 +166,18 @@ const state = {
 
 const VIEWS = ["generate", "queue", "gallery", "servers"];
 
-function show(view) {
+function show(route) {
   if (!state.signedIn) return;
+  // `#gallery?jobs=<first>..<last>`: a batch's images, the link notifications carry.
+  let [view, query] = route.split("?");
   if (!VIEWS.includes(view)) view = "generate";
+  if (view === "gallery") {
+    const jobs = new URLSearchParams(query || "").get("jobs") || null;
+    if (jobs !== state.galleryJobs) {
+      state.galleryJobs = jobs;
+      state.galleryLoaded = false;
+    }
+  }
   for (const name of ["login", ...VIEWS]) $(`view-${name}`).hidden = name !== view;
   for (const tab of document.querySelectorAll("#tabs button")) {
     if (tab.dataset.view === view) tab.setAttribute("aria-current", "page");
@@ -175,7 +185,8 @@ function show(view) {
   }
   document.body.dataset.view = view;
   if (view === "gallery" && !state.galleryLoaded) loadGallery(true);
-  if (location.hash.slice(1) !== view) history.replaceState(null, "", `#${view}`);
+  const hash = view === "gallery" && state.galleryJobs ? `gallery?jobs=${state.galleryJobs}` : view;
+  if (location.hash.slice(1) !== hash) history.replaceState(null, "", `#${hash}`);
   window.scrollTo(0, 0);
 }
 
@@ -908,7 +919,9 @@ function tile(entry) {
 
 function renderGalleryMeta() {
   const shown = state.images.length;
-  setText("gallery-count", state.imagesTotal ? `${state.imagesTotal} image${state.imagesTotal === 1 ? "" : "s"}` : "");
+  const count = state.imagesTotal ? `${state.imagesTotal} image${state.imagesTotal === 1 ? "" : "s"}` : "";
+  setText("gallery-count", state.galleryJobs ? `Batch: ${count || "no images"}` : count);
+  $("gallery-all").hidden = !state.galleryJobs;
   $("gallery-empty").hidden = shown > 0 || !state.galleryLoaded;
   $("gallery-more").hidden = shown >= state.imagesTotal;
 }
@@ -918,7 +931,8 @@ async function loadGallery(reset) {
   state.galleryLoading = true;
   const offset = reset ? 0 : state.images.length;
   try {
-    const answer = await api("GET", `/api/v1/gallery/images?limit=${PAGE}&offset=${offset}`);
+    const only = state.galleryJobs ? `&jobs=${enc(state.galleryJobs)}` : "";
+    const answer = await api("GET", `/api/v1/gallery/images?limit=${PAGE}&offset=${offset}${only}`);
     const grid = $("gallery-grid");
     if (reset) {
       state.images = [];
@@ -939,8 +953,16 @@ async function loadGallery(reset) {
   }
 }
 
+function inShownBatch(entry) {
+  if (!state.galleryJobs) return true;
+  const [first, last = first] = state.galleryJobs.split("..");
+  const id = entry.mobilesd_job_id || "";
+  return id >= first && id <= last;
+}
+
 function imageAdded(entry) {
-  if (!state.galleryLoaded || state.images.some((e) => e.filename === entry.filename)) return;
+  if (!state.galleryLoaded || !inShownBatch(entry)) return;
+  if (state.images.some((e) => e.filename === entry.filename)) return;
   state.images.unshift(entry);
   state.imagesTotal += 1;
   $("gallery-grid").prepend(tile(entry));
@@ -1021,6 +1043,11 @@ async function reuseSettings() {
 
 function setupGallery() {
   $("gallery-more").addEventListener("click", () => loadGallery(false));
+  $("gallery-all").addEventListener("click", () => {
+    state.galleryJobs = null;
+    state.galleryLoaded = false;
+    show("gallery");
+  });
   if ("IntersectionObserver" in window) {
     new IntersectionObserver((entries) => {
       if (entries.some((e) => e.isIntersecting) && state.galleryLoaded) loadGallery(false);
