@@ -364,6 +364,7 @@ class Dispatcher:
         if checkpoint is not None:
             self._registry.note_checkpoint(runtime, checkpoint.title)
             if not title_matches_info(checkpoint, info):
+                await self._check_still_listed(checkpoint, runtime, params["checkpoint_name"])
                 raise ForgePermanentError(
                     f"server '{runtime.alias}' ran the job on '{info.get('sd_model_name')}' "
                     f"instead of '{checkpoint.title}' (it ignored the checkpoint override; "
@@ -386,6 +387,20 @@ class Dispatcher:
             # The list may predate a newly copied model: refresh once before failing.
             models = await self._registry.checkpoints(runtime, refresh=True)
             return resolve_checkpoint(name, models, server=runtime.alias)
+
+    async def _check_still_listed(
+        self, checkpoint: CheckpointInfo, runtime: ServerRuntime, name: str
+    ) -> None:
+        """The server ran another model than asked. If the asked one vanished from its list
+        since it was read (deleted, moved), Forge silently ran the current model instead: that
+        is worth another try, where the router finds a server that still has it, or fails the
+        job naming the closest titles."""
+        models = await self._registry.checkpoints(runtime, refresh=True)
+        if not any(m.title == checkpoint.title for m in models):
+            raise ForgeTransientError(
+                f"checkpoint '{name}' disappeared from server '{runtime.alias}' while the job "
+                "was sent (it ran the loaded model instead; its images were dropped)"
+            )
 
     async def _payload(
         self, params: dict[str, Any], checkpoint: CheckpointInfo | None, runtime: ServerRuntime
