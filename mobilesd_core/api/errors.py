@@ -16,7 +16,7 @@ from ..civitai.client import CivitaiError
 from ..gallery import ImageNotFound, UnsafeName
 from ..schema import FieldProblem, InvalidInput
 from ..servers import ServerExists, ServerNotFound
-from ..store import Conflict, JobNotFound
+from ..store import Conflict, JobNotFound, StoreWriteError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ def _map(exc: Exception) -> web.Response | None:
         return error_response(404, "image_not_found", "no such image in the gallery")
     if isinstance(exc, CivitaiError):
         return error_response(exc.status, exc.code, exc.message)
+    if isinstance(exc, StoreWriteError):
+        # Disk full or read-only: nothing was changed; the same request works once it has room.
+        return error_response(503, "storage_unavailable", f"{exc.strerror}; nothing was changed")
     if isinstance(exc, UnsafeName):
         return error_response(400, "bad_filename", "not a gallery file name")
     return None
