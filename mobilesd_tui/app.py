@@ -18,6 +18,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static, TabbedContent, TabPane
@@ -545,6 +546,19 @@ class MobileSDApp(App[None]):
         self.servers_pane.apply_status({"alias": alias, **status})
 
     # -- everything else ----------------------------------------------------------------------
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Notifications quote prompts, server errors and file names: shown as written, never
+        read as markup (a prompt holding "[@click=app.quit]" must not become a link)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Unexpected errors from any worker: say so (expected ones are handled in place)."""

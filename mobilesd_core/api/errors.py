@@ -5,6 +5,7 @@ Domain exceptions are raised by services and mapped here, so routes stay free of
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,10 @@ from ..servers import ServerExists, ServerNotFound
 from ..store import Conflict, JobNotFound, StoreWriteError
 
 log = logging.getLogger(__name__)
+
+BODY_READ_TIMEOUT = 30.0
+"""Seconds a request body may take to arrive. aiohttp has no such limit: a client dripping its
+body a byte a second would hold its handler (and the connection) forever."""
 
 
 class ApiError(Exception):
@@ -83,6 +88,14 @@ async def error_middleware(
         raise
     except Exception as exc:
         mapped = _map(exc)
+        if isinstance(exc, ApiError) and exc.code == "body_timeout" and mapped is not None:
+            # The rest of the body may still trickle in, and aiohttp would linger reading it:
+            # answer, then hang up.
+            mapped.force_close()
+            await mapped.prepare(request)
+            await mapped.write_eof()
+            if request.transport is not None:
+                request.transport.close()
         if mapped is not None:
             return mapped
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -93,7 +106,14 @@ async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or 400 naming the problem."""
     if not request.can_read_body:
         raise ApiError(400, "bad_json", "request body is empty; expected a JSON object")
-    raw = await request.read()
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {BODY_READ_TIMEOUT:g} s",
+        ) from None
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
