@@ -698,6 +698,9 @@ class Dispatcher:
                 done, _ = await asyncio.wait({run.task}, timeout=10.0)
                 if not done:
                     run.task.cancel()
-        elif run.task is not None:
+        elif run.task is not None and not run.slot_released:
             run.task.cancel()
+        # Once Forge has answered, the run is left to finish: its images may be being written
+        # in a thread that a task cancel would not stop. Its completion then finds the job
+        # cancelled and deletes them.
         return True
