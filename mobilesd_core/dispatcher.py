@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,13 +27,13 @@ from .forge.client import ForgeClient, generated_images
 from .forge.errors import ForgeError, ForgePermanentError, ForgeStalled, ForgeTransientError
 from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint, title_matches_info
 from .forge.payload import build_txt2img_payload, check_loras, resolve_sampler
-from .gallery import Gallery
+from .gallery import Gallery, GalleryError
 from .progress import ProgressBoard
 from .routing import Router, Unroutable
 from .scheduler import Scheduler, ServerSlot, eligible
 from .schema import utc_now_iso
 from .servers import ServerRegistry, ServerRuntime
-from .store import Conflict, JobNotFound, JobStore
+from .store import Conflict, JobNotFound, JobStore, StoreWriteError
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,10 @@ class Dispatcher:
             self._wake.clear()
             try:
                 await self._assign()
+            except StoreWriteError as exc:
+                log.error("cannot start jobs: %s; trying again in a second", exc.strerror)
+                await asyncio.sleep(1.0)
+                self.wake()
             except Exception:
                 log.exception("dispatcher assignment failed; retrying on the next wake-up")
                 await asyncio.sleep(1.0)
@@ -286,10 +291,13 @@ class Dispatcher:
                 # group commit fsyncs it a moment later, off the GPU's critical path.
                 durable=False,
             )
-        except (Conflict, JobNotFound):
+        except BaseException:
+            # Not claimed (taken meanwhile, or the store cannot write): the slot is free again.
             runtime.active -= 1
             del self._runs[job_id]
-            return
+            if sys.exc_info()[0] in (Conflict, JobNotFound):
+                return
+            raise
         log.info("job %s -> %s (attempt %d)", job_id, runtime.alias, claimed["attempts"])
         run.task = asyncio.create_task(self._run(claimed, run), name=f"job-{job_id}")
 
@@ -378,6 +386,7 @@ class Dispatcher:
         if checkpoint is not None:
             self._registry.note_checkpoint(runtime, checkpoint.title)
             if not title_matches_info(checkpoint, info):
+                await self._check_still_listed(checkpoint, runtime, params["checkpoint_name"])
                 raise ForgePermanentError(
                     f"server '{runtime.alias}' ran the job on '{info.get('sd_model_name')}' "
                     f"instead of '{checkpoint.title}' (it ignored the checkpoint override; "
@@ -400,6 +409,20 @@ class Dispatcher:
             # The list may predate a newly copied model: refresh once before failing.
             models = await self._registry.checkpoints(runtime, refresh=True)
             return resolve_checkpoint(name, models, server=runtime.alias)
+
+    async def _check_still_listed(
+        self, checkpoint: CheckpointInfo, runtime: ServerRuntime, name: str
+    ) -> None:
+        """The server ran another model than asked. If the asked one vanished from its list
+        since it was read (deleted, moved), Forge silently ran the current model instead: that
+        is worth another try, where the router finds a server that still has it, or fails the
+        job naming the closest titles."""
+        models = await self._registry.checkpoints(runtime, refresh=True)
+        if not any(m.title == checkpoint.title for m in models):
+            raise ForgeTransientError(
+                f"checkpoint '{name}' disappeared from server '{runtime.alias}' while the job "
+                "was sent (it ran the loaded model instead; its images were dropped)"
+            )
 
     async def _payload(
         self, params: dict[str, Any], checkpoint: CheckpointInfo | None, runtime: ServerRuntime
@@ -524,17 +547,27 @@ class Dispatcher:
         checkpoint: CheckpointInfo | None,
     ) -> None:
         job_id = job["mobilesd_job_id"]
-        saved = await self._gallery.save_job_images(
-            job,
-            images,
-            info,
-            server_alias=run.runtime.alias,
-            timings=run.timings,
-            model_title=checkpoint.title if checkpoint else None,
-        )
+        try:
+            saved = await self._gallery.save_job_images(
+                job,
+                images,
+                info,
+                server_alias=run.runtime.alias,
+                timings=run.timings,
+                model_title=checkpoint.title if checkpoint else None,
+            )
+        except GalleryError as exc:
+            if not isinstance(exc.__cause__, OSError):
+                raise
+            # Disk full, folder read-only or gone: not the server's fault, and worth another
+            # try (the folder is made again if it vanished).
+            raise ForgeTransientError(
+                f"could not save the images: {exc.__cause__.strerror or exc.__cause__} "
+                f"(gallery {self._gallery.root})"
+            ) from None
         filenames = [s.filename for s in saved]
         try:
-            await self._store.update(
+            await self._write(
                 job_id,
                 {
                     "status": "completed",
@@ -596,8 +629,9 @@ class Dispatcher:
                 exc.message,
                 delay,
             )
+            self._release_slot(run)
             with contextlib.suppress(Conflict, JobNotFound):
-                await self._store.update(
+                await self._write(
                     job["mobilesd_job_id"],
                     {
                         "status": "pending",
@@ -624,8 +658,9 @@ class Dispatcher:
         errors: list[dict[str, Any]] | None = None,
     ) -> None:
         log.warning("job %s failed on %s: %s", job["mobilesd_job_id"], run.runtime.alias, message)
+        self._release_slot(run)
         with contextlib.suppress(Conflict, JobNotFound):
-            await self._store.update(
+            await self._write(
                 job["mobilesd_job_id"],
                 {
                     "status": "failed",
@@ -639,6 +674,24 @@ class Dispatcher:
                 },
                 expect={"processing"},
             )
+
+    async def _write(
+        self, job_id: str, changes: dict[str, Any], *, expect: set[str]
+    ) -> dict[str, Any]:
+        """A job's outcome, written until it sticks. A disk that is full, read-only or gone
+        fails the write without changing anything; the job then stays `processing` (in memory
+        and on disk) and the write is tried again every few seconds, so the job ends once the
+        disk takes it. A core stopped meanwhile queues the job again at its next start."""
+        delay = 0.25
+        while True:
+            try:
+                return await self._store.update(job_id, changes, expect=expect)
+            except StoreWriteError as exc:
+                log.error(
+                    "job %s: %s; writing its outcome again in %.1f s", job_id, exc.strerror, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     # -- cancel -----------------------------------------------------------------------------
 
@@ -659,6 +712,9 @@ class Dispatcher:
                 done, _ = await asyncio.wait({run.task}, timeout=10.0)
                 if not done:
                     run.task.cancel()
-        elif run.task is not None:
+        elif run.task is not None and not run.slot_released:
             run.task.cancel()
+        # Once Forge has answered, the run is left to finish: its images may be being written
+        # in a thread that a task cancel would not stop. Its completion then finds the job
+        # cancelled and deletes them.
         return True

@@ -110,6 +110,12 @@ def parse_job_text(
     except _TooBig as exc:
         result.problems.append(FieldProblem(path="", message=f"file is too complex: {exc}"))
         return result
+    except RecursionError:
+        # PyYAML's parser recurses once per nesting level, before our own depth cap can look.
+        result.problems.append(
+            FieldProblem(path="", message="file is too complex: nested too deeply")
+        )
+        return result
     except yaml.constructor.ConstructorError as exc:
         # PyYAML's message for `!!python/object...` names the tag's URI, not what went wrong.
         tag = exc.problem.split("tag ", 1)[-1] if exc.problem else "a tag"

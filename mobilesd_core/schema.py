@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -130,6 +131,10 @@ def _check_api_url(value: str) -> str:
         raise ValueError("must not contain a query or fragment")
     if parts.path.rstrip("/").endswith("/sdapi/v1"):
         raise ValueError("is the server root (without /sdapi/v1), e.g. http://192.168.1.20:7860")
+    try:
+        httpx.URL(value)  # what the Forge client will make of it (IDNA host names, ports)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
     return value
 
 

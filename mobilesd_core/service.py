@@ -35,7 +35,7 @@ from .schema import (
 )
 from .servers import ServerRegistry
 from .storage import atomic_write_bytes
-from .store import BatchNotFound, Conflict, JobNotFound, JobStore, finish_time
+from .store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError, finish_time
 
 if TYPE_CHECKING:
     from .model_sync import ModelSync
@@ -516,7 +516,12 @@ class QueueService:
 
     async def set_paused(self, paused: bool) -> dict[str, Any]:
         path = self.store.data_path / QUEUE_STATE_FILE
-        await asyncio.to_thread(atomic_write_bytes, path, json.dumps({"paused": paused}).encode())
+        try:
+            await asyncio.to_thread(
+                atomic_write_bytes, path, json.dumps({"paused": paused}).encode()
+            )
+        except OSError as exc:
+            raise StoreWriteError(self.store.data_path, exc) from exc
         self.dispatcher.set_paused(paused)
         self.bus.publish("queue", self.queue_state())
         return self.queue_state()

@@ -67,6 +67,16 @@ class Conflict(Exception):
         self.status = status
 
 
+class StoreWriteError(OSError):
+    """A store write did not reach the disk (full, read-only, gone): nothing changed. Still an
+    OSError, so callers that retry on I/O errors keep doing so."""
+
+    def __init__(self, data_path: Path, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(cause.errno, f"cannot write the job store in {data_path}: {reason}")
+        self.reason = reason
+
+
 class DataFolderInUse(ConfigError):
     """Another MobileSD process owns this CONFIG_DATA_PATH."""
 
@@ -632,7 +642,12 @@ class JobStore:
         except _WriteFailed as failed:
             self._live = failed.on_disk  # memory goes back to what the files hold
             self._pending_cache = None
-            raise failed.cause from None
+            cause = failed.cause
+            if isinstance(cause, OSError):
+                raise StoreWriteError(self.data_path, cause) from cause
+            raise cause from None
+        except OSError as exc:  # the fsync failed: the change reached the OS, maybe not the disk
+            raise StoreWriteError(self.data_path, exc) from exc
 
     # -- reads (memory only) ----------------------------------------------------------------
 

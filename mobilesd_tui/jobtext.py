@@ -113,11 +113,13 @@ def row_cells(job: dict[str, Any], now: datetime, prompt_width: int) -> tuple[An
     return (
         status_cell(job),
         age(job.get("creation_timestamp"), now),
-        batch_label(job),
-        server_of(job),
+        Text(batch_label(job)),
+        # User text as Text, never as a str: a DataTable parses str cells as markup, and a
+        # prompt like "[@click=app.quit]x[/]" must show as typed, not become a link.
+        Text(server_of(job)),
         progress_cell(job),
-        one_line(short_model(params.get("checkpoint_name")), 14),
-        one_line(str(params.get("prompt", "")), prompt_width),
+        Text(one_line(short_model(params.get("checkpoint_name")), 14)),
+        Text(one_line(str(params.get("prompt", "")), prompt_width)),
     )
 
 

@@ -5,6 +5,7 @@ Domain exceptions are raised by services and mapped here, so routes stay free of
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,9 +17,13 @@ from ..civitai.client import CivitaiError
 from ..gallery import ImageNotFound, UnsafeName
 from ..schema import FieldProblem, InvalidInput
 from ..servers import ServerExists, ServerNotFound
-from ..store import BatchNotFound, Conflict, JobNotFound
+from ..store import BatchNotFound, Conflict, JobNotFound, StoreWriteError
 
 log = logging.getLogger(__name__)
+
+BODY_READ_TIMEOUT = 30.0
+"""Seconds a request body may take to arrive. aiohttp has no such limit: a client dripping its
+body a byte a second would hold its handler (and the connection) forever."""
 
 
 class ApiError(Exception):
@@ -63,6 +68,9 @@ def _map(exc: Exception) -> web.Response | None:
         return error_response(404, "image_not_found", "no such image in the gallery")
     if isinstance(exc, CivitaiError):
         return error_response(exc.status, exc.code, exc.message)
+    if isinstance(exc, StoreWriteError):
+        # Disk full or read-only: nothing was changed; the same request works once it has room.
+        return error_response(503, "storage_unavailable", f"{exc.strerror}; nothing was changed")
     if isinstance(exc, UnsafeName):
         return error_response(400, "bad_filename", "not a gallery file name")
     return None
@@ -82,6 +90,14 @@ async def error_middleware(
         raise
     except Exception as exc:
         mapped = _map(exc)
+        if isinstance(exc, ApiError) and exc.code == "body_timeout" and mapped is not None:
+            # The rest of the body may still trickle in, and aiohttp would linger reading it:
+            # answer, then hang up.
+            mapped.force_close()
+            await mapped.prepare(request)
+            await mapped.write_eof()
+            if request.transport is not None:
+                request.transport.close()
         if mapped is not None:
             return mapped
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -92,7 +108,14 @@ async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or 400 naming the problem."""
     if not request.can_read_body:
         raise ApiError(400, "bad_json", "request body is empty; expected a JSON object")
-    raw = await request.read()
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {BODY_READ_TIMEOUT:g} s",
+        ) from None
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -911,6 +911,12 @@ def _generate_request(params: Schema) -> Schema:
             "defaults": {**job_fields, "description": "Fields every job starts from."},
             "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_JOBS, "items": job_fields},
             "expand": expand_schema(),
+            "webhook_url": {
+                "type": ["string", "null"],
+                "format": "uri",
+                "description": "http(s) URL that gets a signed JSON POST of each job the request "
+                "creates, on every terminal state (X-MobileSD-Signature: sha256=<HMAC>).",
+            },
         },
         "additionalProperties": False,
         "oneOf": [

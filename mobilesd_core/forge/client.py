@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,14 +29,34 @@ def _detail(body: Any) -> str:
             value = body.get(key)
             if value:
                 if isinstance(value, list):
-                    return "; ".join(
-                        f"{'.'.join(str(p) for p in item.get('loc', [])[1:])}: {item.get('msg')}"
-                        if isinstance(item, dict)
-                        else str(item)
-                        for item in value
-                    )
+                    return "; ".join(_problem(item) for item in value)
                 return str(value)
     return ""
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """Why a connection failed, in words: httpx's own message ("All connection attempts
+    failed") hides the OS error in its cause chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, socket.gaierror):
+            return "host name not found"
+        seen = seen.__cause__ or seen.__context__
+    return "cannot connect"
+
+
+def _problem(item: Any) -> str:
+    """One item of a 422 `detail` list: `field: message`, or the message alone for the body."""
+    if not isinstance(item, dict):
+        return str(item)
+    loc = item.get("loc")
+    field = ".".join(str(p) for p in loc[1:]) if isinstance(loc, list) else ""
+    message = str(item.get("msg") or "invalid")
+    return f"{field}: {message}" if field else message
 
 
 class ForgeClient:
@@ -105,8 +126,9 @@ class ForgeClient:
                 f"{where} did not answer (connect timeout)", offline=True
             ) from None
         except httpx.ConnectError as exc:
-            reason = "connection refused" if "refused" in str(exc).lower() else "cannot connect"
-            raise ForgeTransientError(f"{where} is unreachable ({reason})", offline=True) from None
+            raise ForgeTransientError(
+                f"{where} is unreachable ({_connect_failure(exc)})", offline=True
+            ) from None
         except httpx.TimeoutException:
             raise ForgeTransientError(f"{where} timed out on {path}") from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:

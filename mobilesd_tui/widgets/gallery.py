@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -38,7 +39,7 @@ class Tile(Vertical, can_focus=True):
         seed = self.entry.get("seed")
         caption = f"{seed} " if seed is not None else ""
         caption += short_model(self.entry.get("checkpoint"))
-        yield Static(one_line(caption, 17), classes="tile-caption")
+        yield Static(Text(one_line(caption, 17)), classes="tile-caption")
 
     def show_image(self, widget: Widget) -> None:
         self.loaded = True

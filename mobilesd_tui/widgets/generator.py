@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -118,7 +119,7 @@ class LoraRow(Horizontal):
         self.index = index
 
     def compose(self) -> ComposeResult:
-        yield Label(self.lora_name, classes="lora-name")
+        yield Label(Text(self.lora_name), classes="lora-name")
         yield Input(str(self.weight), compact=True, classes="lora-weight", tooltip="weight -5..5")
         yield Button("✕", compact=True, classes="lora-remove", tooltip="remove this LoRA")
 
@@ -423,14 +424,14 @@ class GeneratorPane(Vertical):
                     general.append(f"{path}: {message}")
                     continue
                 target = matches.first(Static)
-            target.update(message)
+            target.update(Text(message))  # the core's words may quote user text: no markup
             target.add_class("shown")
             if field is not None:
                 field.add_class("invalid")
                 first = first or field.control
         if general or not problems:
             error = self.query_one("#err-general", Static)
-            error.update("\n".join(general) or fallback)
+            error.update(Text("\n".join(general) or fallback))
             error.add_class("shown")
         if first is not None:
             first.focus()

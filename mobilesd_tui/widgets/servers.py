@@ -54,8 +54,8 @@ def server_cells(server: dict[str, Any], url_width: int = 30) -> tuple[Any, ...]
         state_cell(server),
         "-" if latency is None else f"{latency:.0f} ms",
         f"{status.get('active_jobs', 0)}/{server.get('max_concurrent', 1)}",
-        short_model(status.get("current_checkpoint")),
-        one_line(server.get("api_url", ""), url_width),
+        Text(short_model(status.get("current_checkpoint"))),  # Text: shown as is, no markup
+        Text(one_line(server.get("api_url", ""), url_width)),
     )
 
 

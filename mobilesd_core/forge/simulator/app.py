@@ -147,6 +147,8 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.Response(
             text=_html_page(status, "Welcome"), status=status, content_type="text/html"
         )
+    if kind == "stall":
+        return await _stall(request, body, status, release)
     return await _drop(request, body, status)
 
 
@@ -198,6 +200,22 @@ async def _drop(request: web.Request, body: bytes, status: int) -> web.StreamRes
     response.content_length = len(body)
     await response.prepare(request)
     await response.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return response
+
+
+async def _stall(
+    request: web.Request, body: bytes, status: int, release: asyncio.Event
+) -> web.StreamResponse:
+    """Promise the whole body, send half of it, then send nothing more until the faults are
+    cleared: an answer that never ends (a wedged proxy, a half-dead link)."""
+    response = web.StreamResponse(status=status)
+    response.content_type = "application/json"
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    await release.wait()
     if request.transport is not None:
         request.transport.close()
     return response

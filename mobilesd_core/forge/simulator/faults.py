@@ -3,9 +3,11 @@
 Status faults ("500", "502", "503", "422", "401", "404") answer instead of Forge: nothing runs.
 Body faults ("drop", "truncated", "nonjson") let Forge do the work, then spoil the answer, so
 a txt2img hit by one has really generated (and is in `generations`) but the client gets nothing
-usable. "hang" on txt2img freezes the generation mid-way with the lock held; elsewhere it holds
-the request. "reset" closes the connection without an answer (on txt2img once the job is
-running, which goes on). "slow" only waits. Every kind first waits `delay_ms`.
+usable; "stall" sends the headers and half of the body, then holds the rest until the faults
+are cleared (an answer that never ends). "hang" on txt2img freezes the generation mid-way with
+the lock held; elsewhere it holds the request. "reset" closes the connection without an answer
+(on txt2img once the job is running, which goes on). "slow" only waits. Every kind first
+waits `delay_ms`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 STATUS_KINDS = ("500", "502", "503", "422", "401", "404")
-BODY_KINDS = ("drop", "truncated", "nonjson")
+BODY_KINDS = ("drop", "truncated", "nonjson", "stall")
 FAULT_KINDS = (*STATUS_KINDS, *BODY_KINDS, "hang", "slow", "reset")
 
 

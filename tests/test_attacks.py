@@ -1,0 +1,350 @@
+"""Attacks on the core: credentials, path traversal, cross-site posts, markup injection in the
+TUI, oversized and slow-dripped bodies, and hundreds of open event streams.
+
+Nothing leaks (no file outside its folder is read, written or deleted; no token is echoed),
+nothing escapes (user text is shown as text), and the service stays up and responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.text import Text
+from textual.widgets._data_table import default_cell_formatter
+
+from mobilesd_core.api import errors as api_errors
+from mobilesd_core.api.app import create_app
+from mobilesd_core.civitai.filenames import UnsafePath, inside, safe_filename
+from mobilesd_tui.jobtext import detail_text, row_cells
+from mobilesd_tui.widgets.servers import server_cells
+
+from .conftest import TOKEN, Harness, fast_settings, wait_for
+from .test_auth import anonymous, cookie_header, login
+from .tui_fakes import NOW, sample_servers
+
+PROTECTED = ("/api/", "/gallery_files/")
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def router_routes(tmp_path: Path) -> list[tuple[str, str]]:
+    """(method, path) of every protected route the app registers, parameters filled in."""
+    app = create_app(fast_settings(tmp_path / "routes"))
+    routes = set()
+    for route in app.router.routes():
+        canonical = route.resource.canonical if route.resource is not None else ""
+        if route.method == "HEAD" or not canonical.startswith(PROTECTED):
+            continue
+        path = re.sub(r"\{filename\}", "x.png", canonical)
+        routes.add((route.method, re.sub(r"\{[^}]+\}", "x", path)))
+    assert len(routes) >= 25
+    return sorted(routes)
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+
+async def test_every_route_refuses_missing_wrong_and_misplaced_tokens(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Derived from the router, so a new route is covered the day it is added."""
+    import base64
+
+    basic = base64.b64encode(f"user:{TOKEN}".encode()).decode()
+    variants: list[tuple[str, dict[str, str], dict[str, str]]] = [
+        ("none", {}, {}),
+        ("wrong bearer", {"Authorization": "Bearer wrong-token"}, {}),
+        ("token with a suffix", {"Authorization": f"Bearer {TOKEN}x"}, {}),
+        ("token as Basic", {"Authorization": f"Basic {basic}"}, {}),
+        ("raw token as the cookie", {"Cookie": f"mobilesd_session={TOKEN}"}, {}),
+        ("token in the query", {}, {"token": TOKEN, "access_token": TOKEN}),
+    ]
+    for method, path in router_routes(tmp_path):
+        for name, headers, params in variants:
+            async with anonymous(harness) as http:
+                response = await http.request(method, path, headers=headers, params=params, json={})
+            assert response.status_code in (401, 429), (method, path, name, response.text)
+            assert response.json()["error"]["code"] in ("unauthorized", "too_many_attempts")
+            assert TOKEN not in response.text
+    assert harness.core.store.live_jobs() == []
+    assert harness.core.registry.runtimes == {}
+
+
+async def test_cross_site_posts_with_the_cookie_are_refused_on_every_route(
+    harness: Harness, tmp_path: Path
+) -> None:
+    session = await login(harness)
+    changing = [(m, p) for m, p in router_routes(tmp_path) if m not in SAFE_METHODS]
+    assert len(changing) >= 12
+    for method, path in changing:
+        for origin in (
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},  # a plain HTML form post under our no-referrer policy
+            {"Referer": "http://evil.example/page"},
+            {},  # neither: a form from a page that strips both
+        ):
+            async with anonymous(harness) as http:
+                form = await http.request(
+                    method,
+                    path,
+                    content=b"prompt=x",
+                    headers={
+                        **cookie_header(session),
+                        **origin,
+                        "Content-Type": "application/x-www-form-urlencoded",
+                    },
+                )
+            assert form.status_code == 403, (method, path, origin, form.text)
+            assert form.json()["error"]["code"] == "csrf"
+    assert harness.core.store.live_jobs() == []
+    assert harness.core.registry.runtimes == {}
+
+
+# --- path traversal -----------------------------------------------------------------------------
+
+TRAVERSALS = [
+    "..%2Fsecret.png",
+    "%2e%2e%2fsecret.png",
+    "%2E%2E/secret.png",
+    "..%5Csecret.png",
+    "%2Fetc%2Fpasswd",
+    "....%2F%2Fsecret.png",
+    "x.png%00.jpg",
+    "..%252Fsecret.png",
+    "%2e%2e%2f%2e%2e%2fdata%2faccess_token",
+    ".thumbs%2F..%2F..%2Fsecret.png",
+]
+
+
+async def test_path_traversal_in_gallery_names_reads_and_deletes_nothing_outside(
+    harness: Harness,
+) -> None:
+    root = harness.settings.gallery_path.parent
+    secret = root / "secret.png"
+    secret.write_bytes(b"\x89PNG SECRET-BYTES")
+    (harness.settings.data_path / "access_token").write_text(TOKEN)
+    base = str(harness.api.base_url)
+    for raw in TRAVERSALS:
+        for method, prefix in (
+            ("GET", "/gallery_files/"),
+            ("DELETE", "/api/v1/gallery/images/"),
+            ("GET", "/gallery_files/"),
+        ):
+            # Sent as written: httpx would otherwise normalise the dots away.
+            url = httpx.URL(base + prefix + "PLACEHOLDER").copy_with(
+                raw_path=(prefix + raw).encode()
+            )
+            response = await harness.api.request(method, url, params={"thumb": "1"})
+            assert response.status_code in (400, 404), (method, raw, response.status_code)
+            assert b"SECRET-BYTES" not in response.content
+            assert TOKEN not in response.text
+    assert secret.read_bytes() == b"\x89PNG SECRET-BYTES"
+    assert (harness.settings.data_path / "access_token").exists()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(max_size=80))
+def test_civitai_file_names_always_land_inside_the_folder(raw: str) -> None:
+    folder = Path("/srv/models/lora")
+    name = safe_filename(
+        raw, extensions=frozenset({".safetensors"}), default_ext=".safetensors", fallback_stem="m"
+    )
+    assert "/" not in name and "\\" not in name and "\x00" not in name
+    assert name not in (".", "..") and not name.startswith("..")
+    try:
+        path = inside(folder, name)
+    except UnsafePath:
+        return
+    assert path.parent == folder
+
+
+async def test_inbox_symlink_to_a_file_outside_is_not_followed(tmp_path: Path) -> None:
+    from .test_inbox import inbox_settings, settled, start_paused, stop_harness
+
+    settings = inbox_settings(tmp_path, "polling")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = outside / "job.yaml"
+    target.write_text("prompt: from outside the inbox\n")
+    h = await start_paused(settings)
+    try:
+        (settings.inbox_path / "link.yaml").symlink_to(target)
+        (settings.inbox_path / "real.yaml").write_text("prompt: a real one\n")
+        await wait_for(lambda: settled(h, "real.yaml"), what="the real file")
+        await asyncio.sleep(0.5)
+        prompts = [j["generation_params"]["prompt"] for j in h.core.store.live_jobs()]
+        assert prompts == ["a real one"]
+        assert target.read_text() == "prompt: from outside the inbox\n"  # not moved, not read
+        assert (settings.inbox_path / "link.yaml").is_symlink()
+    finally:
+        await stop_harness(h)
+
+
+# --- markup injection in the terminal UI ----------------------------------------------------------
+
+MARKUP = "[bold red]x[/] [@click=app.quit]quit[/] [link=http://evil.example]y[/link]"
+
+
+def rendered(cell: Any) -> Text:
+    text = default_cell_formatter(cell)
+    assert isinstance(text, Text)
+    return text
+
+
+def test_tui_shows_user_text_literally_in_tables_and_details() -> None:
+    job = {
+        "mobilesd_job_id": "01JD3FAKE00000000000000001",
+        "status": "failed",
+        "creation_timestamp": "2026-11-24T11:00:00.000Z",
+        "assigned_server_alias": MARKUP,
+        "generation_params": {"prompt": MARKUP, "checkpoint_name": MARKUP},
+        "result_details": {"error": MARKUP},
+    }
+    cells = [rendered(c) for c in row_cells(job, NOW, 200)]
+    prompt = cells[-1]
+    assert prompt.plain == MARKUP
+    for cell in cells:
+        assert not any(
+            "@click" in str(span.style) or "link" in str(span.style) for span in cell.spans
+        )
+    assert cells[3].plain == MARKUP  # the server column (after status, age, batch)
+    assert MARKUP in detail_text(job, NOW).plain
+    server = {**sample_servers()[0], "api_url": "http://h/[b]x[/b]"}
+    server["status"] = {**server.get("status", {}), "current_checkpoint": MARKUP}
+    plain = [rendered(c).plain for c in server_cells(server, 200)]
+    assert "http://h/[b]x[/b]" in plain
+
+
+async def test_tui_notifications_and_queue_render_markup_literally() -> None:
+    from .tui_fakes import FakeApi, _job, fake_app, settle
+
+    job = _job(1, "failed", result_details={"error": MARKUP})
+    job["generation_params"]["prompt"] = MARKUP
+    app = fake_app("queue", api=FakeApi(jobs=[job]))
+    async with app.run_test(size=(160, 32)) as pilot:
+        await settle(pilot)
+        table = app.query_one("DataTable")
+        row = table.get_row(job["mobilesd_job_id"])
+        assert rendered(row[-1]).plain.startswith("[bold red]x[/]")
+        app.notify(f"{MARKUP}: {MARKUP}", title="Job failed")
+        await pilot.pause()
+        (note,) = [n for n in app._notifications if MARKUP in n.message]
+        assert note.markup is False
+        assert app.is_running  # [@click=app.quit] did nothing
+
+
+# --- bodies: too large, too slow ------------------------------------------------------------------
+
+
+async def test_oversized_body_is_413_in_the_error_shape(harness: Harness) -> None:
+    prompt = "x" * (2 * 1024 * 1024)
+    response = await harness.api.post(
+        "/api/v1/generate", json={"generation_params": {"prompt": prompt}}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+    assert harness.core.store.live_jobs() == []
+    assert (await harness.api.get("/healthz")).status_code == 200
+
+
+async def test_a_body_dripped_a_byte_at_a_time_does_not_hold_a_handler(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_errors, "BODY_READ_TIMEOUT", 1.0)
+    body = b'{"generation_params": {"prompt": "slow"}}'
+    host, port = harness.server.host, harness.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /api/v1/generate HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    started = time.monotonic()
+
+    async def drip() -> None:
+        for byte in body:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    dripper = asyncio.create_task(drip())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        answer = head + await asyncio.wait_for(reader.read(), 5)  # the core hangs up
+        elapsed = time.monotonic() - started
+    finally:
+        dripper.cancel()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"body_timeout" in answer and b"did not arrive within 1 s" in answer
+    assert elapsed < 3.5
+    assert harness.core.store.live_jobs() == []
+    assert (await harness.api.get("/healthz")).status_code == 200
+
+
+# --- hundreds of event streams --------------------------------------------------------------------
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def test_300_open_event_streams_leave_the_core_responsive(harness: Harness) -> None:
+    await harness.add_sim("gpu1")
+    host, port = harness.server.host, harness.server.port
+    fds_before = len(os.listdir("/proc/self/fd"))
+    rss_before = _rss_mib()
+
+    async def open_stream() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return reader, writer
+
+    streams = await asyncio.gather(*(open_stream() for _ in range(300)))
+    try:
+        await wait_for(lambda: harness.core.bus.subscriber_count >= 300, what="300 subscribers")
+        started = time.monotonic()
+        assert (await harness.api.get("/healthz")).status_code == 200
+        healthz_s = time.monotonic() - started
+        started = time.monotonic()
+        job_id = await harness.submit()
+        submit_s = time.monotonic() - started
+        job = await harness.wait_status(job_id, "completed", "failed")
+        assert job["status"] == "completed"
+        # Every stream got the job's events (nobody was dropped for being slow).
+        for reader, _ in streams[::50]:
+            data = b""
+            while b'"status":"completed"' not in data:
+                data += await asyncio.wait_for(reader.read(65536), 10)
+        rss_open = _rss_mib()
+        assert healthz_s < 1.0 and submit_s < 1.0, (healthz_s, submit_s)
+        assert rss_open - rss_before < 100, (rss_before, rss_open)
+    finally:
+        for _, writer in streams:
+            writer.close()
+    await wait_for(lambda: harness.core.bus.subscriber_count == 0, what="streams to be released")
+    await wait_for(
+        lambda: len(os.listdir("/proc/self/fd")) <= fds_before + 5, what="sockets to be closed"
+    )
+    print(
+        f"\n300 SSE streams: /healthz {healthz_s * 1000:.0f} ms, submit {submit_s * 1000:.0f} ms, "
+        f"RSS {rss_before:.0f} -> {rss_open:.0f} MiB, fds {fds_before} -> "
+        f"{len(os.listdir('/proc/self/fd'))}"
+    )

@@ -1,0 +1,362 @@
+"""Faults of the core's own machine: a full or read-only disk, folders vanishing, kills mid-phase.
+
+Disk faults are injected at the OS call, in-process: `os.write` (and `os.open` for writing) fail
+with ENOSPC or EROFS for files under one folder, the way a full or read-only filesystem fails
+them, whichever thread writes. What must hold: no accepted job is lost, the store always loads,
+the error is stated plainly, and the service recovers by itself when the fault goes away.
+
+Kills use the real `mobilesd serve` subprocess of test_crash.py, with the phase held open by a
+fault, so the kill lands in that phase every time (the random soak covers the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
+from mobilesd_core.forge.simulator.server import free_port
+
+from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
+from .test_crash import TOKEN, CoreProcess, read_archive
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+class FaultyDisk:
+    """Makes writes under chosen folders fail at the OS call, like a full or read-only disk."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.broken: dict[Path, int] = {}
+        self.hits: Counter[int] = Counter()
+        real_write, real_open = os.write, os.open
+
+        def write(fd: int, data: bytes) -> int:  # type: ignore[no-untyped-def]
+            err = self._errno_for(_fd_path(fd)) if self.broken else None
+            if err is not None:
+                self.hits[err] += 1
+                raise OSError(err, os.strerror(err))
+            return real_write(fd, data)
+
+        def open_(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+            writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            err = self._errno_for(str(path)) if self.broken and writing else None
+            if err == errno.EROFS:  # a full disk still opens files; a read-only one does not
+                self.hits[err] += 1
+                raise OSError(err, os.strerror(err), str(path))
+            return real_open(path, flags, mode, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(os, "open", open_)
+
+    def _errno_for(self, path: str | None) -> int | None:
+        if not path:
+            return None
+        for root, err in list(self.broken.items()):
+            if path == str(root) or path.startswith(f"{root}/"):
+                return err
+        return None
+
+    def fail(self, root: Path, err: int = errno.ENOSPC) -> None:
+        self.broken[root.resolve()] = err
+
+    def heal(self) -> None:
+        self.broken.clear()
+
+
+def _fd_path(fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> FaultyDisk:
+    return FaultyDisk(monkeypatch)
+
+
+def terminal_tally(harness: Harness):  # type: ignore[no-untyped-def]
+    sub, _ = harness.core.bus.subscribe(queue_size=1_000_000)
+
+    def drain() -> Counter[str]:
+        while not sub.queue.empty():
+            event = sub.queue.get_nowait()
+            if event is not None and event.name == "job" and event.data["status"] in TERMINAL:
+                counts[event.data["mobilesd_job_id"]] += 1
+        return counts
+
+    counts: Counter[str] = Counter()
+    return drain
+
+
+# --- a full or read-only disk -----------------------------------------------------------------
+
+
+async def test_disk_full_on_submit_is_a_plain_503_and_changes_nothing(
+    tmp_path: Path, disk: FaultyDisk
+) -> None:
+    settings = fast_settings(tmp_path)
+    harness = await start_harness(settings)
+    try:
+        disk.fail(settings.data_path, errno.ENOSPC)
+        body = {"generation_params": {"prompt": "no room", "width": 64, "height": 64}}
+        response = await harness.api.post("/api/v1/generate", json=body)
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "storage_unavailable"
+        assert "cannot write the job store in" in error["message"]
+        assert "No space left on device; nothing was changed" in error["message"]
+        assert (await harness.api.get("/api/v1/queue/jobs")).json()["total"] == 0
+        assert disk.hits[errno.ENOSPC] >= 1
+        disk.heal()
+        job_id = await harness.submit(prompt="room again")
+    finally:
+        await stop_harness(harness)
+    again = await start_harness(settings)  # the store loads, holding exactly the accepted job
+    try:
+        listed = (await again.api.get("/api/v1/queue/jobs")).json()
+        assert [j["mobilesd_job_id"] for j in listed["jobs"]] == [job_id]
+    finally:
+        await stop_harness(again)
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS], ids=["full", "read-only"])
+async def test_gallery_full_or_read_only_while_saving_retries_until_it_can(
+    tmp_path: Path, disk: FaultyDisk, err: int
+) -> None:
+    settings = fast_settings(tmp_path, max_attempts=50, retry_backoff=0.1, retry_backoff_max=0.2)
+    harness = await start_harness(settings)
+    try:
+        await harness.add_sim("gpu1")
+        tally = terminal_tally(harness)
+        disk.fail(settings.gallery_path, err)
+        job_id = await harness.submit()
+
+        async def failed_once() -> bool:
+            return bool((await harness.job(job_id)).get("errors"))
+
+        await wait_for(failed_once, what="a save to fail")
+        disk.heal()
+        job = await harness.wait_status(job_id, *TERMINAL)
+        assert job["status"] == "completed", job
+        assert f"could not save the images: {os.strerror(err)}" in job["errors"][0]["error"]
+        names = sorted(p.name for p in settings.gallery_path.iterdir() if p.is_file())
+        assert len(names) == 2 and not [n for n in names if n.startswith(".tmp-")], names
+        await harness.core.run_until_idle()
+        assert tally()[job_id] == 1
+    finally:
+        await stop_harness(harness)
+
+
+async def test_store_full_while_claiming_and_finishing_recovers_by_itself(
+    tmp_path: Path, disk: FaultyDisk
+) -> None:
+    settings = fast_settings(tmp_path)
+    harness = await start_harness(settings)
+    try:
+        sim = await harness.add_sim("gpu1", SimulatorConfig(step_ms=20, switch_ms=0))
+        runtime = harness.core.registry.runtimes["gpu1"]
+        tally = terminal_tally(harness)
+
+        # 1. The claim cannot be written: the job stays pending, the slot is not lost.
+        await harness.api.post("/api/v1/queue/pause")
+        first = await harness.submit(prompt="first", steps=30)
+        disk.fail(settings.data_path)
+        refused = await harness.api.post("/api/v1/queue/resume")  # its flag can't be saved
+        assert refused.status_code == 503, refused.text
+        assert "No space left on device" in refused.json()["error"]["message"]
+        harness.core.dispatcher.set_paused(False)  # as if resumed just before the disk filled
+        await wait_for(lambda: disk.hits[errno.ENOSPC] >= 2, what="a failed claim")
+        await asyncio.sleep(0.3)
+        assert harness.core.store.get_live(first)["status"] == "pending"
+        assert runtime.active == 0 and not harness.core.dispatcher._runs
+        assert sim.sim.generations == []
+        disk.heal()
+        await wait_for(
+            lambda: harness.core.store.get_live(first)["status"] == "processing",
+            what="the claim once the disk has room",
+        )
+
+        # 2. The outcome cannot be written: the job stays processing until it can.
+        disk.fail(settings.data_path)
+        await wait_for(lambda: len(sim.sim.generations) == 1, what="forge to finish")
+        await wait_for(
+            lambda: list(settings.gallery_path.glob(f"*{first}*.png")), what="the image saved"
+        )
+        await asyncio.sleep(0.4)
+        assert harness.core.store.get_live(first)["status"] == "processing"
+        disk.heal()
+        job = await harness.wait_status(first, *TERMINAL)
+        assert job["status"] == "completed" and job["attempts"] == 1, job
+        second = await harness.submit(prompt="second")
+        assert (await harness.wait_status(second, *TERMINAL))["status"] == "completed"
+        await harness.core.run_until_idle()
+        counts = tally()
+        assert (counts[first], counts[second]) == (1, 1)
+        assert runtime.active == 0
+    finally:
+        await stop_harness(harness)
+    again = await start_harness(settings)
+    try:
+        statuses = [j["status"] for j in (await again.api.get("/api/v1/queue/jobs")).json()["jobs"]]
+        assert statuses == ["completed", "completed"]
+    finally:
+        await stop_harness(again)
+
+
+async def test_gallery_folder_vanishing_is_made_again(harness: Harness) -> None:
+    await harness.add_sim("gpu1")
+    first = await harness.submit(prompt="before")
+    assert (await harness.wait_status(first, *TERMINAL))["status"] == "completed"
+    shutil.rmtree(harness.settings.gallery_path)
+    second = await harness.submit(prompt="after")
+    job = await harness.wait_status(second, *TERMINAL)
+    assert job["status"] == "completed", job
+    (name,) = job["result_details"]["images"]
+    assert (harness.settings.gallery_path / name).is_file()
+    image = await harness.api.get(f"/gallery_files/{name}")
+    assert image.status_code == 200
+
+
+def _read_only_serve(data: Path, gallery: Path) -> subprocess.CompletedProcess[str]:
+    """`mobilesd serve` with `data` read-only: a read-only bind mount in a private mount
+    namespace (root), or plain permissions (any other user)."""
+    command = [
+        sys.executable,
+        "-m",
+        "mobilesd_core.cli",
+        "serve",
+        "--port",
+        str(free_port()),
+        "--data",
+        str(data),
+    ]
+    env = {
+        **os.environ,
+        "STABLE_DIFFUSION_SAVE_PATH": str(gallery),
+        "MOBILESD_TOKEN": TOKEN,
+        "INBOX_PATH": str(gallery.parent / "inbox"),
+    }
+    if os.geteuid() != 0:
+        data.chmod(0o555)
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+        finally:
+            data.chmod(0o755)
+    script = (
+        'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+        if shutil.which("unshare")
+        else "exit 99"
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(data), *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    if result.returncode != 2 and "mount" in result.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {result.stderr.strip()}")
+    return result
+
+
+async def test_read_only_data_folder_at_start_exits_2_and_the_store_still_loads(
+    tmp_path: Path,
+) -> None:
+    settings = fast_settings(tmp_path)
+    harness = await start_harness(settings)
+    job_id = await harness.submit(prompt="kept")
+    await stop_harness(harness)
+
+    result = await asyncio.to_thread(_read_only_serve, settings.data_path, settings.gallery_path)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"configuration error: CONFIG_DATA_PATH: folder {settings.data_path} is not writable"
+        in result.stderr
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+    again = await start_harness(settings)  # writable again: everything is there
+    try:
+        assert (await again.job(job_id))["status"] == "pending"
+    finally:
+        await stop_harness(again)
+
+
+# --- SIGKILL in a phase held open ---------------------------------------------------------------
+
+
+async def test_sigkill_mid_submission_creates_nothing(tmp_path: Path) -> None:
+    core = CoreProcess(tmp_path, free_port())
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=core.url, headers=headers, timeout=10) as client:
+        await core.start()
+        try:
+            await core.wait_healthy(client)
+            body = b'{"generation_params": {"prompt": "half a body", "steps": 4}}'
+            with socket.create_connection(("127.0.0.1", core.port)) as sock:
+                sock.sendall(
+                    b"POST /api/v1/generate HTTP/1.1\r\nHost: x\r\n"
+                    + f"Authorization: Bearer {TOKEN}\r\n".encode()
+                    + b"Content-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body[:20]
+                )
+                await asyncio.sleep(0.2)
+                await core.kill()
+            await core.start()
+            await core.wait_healthy(client)
+            assert (await client.get("/api/v1/queue/jobs")).json()["total"] == 0
+        finally:
+            await core.kill()
+
+
+async def test_sigkill_while_the_job_is_held_on_the_server(tmp_path: Path) -> None:
+    """Dispatch phase: the job is `processing` and Forge holds it (a hang); the core dies.
+    After the restart it runs again from the front and completes once, with one image."""
+    sim = SimServer(SimulatorConfig(step_ms=5, switch_ms=0, name="gpu1"), port=free_port())
+    core = CoreProcess(tmp_path, free_port())
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    await sim.start()
+    async with httpx.AsyncClient(base_url=core.url, headers=headers, timeout=10) as client:
+        await core.start()
+        try:
+            await core.wait_healthy(client)
+            response = await client.post(
+                "/api/v1/servers", json={"alias": "gpu1", "api_url": sim.url}
+            )
+            assert response.status_code == 201
+            sim.sim.set_fault("hang", count=1, path="txt2img")
+            body = {"generation_params": {"prompt": "held", "steps": 6, "width": 64, "height": 64}}
+            job_id = (await client.post("/api/v1/generate", json=body)).json()["mobilesd_job_id"]
+            await wait_for(lambda: sim.sim.busy, what="the job to be held on the server")
+            await core.kill()
+            sim.sim.clear_faults()  # Forge finishes the orphaned generation on its own
+            await core.start()
+            await core.wait_healthy(client)
+
+            async def done() -> dict | None:
+                job = (await client.get(f"/api/v1/queue/jobs/{job_id}")).json()
+                return job if job["status"] in TERMINAL else None
+
+            job = await wait_for(done, timeout=30, what="the job after the restart")
+            assert job["status"] == "completed", job
+            assert job["interruptions"] == 1 and job["attempts"] == 2
+            assert len(list(core.gallery.glob(f"*_{job_id}_*.png"))) == 1
+            assert await core.terminate() == 0
+            archived, _, _ = read_archive(core.data)
+            assert [r["mobilesd_job_id"] for r in archived] == [job_id]
+        finally:
+            await core.kill()
+            await sim.stop()
