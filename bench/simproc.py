@@ -88,25 +88,8 @@ async def start_simulator(*, step_ms: float, inline: bool) -> Simulator:
         server = SimServer(SimulatorConfig(step_ms=step_ms, switch_ms=0, name="bench"))
         await server.start()
         return InlineSimulator(server)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.simproc",
-        "--step-ms",
-        str(step_ms),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=REPO,
-    )
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        url = json.loads(line)["url"]
-    except (TimeoutError, ValueError, KeyError):
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError("the simulator process did not start") from None
-    return ProcessSimulator(proc, url)
+    _, simulator = await start_simulators([{"step_ms": step_ms, "switch_ms": 0, "name": "bench"}])
+    return simulator
 
 
 async def start_simulators(configs: list[dict[str, Any]]) -> tuple[list[str], Simulator]:
@@ -124,7 +107,8 @@ async def start_simulators(configs: list[dict[str, Any]]) -> tuple[list[str], Si
     )
     assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        async with asyncio.timeout(60):
+            line = await proc.stdout.readline()
         urls = json.loads(line)["urls"]
     except (TimeoutError, ValueError, KeyError):
         proc.kill()
