@@ -53,6 +53,13 @@ class StabilityTracker:
         if seen is not None:
             seen.since = now
 
+    def back_off(self, key: str, now: float, windows: float) -> None:
+        """Look at it again only after `windows` quiet windows (a move that keeps failing)."""
+        seen = self._candidates.get(key)
+        if seen is not None:
+            seen.since = now
+            seen.windows = windows
+
     def forget(self, key: str) -> None:
         self._candidates.pop(key, None)
 

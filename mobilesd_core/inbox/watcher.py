@@ -82,6 +82,7 @@ class InboxWatcher:
         self._dirty: set[str] = set()
         self._rescan_asked = False
         self._doubted: set[str] = set()
+        self._held: dict[str, int] = {}  # rel -> failed attempts in a row
         self._told_other: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -261,6 +262,7 @@ class InboxWatcher:
     def _forget(self, rel: str) -> None:
         self.tracker.forget(rel)
         self._doubted.discard(rel)
+        self._held.pop(rel, None)
 
     async def _handle(self, rel: str) -> None:
         outcome = await self.ingestor.ingest(rel, confirmed=rel in self._doubted)
@@ -269,7 +271,13 @@ class InboxWatcher:
         elif outcome is Outcome.DOUBT:
             self._doubted.add(rel)
             self.tracker.doubt(rel, self.clock())
-        else:  # CHANGED, HELD: wait for it to hold still again
+        elif outcome is Outcome.HELD:
+            # A store or move that keeps failing (file locked, share read-only): back off up
+            # to a minute, so a stuck file is retried without a warning every second.
+            self._held[rel] = self._held.get(rel, 0) + 1
+            windows = min(2.0 ** self._held[rel], 60.0 / max(self.tracker.settle, 0.01))
+            self.tracker.back_off(rel, self.clock(), windows)
+        else:  # CHANGED: wait for it to hold still again
             self.tracker.doubt(rel, self.clock())
 
     # -- blocking helpers (run in a thread) -----------------------------------------------------
