@@ -138,3 +138,12 @@ def test_the_report_lists_every_problem_and_what_to_do() -> None:
     assert "job.yaml:2: steps: must be at most 150 (found 500)" in text
     assert "job.yaml:1: promt: unknown field; did you mean 'prompt'?" in text
     assert "mobilesd validate" in text
+
+
+def test_a_held_file_backs_off() -> None:
+    tracker = StabilityTracker(1.0)
+    tracker.observe("stuck.yaml", 10, 1, now=0.0)
+    assert tracker.observe("stuck.yaml", 10, 1, now=1.0)
+    tracker.back_off("stuck.yaml", now=1.0, windows=8)
+    assert not tracker.observe("stuck.yaml", 10, 1, now=8.9)
+    assert tracker.observe("stuck.yaml", 10, 1, now=9.0)
