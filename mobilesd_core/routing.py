@@ -176,7 +176,13 @@ class Router:
         name = job["generation_params"].get("checkpoint_name")
         if not name or job.get("target_server_alias"):
             return None
-        cand = self.candidate(job)
+        # The last pass's candidate when the job and the lists are unchanged (lists of jobs
+        # build a view per pending job).
+        cached = self._candidates.get(job["mobilesd_job_id"])
+        if cached is not None and cached[0] is job and cached[1] == self._lists_stamp():
+            cand = cached[2].candidate
+        else:
+            cand = self.candidate(job)
         runtimes = self._registry.runtimes
         holders = [runtimes[a] for a in cand.titles if a in runtimes]
         if not holders or any(r.available for r in holders):

@@ -9,7 +9,7 @@ tests and the benchmark.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -411,28 +411,30 @@ class MobileSDApp(App[None]):
             generator.show_errors([], f"No checkpoint list from {where}; nothing was queued.")
             return
         params = {k: v for k, v in params.items() if k != "checkpoint_name"}
-        try:
-            answer = await self.api.submit_sweep(params, {"checkpoint_name": titles}, target)
-        except ApiError as exc:
-            generator.show_errors(exc.field_problems(), exc.message)
-            return
-        except Unreachable as exc:
-            generator.show_errors([], f"{exc.message}. Nothing was queued; try again.")
+        answer = await self._queue(
+            self.api.submit_sweep(params, {"checkpoint_name": titles}, target)
+        )
+        if answer is None:
             return
         generator.clear_errors()
         generator.show_batch(answer)
         self.prefs.save(generator.form())
 
+    async def _queue(self, request: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+        """Send the Generator's request; a refusal is shown by its fields (None: not queued)."""
+        try:
+            return await request
+        except ApiError as exc:
+            self.generator.show_errors(exc.field_problems(), exc.message)
+        except Unreachable as exc:
+            self.generator.show_errors([], f"{exc.message}. Nothing was queued; try again.")
+        return None
+
     @work(exclusive=True, group="submit", exit_on_error=False, name="submit")
     async def submit(self, params: dict[str, Any], target: str | None) -> None:
         generator = self.generator
-        try:
-            job = await self.api.submit(params, target)
-        except ApiError as exc:
-            generator.show_errors(exc.field_problems(), exc.message)
-            return
-        except Unreachable as exc:
-            generator.show_errors([], f"{exc.message}. Nothing was queued; try again.")
+        job = await self._queue(self.api.submit(params, target))
+        if job is None:
             return
         generator.clear_errors()
         generator.show_queued(job)

@@ -179,7 +179,7 @@ async def test_inbox_symlink_to_a_file_outside_is_not_followed(tmp_path: Path) -
         (settings.inbox_path / "link.yaml").symlink_to(target)
         (settings.inbox_path / "real.yaml").write_text("prompt: a real one\n")
         await wait_for(lambda: settled(h, "real.yaml"), what="the real file")
-        await asyncio.sleep(0.5)
+        await h.core.inbox.rescan_now()  # a full scan has seen the link too
         prompts = [j["generation_params"]["prompt"] for j in h.core.store.live_jobs()]
         assert prompts == ["a real one"]
         assert target.read_text() == "prompt: from outside the inbox\n"  # not moved, not read

@@ -178,7 +178,8 @@ async def test_store_full_while_claiming_and_finishing_recovers_by_itself(
         assert "No space left on device" in refused.json()["error"]["message"]
         harness.core.dispatcher.set_paused(False)  # as if resumed just before the disk filled
         await wait_for(lambda: disk.hits[errno.ENOSPC] >= 2, what="a failed claim")
-        await asyncio.sleep(0.3)
+        hits = disk.hits[errno.ENOSPC]
+        await wait_for(lambda: disk.hits[errno.ENOSPC] > hits, what="the claim tried again")
         assert harness.core.store.get_live(first)["status"] == "pending"
         assert runtime.active == 0 and not harness.core.dispatcher._runs
         assert sim.sim.generations == []
@@ -194,7 +195,8 @@ async def test_store_full_while_claiming_and_finishing_recovers_by_itself(
         await wait_for(
             lambda: list(settings.gallery_path.glob(f"*{first}*.png")), what="the image saved"
         )
-        await asyncio.sleep(0.4)
+        hits = disk.hits[errno.ENOSPC]
+        await wait_for(lambda: disk.hits[errno.ENOSPC] > hits + 1, what="the outcome retried")
         assert harness.core.store.get_live(first)["status"] == "processing"
         disk.heal()
         job = await harness.wait_status(first, *TERMINAL)

@@ -129,6 +129,8 @@ async def test_the_prune_sweep_runs_at_start(tmp_path: Path) -> None:
             return response.status_code == 404
 
         await wait_for(gone, what="the start-up sweep")
+        listed = await harness.api.get("/api/v1/queue/jobs", params={"archived": "1"})
+        assert job_id not in {j["mobilesd_job_id"] for j in listed.json()["jobs"]}
     finally:
         await stop_harness(harness)
 

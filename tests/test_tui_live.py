@@ -220,6 +220,8 @@ async def test_add_and_edit_a_server(harness: Harness, tmp_path: Path) -> None:
             "the change saved",
         )
         await until(pilot, lambda: "2" in str(table.get_cell("gpu2", "busy")), "the table")
+        saved = harness.core.registry.runtimes["gpu2"].config
+        assert (saved.api_url.rstrip("/"), saved.max_concurrent) == (sim.url.rstrip("/"), 2)
 
 
 async def test_survives_the_core_restarting(tmp_path: Path) -> None:

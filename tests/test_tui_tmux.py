@@ -15,7 +15,13 @@ import pytest
 from .conftest import TOKEN, Harness, fast_settings, start_harness, stop_harness
 
 TMUX = shutil.which("tmux")
-pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+# `./dev test` installs tmux (as .ci/run does): missing, this fails rather than proving nothing.
+pytestmark = pytest.mark.usefixtures("tmux_installed")
+
+
+@pytest.fixture
+def tmux_installed() -> None:
+    assert TMUX is not None, "tmux is not installed (apt-get install tmux)"
 
 
 class Tmux:
