@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -148,20 +148,40 @@ class Core:
         if not self._started:
             return
         self._started = False
-        await self.inbox.stop()
-        await self.downloads.stop()
-        await self.retention.stop()
-        await self.dispatcher.stop()
-        await self.model_sync.stop()
-        await self.registry.stop()
-        await self.notifier.stop()  # after the dispatcher: the last terminal jobs are queued
+        # Each part stops even if one before it fails (a full disk at shutdown must still
+        # release the store's lock and close the sockets); the first failure is raised last.
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("inbox", self.inbox.stop),
+            ("downloads", self.downloads.stop),
+            ("retention", self.retention.stop),
+            ("dispatcher", self.dispatcher.stop),
+            ("model sync", self.model_sync.stop),
+            ("servers", self.registry.stop),
+            # After the dispatcher: the last terminal jobs are queued.
+            ("notifications", self.notifier.stop),
+            ("background tasks", self._await_background),
+            ("event stream", self._close_streams),
+            ("job store", self.store.close),
+            ("server list", self.server_store.close),
+            ("civitai client", self.civitai.aclose),
+        ]
+        first_error: BaseException | None = None
+        for name, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                log.error("stopping the %s failed: %s", name, exc)
+                first_error = first_error or exc
+        log.info("core stopped")
+        if first_error is not None:
+            raise first_error
+
+    async def _await_background(self) -> None:
         for task in list(self._background):
             await task
+
+    async def _close_streams(self) -> None:
         self.bus.close_all()
-        await self.store.close()
-        await self.server_store.close()
-        await self.civitai.aclose()
-        log.info("core stopped")
 
     def importer(self) -> ImageImporter:
         """A Civitai image importer over the current library (one per request: it caches the

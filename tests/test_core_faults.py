@@ -131,6 +131,27 @@ async def test_disk_full_on_submit_is_a_plain_503_and_changes_nothing(
         await stop_harness(again)
 
 
+async def test_a_full_disk_at_shutdown_still_stops_every_part(
+    tmp_path: Path, disk: FaultyDisk
+) -> None:
+    settings = fast_settings(tmp_path)
+    harness = await start_harness(settings)
+    job_id = await harness.submit(prompt="waits for a server")
+    await harness.api.aclose()
+    disk.fail(settings.data_path)  # the downloads list cannot be saved at stop
+    with pytest.raises(OSError, match="No space left on device"):
+        await harness.server.close()
+    disk.heal()
+    # The parts after the failing one stopped too: the store released its lock, so a new core
+    # opens the same folder (it would refuse with "in use by another MobileSD process").
+    again = await start_harness(settings)
+    try:
+        listed = (await again.api.get("/api/v1/queue/jobs")).json()
+        assert [j["mobilesd_job_id"] for j in listed["jobs"]] == [job_id]
+    finally:
+        await stop_harness(again)
+
+
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS], ids=["full", "read-only"])
 async def test_gallery_full_or_read_only_while_saving_retries_until_it_can(
     tmp_path: Path, disk: FaultyDisk, err: int
@@ -184,10 +205,13 @@ async def test_store_full_while_claiming_and_finishing_recovers_by_itself(
         assert runtime.active == 0 and not harness.core.dispatcher._runs
         assert sim.sim.generations == []
         disk.heal()
+        # The run starts once the claim is written (the store shows "processing" a moment
+        # earlier, while the write is on its way, and failing the disk then would undo it).
         await wait_for(
-            lambda: harness.core.store.get_live(first)["status"] == "processing",
+            lambda: getattr(harness.core.dispatcher._runs.get(first), "task", None) is not None,
             what="the claim once the disk has room",
         )
+        assert harness.core.store.get_live(first)["status"] == "processing"
 
         # 2. The outcome cannot be written: the job stays processing until it can.
         disk.fail(settings.data_path)
