@@ -7,9 +7,11 @@ start/stop it as a unit (the aiohttp app does so in a cleanup context).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import httpx
 
@@ -20,7 +22,7 @@ from .civitai.importer import ImageImporter, new_importer
 from .config import Settings
 from .dispatcher import Dispatcher
 from .events import EventBus
-from .gallery import Gallery
+from .gallery import Gallery, ImageNotFound
 from .inbox import InboxWatcher
 from .model_sync import LibraryIndex, ModelSync
 from .notify import Notifier
@@ -31,6 +33,9 @@ from .service import QueueService, load_paused
 from .store import JobStore, ServerStore
 
 log = logging.getLogger(__name__)
+
+# Endings after which a job keeps no images.
+UNFINISHED_ENDS = frozenset({"failed", "cancelled"})
 
 
 class Core:
@@ -112,13 +117,38 @@ class Core:
             self.bus.publish("job_removed", {"mobilesd_job_id": payload})
             if payload in self.pins:
                 # A deleted job's pin goes with it (in the background: listeners never wait).
-                task = asyncio.create_task(self.pins.forget([payload]))  # type: ignore[list-item]
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._in_background(self.pins.forget([payload]))  # type: ignore[list-item]
         else:
             view = self.service.view(payload)  # type: ignore[arg-type]
             self.bus.publish("job", view)
             self.notifier.on_job(view)
+            job_id = view["mobilesd_job_id"]
+            if view["status"] in UNFINISHED_ENDS and self.gallery.names_for_jobs([job_id]):
+                self._in_background(self._drop_attempt_images(job_id, view["status"]))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drop_attempt_images(self, job_id: str, status: str) -> None:
+        """A job that ended failed or cancelled has no images. Some can be there from an
+        attempt whose images were saved just before the core stopped (the job then ran again
+        and did not complete): they go, so the gallery holds only completed jobs' images."""
+        entries = {}
+        for name in self.gallery.names_for_jobs([job_id]):
+            with contextlib.suppress(ImageNotFound):
+                entries[name] = await self.gallery.get_entry(name)
+        deleted = await self.gallery.delete_job_images(job_id)
+        log.info(
+            "job %s ended %s: removed %d image(s) of an earlier attempt",
+            job_id,
+            status,
+            len(deleted),
+        )
+        for name in deleted:
+            if name in entries:
+                self.bus.publish("image", {"removed": entries[name]})
 
     async def start(self) -> None:
         await self.notifier.prepare()  # configuration errors before any file is taken
@@ -191,4 +221,7 @@ class Core:
     async def run_until_idle(self, timeout: float = 30.0) -> None:
         """Wait until nothing runs and nothing can be assigned (tests, demo, benchmarks)."""
         await asyncio.sleep(0)
-        await asyncio.wait_for(self.dispatcher.idle.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.dispatcher.idle.wait()
+            while self._background:  # clean-ups that follow a job's end
+                await asyncio.wait(list(self._background))

@@ -37,6 +37,9 @@ from .store import Conflict, JobNotFound, JobStore, StoreWriteError
 
 log = logging.getLogger(__name__)
 
+# How long a stop waits for runs that hold Forge's answer to save it and write the outcome.
+FINISH_GRACE_SECONDS = 10.0
+
 
 @dataclass
 class _Run:
@@ -123,15 +126,23 @@ class Dispatcher:
         self.wake()
 
     async def stop(self) -> None:
-        """Stop assigning and abandon running jobs: they stay `processing` on disk and are
-        queued again at the next start (their images are saved under the same names)."""
+        """Stop assigning. Runs that already hold Forge's answer get a few seconds to save it,
+        so a restart does not throw a finished generation away; the others are abandoned: they
+        stay `processing` on disk and are queued again at the next start (their images are
+        saved under the same names)."""
         if self._timer:
             self._timer.cancel()
         if self._loop_task:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        tasks = [r.task for r in self._runs.values() if r.task]
+        for future in self._waiting_for_pass:  # no pass will come to release them
+            if not future.done():
+                future.set_result(None)
+        finishing = [r.task for r in self._runs.values() if r.task and r.slot_released]
+        if finishing:
+            await asyncio.wait(finishing, timeout=FINISH_GRACE_SECONDS)
+        tasks = [r.task for r in self._runs.values() if r.task and not r.task.done()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -307,9 +318,11 @@ class Dispatcher:
         """Free the slot as soon as Forge answers (its generation lock is free by then) and let
         the next job be claimed and sent before this answer is downloaded, decoded and saved:
         that work holds the GIL and would delay the next request."""
+        self._release_slot(run)
+        if self._loop_task is None or self._loop_task.done():
+            return  # stopping: no pass will come
         future = asyncio.get_running_loop().create_future()
         self._waiting_for_pass.append(future)
-        self._release_slot(run)
         # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
         # arrives as the awaited thing completes, and a stop would then wait forever.
         with contextlib.suppress(TimeoutError):

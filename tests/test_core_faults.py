@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.forge.simulator.server import free_port
@@ -318,6 +322,103 @@ async def test_read_only_data_folder_at_start_exits_2_and_the_store_still_loads(
         assert (await again.job(job_id))["status"] == "pending"
     finally:
         await stop_harness(again)
+
+
+# --- a stop between saving the images and writing the outcome --------------------------------
+
+
+async def test_stop_while_saving_lets_the_save_finish_instead_of_running_again(
+    tmp_path: Path,
+) -> None:
+    settings = fast_settings(tmp_path)
+    sim = SimServer(SimulatorConfig(step_ms=5, switch_ms=0))
+    await sim.start()
+    harness = await start_harness(settings)
+    try:
+        added = await harness.api.post(
+            "/api/v1/servers", json={"alias": "gpu1", "api_url": sim.url}
+        )
+        assert added.status_code == 201, added.text
+        core = harness.core
+        entered, release = threading.Event(), threading.Event()
+        real = core.gallery._prepare_and_write
+
+        def held(*args: object) -> object:
+            entered.set()
+            release.wait(20)
+            return real(*args)
+
+        core.gallery._prepare_and_write = held  # type: ignore[method-assign]
+        job_id = await harness.submit(prompt="answered, then the core stops")
+        await wait_for(entered.is_set, what="the save to begin")
+        await harness.api.aclose()
+        closing = asyncio.create_task(harness.server.close())
+        loop_task = core.dispatcher._loop_task
+        assert loop_task is not None
+        await wait_for(loop_task.done, what="the dispatcher to stop assigning")
+        release.set()  # the save finishes while the core is stopping
+        await closing
+
+        again = await start_harness(settings)
+        try:
+            job = await again.job(job_id)
+            assert job["status"] == "completed" and job["attempts"] == 1, job
+            assert len(sim.sim.generations) == 1  # Forge's work was not thrown away
+            (name,) = job["result_details"]["images"]
+            assert (settings.gallery_path / name).is_file()
+        finally:
+            await stop_harness(again)
+    finally:
+        release.set()
+        await sim.stop()
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "failed"])
+async def test_images_of_an_interrupted_attempt_go_when_the_job_does_not_complete(
+    harness: Harness, ending: str
+) -> None:
+    """An attempt saved its images, then the core stopped before writing the outcome (past the
+    stop's grace, or killed): the job runs again. If it then fails or is cancelled, the gallery
+    must not keep images of a job that did not complete."""
+    params = {"checkpoint_name": "sdxl/no_such_model"} if ending == "failed" else {}
+    job_id = await harness.submit(prompt="saved, then the core stopped", **params)
+    job = harness.core.store.get_live(job_id)
+    assert job is not None
+    (saved,) = await harness.core.gallery.save_job_images(
+        job, [_png()], {"seed": 1}, server_alias="gpu1"
+    )
+    sub, _ = harness.core.bus.subscribe()
+    if ending == "cancelled":
+        assert (await harness.api.post(f"/api/v1/queue/jobs/{job_id}/cancel")).status_code == 200
+    else:
+        await harness.add_sim("gpu1")  # it does not have the checkpoint: the job fails
+    assert (await harness.wait_status(job_id, *TERMINAL))["status"] == ending
+
+    events: list[Any] = []
+
+    async def removed() -> bool:
+        while not sub.queue.empty():
+            events.append(sub.queue.get_nowait())
+        listed = (await harness.api.get("/api/v1/gallery/images")).json()
+        return (
+            saved.filename not in [i["filename"] for i in listed["images"]]
+            and (await harness.api.get(f"/gallery_files/{saved.filename}")).status_code == 404
+            and not list(harness.settings.gallery_path.glob(f"*{job_id}*"))  # sidecar too
+            and any(
+                e is not None
+                and e.name == "image"
+                and (e.data.get("removed") or {}).get("filename") == saved.filename
+                for e in events
+            )
+        )
+
+    await wait_for(removed, what="the attempt's image, its sidecar and its listing to go")
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 90, 160)).save(out, format="PNG")
+    return out.getvalue()
 
 
 # --- SIGKILL in a phase held open ---------------------------------------------------------------
