@@ -49,8 +49,9 @@ EXPOSE 8188
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8188') + '/healthz', timeout=4)"]
 
-# SIGTERM stops the core cleanly well within Docker's 10 s grace period: running jobs stay
-# `processing` on disk and are queued again first at the next start (nothing is lost).
+# SIGTERM stops the core cleanly within Docker's 10 s grace period: a job whose images are
+# being saved gets up to 5 s to finish; other running jobs stay `processing` on disk and are
+# queued again first at the next start (nothing is lost).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mobilesd-entrypoint"]
 CMD ["mobilesd", "serve", "--no-qr"]

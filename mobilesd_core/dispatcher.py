@@ -38,7 +38,7 @@ from .store import Conflict, JobNotFound, JobStore, StoreWriteError
 log = logging.getLogger(__name__)
 
 # How long a stop waits for runs that hold Forge's answer to save it and write the outcome.
-FINISH_GRACE_SECONDS = 10.0
+FINISH_GRACE_SECONDS = 5.0
 
 
 @dataclass
