@@ -3,6 +3,7 @@ generator form, queue "every checkpoint" in one step, and see the batch in the q
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from textual.widgets import Checkbox, Static
@@ -69,3 +70,21 @@ async def test_every_checkpoint_queues_one_batch(harness: Harness, tmp_path: Pat
         )
         labels = {cell(app, j["mobilesd_job_id"], "batch") for j in jobs}
         assert labels == {jobs[0]["batch_id"][-4:]}
+
+
+async def test_the_detail_pane_ages_with_the_age_column(harness: Harness, tmp_path: Path) -> None:
+    await harness.api.post("/api/v1/queue/pause")
+    job_id = await harness.submit(prompt="a slow snail")
+    app = tui(harness, tmp_path, tab="queue")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: job_id in app.queue.jobs, "the job in the queue")
+        app.queue.select(job_id)
+        await until(pilot, lambda: app.queue.selected_id() == job_id, "the cursor on it")
+        detail = app.query_one("#job-detail-text", Static)
+        await until(pilot, lambda: " ago" in str(detail.render()), "the detail pane")
+        later = datetime.now(UTC) + timedelta(minutes=5)
+        app.queue.clock = lambda: later
+        app.queue.refresh_ages()  # what the app's age timer calls
+        await pilot.pause()
+        assert cell(app, job_id, "age") == "5m"
+        assert ", 5m ago" in str(detail.render())

@@ -219,12 +219,15 @@ class QueuePane(Vertical):
     def refresh_ages(self) -> None:
         """Ages move on: rewrite only the age cells whose text changed."""
         now = self.clock()
+        selected = self.selected_id()
         with self.app.batch_update():
             for job_id, cells in self._shown.items():
                 fresh = row_cells(self.jobs[job_id], now, self._prompt_width)
                 if fresh[1] != cells[1]:
                     self.table.update_cell(job_id, "age", fresh[1])
                     self._shown[job_id] = fresh
+                    if job_id == selected:
+                        self.show_detail()  # its "… ago" line says the same as the column
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
