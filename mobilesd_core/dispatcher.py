@@ -270,12 +270,12 @@ class Dispatcher:
             for r in self._registry.runtimes.values()
             if r.available
         ]
-        ready = [
-            j
+        ready = not self.paused and any(
+            eligible(self.router.candidate(j), slot, later)
             for j in self._store.pending_in_order()
-            if any(eligible(self.router.candidate(j), slot, later) for slot in slots)
-        ]
-        if ready and not self.paused:
+            for slot in slots
+        )
+        if ready:
             self.idle.clear()
         else:
             self.idle.set()
