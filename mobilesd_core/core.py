@@ -127,7 +127,13 @@ class Core:
                 self._in_background(self._drop_attempt_images(job_id, view["status"]))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:  # nobody awaits it to see the error: say it here
+                log.exception("background work %s failed", work.__qualname__)
+
+        task = asyncio.create_task(logged())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
