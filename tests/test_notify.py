@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from mobilesd_core.config import ConfigError, settings_from_env, split_notify_urls
+from mobilesd_core.notify import sender as sender_module
 from mobilesd_core.notify.redact import Redactor
 from mobilesd_core.notify.webhooks import OUTBOX_FILE, sign
 
@@ -49,6 +50,7 @@ class Receiver:
     `fail_first` attempts for each job, then 200."""
 
     fail_first: int = 0
+    notify_fail_first: int = 0  # the same for each Apprise notice (by title)
     hits: list[Hit] = field(default_factory=list)
     server: TestServer | None = None
 
@@ -59,6 +61,12 @@ class Receiver:
             job_id = json.loads(body).get("mobilesd_job_id")
             tries = sum(1 for h in self.hits if h.path.startswith("/hook") and _job(h) == job_id)
             status = 500 if tries < self.fail_first else 200
+        elif request.path.startswith("/notify"):
+            title = json.loads(body).get("title")
+            tries = sum(
+                1 for h in self.hits if h.path.startswith("/notify") and h.json()["title"] == title
+            )
+            status = 500 if tries < self.notify_fail_first else 200
         self.hits.append(Hit(request.path, dict(request.headers), body, status))
         return web.json_response({"ok": status == 200}, status=status)
 
@@ -79,7 +87,8 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def notices(self) -> list[dict[str, Any]]:
-        return [h.json() for h in self.hits if h.path.startswith("/notify")]
+        """The notices accepted (answered 200), in order."""
+        return [h.json() for h in self.hits if h.path.startswith("/notify") and h.answered == 200]
 
     async def close(self) -> None:
         if self.server is not None:
@@ -260,7 +269,13 @@ async def test_webhook_secret_is_generated_and_kept_when_not_configured(tmp_path
     try:
         status = (await harness.api.get("/api/v1/notifications")).json()
         assert status["webhooks"]["secret_source"] == "generated"
-        assert status["notify"] == {"configured": False, "targets": [], "queued": 0, "dropped": 0}
+        assert status["notify"] == {
+            "configured": False,
+            "targets": [],
+            "queued": 0,
+            "retrying": 0,
+            "dropped": 0,
+        }
     finally:
         await stop_harness(harness)
     path = tmp_path / "data" / "webhook_secret"
@@ -271,8 +286,13 @@ async def test_webhook_secret_is_generated_and_kept_when_not_configured(tmp_path
 # --- Apprise notices ---------------------------------------------------------------------------
 
 
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sender_module, "RETRY_DELAYS", (0.05, 0.1))
+
+
 async def test_apprise_notices_for_batch_failure_server_and_empty_queue(
-    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture, quick_retries: None
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = notify_settings(tmp_path, receiver, public_url="https://sd.example.net/")
@@ -341,8 +361,10 @@ async def test_apprise_notices_for_batch_failure_server_and_empty_queue(
         await harness.core.notifier.sender.wait_idle(10)
         status = await notification_status(harness)
         live, dead = status["notify"]["targets"]
-        assert (live["scheme"], live["sent"], live["failed"]) == ("json", 7, 0)
-        assert (dead["scheme"], dead["sent"], dead["failed"]) == ("json", 0, 7)
+        assert (live["scheme"], live["sent"], live["failed"], live["retried"]) == ("json", 7, 0, 0)
+        # Each notice was tried three times on the dead target, then given up on.
+        assert (dead["scheme"], dead["sent"], dead["failed"], dead["retried"]) == ("json", 0, 7, 14)
+        assert status["notify"]["retrying"] == 0
         assert dead["last_error"]["kind"] == "server_online"
         assert "***" in dead["last_error"]["message"]
         assert status["public_url"] == "https://sd.example.net"
@@ -353,6 +375,30 @@ async def test_apprise_notices_for_batch_failure_server_and_empty_queue(
     finally:
         await stop_harness(harness)
     assert_no_secret_logged(caplog)
+
+
+async def test_a_notice_the_target_refuses_once_is_sent_on_the_next_try(
+    tmp_path: Path, quick_retries: None
+) -> None:
+    receiver = await Receiver(notify_fail_first=1).start()
+    harness = await start_harness(notify_settings(tmp_path, receiver))
+    try:
+        await harness.add_sim("gpu1")
+        job_id = await harness.submit(prompt="a wren")
+        await harness.wait_status(job_id, "completed")
+        titles = ["MobileSD: job finished (1 completed, 0 failed, 0 cancelled)"]
+        titles.append("MobileSD: queue is empty")
+        await wait_for(
+            lambda: [n["title"] for n in receiver.notices()] == titles, what="both notices"
+        )
+        await harness.core.notifier.sender.wait_idle(10)
+        refused = [h for h in receiver.hits if h.path.startswith("/notify") and h.answered == 500]
+        assert sorted(h.json()["title"] for h in refused) == sorted(titles)  # one refusal each
+        live = (await notification_status(harness))["notify"]["targets"][0]
+        assert (live["sent"], live["failed"], live["retried"]) == (2, 0, 2)
+    finally:
+        await stop_harness(harness)
+        await receiver.close()
 
 
 # --- configuration ------------------------------------------------------------------------------

@@ -363,11 +363,20 @@ def _response_schemas() -> dict[str, Schema]:
                     "description": "The URL's scheme (ntfy, tgram, json, ...); never the URL.",
                 },
                 "sent": {"type": "integer", "minimum": 0},
-                "failed": {"type": "integer", "minimum": 0},
+                "failed": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Notices given up on after every try.",
+                },
+                "retried": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Failed tries that were tried again later.",
+                },
                 "last_sent": _nullable(TIME),
                 "last_error": _nullable(_ref("NotifyError")),
             },
-            ["index", "scheme", "sent", "failed", "last_sent", "last_error"],
+            ["index", "scheme", "sent", "failed", "retried", "last_sent", "last_error"],
         ),
         "WebhookError": _obj(
             {
@@ -389,6 +398,11 @@ def _response_schemas() -> dict[str, Schema]:
                         },
                         "targets": {"type": "array", "items": _ref("NotifyTarget")},
                         "queued": {"type": "integer", "minimum": 0},
+                        "retrying": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Notices waiting to be tried again on a target.",
+                        },
                         "dropped": {
                             "type": "integer",
                             "minimum": 0,

@@ -3,14 +3,18 @@
 Apprise is blocking (requests underneath), so sends run in a worker thread, one at a time, fed by
 a bounded queue: a slow or dead target delays notices, never the event loop or dispatching. Each
 configured URL is its own Apprise object, so a failure is counted against the target that failed
-and the others still get the notice. Failures are logged (scheme only) and kept for the status
-route with their reason, redacted.
+and the others still get the notice. A failed send is tried again later (RETRY_DELAYS: a phone
+push service's hiccup should not lose the "batch finished" notice), to that target only; a notice
+that fails every try is logged (scheme only) and kept for the status route with its reason,
+redacted. Retries live in memory: notices are about the moment, so a restart drops them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -25,6 +29,8 @@ from .redact import Redactor, scheme_of
 log = logging.getLogger(__name__)
 
 QUEUE_MAX = 200  # notices waiting for a slow target; beyond this the oldest are dropped (counted)
+# Seconds before each further try of a notice a target refused: three tries over half a minute.
+RETRY_DELAYS: tuple[float, ...] = (5.0, 25.0)
 # Apprise logs through one process-wide logger; a send holds this lock so the reason captured
 # for a failure belongs to that send.
 _SEND_LOCK = threading.Lock()
@@ -44,7 +50,8 @@ class TargetState:
     scheme: str
     target: Any  # the Apprise object: holds the URL, so it never leaves this module
     sent: int = 0
-    failed: int = 0
+    failed: int = 0  # notices given up on after every try
+    retried: int = 0  # failed tries that were tried again
     last_sent: str | None = None
     last_error: dict[str, str] | None = None
 
@@ -54,6 +61,7 @@ class TargetState:
             "scheme": self.scheme,
             "sent": self.sent,
             "failed": self.failed,
+            "retried": self.retried,
             "last_sent": self.last_sent,
             "last_error": self.last_error,
         }
@@ -101,6 +109,9 @@ class AppriseSender:
         self._redact = redactor
         self.targets = _load_targets(urls)
         self._queue: deque[Notice] = deque()
+        # (due on the monotonic clock, order, target index, notice, tries so far)
+        self._retries: list[tuple[float, int, int, Notice, int]] = []
+        self._order = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -121,8 +132,11 @@ class AppriseSender:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), drain_timeout)
-        if self._queue:
-            log.warning("notifications: %d notice(s) not sent before stopping", len(self._queue))
+        if self._queue or self._retries:
+            log.warning(
+                "notifications: %d notice(s) not sent before stopping",
+                len(self._queue) + len(self._retries),
+            )
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -145,18 +159,46 @@ class AppriseSender:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue:
-                self._idle.set()
+            now = time.monotonic()
+            if self._queue:
+                notice = self._queue.popleft()
+                for state in self.targets:
+                    await self._try(state, notice, tries=0)
+            elif self._retries and self._retries[0][0] <= now:
+                _, _, index, notice, tries = heapq.heappop(self._retries)
+                await self._try(self.targets[index], notice, tries=tries)
+            else:
+                if not self._retries:
+                    self._idle.set()
                 self._wake.clear()
-                await self._wake.wait()
-                continue
-            notice = self._queue.popleft()
-            for state in self.targets:
-                try:
-                    ok, reason = await asyncio.to_thread(self._send, state, notice)
-                except Exception as exc:  # Apprise itself broke: count it, keep going
-                    ok, reason = False, self._redact(f"{type(exc).__name__}: {exc}")
-                self._record(state, notice, ok, reason)
+                due = self._retries[0][0] - now if self._retries else None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(due):
+                        await self._wake.wait()
+
+    async def _try(self, state: TargetState, notice: Notice, *, tries: int) -> None:
+        try:
+            ok, reason = await asyncio.to_thread(self._send, state, notice)
+        except Exception as exc:  # Apprise itself broke: count it, keep going
+            ok, reason = False, self._redact(f"{type(exc).__name__}: {exc}")
+        if not ok and tries < len(RETRY_DELAYS):
+            delay = RETRY_DELAYS[tries]
+            state.retried += 1
+            log.warning(
+                "notification %s to %s target %d failed (%s); trying again in %g s",
+                notice.kind,
+                state.scheme,
+                state.index,
+                reason,
+                delay,
+            )
+            due = time.monotonic() + delay
+            heapq.heappush(
+                self._retries,
+                (due, next(self._order), self.targets.index(state), notice, tries + 1),
+            )
+            return
+        self._record(state, notice, ok, reason)
 
     def _send(self, state: TargetState, notice: Notice) -> tuple[bool, str | None]:
         """Blocking: one notice to one target (worker thread)."""
@@ -201,5 +243,6 @@ class AppriseSender:
             "configured": self.configured,
             "targets": [t.public() for t in self.targets],
             "queued": len(self._queue),
+            "retrying": len(self._retries),
             "dropped": self.dropped,
         }
