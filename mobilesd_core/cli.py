@@ -92,13 +92,13 @@ def bind_listener(host: str, port: int) -> socket.socket:
 async def serve(settings: Settings, *, qr: bool = True) -> None:
     from aiohttp import web
 
-    from .api.app import create_app
+    from .api.app import create_app, runner_options
     from .api.keys import TOKEN
     from .phone_link import print_phone_link
 
     listener = bind_listener(settings.host, settings.port)
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, **runner_options())
 
     async def start() -> None:
         await runner.setup()

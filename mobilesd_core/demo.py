@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from .api.app import create_app
+from .api.app import create_app, runner_options
 from .api.keys import CORE, TOKEN
 from .cli import _run_until_signalled, bind_listener
 from .config import Settings
@@ -144,7 +144,7 @@ async def run_demo(
     }
     listener = bind_listener(settings.host, settings.port)
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, **runner_options())
     view = ConsoleView()
     tasks: list[asyncio.Task[None]] = []
     base = f"http://{settings.host}:{settings.port}"

@@ -8,6 +8,7 @@ nothing escapes (user text is shown as text), and the service stays up and respo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -16,13 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.text import Text
 from textual.widgets._data_table import default_cell_formatter
 
 from mobilesd_core.api import errors as api_errors
-from mobilesd_core.api.app import create_app
+from mobilesd_core.api.app import create_app, runner_options
 from mobilesd_core.civitai.filenames import UnsafePath, inside, safe_filename
 from mobilesd_tui.jobtext import detail_text, row_cells
 from mobilesd_tui.widgets.servers import server_cells
@@ -288,6 +290,61 @@ async def test_a_body_dripped_a_byte_at_a_time_does_not_hold_a_handler(
     assert elapsed < 3.5
     assert harness.core.store.live_jobs() == []
     assert (await harness.api.get("/healthz")).status_code == 200
+
+
+async def test_headers_dripped_slowly_are_cut_off_but_a_long_event_stream_is_not(
+    tmp_path: Path,
+) -> None:
+    """The connection options `mobilesd serve` runs with, with a short idle time: a client that
+    never finishes its headers is disconnected; an event stream open longer still delivers."""
+    app = create_app(fast_settings(tmp_path))
+    runner = web.AppRunner(app, **runner_options(idle_seconds=0.5))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with (
+            httpx.AsyncClient(base_url=f"http://{host}:{port}", headers=auth, timeout=10) as api,
+            api.stream("GET", "/api/v1/events") as stream,
+        ):
+            lines = stream.aiter_lines()
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+
+            async def drip() -> None:
+                for _ in range(200):
+                    writer.write(b"X-Slow: 1\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+            dripper = asyncio.create_task(drip())
+            try:
+                answer = await asyncio.wait_for(reader.read(), 8)  # b"": hung up on
+                elapsed = time.monotonic() - started
+            finally:
+                dripper.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await dripper
+                writer.close()
+            assert answer == b"" and elapsed < 5, (answer[:200], elapsed)
+
+            # The stream has been open longer than the idle time: it still delivers.
+            response = await api.post(
+                "/api/v1/generate", json={"generation_params": {"prompt": "still here"}}
+            )
+            assert response.status_code == 202, response.text
+
+            async def job_event() -> None:
+                async for line in lines:
+                    if line == "event: job":
+                        return
+
+            await asyncio.wait_for(job_event(), 10)
+    finally:
+        await runner.cleanup()
 
 
 # --- hundreds of event streams --------------------------------------------------------------------

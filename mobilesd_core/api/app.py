@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 from aiohttp import web
@@ -33,6 +34,16 @@ MAX_BODY = 1024 * 1024  # a job with a long prompt is a few KB; 1 MB leaves room
 
 
 GZIP_MIN_BYTES = 1024  # below this the header costs more than it saves
+
+# A connection that has not sent a whole request within this time is closed, and so is an idle
+# keep-alive one. aiohttp's default (an hour) would let a client that drips its headers a byte
+# at a time hold a connection that long; a request being answered (an event stream) is not cut.
+IDLE_CONNECTION_SECONDS = 75.0
+
+
+def runner_options(idle_seconds: float = IDLE_CONNECTION_SECONDS) -> dict[str, Any]:
+    """How `mobilesd serve` and `mobilesd demo` run the app (web.AppRunner keyword arguments)."""
+    return {"handle_signals": False, "access_log": None, "keepalive_timeout": idle_seconds}
 
 
 @web.middleware
