@@ -262,6 +262,30 @@ async def test_phone_flow(harness: Harness, phone: Phone) -> None:
     await page.locator('.server[data-alias="gpu2"]').get_by_role("button", name="Edit").click()
     await expect(form.locator("#s-password")).to_have_value("")  # never prefilled
     await expect(form.locator("#s-password-hint")).to_contain_text("password is set")
+    # Model sync folders: a relative path is refused at its field, even with the section folded.
+    sync = form.locator("#s-sync")
+    await sync.locator("summary").click()
+    await form.locator("#s-checkpoint_dir").fill("models/Stable-diffusion")
+    await sync.locator("summary").click()  # folded again before saving
+    await form.get_by_role("button", name="Save").click()
+    await expect(form.locator('.err[data-for="checkpoint_dir"]')).to_contain_text("absolute path")
+    await expect(form.locator("#s-checkpoint_dir")).to_be_visible()  # unfolded to show it
+    folder = harness.settings.data_path.parent / "forge2-models"
+    folder.mkdir()
+    await form.locator("#s-checkpoint_dir").fill(str(folder))
+    await form.locator("#s-sync_cap_gb").fill("50")
+    await form.get_by_role("button", name="Save").click()
+    card = page.locator('.server[data-alias="gpu2"]')
+    await expect(card).to_contain_text("Model sync: checkpoints, up to 50 GB")
+    stored = (await harness.api.get("/api/v1/servers/gpu2")).json()
+    assert (stored["checkpoint_dir"], stored["lora_dir"], stored["sync_cap_gb"]) == (
+        str(folder),
+        None,
+        50,
+    )
+    assert stored["has_password"]  # the edit kept the password it did not show
+    await card.get_by_role("button", name="Edit").click()
+    await expect(form.locator("#s-checkpoint_dir")).to_have_value(str(folder))
     await form.get_by_role("button", name="Cancel").click()
     await page.evaluate("() => window.scrollTo(0, 0)")
     await phone.screenshot("servers")

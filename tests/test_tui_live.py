@@ -223,6 +223,31 @@ async def test_add_and_edit_a_server(harness: Harness, tmp_path: Path) -> None:
         saved = harness.core.registry.runtimes["gpu2"].config
         assert (saved.api_url.rstrip("/"), saved.max_concurrent) == (sim.url.rstrip("/"), 2)
 
+        # Model sync folders: a relative one is refused by its field; then saved, and shown.
+        await pilot.press("e")
+        await until(pilot, lambda: app.screen.query("#server-checkpoint_dir"), "the edit form")
+        form = app.screen
+        form.query_one("#server-checkpoint_dir", Input).value = "models/Stable-diffusion"
+        await pilot.press("ctrl+s")
+        error = form.query_one("#err-server-checkpoint_dir", Static)
+        await until(pilot, lambda: error.has_class("shown"), "the folder error")
+        assert "absolute path" in str(error.render())
+        folder = tmp_path / "forge2-models"
+        folder.mkdir()
+        form.query_one("#server-checkpoint_dir", Input).value = str(folder)
+        form.query_one("#server-sync_cap_gb", Input).value = "12.5"
+        await pilot.press("ctrl+s")
+        runtime = harness.core.registry.runtimes["gpu2"]
+        await until(pilot, lambda: runtime.config.checkpoint_dir == str(folder), "sync saved")
+        assert (runtime.config.lora_dir, runtime.config.sync_cap_gb) == (None, 12.5)
+        assert runtime.config.max_concurrent == 2  # an edit sends only what changed
+        detail = app.servers_pane.query_one("#server-detail", Static)
+        await until(
+            pilot,
+            lambda: f"model sync: checkpoints → {folder} (up to 12.5 GB)" in str(detail.render()),
+            "the sync line in the detail",
+        )
+
 
 async def test_survives_the_core_restarting(tmp_path: Path) -> None:
     """The core goes away and comes back on the same port: the indicator says so, what was typed

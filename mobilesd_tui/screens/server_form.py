@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from textual import work
@@ -19,6 +20,10 @@ FIELDS = (
     ("username", "User (Basic auth)", "optional"),
     ("password", "Password", "optional"),
     ("max_concurrent", "Concurrent jobs", "1"),
+    # Model sync: folders on the core's machine that this Forge reads its models from.
+    ("checkpoint_dir", "Sync: checkpoints", "optional: /mnt/forge/models/Stable-diffusion"),
+    ("lora_dir", "Sync: LoRAs", "optional: /mnt/forge/models/Lora"),
+    ("sync_cap_gb", "Sync: space, GB", "optional (default MODEL_SYNC_CAP_GB)"),
 )
 
 
@@ -76,8 +81,10 @@ class ServerForm(ModalScreen[dict[str, Any] | None]):
             text = self.query_one(f"#server-{key}", Input).value.strip()
             if key == "max_concurrent":
                 values[key] = int(text) if text.isdigit() else text
-            elif key in ("username", "password"):
-                values[key] = text or None
+            elif key == "sync_cap_gb":
+                values[key] = _number_or_text(text) if text else None
+            elif key in ("username", "password", "checkpoint_dir", "lora_dir"):
+                values[key] = text or None  # empty: unset (sync off)
             else:
                 values[key] = text
         values["enabled"] = self.query_one("#server-enabled", Switch).value
@@ -135,3 +142,12 @@ class ServerForm(ModalScreen[dict[str, Any] | None]):
             self.action_save()
         else:
             self.dismiss(None)
+
+
+def _number_or_text(text: str) -> float | str:
+    """A number as a number; anything else as typed, so the core's 422 names the field."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text

@@ -180,6 +180,16 @@ class ServersPane(Vertical):
             text.append(" (password set)" if server.get("has_password") else "")
         text.append(f"\nconcurrency {server.get('max_concurrent', 1)}")
         text.append(f", {'enabled' if server.get('enabled', True) else 'disabled'}")
+        synced = [
+            f"{what} → {server[key]}"
+            for key, what in (("checkpoint_dir", "checkpoints"), ("lora_dir", "LoRAs"))
+            if server.get(key)
+        ]
+        if synced:
+            cap = server.get("sync_cap_gb")
+            text.append(
+                f"\nmodel sync: {', '.join(synced)}" + (f" (up to {cap:g} GB)" if cap else "")
+            )
         if status.get("current_checkpoint"):
             text.append(f"\ncheckpoint: {status['current_checkpoint']}")
         if status.get("error"):

@@ -121,6 +121,8 @@ function showErrors(form, general, error, prefix = "") {
     }
     const label = key === local ? "" : `${local.slice(key.length).replace(/^\./, "")}: `;
     target.textContent = (target.textContent ? `${target.textContent} ` : "") + label + detail.message;
+    const fold = target.closest("details");
+    if (fold) fold.open = true; // a problem inside a folded section must be seen
     const control = target.closest(".field, .lora")?.querySelector("input, select, textarea");
     if (control) control.setAttribute("aria-invalid", "true");
     first = first || control || target;
@@ -1106,6 +1108,9 @@ function renderServers() {
         ),
         h("p", { class: "muted mono", text: s.api_url }),
         st.current_checkpoint ? h("p", { class: "detail", text: `Model: ${shortModel(st.current_checkpoint)}` }) : null,
+        s.checkpoint_dir || s.lora_dir
+          ? h("p", { class: "muted", text: `Model sync: ${[s.checkpoint_dir && "checkpoints", s.lora_dir && "LoRAs"].filter(Boolean).join(" and ")}${s.sync_cap_gb ? `, up to ${s.sync_cap_gb} GB` : ""}` })
+          : null,
         s.username || s.has_password
           ? h("p", { class: "muted", text: `${s.username ? `User ${s.username}` : "No user"} · ${s.has_password ? "password set" : "no password"}` })
           : null,
@@ -1151,6 +1156,10 @@ function editServer(s) {
   f.username.value = s ? s.username || "" : "";
   f.password.value = ""; // never prefilled
   f.max_concurrent.value = s ? s.max_concurrent : 1;
+  f.checkpoint_dir.value = (s && s.checkpoint_dir) || "";
+  f.lora_dir.value = (s && s.lora_dir) || "";
+  f.sync_cap_gb.value = s && s.sync_cap_gb != null ? s.sync_cap_gb : "";
+  $("s-sync").open = Boolean(s && (s.checkpoint_dir || s.lora_dir));
   f.enabled.checked = s ? s.enabled : true;
   setText("s-password-hint", s && s.has_password ? "A password is set; leave empty to keep it." : "");
   setText("server-form-title", s ? `Edit ${s.alias}` : "Add a server");
@@ -1174,6 +1183,11 @@ async function saveServer(event) {
   };
   const max = Number(f.max_concurrent.value);
   body.max_concurrent = f.max_concurrent.value.trim() && Number.isFinite(max) ? max : f.max_concurrent.value;
+  // Empty clears (sync off); a number that isn't one goes as typed, so the 422 names the field.
+  body.checkpoint_dir = f.checkpoint_dir.value.trim() || null;
+  body.lora_dir = f.lora_dir.value.trim() || null;
+  const cap = f.sync_cap_gb.value.trim();
+  body.sync_cap_gb = !cap ? null : Number.isFinite(Number(cap)) ? Number(cap) : cap;
   if (f.password.value) body.password = f.password.value;
   const general = $("server-form-error");
   clearErrors($("server-form"), general);
