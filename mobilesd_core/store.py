@@ -60,7 +60,7 @@ class BatchNotFound(Exception):
 
 
 class Conflict(Exception):
-    """The job is not in a state that allows the operation."""
+    """The job (or Civitai download) is not in a state that allows the operation."""
 
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message)

@@ -106,6 +106,7 @@ class CoreApi(Protocol):
     async def civitai_image_info(self, body: dict[str, Any]) -> dict[str, Any]: ...
     async def civitai_download(self, model_version_id: int) -> dict[str, Any]: ...
     async def civitai_downloads(self) -> list[dict[str, Any]]: ...
+    async def civitai_cancel(self, download_id: str) -> dict[str, Any]: ...
     def events(self, last_event_id: int | None) -> AsyncIterator[StreamEvent]: ...
 
 
@@ -270,6 +271,12 @@ class CoreClient:
 
     async def civitai_downloads(self) -> list[dict[str, Any]]:
         return (await self._json("GET", "/api/v1/civitai/downloads"))["downloads"]
+
+    async def civitai_cancel(self, download_id: str) -> dict[str, Any]:
+        """Stop a queued or running download; returns it, now cancelled (409: it finished)."""
+        return await self._json(
+            "POST", f"/api/v1/civitai/downloads/{quote(download_id, safe='')}/cancel"
+        )
 
     async def events(self, last_event_id: int | None) -> AsyncIterator[StreamEvent]:
         """The event stream from `last_event_id` on; ends (or raises) when the stream does."""

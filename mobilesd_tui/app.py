@@ -52,7 +52,7 @@ from .widgets.generator import (
     SubmitRequested,
 )
 from .widgets.queue import QueueAction, QueuePane
-from .widgets.servers import ServerAction, ServersPane
+from .widgets.servers import CancelDownload, ServerAction, ServersPane
 
 TABS = ("generator", "queue", "gallery", "servers")
 TAB_TITLES = {
@@ -329,6 +329,31 @@ class MobileSDApp(App[None]):
             return
         self.servers_pane.show_download(answer["download"])
         self.notify("Downloading; F4 shows the progress.", title="Download started")
+
+    @on(CancelDownload)
+    def _cancel_download(self, message: CancelDownload) -> None:
+        download = message.download
+        name = download.get("filename") or download.get("model_name") or "this model"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.cancel_download(download["download_id"], name)
+
+        # Asked first: a cancelled download starts over from nothing next time.
+        self.push_screen(
+            Confirm(f"Cancel the download of {name}? What has arrived is deleted.", "Cancel it"),
+            answered,
+        )
+
+    @work(group="civitai", exit_on_error=False, name="cancel-download")
+    async def cancel_download(self, download_id: str, name: str) -> None:
+        try:
+            download = await self.api.civitai_cancel(download_id)
+        except (ApiError, Unreachable) as exc:
+            self.notify(exc.message, title=f"Cannot cancel {name}", severity="error")
+            return
+        self.servers_pane.show_download(download)
+        self.notify(f"{name}: cancelled, its partial file deleted.", title="Download cancelled")
 
     def on_image_changed(self, message: ImageChanged) -> None:
         if isinstance(message.data.get("added"), dict):

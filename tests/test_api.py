@@ -48,6 +48,7 @@ ROUTES = [
     ("POST", "/api/v1/civitai/image-info"),
     ("POST", "/api/v1/civitai/download-model"),
     ("GET", "/api/v1/civitai/downloads"),
+    ("POST", "/api/v1/civitai/downloads/x/cancel"),
 ]
 
 

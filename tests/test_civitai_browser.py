@@ -101,3 +101,28 @@ async def test_a_bad_link_says_what_is_wrong(core: Harness, phone: Phone) -> Non
     await page.locator("#civitai-import").click()
     await expect(page.locator("#civitai-error")).to_contain_text("not Civitai")
     phone.assert_clean()
+
+
+async def test_cancel_a_running_download_from_the_list(
+    core: Harness, civitai: FakeCivitaiServer, phone: Phone
+) -> None:
+    fake = civitai.fake
+    version = fake.add_model("Slow", files=[("slow.safetensors", safetensors_bytes(3_000_000))])
+    fake.add_fault("hold", path="/storage/", after_bytes=1_500_000)
+    page = phone.page
+    await phone.login()
+    # Started elsewhere: the page learns of it from the event stream.
+    response = await core.api.post(
+        "/api/v1/civitai/download-model", json={"model_version_id": version.id}
+    )
+    download_id = response.json()["download_id"]
+    item = page.locator(f'#download-list li[data-id="{download_id}"]')
+    await expect(item).to_have_attribute("data-status", "downloading")
+    await item.get_by_role("button", name="Cancel").click()
+    await expect(item).to_have_attribute("data-status", "cancelled")
+    await expect(item.get_by_role("button", name="Cancel")).to_have_count(0)
+    listed = (await core.api.get("/api/v1/civitai/downloads")).json()["downloads"]
+    assert [d["status"] for d in listed] == ["cancelled"]
+    assert core.settings.lora_path is not None
+    assert not (core.settings.lora_path / "slow.safetensors.part").exists()
+    phone.assert_clean()

@@ -422,3 +422,155 @@ async def test_requests_refused_before_any_download(
         assert "LORA_PATH is not set" in error["message"]
     finally:
         await stop_harness(other)
+
+
+# --- cancelling -------------------------------------------------------------------------------
+
+
+async def _cancel(harness: Harness, download_id: str) -> Any:
+    return await harness.api.post(f"/api/v1/civitai/downloads/{download_id}/cancel")
+
+
+async def test_cancel_a_running_download_deletes_its_part_and_it_never_resumes(
+    tmp_path: Path, civitai: FakeCivitaiServer
+) -> None:
+    fake = civitai.fake
+    data = safetensors_bytes(3 * MB, seed=13)
+    version = fake.add_model("Cancelled", files=[("cancelled.safetensors", data)])
+    fake.add_fault("hold", path="/storage/", after_bytes=2 * MB)
+    settings = civitai_settings(tmp_path, civitai.url)
+    assert settings.lora_path is not None
+    part = settings.lora_path / "cancelled.safetensors.part"
+    check = ResponseChecker(openapi_document())
+    first = await start_harness(settings)
+    try:
+        with first.core.bus.subscribe()[0] as events:
+            download_id = await start_download(first, model_version_id=version.id)
+
+            async def halfway() -> bool:
+                return (await download_view(first, download_id))["bytes_done"] >= MB
+
+            await wait_for(halfway, what="the first megabyte")
+            assert part.exists()
+            response = await _cancel(first, download_id)
+            cancelled = check(response)
+            assert response.status_code == 200, response.text
+            assert (cancelled["download_id"], cancelled["status"]) == (download_id, "cancelled")
+            assert _files(settings.lora_path) == set()  # no part file, no final file
+            # Saved before the answer: a core killed right now would not resume it either.
+            stored = json.loads((settings.data_path / "civitai_downloads.json").read_text())
+            assert [d["status"] for d in stored["downloads"]] == ["cancelled"]
+            assert (await download_view(first, download_id))["status"] == "cancelled"
+            seen = []
+            while not events.queue.empty():
+                event = events.queue.get_nowait()
+                if event is not None and event.name == "download":
+                    seen.append(event.data)
+        assert seen[-1]["download_id"] == download_id
+        assert seen[-1]["status"] == "cancelled"
+
+        # Cancelling it again is a conflict in the usual error shape.
+        again = await _cancel(first, download_id)
+        error = check(again)["error"]
+        assert (again.status_code, error["code"]) == (409, "wrong_state")
+        assert error["details"] == {"status": "cancelled"}
+    finally:
+        await stop_harness(first)
+    fake.release_holds()
+
+    # A restart leaves it cancelled: nothing is fetched for it, no part file comes back.
+    requests_before = len(fake.requests)
+    second = await start_harness(settings)
+    try:
+        assert download_id not in second.core.downloads._tasks
+        probe_version = fake.add_model("Probe", files=[("probe.safetensors", b"p" * 1000)])
+        probe = await start_download(second, model_version_id=probe_version.id)
+        assert (await wait_download(second, probe, "completed", "failed"))["status"] == "completed"
+        assert (await download_view(second, download_id))["status"] == "cancelled"
+    finally:
+        await stop_harness(second)
+    later = fake.requests[requests_before:]
+    assert not [r for r in later if r.path.startswith(f"/api/download/models/{version.id}")]
+    assert not [r for r in later if r.path.startswith(f"/storage/{version.files[0].id}/")]
+    assert not part.exists()
+    assert not (settings.lora_path / "cancelled.safetensors").exists()
+
+
+async def test_cancel_a_queued_download(core: Harness, civitai: FakeCivitaiServer) -> None:
+    fake = civitai.fake
+    held = []
+    for seed in (14, 15):  # two held transfers fill both parallel slots
+        fake.add_fault("hold", path="/storage/", after_bytes=10_000)
+        version = fake.add_model(f"Held {seed}", files=[(f"held{seed}.safetensors", b"h" * 50_000)])
+        held.append(await start_download(core, model_version_id=version.id))
+    waiting = fake.add_model("Waiting", files=[("waiting.safetensors", b"w" * 50_000)])
+    queued = await start_download(core, model_version_id=waiting.id)
+
+    async def slots_full() -> bool:
+        views = {d: (await download_view(core, d))["status"] for d in (*held, queued)}
+        return [views[d] for d in held] == ["downloading"] * 2 and views[queued] == "queued"
+
+    await wait_for(slots_full, what="two downloads running and one queued")
+    response = await _cancel(core, queued)
+    assert (response.status_code, response.json()["status"]) == (200, "cancelled")
+    fake.release_holds()
+    for download_id in held:
+        done = await wait_download(core, download_id, "completed", "failed")
+        assert done["status"] == "completed", done
+    assert (await download_view(core, queued))["status"] == "cancelled"
+    assert not [r for r in fake.requests if r.path == f"/api/download/models/{waiting.id}"]
+    assert core.settings.lora_path is not None
+    assert _files(core.settings.lora_path) == {
+        "held14.safetensors",
+        "held14.civitai.info",
+        "held14.preview.png",
+        "held15.safetensors",
+        "held15.civitai.info",
+        "held15.preview.png",
+    }
+
+
+async def test_cancel_refuses_finished_and_unknown_downloads(
+    core: Harness, civitai: FakeCivitaiServer
+) -> None:
+    fake = civitai.fake
+    check = ResponseChecker(openapi_document())
+    version = fake.add_model("Done", files=[("done.safetensors", b"d" * 20_000)])
+    download_id = await start_download(core, model_version_id=version.id)
+    assert (await wait_download(core, download_id, "completed", "failed"))["status"] == "completed"
+    response = await _cancel(core, download_id)
+    error = check(response)["error"]
+    assert (response.status_code, error["code"]) == (409, "wrong_state")
+    assert "completed" in error["message"] and error["details"] == {"status": "completed"}
+    assert (await download_view(core, download_id))["status"] == "completed"
+    assert core.settings.lora_path is not None
+    assert (core.settings.lora_path / "done.safetensors").read_bytes() == b"d" * 20_000
+
+    response = await _cancel(core, "01JUNKNOWNDOWNLOAD000000000")
+    error = check(response)["error"]
+    assert (response.status_code, error["code"]) == (404, "download_not_found")
+    assert "01JUNKNOWNDOWNLOAD000000000" in error["message"]
+
+
+async def test_cancel_after_the_file_is_in_place_is_refused_and_it_completes(
+    core: Harness, civitai: FakeCivitaiServer
+) -> None:
+    """The preview is fetched after the rename: held there, the download is past the point of
+    no return, so the cancel answers 409 and the download still ends completed."""
+    fake = civitai.fake
+    data = safetensors_bytes(100_000, seed=16)
+    version = fake.add_model("Placed", files=[("placed.safetensors", data)])
+    fake.add_fault("hold", path="/img/")
+    download_id = await start_download(core, model_version_id=version.id)
+    assert core.settings.lora_path is not None
+    final = core.settings.lora_path / "placed.safetensors"
+    await wait_for(final.exists, what="the file under its final name")
+    assert (await download_view(core, download_id))["status"] == "verifying"
+    response = await _cancel(core, download_id)
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (409, "wrong_state")
+    assert "completed" in error["message"] and error["details"] == {"status": "verifying"}
+    fake.release_holds()
+    done = await wait_download(core, download_id, "completed", "failed", "cancelled")
+    assert done["status"] == "completed", done
+    assert final.read_bytes() == data

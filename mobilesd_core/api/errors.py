@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..civitai.client import CivitaiError
+from ..civitai.downloads import DownloadNotFound
 from ..gallery import ImageNotFound, UnsafeName
 from ..schema import FieldProblem, InvalidInput
 from ..servers import ServerExists, ServerNotFound
@@ -64,6 +65,8 @@ def _map(exc: Exception) -> web.Response | None:
         return error_response(409, "server_exists", f"a server named '{exc.args[0]}' exists")
     if isinstance(exc, Conflict):
         return error_response(409, "wrong_state", str(exc), {"status": exc.status})
+    if isinstance(exc, DownloadNotFound):
+        return error_response(404, "download_not_found", f"no download with id '{exc.args[0]}'")
     if isinstance(exc, ImageNotFound):
         return error_response(404, "image_not_found", "no such image in the gallery")
     if isinstance(exc, CivitaiError):

@@ -805,8 +805,9 @@ def _civitai_schemas() -> dict[str, Schema]:
             "download_id": {**STR, "description": "ULID."},
             "status": {
                 "type": "string",
-                "enum": [*sorted(ACTIVE), "completed", "failed"],
-                "description": "queued -> downloading -> verifying -> completed | failed.",
+                "enum": [*sorted(ACTIVE), "completed", "failed", "cancelled"],
+                "description": "queued -> downloading -> verifying -> completed | failed | "
+                "cancelled.",
             },
             "model_version_id": INT,
             "file_id": _nullable(INT),
@@ -970,7 +971,7 @@ _ERRORS: dict[str, tuple[str, str]] = {
         "CrossSite",
         "A cookie-authenticated change that does not come from the core's own page.",
     ),
-    "404": ("NotFound", "No such job, server or image."),
+    "404": ("NotFound", "No such job, server, image or download."),
     "409": ("Conflict", "Wrong state for this operation, or the name is taken."),
     "413": ("TooLarge", "The request body is larger than 1 MB."),
     "422": ("InvalidFields", "Invalid fields; `details` lists each problem."),
@@ -1056,6 +1057,7 @@ ALIAS = _path_param("alias", "The server's alias.")
 JOB = _path_param("job_id", "The job's mobilesd_job_id.")
 FILENAME = _path_param("filename", "A gallery image's file name (.png).")
 BATCH = _path_param("batch_id", "A batch_id (jobs created together).")
+DOWNLOAD = _path_param("download_id", "A Civitai download's download_id.")
 
 
 def _paths() -> dict[str, Schema]:
@@ -1493,6 +1495,24 @@ def _paths() -> dict[str, Schema]:
                 "civitai",
                 "Civitai downloads with bytes done/total, status and error.",
                 {"200": _json(_ref("CivitaiDownloadList"), "Newest first."), **_errors()},
+            ),
+        },
+        "/api/v1/civitai/downloads/{download_id}/cancel": {
+            "parameters": [DOWNLOAD],
+            "post": _op(
+                "civitai_cancel_download",
+                "civitai",
+                "Cancel a queued or running download: it stops, its partial file is deleted, and "
+                "it does not resume when the core restarts.",
+                {
+                    "200": _json(_ref("CivitaiDownload"), "The download, now cancelled."),
+                    **_errors(404, 409),
+                },
+                description=(
+                    "404 `download_not_found`: no such download; 409 `wrong_state`: it is "
+                    "already completed, failed or cancelled, or verified and being put in place "
+                    "(it will be completed)."
+                ),
             ),
         },
         "/api/v1/events": {

@@ -1,4 +1,4 @@
-"""Civitai routes: import an image's generation data, download models, list downloads."""
+"""Civitai routes: import an image's generation data, download models, list and cancel downloads."""
 
 from __future__ import annotations
 
@@ -65,3 +65,9 @@ async def download_model(request: web.Request) -> web.Response:
 @routes.get("/api/v1/civitai/downloads")
 async def list_downloads(request: web.Request) -> web.Response:
     return web.json_response({"downloads": request.app[CORE].downloads.views()})
+
+
+@routes.post("/api/v1/civitai/downloads/{download_id}/cancel")
+async def cancel_download(request: web.Request) -> web.Response:
+    download = await request.app[CORE].downloads.cancel(request.match_info["download_id"])
+    return web.json_response(download.view())

@@ -6,6 +6,8 @@ CONFIG_DATA_PATH/civitai_downloads.json on every status change:
     queued -> downloading -> verifying -> completed
                   |               |
                   +---------------+--> failed (with a message saying what to do)
+      |           |               |
+      +-----------+---------------+--> cancelled (by cancel(): the part file is deleted)
 
 Bytes go to `<name>.part` beside the final file. Every (re)connection asks Civitai for a fresh
 redirect (signed URLs expire) and sends `Range: bytes=<part size>-`; the answer is appended only
@@ -42,6 +44,7 @@ from ..events import EventBus
 from ..library import CHECKPOINTS, LORAS, LibraryKind
 from ..schema import utc_now_iso
 from ..storage import atomic_write_bytes
+from ..store import Conflict
 from .client import CivitaiClient, CivitaiError, retry_after_seconds, transport_error
 from .filenames import (
     UnsafePath,
@@ -138,6 +141,10 @@ class Download:
     def from_record(cls, data: dict[str, Any]) -> Download:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class DownloadNotFound(Exception):
+    """No download with this id (or it was finished long enough ago to be forgotten)."""
 
 
 class DownloadFailed(Exception):
@@ -262,6 +269,9 @@ class DownloadManager:
         self._save_lock = asyncio.Lock()
         self._published: dict[str, float] = {}
         self._submit_lock = asyncio.Lock()
+        # Downloads past the point of no return: their file is being put under its final name
+        # (or a file already there is being accepted), so they end as completed, not cancelled.
+        self._committed: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -310,7 +320,17 @@ class DownloadManager:
                 del self.downloads[old.download_id]
             records = [d.record() for d in self.downloads.values()]
             payload = json.dumps({"downloads": records}, ensure_ascii=False).encode()
-            await asyncio.to_thread(atomic_write_bytes, self.path, payload, mode=0o600)
+            writing = asyncio.ensure_future(
+                asyncio.to_thread(atomic_write_bytes, self.path, payload, mode=0o600)
+            )
+            try:
+                await asyncio.shield(writing)
+            except asyncio.CancelledError:
+                # The thread writes on regardless: hold the lock until it has, or the next
+                # save (cancel()'s, stop()'s) could land first and be replaced by this older one.
+                with contextlib.suppress(OSError):
+                    await writing
+                raise
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -449,6 +469,55 @@ class DownloadManager:
             return name
         return free_name(folder, name, taken)
 
+    # -- cancelling --------------------------------------------------------------------------
+
+    async def cancel(self, download_id: str) -> Download:
+        """Stop a queued or running download for good: its part file is deleted and it does not
+        resume at the next start.
+
+        "verifying" can be cancelled until the point of no return: while the hash is compared,
+        and while a file already in the folder is hashed (that file is the user's and is left
+        alone). Once the part file is being renamed to its final name, or the file already there
+        is accepted, the download ends as completed and cancelling it is a Conflict, like
+        cancelling any finished download: a cancel never leaves a final file behind a
+        `cancelled` record, nor a `completed` record without its file."""
+        download = self.downloads.get(download_id)
+        if download is None:
+            raise DownloadNotFound(download_id)
+        if download.status not in ACTIVE:
+            raise Conflict(f"download is already {download.status}", download.status)
+        if download_id in self._committed:
+            raise Conflict(
+                "download is being put in place and will be completed; it can no longer be "
+                "cancelled",
+                download.status,
+            )
+        # Set before any await: a second cancel meanwhile gets its Conflict, and _run's error
+        # handlers (a write failing as the task stops) leave the record alone.
+        download.status = "cancelled"
+        download.note = None
+        task = self._tasks.get(download_id)
+        if task is not None:
+            task.cancel()
+            # wait() rather than awaiting the task: the task's CancelledError is expected, but a
+            # cancellation of this call itself (the core stopping) must still propagate.
+            await asyncio.wait({task})
+        # The record first: should the core die before the part file is deleted, a leftover
+        # part file is harmless, a download resumed against the user's wish is not.
+        await self._save()
+        await asyncio.to_thread(self._delete_part, download)
+        log.info("civitai download %s cancelled", download_id)
+        self._publish(download, force=True)
+        return download
+
+    def _delete_part(self, download: Download) -> None:
+        try:
+            part = self._part(download)
+        except (CivitaiError, UnsafePath):
+            return  # the folder is no longer configured (or safe): nothing of ours is there
+        if part is not None:
+            part.unlink(missing_ok=True)
+
     # -- running -----------------------------------------------------------------------------
 
     def _schedule(self, download: Download) -> None:
@@ -465,6 +534,8 @@ class DownloadManager:
         self.bus.publish("download", download.view())
 
     async def _set(self, download: Download, status: str, **changes: Any) -> None:
+        if download.status == "cancelled":
+            return  # cancel() owns the record from now on
         download.status = status
         for key, value in changes.items():
             setattr(download, key, value)
@@ -477,7 +548,9 @@ class DownloadManager:
                 await self._set(download, "downloading", error=None, error_code=None)
                 await self._download(download)
         except asyncio.CancelledError:
-            raise  # the core stops: the record stays unfinished and resumes at the next start
+            # The core stops (the record stays unfinished and resumes at the next start), or
+            # cancel() stopped this download and finishes the record itself.
+            raise
         except (CivitaiError, DownloadFailed) as exc:
             log.warning("civitai download %s failed: %s", download.download_id, exc.message)
             await self._set(download, "failed", error=exc.message, error_code=exc.code, note=None)
@@ -498,6 +571,8 @@ class DownloadManager:
             await self._set(
                 download, "failed", error=f"unexpected error: {exc}", error_code="internal"
             )
+        finally:
+            self._committed.discard(download.download_id)
 
     async def _download(self, download: Download) -> None:
         if download.filename:
@@ -518,6 +593,9 @@ class DownloadManager:
                 f"says {download.sha256[:16]}...; the partial file was deleted, download it again",
                 "hash_mismatch",
             )
+        # The point of no return (see cancel()): the rename below runs in a thread that a
+        # cancelled task would not stop.
+        self._committed.add(download.download_id)
         while not await asyncio.to_thread(_place, part, target):
             # Someone put a file there meanwhile: never overwrite it, take the next free name.
             download.filename = self._name_for(download, download.filename or "", None)
@@ -539,6 +617,7 @@ class DownloadManager:
         hashes = await asyncio.to_thread(hash_file, target)
         if hashes.sha256.upper() != download.sha256:
             return False
+        self._committed.add(download.download_id)  # the point of no return (see cancel())
         size = await asyncio.to_thread(_size, target)
         download.bytes_done = download.bytes_total = size
         await self._finish(download, target, hashes, note="already in the folder")
@@ -678,7 +757,15 @@ class DownloadManager:
         hasher: Any,
         have: int,
     ) -> tuple[Any, int]:
-        fh = await asyncio.to_thread(_open_part, part, append)
+        opening = asyncio.ensure_future(asyncio.to_thread(_open_part, part, append))
+        try:
+            fh = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The thread opens (creates) the part file whatever happens here: close it before
+            # cancel() deletes the part file, so no handle and no empty file outlive the task.
+            with contextlib.suppress(OSError):
+                (await opening).close()
+            raise
         buffer = bytearray()
         # One block is written and hashed in a thread while the next one arrives: the socket
         # keeps being read during disk work. Blocks stay in order (each waits for the last).

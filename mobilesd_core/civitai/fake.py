@@ -9,8 +9,9 @@ tests can check what a client sent where.
 Faults, each for `count` requests (None: until cleared), on paths starting with `path`:
 `status` (any status, JSON body and headers, e.g. 429 + Retry-After, 403 early access),
 `drop` (storage: send `after_bytes`, then cut the connection), `hold` (storage: send
-`after_bytes`, then wait until `release_holds()`), `corrupt` (storage: wrong bytes),
-`no_range` (storage: ignore Range, answer 200) and `bad_range` (206 from the wrong offset).
+`after_bytes`, then wait until `release_holds()`; preview images: wait before answering),
+`corrupt` (storage: wrong bytes), `no_range` (storage: ignore Range, answer 200) and
+`bad_range` (206 from the wrong offset).
 """
 
 from __future__ import annotations
@@ -423,6 +424,11 @@ class FakeCivitai:
         return response
 
     async def _preview(self, request: web.Request) -> web.Response:
+        fault = self._take(request.path, ("hold",))
+        if fault is not None:
+            # The preview is fetched after the model file is in place: holding it keeps a
+            # download in its last step.
+            await fault.release.wait()
         return web.Response(body=_tiny_png(), content_type="image/png")
 
 

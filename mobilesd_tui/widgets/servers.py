@@ -35,6 +35,14 @@ class ServerAction(Message):
         self.server = server
 
 
+class CancelDownload(Message):
+    """Cancel this Civitai download, handled by the app (it asks first, then calls the core)."""
+
+    def __init__(self, download: dict[str, Any]) -> None:
+        super().__init__()
+        self.download = download
+
+
 def state_cell(server: dict[str, Any]) -> Text:
     status = server.get("status") or {}
     if not server.get("enabled", True):
@@ -65,11 +73,16 @@ class ServersPane(Vertical):
         Binding("e,enter", "server('edit')", "Edit", id="servers.edit"),
         Binding("x,delete", "server('remove')", "Remove", id="servers.remove"),
         Binding("t", "server('test')", "Test", id="servers.test"),
+        # Shown only while a download is under way (check_action).
+        Binding("c", "cancel_download", "Cancel download", id="servers.download.cancel"),
+        Binding("d", "next_download", "Next download", id="servers.download.next"),
     ]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.downloads: dict[str, dict[str, Any]] = {}
+        # The active download that `c` cancels (marked ▸); `d` moves it to the next one.
+        self.marked_download: str | None = None
         self.servers: dict[str, dict[str, Any]] = {}
         self._url_width = COLUMNS[-1][2]
 
@@ -142,13 +155,44 @@ class ServersPane(Vertical):
         self.downloads[download["download_id"]] = download
         recent = sorted(self.downloads.values(), key=lambda d: d.get("created") or 0, reverse=True)
         self.downloads = {d["download_id"]: d for d in recent[:MAX_DOWNLOADS_SHOWN]}
+        active = self.active_downloads()
+        if self.marked_download not in active:
+            self.marked_download = active[0] if active else None
+        self._render_downloads()
+        self.refresh_bindings()
+
+    def active_downloads(self) -> list[str]:
+        """Ids of the listed downloads that can still be cancelled, newest first."""
+        return [i for i, d in self.downloads.items() if d.get("status") in ACTIVE_DOWNLOADS]
+
+    def _render_downloads(self) -> None:
         text = Text("Civitai downloads", style="bold")
-        for item in self.downloads.values():
+        for download_id, item in self.downloads.items():
             text.append("\n")
-            text.append_text(download_line(item))
+            text.append_text(download_line(item, marked=download_id == self.marked_download))
         panel = self.query_one("#downloads", Static)
         panel.update(text)
         panel.add_class("shown")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_download":
+            return self.marked_download is not None
+        if action == "next_download":
+            return len(self.active_downloads()) > 1
+        return True
+
+    def action_next_download(self) -> None:
+        active = self.active_downloads()
+        if not active:
+            return
+        index = active.index(self.marked_download) if self.marked_download in active else -1
+        self.marked_download = active[(index + 1) % len(active)]
+        self._render_downloads()
+
+    def action_cancel_download(self) -> None:
+        download = self.downloads.get(self.marked_download or "")
+        if download is not None:
+            self.post_message(CancelDownload(download))
 
     def upsert(self, server: dict[str, Any], old_alias: str | None = None) -> None:
         if old_alias and old_alias != server["alias"]:
@@ -213,16 +257,20 @@ class ServersPane(Vertical):
 
 
 MAX_DOWNLOADS_SHOWN = 5
+ACTIVE_DOWNLOADS = frozenset({"queued", "downloading", "verifying"})
 
 
-def download_line(item: dict[str, Any]) -> Text:
-    """`name  42 %  110/260 MB  downloading` (the name as text: it comes from Civitai)."""
+def download_line(item: dict[str, Any], *, marked: bool = False) -> Text:
+    """`name  42 %  110/260 MB  downloading` (the name as text: it comes from Civitai); `▸`
+    marks the download that `c` cancels."""
     done, total = item.get("bytes_done") or 0, item.get("bytes_total") or 0
     status = item.get("status", "")
-    line = Text(f"  {item.get('filename') or item.get('model_name') or '?'}")
+    line = Text()
+    line.append("▸ " if marked else "  ", style="bold")
+    line.append(item.get("filename") or item.get("model_name") or "?")
     if total:
         line.append(f"  {done * 100 // total} %  {done / 1e6:.0f}/{total / 1e6:.0f} MB")
-    style = {"failed": "red", "completed": "green"}.get(status, "")
+    style = {"failed": "red", "completed": "green", "cancelled": "dim"}.get(status, "")
     line.append(f"  {status}", style=style)
     if item.get("error"):
         line.append(f": {item['error']}", style="red")

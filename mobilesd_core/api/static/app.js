@@ -610,6 +610,35 @@ function sizeText(bytes) {
   return `${(bytes / 1024 ** 2).toFixed(1)} MB`;
 }
 
+const ACTIVE_DOWNLOADS = new Set(["queued", "downloading", "verifying"]);
+// The list is rebuilt on every progress event (a few a second): each Cancel button is kept across
+// rebuilds, so a tap that lands mid-rebuild still reaches it.
+const cancelControls = new Map();
+
+function cancelControl(d) {
+  let control = cancelControls.get(d.download_id);
+  if (control) return control;
+  const note = h("small", { class: "err" });
+  const button = h("button", {
+    type: "button",
+    class: "ghost",
+    text: "Cancel",
+    onclick: async () => {
+      button.disabled = true;
+      note.textContent = "";
+      try {
+        downloadEvent(await api("POST", `/api/v1/civitai/downloads/${enc(d.download_id)}/cancel`));
+      } catch (error) {
+        button.disabled = false;
+        note.textContent = error.message;
+      }
+    },
+  });
+  control = h("div", { class: "cancel" }, button, note);
+  cancelControls.set(d.download_id, control);
+  return control;
+}
+
 function downloadItem(d) {
   const name = d.model_name ? `${d.model_name}${d.version_name ? ` · ${d.version_name}` : ""}` : d.filename || `version ${d.model_version_id}`;
   const done = d.status === "completed";
@@ -619,6 +648,7 @@ function downloadItem(d) {
     verifying: "checking the file…",
     completed: `done: ${d.relative_path || ""}`,
     failed: "failed",
+    cancelled: "cancelled",
   }[d.status] || d.status;
   return h(
     "li",
@@ -629,6 +659,7 @@ function downloadItem(d) {
       : null,
     h("span", { class: "state", text: d.note && !done ? `${line} · ${d.note}` : line }),
     d.error ? h("p", { class: "err", text: d.error }) : null,
+    ACTIVE_DOWNLOADS.has(d.status) ? cancelControl(d) : null,
   );
 }
 
@@ -636,20 +667,28 @@ function renderDownloads() {
   const items = [...state.downloads.values()].sort((a, b) => (a.created < b.created ? 1 : -1)).slice(0, 10);
   $("download-list").replaceChildren(...items.map(downloadItem));
   $("downloads-box").hidden = items.length === 0;
+  for (const id of cancelControls.keys()) {
+    if (!ACTIVE_DOWNLOADS.has(state.downloads.get(id)?.status)) cancelControls.delete(id);
+  }
 }
 
 function downloadEvent(d) {
   const before = state.downloads.get(d.download_id);
   state.downloads.set(d.download_id, d);
   renderDownloads();
+  const missing = $("civitai-missing-list").querySelectorAll(`li[data-version="${CSS.escape(String(d.model_version_id))}"] button`);
   if (d.status === "completed" && (!before || before.status !== "completed")) {
-    for (const li of $("civitai-missing-list").querySelectorAll(`li[data-version="${CSS.escape(String(d.model_version_id))}"]`)) {
-      const button = li.querySelector("button");
+    for (const button of missing) {
       button.textContent = "Downloaded";
       button.disabled = true;
     }
     state.modelsFor = null;
     loadModels();
+  } else if (d.status === "cancelled") {
+    for (const button of missing) {
+      button.textContent = "Download";
+      button.disabled = false;
+    }
   }
 }
 
