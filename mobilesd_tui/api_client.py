@@ -71,6 +71,12 @@ class JobPage:
     total: int = 0
 
 
+@dataclass
+class ImagePage:
+    images: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0
+
+
 class CoreApi(Protocol):
     """What the app needs from the core. `CoreClient` speaks HTTP; tests use a fake."""
 
@@ -100,7 +106,7 @@ class CoreApi(Protocol):
     async def remove_server(self, alias: str) -> None: ...
     async def server_status(self, alias: str) -> dict[str, Any]: ...
     async def server_models(self, alias: str) -> dict[str, Any]: ...
-    async def images(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]: ...
+    async def images(self, *, limit: int = 100, offset: int = 0) -> ImagePage: ...
     async def delete_image(self, filename: str) -> None: ...
     async def fetch_bytes(self, url: str) -> bytes: ...
     async def civitai_image_info(self, body: dict[str, Any]) -> dict[str, Any]: ...
@@ -247,11 +253,11 @@ class CoreClient:
     async def server_models(self, alias: str) -> dict[str, Any]:
         return await self._json("GET", f"/api/v1/servers/{quote(alias, safe='')}/models")
 
-    async def images(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    async def images(self, *, limit: int = 100, offset: int = 0) -> ImagePage:
         body = await self._json(
             "GET", "/api/v1/gallery/images", params={"limit": limit, "offset": offset}
         )
-        return body["images"]
+        return ImagePage(images=body["images"], total=body["total"])
 
     async def delete_image(self, filename: str) -> None:
         await self._call("DELETE", f"/api/v1/gallery/images/{quote(filename, safe='')}")

@@ -25,7 +25,7 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from .api_client import ApiError, CoreApi, Unauthorized, Unreachable
-from .events import EventConsumer
+from .events import GALLERY_PAGE, EventConsumer
 from .jobtext import one_line
 from .messages import (
     ConnectionChanged,
@@ -44,7 +44,7 @@ from .screens.image_view import ImageView
 from .screens.lora_picker import LoraPicker
 from .screens.server_form import ServerForm
 from .thumbs import ImageLoader, halfcell_widget
-from .widgets.gallery import GalleryPane, ImageAction
+from .widgets.gallery import GalleryPane, ImageAction, MoreImagesWanted
 from .widgets.generator import (
     GeneratorPane,
     LoraPickRequested,
@@ -96,6 +96,7 @@ class MobileSDApp(App[None]):
         image_widget: type[Widget] | None = None,
         follow_events: bool = True,
         age_refresh: float | None = 10.0,
+        gallery_page: int = GALLERY_PAGE,
     ) -> None:
         super().__init__()
         self.api = api_client
@@ -105,6 +106,7 @@ class MobileSDApp(App[None]):
         self.image_widget = image_widget or halfcell_widget()
         self.follow_events = follow_events
         self.age_refresh = age_refresh
+        self.gallery_page = gallery_page
         self.thumbs = ImageLoader(api_client, size=300)
         self.previews = ImageLoader(api_client, size=4, parallel=1)
         self.connection = "connecting"
@@ -130,7 +132,9 @@ class MobileSDApp(App[None]):
             with TabPane(TAB_TITLES["queue"], id="queue"):
                 yield QueuePane(self.clock, id="queue-pane")
             with TabPane(TAB_TITLES["gallery"], id="gallery"):
-                yield GalleryPane(self.thumbs, self.image_widget, id="gallery-pane")
+                yield GalleryPane(
+                    self.thumbs, self.image_widget, page_size=self.gallery_page, id="gallery-pane"
+                )
             with TabPane(TAB_TITLES["servers"], id="servers"):
                 yield ServersPane(id="servers-pane")
         yield Footer(compact=True)
@@ -199,7 +203,7 @@ class MobileSDApp(App[None]):
 
     @work(exclusive=True, group="events", exit_on_error=False, name="events")
     async def follow(self) -> None:
-        await EventConsumer(self.api, self.post_message).run()
+        await EventConsumer(self.api, self.post_message, gallery_page=self.gallery_page).run()
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
         before, self.connection = self.connection, message.state
@@ -229,7 +233,7 @@ class MobileSDApp(App[None]):
         self.servers = snap.servers
         self.queue.load(snap.jobs, snap.paused)
         self.servers_pane.load(snap.servers)
-        self.gallery.load(snap.images)
+        self.gallery.load(snap.images, snap.images_total)
         self.generator.set_servers([s["alias"] for s in snap.servers])
         self.generator.last_seed = self._last_seed(snap.jobs)
         self._update_queue_state()
@@ -614,6 +618,20 @@ class MobileSDApp(App[None]):
         elif message.action == "reuse":
             self.reuse(entry)
 
+    @on(MoreImagesWanted)
+    def _more_images_wanted(self, message: MoreImagesWanted) -> None:
+        self.load_older_images(message.generation, message.offset, message.limit)
+
+    @work(group="gallery", exit_on_error=False, name="older-images")
+    async def load_older_images(self, generation: int, offset: int, limit: int) -> None:
+        try:
+            page = await self.api.images(limit=limit, offset=offset)
+        except (ApiError, Unreachable) as exc:
+            self.gallery.more_failed(generation)
+            self.notify(exc.message, title="Cannot load older images", severity="error")
+            return
+        self.gallery.extend(generation, page.images, page.total)
+
     @work(group="gallery", exit_on_error=False, name="delete-image")
     async def delete_image(self, entry: dict[str, Any]) -> None:
         try:
@@ -778,6 +796,7 @@ def make_app(
     follow_events: bool = True,
     age_refresh: float | None = 10.0,
     animations: bool = True,
+    gallery_page: int = GALLERY_PAGE,
 ) -> MobileSDApp:
     """The one factory: CLI, demo, tests and benchmark build the app the same way."""
     app = MobileSDApp(
@@ -788,6 +807,7 @@ def make_app(
         image_widget=image_widget,
         follow_events=follow_events,
         age_refresh=age_refresh,
+        gallery_page=gallery_page,
     )
     # Set on the instance: TEXTUAL_ANIMATIONS is read once at import, too late for tests.
     if not animations:

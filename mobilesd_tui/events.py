@@ -31,11 +31,12 @@ from .messages import (
 log = logging.getLogger(__name__)
 
 PAGE = 1000  # the API's largest page
-GALLERY_PAGE = 200  # newest first; older ones are far down the grid and rarely looked at
+# Newest first; older pages load when the grid's end comes into view.
+GALLERY_PAGE = 200
 
 
-async def load_snapshot(api: CoreApi) -> Snapshot:
-    """Jobs (every page), servers, queue state and the newest gallery entries."""
+async def load_snapshot(api: CoreApi, gallery_page: int = GALLERY_PAGE) -> Snapshot:
+    """Jobs (every page), servers, queue state and the newest page of gallery entries."""
     first = await api.jobs(limit=PAGE, offset=0)
     jobs = list(first.jobs)
     while len(jobs) < first.total:
@@ -45,12 +46,13 @@ async def load_snapshot(api: CoreApi) -> Snapshot:
         jobs.extend(page.jobs)
     servers = await api.servers()
     state = await api.queue_state()
-    images = await api.images(limit=GALLERY_PAGE)
+    images = await api.images(limit=gallery_page)
     return Snapshot(
         jobs=jobs,
         jobs_total=first.total,
         servers=servers,
-        images=images,
+        images=images.images,
+        images_total=images.total,
         paused=bool(state.get("paused")),
     )
 
@@ -82,8 +84,10 @@ class EventConsumer:
         backoff_base: float = 0.5,
         backoff_max: float = 10.0,
         jitter: Callable[[], float] = random.random,
+        gallery_page: int = GALLERY_PAGE,
     ) -> None:
         self.api = api
+        self.gallery_page = gallery_page
         self.post = post
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -97,7 +101,7 @@ class EventConsumer:
         return ceiling / 2 + ceiling / 2 * self.jitter()
 
     async def reload(self) -> None:
-        self.post(Reloaded(await load_snapshot(self.api)))
+        self.post(Reloaded(await load_snapshot(self.api, self.gallery_page)))
 
     async def run(self) -> None:
         """Follow the stream until cancelled or refused (401)."""

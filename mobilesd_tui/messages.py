@@ -15,7 +15,8 @@ class Snapshot:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     jobs_total: int = 0
     servers: list[dict[str, Any]] = field(default_factory=list)
-    images: list[dict[str, Any]] = field(default_factory=list)
+    images: list[dict[str, Any]] = field(default_factory=list)  # the newest page
+    images_total: int = 0
     paused: bool = False
 
 

@@ -3,6 +3,9 @@ queue "every checkpoint" in one step, and see the batch on the cards."""
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 from playwright.async_api import expect
 
 from .conftest import Harness
@@ -58,4 +61,69 @@ async def test_edit_a_pending_job_and_queue_every_checkpoint(
     cards = page.locator(f'#queue-list .job[data-batch="{batch}"]')
     await expect(cards).to_have_count(len(titles))
     await expect(cards.first.locator(".job-meta")).to_contain_text(f"batch {batch[-4:]}")
+    phone.assert_clean()
+
+
+async def test_a_finished_batch_downloads_as_one_zip(harness: Harness, phone: Phone) -> None:
+    """The batch's topmost completed card links its zip; the link, fetched by the page with its
+    session cookie, brings every image of the batch and no other."""
+    await harness.add_sim("gpu1")
+    lone = await harness.submit(prompt="a lone gull")  # one image: its own Download is enough
+    page = phone.page
+    await phone.login()
+    await phone.tab("queue")
+
+    # Queued while the page is open: the link appears live, once images exist.
+    answer = await harness.api.post(
+        "/api/v1/generate",
+        json={
+            "generation_params": {
+                "prompt": "a tide pool, {style}",
+                "steps": 4,
+                "width": 64,
+                "height": 64,
+            },
+            "matrix": {"style": ["ink", "chalk", "oil"]},
+        },
+    )
+    assert answer.status_code == 202, answer.text
+    batch, ids = answer.json()["batch_id"], answer.json()["mobilesd_job_ids"]
+    for job_id in ids:
+        await harness.wait_status(job_id, "completed")
+    cards = page.locator(f'#queue-list .job[data-batch="{batch}"]')
+    await expect(cards).to_have_count(3)
+    link = page.locator(f'#queue-list .job[data-batch="{batch}"] a.zip:visible')
+    await expect(link).to_have_count(1)
+    await expect(link).to_have_text("Zip · 3")
+    await expect(link).to_have_accessible_name(f"Zip · 3 images of batch {batch[-4:]}")
+    await expect(cards.first.locator("a.zip")).to_be_visible()  # on the group's top card
+    await expect(link).to_have_attribute("download", f"mobilesd-{batch}.zip")
+    lone_job = await harness.wait_status(lone, "completed")
+    await expect(phone.card("a lone gull").locator("a.zip")).to_be_hidden()
+
+    href = await link.get_attribute("href")
+    assert href == f"/api/v1/gallery/archive?batch_id={batch}"
+    fetched = await page.evaluate(
+        """async (href) => {
+            const r = await fetch(href);
+            const bytes = new Uint8Array(await r.arrayBuffer());
+            return { status: r.status, type: r.headers.get("content-type"),
+                     bytes: Array.from(bytes) };
+        }""",
+        href,
+    )
+    assert fetched["status"] == 200
+    assert fetched["type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(bytes(fetched["bytes"]))) as zf:
+        assert zf.testzip() is None
+        names = zf.namelist()
+    images = [n for job_id in ids for n in (await harness.job(job_id))["result_details"]["images"]]
+    assert len(images) == 3
+    assert sorted(n for n in names if n.endswith(".png")) == sorted(
+        f"mobilesd-{batch}/{name}" for name in images
+    )
+    assert not any(lone_job["result_details"]["images"][0] in n for n in names)
+
+    await page.evaluate("() => window.scrollTo(0, 0)")
+    await phone.screenshot("queue-zip")
     phone.assert_clean()

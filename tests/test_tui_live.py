@@ -35,7 +35,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         await stop_harness(h)
 
 
-def tui(harness: Harness, tmp_path: Path, tab: str = "generator") -> MobileSDApp:
+def tui(harness: Harness, tmp_path: Path, tab: str = "generator", **options: Any) -> MobileSDApp:
     url = str(harness.server.make_url("")).rstrip("/")
     return make_app(
         CoreClient(url, TOKEN),
@@ -44,6 +44,7 @@ def tui(harness: Harness, tmp_path: Path, tab: str = "generator") -> MobileSDApp
         image_widget=halfcell_widget(),
         animations=False,
         age_refresh=None,
+        **options,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from mobilesd_tui.api_client import ApiError, JobPage, StreamEvent
+from mobilesd_tui.api_client import ApiError, ImagePage, JobPage, StreamEvent
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 PROMPTS = [
@@ -294,8 +294,8 @@ class FakeApi:
     async def server_models(self, alias: str) -> dict[str, Any]:
         return MODELS
 
-    async def images(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        return self._images[offset : offset + limit]
+    async def images(self, *, limit: int = 100, offset: int = 0) -> ImagePage:
+        return ImagePage(images=self._images[offset : offset + limit], total=len(self._images))
 
     async def delete_image(self, filename: str) -> None:
         self.calls.append(("delete_image", filename))

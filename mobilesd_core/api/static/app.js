@@ -781,6 +781,8 @@ function makeCard(id) {
     (refs.actions = h(
       "div",
       { class: "row actions" },
+      // A plain link: the session cookie goes with it, and the browser streams the zip to disk.
+      (refs.zip = h("a", { class: "button ghost zip", hidden: true })),
       (refs.up = act("↑", "icon", () => jobAction(job(), card, "POST", `${base}/move`, { to: "up" }))),
       (refs.down = act("↓", "icon", () => jobAction(job(), card, "POST", `${base}/move`, { to: "down" }))),
       (refs.edit = act("Edit", "ghost", () => editJob(job()))),
@@ -795,7 +797,7 @@ function makeCard(id) {
   return card;
 }
 
-function updateCard(card, job) {
+function updateCard(card, job, zip) {
   const { refs } = card;
   const p = job.generation_params || {};
   const status = job.status;
@@ -854,6 +856,23 @@ function updateCard(card, job) {
     );
   }
 
+  // One link per batch, on its topmost completed card; a lone image has its own Download.
+  const zipHere = Boolean(zip && zip.card === job.mobilesd_job_id && zip.images > 1);
+  refs.zip.hidden = !zipHere;
+  if (zipHere) {
+    const href = `/api/v1/gallery/archive?batch_id=${enc(job.batch_id)}`;
+    if (refs.zip.getAttribute("href") !== href) {
+      refs.zip.setAttribute("href", href);
+      refs.zip.setAttribute("download", `mobilesd-${job.batch_id}.zip`);
+    }
+    // Short enough to share the row with Retry and Remove on a 360 px screen; the name says more.
+    const label = `Zip · ${zip.images}`;
+    if (refs.zip.textContent !== label) {
+      refs.zip.textContent = label;
+      refs.zip.setAttribute("aria-label", `${label} images of batch ${job.batch_id.slice(-4)}`);
+    }
+  }
+
   const finished = !(status in STATUS_ORDER);
   refs.up.hidden = refs.down.hidden = refs.edit.hidden = status !== "pending";
   refs.cancel.hidden = finished;
@@ -861,17 +880,31 @@ function updateCard(card, job) {
   refs.remove.hidden = !finished;
 }
 
+// batch id -> its images among the listed jobs, and the card (topmost completed) for its link.
+function batchZips(jobs) {
+  const zips = new Map();
+  for (const job of jobs) {
+    const images = (job.status === "completed" && job.result_details?.images?.length) || 0;
+    if (!job.batch_id || !images) continue;
+    const zip = zips.get(job.batch_id);
+    if (zip) zip.images += images;
+    else zips.set(job.batch_id, { images, card: job.mobilesd_job_id });
+  }
+  return zips;
+}
+
 function renderQueue() {
   queueFrame = 0;
   const list = $("queue-list");
   const jobs = sortedJobs();
+  const zips = batchZips(jobs);
   const seen = new Set();
   jobs.forEach((job, i) => {
     const id = job.mobilesd_job_id;
     seen.add(id);
     let card = cards.get(id);
     if (!card) cards.set(id, (card = makeCard(id)));
-    updateCard(card, job);
+    updateCard(card, job, zips.get(job.batch_id));
     if (list.children[i] !== card) list.insertBefore(card, list.children[i] || null);
   });
   for (const [id, card] of cards) {
