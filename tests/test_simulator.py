@@ -464,7 +464,7 @@ async def test_fifo_lock_serialises(server: SimServer, client: httpx.AsyncClient
 async def test_interrupt_returns_partial_images(
     server: SimServer, client: httpx.AsyncClient
 ) -> None:
-    server.sim.config.step_ms = 10
+    server.sim.config.step_ms = 20  # a batch of ~1 s: the action lands inside it
     job = asyncio.create_task(
         client.post(
             f"{API}/txt2img",
@@ -523,7 +523,7 @@ async def test_interrupt_during_load_gives_no_images(
 async def test_skip_ends_only_the_current_batch(
     server: SimServer, client: httpx.AsyncClient
 ) -> None:
-    server.sim.config.step_ms = 10
+    server.sim.config.step_ms = 20  # a batch of ~1 s: the action lands inside it
     job = asyncio.create_task(
         client.post(
             f"{API}/txt2img",
