@@ -285,6 +285,7 @@ class Dispatcher:
     ) -> None:
         job_id = job["mobilesd_job_id"]
         runtime.active += 1
+        self._registry.slots_changed(runtime)
         run = _Run(job_id, runtime, runtime.client, switches=switches)
         self._runs[job_id] = run
         try:
@@ -305,6 +306,7 @@ class Dispatcher:
         except BaseException:
             # Not claimed (taken meanwhile, or the store cannot write): the slot is free again.
             runtime.active -= 1
+            self._registry.slots_changed(runtime)
             del self._runs[job_id]
             if sys.exc_info()[0] in (Conflict, JobNotFound):
                 return
@@ -333,6 +335,7 @@ class Dispatcher:
         if not run.slot_released:
             run.slot_released = True
             run.runtime.active -= 1
+            self._registry.slots_changed(run.runtime)
             self.wake()
 
     async def _run(self, job: dict[str, Any], run: _Run) -> None:

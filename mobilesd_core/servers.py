@@ -28,6 +28,7 @@ from .store import ServerStore
 log = logging.getLogger(__name__)
 
 CATALOG_TTL = 300.0
+SLOT_EVENT_WINDOW = 0.1  # seconds over which slot changes are gathered into one server event
 
 
 @dataclass
@@ -125,6 +126,8 @@ class ServerRegistry:
         self.runtimes: dict[str, ServerRuntime] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}  # health loop per runtime (by id)
         self._retired: list[ForgeClient] = []  # replaced clients jobs may still be using
+        self._slots_changed: dict[int, ServerRuntime] = {}  # by id: to publish at the next flush
+        self._flush: asyncio.TimerHandle | None = None
 
     def set_on_available(self, callback: Callable[[], None]) -> None:
         self._on_available = callback
@@ -135,6 +138,9 @@ class ServerRegistry:
             self._add_runtime(config)
 
     async def stop(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -228,6 +234,23 @@ class ServerRegistry:
 
     def _publish(self, runtime: ServerRuntime) -> None:
         self._bus.publish("server", runtime.status())
+
+    def slots_changed(self, runtime: ServerRuntime) -> None:
+        """A job took or freed one of the server's slots: clients show busy/idle from this.
+        Published once per short window, so a stream of jobs costs one event per window, not
+        two per job."""
+        self._slots_changed[id(runtime)] = runtime
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(
+                SLOT_EVENT_WINDOW, self._publish_slots
+            )
+
+    def _publish_slots(self) -> None:
+        self._flush = None
+        changed, self._slots_changed = self._slots_changed, {}
+        for runtime in changed.values():
+            if self.runtimes.get(runtime.alias) is runtime:  # not removed or replaced meanwhile
+                self._publish(runtime)
 
     async def check(self, runtime: ServerRuntime) -> dict[str, Any]:
         """Probe the server now; update and publish its status."""

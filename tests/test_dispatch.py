@@ -410,3 +410,25 @@ async def test_server_is_handed_to_the_next_job_once_it_answers(tmp_path: Path) 
         assert (await harness.job(second))["attempts"] == 1
     finally:
         await stop_harness(harness)
+
+
+async def test_server_events_follow_its_slots_taken_and_freed(harness: Harness) -> None:
+    """Clients show a server busy or idle from `server` events: one must come when a job takes
+    the slot and one when it frees it, not only at the next health check."""
+    await harness.add_sim("gpu1", SimulatorConfig(step_ms=20, switch_ms=0))
+    sub, _ = harness.core.bus.subscribe()
+    job_id = await harness.submit(steps=10)
+    await harness.wait_status(job_id, "completed")
+    seen: list[int] = []
+
+    def slots() -> list[int]:
+        while not sub.queue.empty():
+            event = sub.queue.get_nowait()
+            if event is not None and event.name == "server" and event.data.get("alias") == "gpu1":
+                seen.append(event.data["active_jobs"])
+        return seen
+
+    await wait_for(lambda: slots() and slots()[-1] == 0, what="gpu1 idle again")
+    assert 1 in seen and seen.index(1) < len(seen) - 1, seen  # busy, then idle
+    status = (await harness.api.get("/api/v1/servers/gpu1")).json()["status"]
+    assert (status["busy"], status["active_jobs"]) == (False, 0)
