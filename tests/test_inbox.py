@@ -321,13 +321,19 @@ async def test_the_inbox_vanishing_pauses_and_resumes(
     root = settings.inbox_path
     try:
         shutil.rmtree(root)
-        await wait_for(lambda: not h.core.inbox.watching.is_set(), what="the watcher to pause")
+
+        def missing() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "is missing" in r.getMessage()]
+
+        # Until the watcher has looked and found the folder gone, a quick comeback would go
+        # unnoticed (nothing to say then): wait for it to say so.
+        await wait_for(missing, what="the watcher to notice the folder is gone")
+        assert not h.core.inbox.watching.is_set()
         assert not root.exists()  # never created in place of a missing share
         root.mkdir()
         (root / "back.yaml").write_text("prompt: after the share came back\n")
         await wait_for(lambda: settled(h, "back.yaml"), what="the file after the comeback")
         assert len(jobs_of(h, "back.yaml")) == 1
-        missing = [r for r in caplog.records if "is missing" in r.getMessage()]
-        assert len(missing) == 1 and missing[0].levelname == "WARNING"
+        assert len(missing()) == 1 and missing()[0].levelname == "WARNING"  # said once
     finally:
         await stop_harness(h)
