@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from mobilesd_core.config import Settings
 from mobilesd_core.events import EventBus
 
 from .report import Row, median, percent, say
+from .simproc import serve_until_stdin_closes
 
 # Core MB/s over the plain copy with the same fsync: hashing, resume bookkeeping, sidecar and
 # events may cost up to 30 %. Against the copy without fsync the ratio is shown, not judged:
@@ -185,18 +184,8 @@ async def _serve(size: int) -> None:
     )
     server = FakeCivitaiServer(fake)
     await server.start()
-    loop = asyncio.get_running_loop()
-    stdin_closed = asyncio.Event()
-
-    def wait_for_eof() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdin.buffer.read()
-        loop.call_soon_threadsafe(stdin_closed.set)
-
-    threading.Thread(target=wait_for_eof, daemon=True).start()
-    print(json.dumps({"url": server.url, "version_id": version.id}), flush=True)
     try:
-        await stdin_closed.wait()
+        await serve_until_stdin_closes({"url": server.url, "version_id": version.id})
     finally:
         await server.stop()
 

@@ -117,10 +117,9 @@ async def start_simulators(configs: list[dict[str, Any]]) -> tuple[list[str], Si
     return urls, ProcessSimulator(proc, urls[0])
 
 
-async def _serve(configs: list[SimulatorConfig]) -> None:
-    servers = [SimServer(config) for config in configs]
-    for server in servers:
-        await server.start()
+async def serve_until_stdin_closes(announce: dict[str, Any]) -> None:
+    """A benchmark's helper process: print what the parent needs (one JSON line), then run
+    until the parent closes our stdin (it exits, or is done with us)."""
     loop = asyncio.get_running_loop()
     stdin_closed = asyncio.Event()
 
@@ -130,9 +129,16 @@ async def _serve(configs: list[SimulatorConfig]) -> None:
         loop.call_soon_threadsafe(stdin_closed.set)
 
     threading.Thread(target=wait_for_eof, daemon=True).start()
-    print(json.dumps({"url": servers[0].url, "urls": [s.url for s in servers]}), flush=True)
+    print(json.dumps(announce), flush=True)
+    await stdin_closed.wait()
+
+
+async def _serve(configs: list[SimulatorConfig]) -> None:
+    servers = [SimServer(config) for config in configs]
+    for server in servers:
+        await server.start()
     try:
-        await stdin_closed.wait()
+        await serve_until_stdin_closes({"url": servers[0].url, "urls": [s.url for s in servers]})
     finally:
         for server in servers:
             await server.stop()

@@ -31,6 +31,7 @@ from mobilesd_tui.widgets.servers import server_cells
 
 from .conftest import TOKEN, Harness, fast_settings, wait_for
 from .test_auth import anonymous, cookie_header, login
+from .test_soak import rss_mib
 from .tui_fakes import NOW, sample_servers
 
 PROTECTED = ("/api/", "/gallery_files/")
@@ -350,19 +351,11 @@ async def test_headers_dripped_slowly_are_cut_off_but_a_long_event_stream_is_not
 # --- hundreds of event streams --------------------------------------------------------------------
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def test_300_open_event_streams_leave_the_core_responsive(harness: Harness) -> None:
     await harness.add_sim("gpu1")
     host, port = harness.server.host, harness.server.port
     fds_before = len(os.listdir("/proc/self/fd"))
-    rss_before = _rss_mib()
+    rss_before = rss_mib()
 
     async def open_stream() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(host, port)
@@ -390,7 +383,7 @@ async def test_300_open_event_streams_leave_the_core_responsive(harness: Harness
             data = b""
             while b'"status":"completed"' not in data:
                 data += await asyncio.wait_for(reader.read(65536), 10)
-        rss_open = _rss_mib()
+        rss_open = rss_mib()
         assert healthz_s < 1.0 and submit_s < 1.0, (healthz_s, submit_s)
         assert rss_open - rss_before < 100, (rss_before, rss_open)
     finally:

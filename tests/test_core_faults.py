@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import io
 import os
 import shutil
 import socket
@@ -26,13 +25,13 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
 from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.forge.simulator.server import free_port
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
 from .test_crash import TOKEN, CoreProcess, read_archive
+from .test_gallery import png_bytes
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -385,7 +384,7 @@ async def test_images_of_an_interrupted_attempt_go_when_the_job_does_not_complet
     job = harness.core.store.get_live(job_id)
     assert job is not None
     (saved,) = await harness.core.gallery.save_job_images(
-        job, [_png()], {"seed": 1}, server_alias="gpu1"
+        job, [png_bytes()], {"seed": 1}, server_alias="gpu1"
     )
     sub, _ = harness.core.bus.subscribe()
     if ending == "cancelled":
@@ -413,12 +412,6 @@ async def test_images_of_an_interrupted_attempt_go_when_the_job_does_not_complet
         )
 
     await wait_for(removed, what="the attempt's image, its sidecar and its listing to go")
-
-
-def _png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (64, 64), (30, 90, 160)).save(out, format="PNG")
-    return out.getvalue()
 
 
 # --- SIGKILL in a phase held open ---------------------------------------------------------------

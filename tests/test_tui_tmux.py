@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TOKEN, Harness, fast_settings, start_harness, stop_harness
+from .conftest import TOKEN, Harness
+from .test_tui_live import harness
+
+__all__ = ["harness"]  # the fixture, shared with test_tui_live
 
 TMUX = shutil.which("tmux")
 # `./dev test` installs tmux (as .ci/run does): missing, this fails rather than proving nothing.
@@ -60,16 +63,6 @@ class Tmux:
 
 
 @pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = await start_harness(fast_settings(tmp_path))
-    try:
-        await h.add_sim("gpu1")
-        yield h
-    finally:
-        await stop_harness(h)
-
-
-@pytest.fixture
 async def tmux() -> AsyncIterator[Tmux]:
     t = Tmux(f"mobilesd-test-{os.getpid()}")
     try:
@@ -83,9 +76,9 @@ async def tmux() -> AsyncIterator[Tmux]:
 
 
 async def test_tui_in_tmux_shows_the_submitted_job(
-    core: Harness, tmux: Tmux, tmp_path: Path
+    harness: Harness, tmux: Tmux, tmp_path: Path
 ) -> None:
-    url = str(core.server.make_url("")).rstrip("/")
+    url = str(harness.server.make_url("")).rstrip("/")
     env = {
         "MOBILESD_URL": url,
         "MOBILESD_TOKEN": TOKEN,
@@ -120,7 +113,7 @@ async def test_tui_in_tmux_shows_the_submitted_job(
     # The row shows the job's end: its status and its image count (one row, one screen).
     screen = await tmux.wait_for("a fox typed in tmux", "done", "1 image")
     assert "✓ done" in screen
-    jobs = (await core.api.get("/api/v1/queue/jobs")).json()["jobs"]
+    jobs = (await harness.api.get("/api/v1/queue/jobs")).json()["jobs"]
     assert [j["generation_params"]["prompt"] for j in jobs] == ["a fox typed in tmux"]
     assert jobs[0]["source"] == "tui"
     await tmux.run("send-keys", "-t", "tui", "C-q")

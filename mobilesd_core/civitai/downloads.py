@@ -510,6 +510,11 @@ class DownloadManager:
         self._publish(download, force=True)
         return download
 
+    async def _start_over(self, download: Download, why: str) -> CivitaiError:
+        """Drop the part file; the error (to raise) has the download retried from byte 0."""
+        await asyncio.to_thread(self._delete_part, download)
+        return CivitaiError(why, code="civitai_unavailable", transient=True, retry_after=0)
+
     def _delete_part(self, download: Download) -> None:
         try:
             part = self._part(download)
@@ -690,14 +695,8 @@ class DownloadManager:
                         log.info(
                             "civitai download %s: wrong range; restarting", download.download_id
                         )
-                        part = self._part(download)
-                        if part:
-                            await asyncio.to_thread(part.unlink, missing_ok=True)
-                        raise CivitaiError(
-                            "the file storage answered a different range",
-                            code="civitai_unavailable",
-                            transient=True,
-                            retry_after=0,
+                        raise await self._start_over(
+                            download, "the file storage answered a different range"
                         )
                     append = True
                     total = span[1]
@@ -705,14 +704,8 @@ class DownloadManager:
                     length = response.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
                 elif status == 416:
-                    part = self._part(download)
-                    if part:
-                        await asyncio.to_thread(part.unlink, missing_ok=True)
-                    raise CivitaiError(
-                        "the part file is longer than the file; starting over",
-                        code="civitai_unavailable",
-                        transient=True,
-                        retry_after=0,
+                    raise await self._start_over(
+                        download, "the part file is longer than the file; starting over"
                     )
                 else:
                     raise CivitaiError(

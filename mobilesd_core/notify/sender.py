@@ -109,8 +109,9 @@ class AppriseSender:
         self._redact = redactor
         self.targets = _load_targets(urls)
         self._queue: deque[Notice] = deque()
-        # (due on the monotonic clock, order, target index, notice, tries so far)
-        self._retries: list[tuple[float, int, int, Notice, int]] = []
+        # (due on the monotonic clock, order, target, notice, tries so far); the unique order
+        # settles every comparison before the target is reached
+        self._retries: list[tuple[float, int, TargetState, Notice, int]] = []
         self._order = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -165,8 +166,8 @@ class AppriseSender:
                 for state in self.targets:
                     await self._try(state, notice, tries=0)
             elif self._retries and self._retries[0][0] <= now:
-                _, _, index, notice, tries = heapq.heappop(self._retries)
-                await self._try(self.targets[index], notice, tries=tries)
+                _, _, state, notice, tries = heapq.heappop(self._retries)
+                await self._try(state, notice, tries=tries)
             else:
                 if not self._retries:
                     self._idle.set()
@@ -193,10 +194,7 @@ class AppriseSender:
                 delay,
             )
             due = time.monotonic() + delay
-            heapq.heappush(
-                self._retries,
-                (due, next(self._order), self.targets.index(state), notice, tries + 1),
-            )
+            heapq.heappush(self._retries, (due, next(self._order), state, notice, tries + 1))
             return
         self._record(state, notice, ok, reason)
 
