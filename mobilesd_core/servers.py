@@ -22,7 +22,7 @@ from .forge.client import ForgeClient
 from .forge.errors import ForgeError
 from .forge.models import CheckpointInfo, model_key
 from .forge.payload import ServerCatalog
-from .schema import ServerConfig
+from .schema import FieldProblem, ServerConfig
 from .store import ServerStore
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,36 @@ class ServerExists(Exception):
 
 
 ClientFactory = Callable[[ServerConfig], ForgeClient]
+
+
+def origin(url: str) -> tuple[str, bytes, int | None]:
+    """Where requests to `url` go: scheme, host (IDNA, lower case) and port (None: the
+    scheme's default, so http://h and http://h:80 are one address)."""
+    parsed = httpx.URL(url)
+    return parsed.scheme, parsed.raw_host.lower(), parsed.port
+
+
+def password_stays_problem(
+    current: ServerConfig, new_url: str | None, fields: set[str]
+) -> FieldProblem | None:
+    """A stored password goes (as Basic auth) only to the address it was given for.
+
+    A change of scheme, host or port without `password` in the same request is refused, naming
+    `password`: anyone holding the token could otherwise point the server at a listener of
+    theirs and read the password off the first health check. Refused rather than dropped, so
+    the person editing is told at the field instead of finding a 401 later. A change of path
+    only keeps the password (same server)."""
+    if new_url is None or "password" in fields:
+        return None
+    if not (current.password and current.password.get_secret_value()):
+        return None
+    if origin(new_url) == origin(current.api_url):
+        return None
+    return FieldProblem(
+        path="password",
+        message="re-enter the password for the new address: a stored password is only sent "
+        "to the scheme, host and port it was given for",
+    )
 
 
 def default_client_factory(
