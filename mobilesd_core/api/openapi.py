@@ -1111,7 +1111,9 @@ def _paths() -> dict[str, Schema]:
             "put": _op(
                 "update_server",
                 "servers",
-                "Change any field, the alias too (pending jobs aimed at it follow a rename).",
+                "Change any field, the alias too (pending jobs aimed at it follow a rename). "
+                "A new scheme, host or port for a server with a password needs `password` in "
+                "the same request (422 naming it otherwise; null for none).",
                 {"200": _json(_ref("Server"), "Changed."), **_errors(400, 404, 409, 413, 422)},
                 requestBody=_body(_ref("ServerUpdate")),
             ),
