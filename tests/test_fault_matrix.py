@@ -129,7 +129,7 @@ async def dns_failure(ctx: Ctx) -> list[str]:
     )
     assert response.status_code == 201, response.text
     # Never answered as Forge: one coarse reason (the log has "host name not found"), so
-    # server URLs cannot be used to map the network; see test_server_reasons.py.
+    # server URLs cannot be used to map the network; see test_url_reasons.py.
     await ctx.offline("gpu1", "has not answered as Forge at this address yet")
     targeted = await ctx.h.submit(target="gpu1")
     anywhere = await ctx.h.submit()

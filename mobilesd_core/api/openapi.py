@@ -384,7 +384,11 @@ def _response_schemas() -> dict[str, Schema]:
                 "job_id": JOB_ID,
                 "target": {"type": "string", "description": "scheme://host:port only."},
                 "attempt": {"type": "integer", "minimum": 1},
-                "message": STR,
+                "message": {
+                    **STR,
+                    "description": "Always `not delivered: no 2xx answer ...`: why (refused, "
+                    "timeout, HTTP status) is in the core's log only.",
+                },
             },
             ["at", "job_id", "target", "attempt", "message"],
         ),
@@ -474,7 +478,8 @@ def _response_schemas() -> dict[str, Schema]:
                 "max_concurrent": {"type": "integer", "minimum": 1},
                 "error": {
                     "type": ["string", "null"],
-                    "description": "Why it is offline.",
+                    "description": "Why it is offline; one coarse reason until its address "
+                    "has answered as Forge (the core's log names the cause).",
                 },
             },
             ["online", "latency_ms", "current_checkpoint", "busy", "error"],
