@@ -22,7 +22,7 @@ from .forge.client import ForgeClient
 from .forge.errors import ForgeError
 from .forge.models import CheckpointInfo, model_key
 from .forge.payload import ServerCatalog
-from .schema import ServerConfig
+from .schema import FieldProblem, ServerConfig
 from .store import ServerStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class ServerRuntime:
     catalog: ServerCatalog | None = None
     catalog_at: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # The URL that last answered a probe as Forge does; failures there are shown in detail.
+    forge_url: str | None = None
+    detail: str | None = None  # the last failure's own words, for the log (see shown_error)
 
     @property
     def alias(self) -> str:
@@ -82,6 +85,18 @@ class ServerRuntime:
         }
 
 
+def not_forge_yet(alias: str) -> str:
+    """The one reason shown for an address that never answered as Forge, whatever went wrong.
+
+    The token chooses server URLs, so telling "connection refused" from "timeout", "host name
+    not found" or an HTTP status there would make the status a scanner of the owner's network.
+    The core's log (the owner's) has the exact reason."""
+    return (
+        f"server '{alias}' has not answered as Forge at this address yet (unreachable, no "
+        "--api, or the login was refused); the core's log says which"
+    )
+
+
 class ServerNotFound(Exception):
     pass
 
@@ -91,6 +106,36 @@ class ServerExists(Exception):
 
 
 ClientFactory = Callable[[ServerConfig], ForgeClient]
+
+
+def origin(url: str) -> tuple[str, bytes, int | None]:
+    """Where requests to `url` go: scheme, host (IDNA, lower case) and port (None: the
+    scheme's default, so http://h and http://h:80 are one address)."""
+    parsed = httpx.URL(url)
+    return parsed.scheme, parsed.raw_host.lower(), parsed.port
+
+
+def password_stays_problem(
+    current: ServerConfig, new_url: str | None, fields: set[str]
+) -> FieldProblem | None:
+    """A stored password goes (as Basic auth) only to the address it was given for.
+
+    A change of scheme, host or port without `password` in the same request is refused, naming
+    `password`: anyone holding the token could otherwise point the server at a listener of
+    theirs and read the password off the first health check. Refused rather than dropped, so
+    the person editing is told at the field instead of finding a 401 later. A change of path
+    only keeps the password (same server)."""
+    if new_url is None or "password" in fields:
+        return None
+    if not (current.password and current.password.get_secret_value()):
+        return None
+    if origin(new_url) == origin(current.api_url):
+        return None
+    return FieldProblem(
+        path="password",
+        message="re-enter the password for the new address: a stored password is only sent "
+        "to the scheme, host and port it was given for",
+    )
 
 
 def default_client_factory(
@@ -252,17 +297,41 @@ class ServerRegistry:
             if self.runtimes.get(runtime.alias) is runtime:  # not removed or replaced meanwhile
                 self._publish(runtime)
 
+    def shown_error(self, runtime: ServerRuntime, message: str, client: ForgeClient) -> str:
+        """What answers and events may say about a failure of `client` (the server's client
+        then): the failure itself once its URL has answered as Forge (a documented
+        troubleshooting aid about the user's own server), else one coarse reason, with the
+        detail logged when it changes."""
+        if runtime.forge_url is not None and runtime.forge_url == client.api_url:
+            return message
+        if message != runtime.detail:
+            runtime.detail = message
+            log.warning(
+                "server %s (%s) has not answered as Forge yet: %s",
+                runtime.alias,
+                client.api_url,
+                message,
+            )
+        return not_forge_yet(runtime.alias)
+
     async def check(self, runtime: ServerRuntime) -> dict[str, Any]:
         """Probe the server now; update and publish its status."""
         before = runtime.status()
         was_available = runtime.available
+        client = runtime.client
         try:
-            options, latency = await runtime.client.probe()
+            options, latency = await client.probe()
         except ForgeError as exc:
+            if client is not runtime.client:
+                return runtime.status()  # edited meanwhile: the new settings' probe decides
             runtime.online = False
-            runtime.error = exc.message
+            runtime.error = self.shown_error(runtime, exc.message, client)
             runtime.latency_ms = None
         else:
+            if client is not runtime.client:
+                return runtime.status()
+            runtime.forge_url = client.api_url
+            runtime.detail = None
             runtime.online = True
             runtime.error = None
             runtime.latency_ms = latency
@@ -289,7 +358,7 @@ class ServerRegistry:
         if runtime.online:
             log.warning("server %s went offline: %s", runtime.alias, error)
         runtime.online = False
-        runtime.error = error
+        runtime.error = self.shown_error(runtime, error, runtime.client)
         self._publish(runtime)
         runtime.wake.set()
 

@@ -33,7 +33,7 @@ from .schema import (
     problems_from_error,
     utc_now_iso,
 )
-from .servers import ServerRegistry
+from .servers import ServerRegistry, password_stays_problem
 from .storage import atomic_write_bytes
 from .store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError, finish_time
 
@@ -558,6 +558,8 @@ class QueueService:
             config = ServerConfig.model_validate(merged.model_dump())
         except ValidationError as exc:
             raise InvalidInput(problems_from_error(exc, model=ServerUpdate)) from None
+        if (problem := password_stays_problem(current, update.api_url, set(data))) is not None:
+            raise InvalidInput([problem])
         await self._check_sync_dirs(config, set(data))
         runtime = await self.registry.update(alias, config)
         if config.alias != alias and self.model_sync is not None:

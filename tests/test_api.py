@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass, field
+
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from mobilesd_core.forge.simulator import SimulatorConfig
 
@@ -180,6 +185,85 @@ async def test_server_crud_never_returns_passwords(harness: Harness) -> None:
     assert (await harness.api.delete("/api/v1/servers/big-gpu")).status_code == 204
     assert (await harness.api.delete("/api/v1/servers/big-gpu")).status_code == 404
     assert (await harness.api.get("/api/v1/servers")).json() == []
+
+
+@dataclass
+class AuthRecorder:
+    """A loopback HTTP listener that records the Authorization header of every request (and
+    answers 401, as a stranger's server would)."""
+
+    seen: list[str | None] = field(default_factory=list)
+    server: TestServer | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.seen.append(request.headers.get("Authorization"))
+        return web.json_response({"detail": "Not authenticated"}, status=401)
+
+    async def start(self) -> AuthRecorder:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server(access_log=None)
+        return self
+
+    def url(self, path: str = "") -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.port}{path}"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_a_new_address_never_gets_the_stored_password(harness: Harness) -> None:
+    """Pointing a server at another host or port needs the password again (422 naming it):
+    the stored one is never sent to a listener the token holder picked."""
+    await harness.add_sim(
+        "gpu1",
+        SimulatorConfig(step_ms=1, switch_ms=0, auth=("forge", "s3cret-pw")),
+        username="forge",
+        password="s3cret-pw",
+    )
+    sim_url = harness.sims["gpu1"].url.rstrip("/")
+    recorder = await AuthRecorder().start()
+    try:
+        moved = await harness.api.put("/api/v1/servers/gpu1", json={"api_url": recorder.url()})
+        assert moved.status_code == 422, moved.text
+        (problem,) = moved.json()["error"]["details"]
+        assert problem["path"] == "password"
+        assert "re-enter the password for the new address" in problem["message"]
+        runtime = harness.core.registry.runtimes["gpu1"]
+        assert runtime.config.api_url == sim_url and runtime.online  # nothing changed
+        # Another path at the new address, another name for the same machine: still new.
+        for url in (recorder.url("/forge"), sim_url.replace("127.0.0.1", "localhost")):
+            again = await harness.api.put("/api/v1/servers/gpu1", json={"api_url": url})
+            assert again.status_code == 422, url
+        # A path-only change is the same server: the password stays (the form sends the URL
+        # back unchanged on every save, too).
+        same = await harness.api.put(
+            "/api/v1/servers/gpu1", json={"api_url": sim_url + "/", "max_concurrent": 2}
+        )
+        assert same.status_code == 200 and same.json()["has_password"] is True
+
+        # With the password typed again for the new address, it goes there, and only that one.
+        moved = await harness.api.put(
+            "/api/v1/servers/gpu1",
+            json={"api_url": recorder.url(), "password": "for-the-new-one"},
+        )
+        assert moved.status_code == 200 and moved.json()["has_password"] is True
+        await wait_for(lambda: recorder.seen, what="a health check at the new address")
+        # null: no password at the new address.
+        cleared = await harness.api.put(
+            "/api/v1/servers/gpu1", json={"api_url": sim_url, "password": None}
+        )
+        assert cleared.status_code == 200 and cleared.json()["has_password"] is False
+        assert set(recorder.seen) == {basic("forge", "for-the-new-one")}
+        assert all(
+            "s3cret-pw" not in base64.b64decode(h.split()[1]).decode() for h in recorder.seen
+        )
+    finally:
+        assert recorder.server is not None
+        await recorder.server.close()
 
 
 async def test_server_models_lists_what_the_server_offers(harness: Harness) -> None:

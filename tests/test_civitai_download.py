@@ -146,6 +146,43 @@ async def test_checkpoint_goes_to_checkpoint_path_and_servers_refresh(
     assert len(fake.storage_requests()) == storage_before
 
 
+async def test_a_download_never_overwrites_sidecars_it_did_not_write(
+    core: Harness, civitai: FakeCivitaiServer
+) -> None:
+    """The user's own `.civitai.info` and preview stay as they are: beside a file that is
+    already in the folder, and beside a free name the new file takes."""
+    fake = civitai.fake
+    assert core.settings.lora_path is not None
+    folder = core.settings.lora_path
+    there = safetensors_bytes(50_000, seed=21)
+    already = fake.add_model("Already", files=[("already.safetensors", there)])
+    (folder / "already.safetensors").write_bytes(there)
+    (folder / "already.civitai.info").write_bytes(b'{"name": "my own notes"}')
+    (folder / "already.preview.jpg").write_bytes(b"my own preview")
+    # Sidecars with no model file beside them (another tool's, or the model moved away).
+    fresh = fake.add_model("Fresh", files=[("fresh.safetensors", safetensors_bytes(50_000))])
+    (folder / "fresh.civitai.info").write_bytes(b'{"name": "kept"}')
+    (folder / "fresh.preview.png").write_bytes(b"kept preview")
+    for version in (already, fresh):
+        done = await wait_download(
+            core, await start_download(core, model_version_id=version.id), "completed", "failed"
+        )
+        assert done["status"] == "completed", done
+    assert done["filename"] == "fresh.safetensors"
+    assert (folder / "already.civitai.info").read_bytes() == b'{"name": "my own notes"}'
+    assert (folder / "already.preview.jpg").read_bytes() == b"my own preview"
+    assert (folder / "fresh.civitai.info").read_bytes() == b'{"name": "kept"}'
+    assert (folder / "fresh.preview.png").read_bytes() == b"kept preview"
+    assert _files(folder) == {
+        "already.safetensors",
+        "already.civitai.info",
+        "already.preview.jpg",
+        "fresh.safetensors",
+        "fresh.civitai.info",
+        "fresh.preview.png",
+    }  # no second preview that would shadow the user's, no temp files left
+
+
 async def test_dropped_connection_resumes_with_range(
     core: Harness, civitai: FakeCivitaiServer
 ) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from mobilesd_core.forge import client as forge_client
@@ -127,7 +128,9 @@ async def dns_failure(ctx: Ctx) -> list[str]:
         json={"alias": "gpu1", "api_url": "http://forge.mobilesd-test.invalid:7860"},
     )
     assert response.status_code == 201, response.text
-    await ctx.offline("gpu1", "is unreachable (host name not found)")
+    # Never answered as Forge: one coarse reason (the log has "host name not found"), so
+    # server URLs cannot be used to map the network; see test_url_reasons.py.
+    await ctx.offline("gpu1", "has not answered as Forge at this address yet")
     targeted = await ctx.h.submit(target="gpu1")
     anywhere = await ctx.h.submit()
     assert (await ctx.finished(anywhere))["assigned_server_alias"] == "gpu2"
@@ -138,9 +141,14 @@ async def dns_failure(ctx: Ctx) -> list[str]:
 
 
 async def connect_timeout(ctx: Ctx) -> list[str]:
-    # A listener whose accept queue is full: the kernel drops further SYNs, connect() hangs.
+    gpu1 = await ctx.sim("gpu1")  # answered as Forge: its failures are shown as they are
+    await ctx.sim("gpu2")
+    await gpu1.stop()
+    # On its port now, a listener whose accept queue is full: the kernel drops further SYNs,
+    # connect() hangs.
     blackhole = socket.socket()
-    blackhole.bind(("127.0.0.1", 0))
+    blackhole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blackhole.bind(("127.0.0.1", httpx.URL(gpu1.url).port or 80))
     blackhole.listen(0)
     port = blackhole.getsockname()[1]
     fillers = []
@@ -151,11 +159,6 @@ async def connect_timeout(ctx: Ctx) -> list[str]:
             filler.connect(("127.0.0.1", port))
         fillers.append(filler)
     try:
-        await ctx.sim("gpu2")
-        response = await ctx.h.api.post(
-            "/api/v1/servers", json={"alias": "gpu1", "api_url": f"http://127.0.0.1:{port}"}
-        )
-        assert response.status_code == 201, response.text
         await ctx.offline("gpu1", "did not answer (connect timeout)")
         targeted = await ctx.h.submit(target="gpu1")
         anywhere = await ctx.h.submit()

@@ -436,6 +436,43 @@ async def test_cap_evicts_own_copies_lru_never_the_loaded_model_or_foreign_files
     assert sync.copies_started == 4
 
 
+async def test_eviction_deletes_only_what_is_still_its_copy(env: Env) -> None:
+    """A copy replaced since (same size, other bytes) is left in place and forgotten, never
+    deleted; a copy only touched since (other mtime, same bytes) is hashed, found to be ours,
+    and evicted."""
+    h = env.harness
+    size = 100 * KB
+    for name in ("l1", "l2", "l3", "l4"):
+        put(env.lora_library, f"{name}.safetensors", size)
+    _, _, lora_dir = await env.add_synced("gpu1", sync_cap_gb=0.00025)  # room for two
+    await run(h, loras=[{"name": "l1", "weight": 1}])
+    await run(h, loras=[{"name": "l2", "weight": 1}])
+    mine = b"the user's own file, " * 10_000
+    mine = mine[: (lora_dir / "l1.safetensors").stat().st_size]
+    l1, l2 = lora_dir / "l1.safetensors", lora_dir / "l2.safetensors"
+    l1.write_bytes(mine)  # the user's file now, same size
+    for path in (l1, l2):  # a later mtime, whatever the clock's granularity; l2 only touched
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    sync = h.core.model_sync
+    with h.core.bus.subscribe()[0] as events:
+        await run(h, loras=[{"name": "l3", "weight": 1}])  # over the cap: l1 is oldest
+        evicted = [e for e in drain(events, "sync") if e["status"] == "evicted"]
+    assert evicted == []  # l1 was not ours any more; forgetting it made room
+    assert l1.read_bytes() == mine
+    assert [e.relpath for e in sync.ledger.entries("gpu1")] == ["l2.safetensors", "l3.safetensors"]
+    with h.core.bus.subscribe()[0] as events:
+        await run(h, loras=[{"name": "l4", "weight": 1}])  # l2: other mtime, same bytes: ours
+        evicted = [e for e in drain(events, "sync") if e["status"] == "evicted"]
+    assert [e["file"] for e in evicted] == ["l2.safetensors"]
+    assert not l2.exists()
+    assert l1.read_bytes() == mine
+    saved = json.loads((h.settings.data_path / "model_sync.json").read_bytes())
+    assert sorted(Path(p).name for p in saved["servers"]["gpu1"]) == [
+        "l3.safetensors",
+        "l4.safetensors",
+    ]
+
+
 async def test_cap_keeps_what_waiting_jobs_need(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     h = env.harness
     size = 100 * KB

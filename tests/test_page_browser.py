@@ -262,6 +262,11 @@ async def test_phone_flow(harness: Harness, phone: Phone) -> None:
     await page.locator('.server[data-alias="gpu2"]').get_by_role("button", name="Edit").click()
     await expect(form.locator("#s-password")).to_have_value("")  # never prefilled
     await expect(form.locator("#s-password-hint")).to_contain_text("password is set")
+    # Another address without the password typed again: refused at the password field.
+    await form.locator("#s-api_url").fill("http://127.0.0.1:9")
+    await form.get_by_role("button", name="Save").click()
+    await expect(form.locator('.err[data-for="password"]')).to_contain_text("re-enter")
+    await form.locator("#s-api_url").fill(second.url)
     # Model sync folders: a relative path is refused at its field, even with the section folded.
     sync = form.locator("#s-sync")
     await sync.locator("summary").click()

@@ -196,6 +196,12 @@ async def test_add_and_edit_a_server(harness: Harness, tmp_path: Path) -> None:
             lambda: (app.servers_pane.servers.get("gpu2", {}).get("status") or {}).get("online"),
             "gpu2 online in the table",
         )
+        # It gets a password (through the API): an edit moving it to another port must
+        # repeat it.
+        response = await harness.api.put(
+            "/api/v1/servers/gpu2", json={"username": "forge", "password": "pw-2"}
+        )
+        assert response.status_code == 200, response.text
         # Edit it: concurrency 2, and a bad URL first (its error shows by the field).
         table = app.servers_pane.query_one("#servers-table")
         table.move_cursor(row=1)
@@ -211,6 +217,11 @@ async def test_add_and_edit_a_server(harness: Harness, tmp_path: Path) -> None:
         await pilot.press("ctrl+s")
         error = form.query_one("#err-server-api_url", Static)
         await until(pilot, lambda: error.has_class("shown"), "the URL error")
+        form.query_one("#server-api_url", Input).value = "http://127.0.0.1:9"
+        await pilot.press("ctrl+s")
+        error = form.query_one("#err-server-password", Static)
+        await until(pilot, lambda: error.has_class("shown"), "the password error")
+        assert "re-enter the password" in str(error.render())
         form.query_one("#server-api_url", Input).value = ""
         await pilot.click("#server-api_url")
         await type_text(pilot, sim.url)

@@ -384,7 +384,11 @@ def _response_schemas() -> dict[str, Schema]:
                 "job_id": JOB_ID,
                 "target": {"type": "string", "description": "scheme://host:port only."},
                 "attempt": {"type": "integer", "minimum": 1},
-                "message": STR,
+                "message": {
+                    **STR,
+                    "description": "Always `not delivered: no 2xx answer ...`: why (refused, "
+                    "timeout, HTTP status) is in the core's log only.",
+                },
             },
             ["at", "job_id", "target", "attempt", "message"],
         ),
@@ -474,7 +478,8 @@ def _response_schemas() -> dict[str, Schema]:
                 "max_concurrent": {"type": "integer", "minimum": 1},
                 "error": {
                     "type": ["string", "null"],
-                    "description": "Why it is offline.",
+                    "description": "Why it is offline; one coarse reason until its address "
+                    "has answered as Forge (the core's log names the cause).",
                 },
             },
             ["online", "latency_ms", "current_checkpoint", "busy", "error"],
@@ -1111,7 +1116,9 @@ def _paths() -> dict[str, Schema]:
             "put": _op(
                 "update_server",
                 "servers",
-                "Change any field, the alias too (pending jobs aimed at it follow a rename).",
+                "Change any field, the alias too (pending jobs aimed at it follow a rename). "
+                "A new scheme, host or port for a server with a password needs `password` in "
+                "the same request (422 naming it otherwise; null for none).",
                 {"200": _json(_ref("Server"), "Changed."), **_errors(400, 404, 409, 413, 422)},
                 requestBody=_body(_ref("ServerUpdate")),
             ),

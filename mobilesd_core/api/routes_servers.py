@@ -57,7 +57,8 @@ async def server_models(request: web.Request) -> web.Response:
         catalog = await core.registry.catalog(runtime, refresh=refresh)
         styles = await runtime.client.raw("/prompt-styles")
     except ForgeError as exc:
-        raise ApiError(502, "server_unavailable", exc.message) from None
+        reason = core.registry.shown_error(runtime, exc.message, runtime.client)
+        raise ApiError(502, "server_unavailable", reason) from None
     # The library side is always read now: a folder walk (no sidecars) costs milliseconds.
     await core.library_index.refresh()
     return web.json_response(

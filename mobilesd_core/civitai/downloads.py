@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -41,9 +42,9 @@ from ulid import ULID
 
 from ..config import Settings
 from ..events import EventBus
-from ..library import CHECKPOINTS, LORAS, LibraryKind
+from ..library import CHECKPOINTS, LORAS, PREVIEW_SUFFIXES, LibraryKind
 from ..schema import utc_now_iso
-from ..storage import atomic_write_bytes
+from ..storage import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from ..store import Conflict
 from .client import CivitaiClient, CivitaiError, retry_after_seconds, transport_error
 from .filenames import (
@@ -244,6 +245,38 @@ def _place(part: Path, target: Path) -> bool:
         return True
     part.unlink()
     return True
+
+
+def _write_new(path: Path, data: bytes) -> bool:
+    """Create `path` holding `data` (fsynced) unless a file of that name is there; False when
+    one is: it is someone else's and is left as it is (no check-then-write race: the temp
+    file is linked to its name, which fails on an existing name)."""
+    if os.path.lexists(path):
+        return False
+    tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        placed = _place(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if placed:
+        fsync_dir(path.parent)
+    return placed
+
+
+def _names_in(folder: Path) -> set[str]:
+    """The names in `folder`, lower-cased (the library matches sidecars case-insensitively)."""
+    try:
+        return {name.lower() for name in os.listdir(folder)}
+    except OSError:
+        return set()
 
 
 class DownloadManager:
@@ -821,15 +854,26 @@ class DownloadManager:
 
     async def _write_sidecars(self, download: Download, target: Path) -> None:
         """`<stem>.civitai.info` (the version JSON, as Civitai Helper writes it) and a preview
-        image. Both are extras: a failure is noted, never fatal."""
+        image. Both are extras: a failure is noted, never fatal. Neither replaces a file that
+        is there already (the user's own sidecar or preview, or one another tool wrote, beside
+        a file that was already in the folder or at a free name): that one is kept, and said
+        so in the log."""
         stem = target.name[: -len(target.suffix)] if target.suffix else target.name
         info = json.dumps(download.version, ensure_ascii=False, indent=1).encode()
+        info_path = target.with_name(stem + ".civitai.info")
         try:
-            await asyncio.to_thread(
-                atomic_write_bytes, target.with_name(stem + ".civitai.info"), info
-            )
+            if not await asyncio.to_thread(_write_new, info_path, info):
+                log.info("civitai: %s is there already; left as it is", info_path.name)
         except OSError as exc:
             log.warning("civitai: cannot write the sidecar of %s: %s", target.name, exc)
+        # Any preview the library would show for this file is kept (and would shadow ours).
+        names = await asyncio.to_thread(_names_in, target.parent)
+        existing = [stem + s for s in PREVIEW_SUFFIXES if (stem + s).lower() in names]
+        if existing:
+            log.info(
+                "civitai: %s has a preview already (%s); none fetched", target.name, existing[0]
+            )
+            return
         images = [
             i
             for i in download.version.get("images") or []
@@ -843,8 +887,8 @@ class DownloadManager:
             ext = PREVIEW_TYPES.get(content_type.split(";")[0].strip().lower())
             if ext is None:
                 return
-            await asyncio.to_thread(
-                atomic_write_bytes, target.with_name(f"{stem}.preview{ext}"), data
-            )
+            preview = target.with_name(f"{stem}.preview{ext}")
+            if not await asyncio.to_thread(_write_new, preview, data):
+                log.info("civitai: %s is there already; left as it is", preview.name)
         except (CivitaiError, OSError) as exc:
             log.info("civitai: no preview for %s (%s)", target.name, exc)

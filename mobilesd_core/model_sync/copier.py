@@ -96,7 +96,7 @@ def copy_verified(
             after_write(tmp)
         progress(done, size, "verifying")
         copied_size = tmp.stat().st_size
-        copied = _sha256(tmp, cancel)
+        copied = sha256_file(tmp, cancel)
         if copied_size != size or copied != read.sha256:
             what = (
                 f"{copied_size} bytes instead of {size}"
@@ -115,7 +115,7 @@ def copy_verified(
         raise
 
 
-def _sha256(path: Path, cancel: threading.Event) -> str:
+def sha256_file(path: Path, cancel: threading.Event | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         # Drop the just-written pages from the cache (Linux), so the check reads what the disk
@@ -123,7 +123,7 @@ def _sha256(path: Path, cancel: threading.Event) -> str:
         with contextlib.suppress(AttributeError, OSError):
             os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         while chunk := fh.read(CHUNK):
-            if cancel.is_set():
+            if cancel is not None and cancel.is_set():
                 raise CopyCancelled
             digest.update(chunk)
     return digest.hexdigest()

@@ -1,11 +1,13 @@
-"""The copies the core made into servers' sync folders: the only files it may ever delete.
+"""The copies the core made into servers' sync folders: the only files it may ever delete, and
+only while they still are those copies (same size and SHA-256; see sync.py's eviction).
 
 Kept in CONFIG_DATA_PATH/model_sync.json, written atomically (temp file, fsync, rename), per
 server alias and keyed by the copy's absolute path:
 
     {"version": 1, "servers": {"gpu1": {"/mnt/gpu1/models/sdxl/a.safetensors": {
         "kind": "checkpoint", "relpath": "sdxl/a.safetensors", "size": 6938078334,
-        "sha256": "...", "copied_at": "2026-...Z", "last_used": 1764000000.25}}}}
+        "sha256": "...", "copied_at": "2026-...Z", "last_used": 1764000000.25,
+        "mtime_ns": 1764000000123456789}}}}
 
 `last_used` orders eviction (least recently used first); it only ever grows, so two uses in the
 same clock tick still have an order.
@@ -37,6 +39,9 @@ class SyncedFile:
     sha256: str
     copied_at: str
     last_used: float
+    # The copy's mtime when it was made: size and mtime unchanged means it is still our copy
+    # without reading it (None in ledgers written before it was kept: then it is hashed).
+    mtime_ns: int | None = None
 
 
 class SyncLedger:
@@ -122,4 +127,8 @@ class SyncLedger:
         return sum(e.size for e in self._servers.get(alias, {}).values())
 
     def view(self, alias: str) -> list[dict[str, Any]]:
-        return [asdict(e) for e in reversed(self.entries(alias))]  # most recent first
+        # Most recent first; the mtime is the ledger's own bookkeeping, not part of the answer.
+        return [
+            {k: v for k, v in asdict(e).items() if k != "mtime_ns"}
+            for e in reversed(self.entries(alias))
+        ]

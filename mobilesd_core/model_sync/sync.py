@@ -10,8 +10,8 @@ time: jobs that need the same file wait for the same copy. Progress goes to the 
 
 Copies the core made are recorded in the ledger (ledger.py). When a server's copies would pass
 its cap (`sync_cap_gb`, else MODEL_SYNC_CAP_GB), the least recently used are deleted first,
-never a file the core did not copy, the model loaded on that server, or a file a pending or
-running job is about to use.
+never a file the core did not copy (a copy replaced since, by size or SHA-256, is left and
+forgotten), the model loaded on that server, or a file a pending or running job is about to use.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from ..forge.models import (
 from ..schema import FieldProblem, ServerConfig, utc_now_iso
 from ..servers import ServerRegistry, ServerRuntime
 from ..store import JobStore
-from .copier import PART_SUFFIX, CopyCancelled, CopyFailed, copy_verified
+from .copier import PART_SUFFIX, CopyCancelled, CopyFailed, copy_verified, sha256_file
 from .dirs import check_dirs
 from .index import LibraryFile, LibraryIndex, listed_as
 from .ledger import SyncedFile, SyncLedger
@@ -301,6 +302,7 @@ class ModelSync:
                 sha256=hashes.sha256,
                 copied_at=utc_now_iso(),
                 last_used=self.ledger.tick(),
+                mtime_ns=await asyncio.to_thread(_mtime_ns, need.target),
             ),
         )
         await self.ledger.save()
@@ -386,20 +388,31 @@ class ModelSync:
         if used + incoming <= cap:
             return
         protected = self.protected(runtime) | keep
-        evicted = False
+        changed = False  # the ledger, to be saved
         for entry in self.ledger.entries(alias):
             if used + incoming <= cap:
                 break
             if entry.path in protected:
                 continue
             try:
-                await asyncio.to_thread(_unlink, Path(entry.path))
+                removed = await asyncio.to_thread(_remove_copy, entry)
             except OSError as exc:  # kept in the ledger: tried again at the next eviction
                 log.warning("model sync: cannot delete %s: %s", entry.path, _os_reason(exc))
                 continue
             self.ledger.remove(alias, entry.path)
             used -= entry.size
-            evicted = True
+            if not removed:
+                # Replaced since (by the user, another tool): not ours to delete. Forgotten,
+                # so it no longer counts against the cap and is never deleted later.
+                changed = True
+                log.warning(
+                    "model sync: %s is no longer the copy the core made for server %s (its "
+                    "size or SHA-256 differs); left in place and forgotten",
+                    entry.path,
+                    alias,
+                )
+                continue
+            changed = True
             self._stale.setdefault(alias, set()).add(entry.kind)
             log.info(
                 "model sync: evicted %s from server %s (least recently used)", entry.relpath, alias
@@ -418,7 +431,7 @@ class ModelSync:
                     "error": None,
                 },
             )
-        if evicted:
+        if changed:
             await self.ledger.save()
         if used + incoming > cap:
             log.warning(
@@ -531,8 +544,42 @@ def _sweep_parts(folders: list[Path]) -> int:
     return removed
 
 
-def _unlink(path: Path) -> None:
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """(mode, inode, size, mtime) of the file itself (a symlink is not followed)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remove_copy(entry: SyncedFile) -> bool:
+    """Delete the copy the ledger entry records, if the file at its path still is that copy
+    (blocking). True when it was deleted or is gone already; False when something else is
+    there now (other size or SHA-256, not a plain file): that is left alone.
+
+    Size and mtime as recorded at the copy stand for the SHA-256 (as the hash cache keys on
+    them); otherwise the file is read and hashed, and must not change meanwhile."""
+    path = Path(entry.path)
+    before = _identity(path)
+    if before is None:
+        return True
+    mode, _, size, mtime_ns = before
+    if not stat.S_ISREG(mode) or size != entry.size:
+        return False
+    if mtime_ns != entry.mtime_ns and (
+        sha256_file(path) != entry.sha256 or _identity(path) != before
+    ):
+        return False
     path.unlink(missing_ok=True)
+    return True
 
 
 def _gb(size: float) -> str:

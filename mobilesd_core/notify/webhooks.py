@@ -13,7 +13,9 @@ WEBHOOK_BACKOFF seconds, up to WEBHOOK_MAX_ATTEMPTS tries; only a 2xx answer cou
 answered but before the answer was recorded): `X-MobileSD-Delivery` is the same each time.
 
 Logs and the status route name a target as scheme://host:port only: the rest of a webhook URL
-may be a credential.
+may be a credential. Why an attempt failed (refused, timeout, unknown host, HTTP status) is
+logged only: the token holder chooses webhook URLs, and a status that told those apart would
+scan the owner's network for them. Answers and the outbox say NOT_DELIVERED.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ OUTBOX_FILE = "webhook_outbox.jsonl"
 SIGNATURE_HEADER = "X-MobileSD-Signature"
 CONCURRENCY = 4
 COMPACT_LINES = 1000
+NOT_DELIVERED = "not delivered: no 2xx answer (the core's log says why)"
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -285,13 +288,14 @@ class WebhookOutbox:
                     delivery.attempts,
                 )
                 return
-            delivery.last_error = error
+            # `error` (the detail) goes to the log below, never into answers.
+            delivery.last_error = NOT_DELIVERED
             self.last_error = {
                 "at": utc_now_iso(),
                 "job_id": delivery.job_id,
                 "target": target_of(delivery.url),
                 "attempt": delivery.attempts,
-                "message": error,
+                "message": NOT_DELIVERED,
             }
             if delivery.attempts >= self.max_attempts:
                 await self._finish(delivery, "gave_up")
@@ -322,7 +326,7 @@ class WebhookOutbox:
                         "id": delivery.id,
                         "attempts": delivery.attempts,
                         "next_at": delivery.next_at,
-                        "error": error,
+                        "error": NOT_DELIVERED,
                     }
                 ]
             )

@@ -1233,7 +1233,7 @@ function editServer(s) {
   f.sync_cap_gb.value = s && s.sync_cap_gb != null ? s.sync_cap_gb : "";
   $("s-sync").open = Boolean(s && (s.checkpoint_dir || s.lora_dir));
   f.enabled.checked = s ? s.enabled : true;
-  setText("s-password-hint", s && s.has_password ? "A password is set; leave empty to keep it." : "");
+  setText("s-password-hint", s && s.has_password ? "A password is set; leave empty to keep it (a new host or port needs it again)." : "");
   setText("server-form-title", s ? `Edit ${s.alias}` : "Add a server");
   setText("server-save", s ? "Save" : "Add server");
   $("server-cancel").hidden = !s;
