@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,55 @@ async def test_path_traversal_in_gallery_names_reads_and_deletes_nothing_outside
             assert TOKEN not in response.text
     assert secret.read_bytes() == b"\x89PNG SECRET-BYTES"
     assert (harness.settings.data_path / "access_token").exists()
+
+
+async def test_links_planted_in_the_gallery_serve_nothing_from_outside(
+    harness: Harness,
+) -> None:
+    """What a user of the gallery share can plant: a thumbnail that links out (newer than its
+    image, so it would count as made), a sidecar swapped for a link, `.thumbs` itself a link."""
+    root = harness.settings.gallery_path
+    outside = root.parent / "outside"
+    outside.mkdir()
+    secret = outside / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8 SECRET-BYTES")
+    later = time.time() + 3600
+    os.utime(secret, (later, later))
+    (outside / "secret.json").write_text(
+        '{"mobilesd_job_id": "X", "generation_params": {"prompt": "SECRET-PROMPT"}}'
+    )
+    await harness.add_sim("gpu1")
+    job_id = await harness.submit(batch_size=2)
+    first, second = (await harness.wait_status(job_id, "completed"))["result_details"]["images"]
+
+    link = root / ".thumbs" / f"{first}.jpg"
+    link.symlink_to(secret)
+    sidecar = root / f"{second[:-4]}.json"
+    sidecar.unlink()
+    sidecar.symlink_to(outside / "secret.json")
+
+    thumb = await harness.api.get(f"/gallery_files/{first}", params={"thumb": "1"})
+    assert thumb.status_code == 200
+    assert b"SECRET" not in thumb.content and thumb.content[:2] == b"\xff\xd8"
+    assert not link.is_symlink() and link.is_file()  # a thumbnail made here took its place
+    archive = await harness.api.get("/api/v1/gallery/archive", params={"job_ids": job_id})
+    assert archive.status_code == 200
+    assert b"SECRET" not in archive.content
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+        names = sorted(n.split("/", 1)[1] for n in zf.namelist())
+    assert names == sorted([first, second, f"{first[:-4]}.json"])  # the linked sidecar left out
+
+    # `.thumbs` swapped for a link to a folder outside that holds a "thumbnail".
+    (root / ".thumbs").rename(root.parent / "old-thumbs")
+    (outside / f"{second}.jpg").write_bytes(secret.read_bytes())
+    os.utime(outside / f"{second}.jpg", (later, later))
+    (root / ".thumbs").symlink_to(outside)
+    thumb = await harness.api.get(f"/gallery_files/{second}", params={"thumb": "1"})
+    assert thumb.status_code >= 400 and b"SECRET" not in thumb.content
+    assert secret.read_bytes() == b"\xff\xd8 SECRET-BYTES"
+    assert sorted(p.name for p in outside.iterdir()) == sorted(
+        ["secret.jpg", "secret.json", f"{second}.jpg"]
+    )
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
