@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import IO
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 MAX_PIXELS = 8192 * 8192
 
@@ -28,28 +28,42 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 class ImageTooLarge(ValueError):
     """An image with more pixels than the core decodes."""
 
-    def __init__(self, width: int, height: int) -> None:
-        super().__init__(
+    @classmethod
+    def of_size(cls, width: int, height: int) -> ImageTooLarge:
+        return cls(
             f"{width}x{height} is {width * height / 1e6:.0f} M pixels, over the "
             f"{MAX_PIXELS / 1e6:.0f} M pixels the core decodes"
         )
-        self.width = width
-        self.height = height
 
 
 def check_pixels(width: int, height: int) -> None:
     """Raise ImageTooLarge when a width x height image is over the cap."""
     if max(1, width) * max(1, height) > MAX_PIXELS:
-        raise ImageTooLarge(width, height)
+        raise ImageTooLarge.of_size(width, height)
+
+
+def _open(source: str | Path | IO[bytes]) -> Image.Image:
+    """A PNG through Pillow's PNG reader itself, so its size is known (and named in the error)
+    however big it is; anything else through `Image.open`, whose guard refuses what is over
+    twice the cap before the size can be checked here."""
+    try:
+        return PngImagePlugin.PngImageFile(source)
+    except SyntaxError:  # not a PNG
+        if not isinstance(source, str | Path):
+            source.seek(0)
+    try:
+        return Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{exc} (the core decodes at most {MAX_PIXELS / 1e6:.0f} M)") from None
 
 
 def open_capped(source: str | Path | IO[bytes], *, draft: int | None = None) -> Image.Image:
-    """`Image.open`, refused (ImageTooLarge) when what would be decoded is over the cap.
+    """The image, opened; ImageTooLarge when what would be decoded is over the cap.
 
     `draft`: ask for a reduced decode first (JPEG decodes at 1/2 to 1/8 scale for free), so a
     big JPEG that shrinks under the cap is still readable. Nothing is decoded here.
     """
-    image = Image.open(source)
+    image = _open(source)
     try:
         if draft is not None:
             image.draft("RGB", (draft, draft))

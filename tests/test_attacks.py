@@ -33,6 +33,7 @@ from mobilesd_tui.widgets.servers import server_cells
 
 from .conftest import TOKEN, Harness, fast_settings, wait_for
 from .test_auth import anonymous, cookie_header, login
+from .test_gallery import blank_png, png_bytes
 from .test_soak import rss_mib
 from .tui_fakes import NOW, sample_servers
 
@@ -202,6 +203,42 @@ async def test_links_planted_in_the_gallery_serve_nothing_from_outside(
     assert sorted(p.name for p in outside.iterdir()) == sorted(
         ["secret.jpg", "secret.json", f"{second}.jpg"]
     )
+
+
+async def test_images_over_the_pixel_cap_are_listed_without_thumbnails(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Decompression bombs dropped into the gallery (under 400 KB on disk, 144 and 400 M pixels):
+    listed with their size, a quick 404 `no_thumbnail` for their thumbnails (logged once), and
+    every other thumbnail still made."""
+    root = harness.settings.gallery_path
+    bombs = {"big.png": 12000, "huge.png": 20000}
+    for name, edge in bombs.items():
+        (root / name).write_bytes(blank_png(edge, edge))
+    (root / "fine.png").write_bytes(png_bytes(parameters="a fox\nSteps: 4, Seed: 1, Size: 64x72"))
+    await harness.core.gallery.rescan()
+
+    listing = (await harness.api.get("/api/v1/gallery/images")).json()
+    sizes = {e["filename"]: (e["width"], e["height"]) for e in listing["images"]}
+    assert sizes == {"big.png": (12000, 12000), "huge.png": (20000, 20000), "fine.png": (64, 72)}
+    for name, edge in bombs.items():
+        for _ in range(3):
+            start = time.monotonic()
+            answer = await harness.api.get(f"/gallery_files/{name}", params={"thumb": "1"})
+            assert time.monotonic() - start < 2
+            assert answer.status_code == 404
+            error = answer.json()["error"]
+            assert error["code"] == "no_thumbnail"
+            assert f"{edge}x{edge}" in error["message"] and "M pixels" in error["message"]
+        said = [
+            r for r in caplog.records if "no thumbnail" in r.getMessage() and name in r.getMessage()
+        ]
+        assert len(said) == 1, said
+        image = await harness.api.get(f"/gallery_files/{name}")  # the image itself still is
+        assert image.status_code == 200 and image.content == (root / name).read_bytes()
+    thumb = await harness.api.get("/gallery_files/fine.png", params={"thumb": "1"})
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    assert sorted(p.name for p in (root / ".thumbs").iterdir()) == ["fine.png.jpg"]
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
