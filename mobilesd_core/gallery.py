@@ -567,13 +567,13 @@ def _thumbs_folder(root: Path) -> Path:
 
 def _is_own_thumbnail(dst: Path, src_mtime_ns: int) -> bool:
     """Whether `dst` is a thumbnail MobileSD made of the image as it is now. Only MobileSD
-    writes `.thumbs`, and never a link (nor a second name of a file): whatever else is found
-    under the name is removed (not followed), so a fresh thumbnail replaces it."""
+    writes `.thumbs`, and never a link: a link (or a FIFO, a socket) found under the name is
+    removed, not followed, so a fresh thumbnail replaces it."""
     try:
         st = os.lstat(dst)
     except FileNotFoundError:
         return False
-    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+    if stat.S_ISREG(st.st_mode):
         return st.st_mtime_ns >= src_mtime_ns
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"{dst.name} in {THUMBS_DIR} is a folder")
