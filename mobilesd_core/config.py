@@ -80,6 +80,9 @@ class Settings:
     # A job passed over this long, or by this many jobs, runs next whatever it costs.
     max_wait_seconds: float = 1800.0
     max_overtakes: int = 200
+    # A zip download whose client takes nothing for this long is dropped (a phone that put the
+    # download in the background), freeing its worker. Not an environment variable: tests set it.
+    archive_stall_timeout: float = 60.0
     # Model sync: default cap, in GB (10^9 bytes), of the copies made into one server's sync
     # folders (a server's own sync_cap_gb wins); None: no cap.
     model_sync_cap_gb: float | None = None

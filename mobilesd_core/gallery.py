@@ -21,17 +21,20 @@ import logging
 import os
 import re
 import secrets
+import stat
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 from PIL import Image, PngImagePlugin
 
 from .forge.infotext import build_infotext, parse_infotext, prompt_with_loras
+from .images import MAX_PIXELS, ImageTooLarge, open_capped
+from .schema import DELIVERY_FIELDS
 from .storage import TMP_PREFIX, atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,9 @@ _PER_IMAGE_LISTS = {
 _MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".gguf", ".sft", ".bin")
 # UnidentifiedImageError is an OSError; SyntaxError is what Pillow raises for some broken files.
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# Thumbnails decoded at once: each can take up to 256 MiB (an image at the pixel cap), and the
+# work is CPU bound, so more would only add memory; the default executor stays free for saves.
+THUMBNAIL_DECODES = 2
 
 
 class GalleryError(Exception):
@@ -70,6 +76,10 @@ class ImageNotFound(GalleryError):
 
 class UnsafeName(GalleryError):
     """A name that is not a plain gallery image name (traversal, separators, hidden, not .png)."""
+
+
+class NoThumbnail(GalleryError):
+    """The image is there but gets no thumbnail: it cannot be decoded or is over the pixel cap."""
 
 
 @dataclass(slots=True)
@@ -236,10 +246,10 @@ def _record_from_sidecar(filename: str, data: Mapping[str, Any]) -> _Record:
 def _record_from_png(path: Path, filename: str) -> _Record | None:
     """An image without a MobileSD sidecar: whatever its own `parameters` chunk says."""
     try:
-        stat = path.stat()
-        with Image.open(path) as im:
-            if im.format != "PNG":
-                return None
+        st = path.stat()
+        # The PNG reader itself, not Image.open: listing reads the header only, so an image over
+        # the pixel cap is still listed (with its size); only its thumbnail is refused.
+        with PngImagePlugin.PngImageFile(path) as im:
             width, height = im.size
             # Only chunks before the pixel data: loading every pixel of a big folder is too slow,
             # and Forge (like Pillow) writes its text chunks before IDAT.
@@ -249,7 +259,7 @@ def _record_from_png(path: Path, filename: str) -> _Record | None:
     fields = parse_infotext(text) if isinstance(text, str) and text.strip() else {}
     return _make_record(
         filename,
-        created=_iso(datetime.fromtimestamp(stat.st_mtime, UTC)),
+        created=_iso(datetime.fromtimestamp(st.st_mtime, UTC)),
         width=width,
         height=height,
         job_id=None,
@@ -261,16 +271,60 @@ def _record_from_png(path: Path, filename: str) -> _Record | None:
     )
 
 
-def _read_own_sidecar(path: Path) -> dict[str, Any] | None:
-    """The sidecar's data if it is one MobileSD wrote, else None (a user's JSON stays untouched)."""
+def open_regular(path: Path) -> IO[bytes]:
+    """Open a gallery file for reading: never through a symlink, never anything but a regular
+    file (O_NONBLOCK: a FIFO planted under a gallery name must not hang the thread)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_own_sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar's data if it is one MobileSD wrote, else None (a user's JSON stays untouched).
+    A sidecar that is a link is not read: its data would come from wherever the link points."""
+    try:
+        with open_regular(path) as f:
             data = json.loads(f.read())
     except (OSError, ValueError):
         return None
     if isinstance(data, dict) and "mobilesd_job_id" in data and "generation_params" in data:
         return data
     return None
+
+
+def _without_delivery(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`data` (a sidecar) without delivery settings (webhook URLs: they often hold a key) at its
+    top level or in its `job`; None when it holds none. A sidecar keeps what reproduces an image,
+    not where news of the job went."""
+    job = data.get("job")
+    in_job = isinstance(job, Mapping) and not DELIVERY_FIELDS.isdisjoint(job)
+    if DELIVERY_FIELDS.isdisjoint(data) and not in_job:
+        return None
+    cleaned = {key: value for key, value in data.items() if key not in DELIVERY_FIELDS}
+    if in_job:
+        cleaned["job"] = {k: v for k, v in job.items() if k not in DELIVERY_FIELDS}  # type: ignore[union-attr]
+    return cleaned
+
+
+def _sidecar_bytes(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, indent=2, default=str).encode("utf-8")
+
+
+def public_sidecar(raw: bytes) -> bytes:
+    """A sidecar's bytes as they may leave the core (the zip): without delivery settings.
+    Sidecars written before they were kept out still hold them; anything that is not a JSON
+    object is passed on as it is."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw
+    cleaned = _without_delivery(data) if isinstance(data, dict) else None
+    return raw if cleaned is None else _sidecar_bytes(cleaned)
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -376,6 +430,37 @@ def _png_facts(data: bytes) -> tuple[int, int, str | None] | None:
     return None
 
 
+def _infotext_for(
+    index: int,
+    params: Mapping[str, Any],
+    info: Mapping[str, Any],
+    model_title: str | None,
+    seed: int | None,
+) -> str:
+    infotexts = info.get("infotexts")
+    text = infotexts[index] if isinstance(infotexts, list) and index < len(infotexts) else None
+    if not isinstance(text, str) or not text.strip():
+        text = _built_infotext(index, params, info, model_title, seed)
+    return text
+
+
+def _text_chunk(key: str, value: str) -> bytes:
+    """A tEXt chunk, or an uncompressed iTXt one when the text is not Latin-1."""
+    try:
+        kind, body = b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    except UnicodeEncodeError:
+        # keyword, compression flag and method, empty language tag and translated keyword
+        kind, body = b"iTXt", key.encode("latin-1") + b"\0" * 5 + value.encode("utf-8")
+    crc = zlib.crc32(body, zlib.crc32(kind))
+    return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+
+def _with_text_after_ihdr(data: bytes, key: str, value: str) -> bytes:
+    """The PNG `data` with a text chunk inserted after IHDR: no pixel is decoded."""
+    ihdr_end = 8 + 12 + int.from_bytes(data[8:12], "big")
+    return data[:ihdr_end] + _text_chunk(key, value) + data[ihdr_end:]
+
+
 def _encode_image(
     data: bytes,
     index: int,
@@ -388,8 +473,13 @@ def _encode_image(
     facts = _png_facts(data)
     if facts is not None and facts[2] and facts[2].strip():
         return data, facts[0], facts[1], facts[2]  # Forge's own bytes, infotext included
+    if facts is not None and data[12:16] == b"IHDR" and facts[0] * facts[1] > MAX_PIXELS:
+        # An intact PNG too big to decode (a large upscale): the infotext goes in beside the
+        # pixels, which are kept as they came.
+        text = _infotext_for(index, params, info, model_title, seed)
+        return _with_text_after_ihdr(data, "parameters", text), facts[0], facts[1], text
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_capped(io.BytesIO(data)) as im:
             size = im.size
             if im.format == "PNG":
                 text = im.info.get("parameters")
@@ -405,12 +495,7 @@ def _encode_image(
             else:
                 others = {}
             im.load()
-            infotexts = info.get("infotexts")
-            text = None
-            if isinstance(infotexts, list) and index < len(infotexts):
-                text = infotexts[index]
-            if not isinstance(text, str) or not text.strip():
-                text = _built_infotext(index, params, info, model_title, seed)
+            text = _infotext_for(index, params, info, model_title, seed)
             pnginfo = PngImagePlugin.PngInfo()
             for key, value in others.items():
                 _add_text(pnginfo, key, value)
@@ -418,6 +503,8 @@ def _encode_image(
             out = io.BytesIO()
             _png_ready(im).save(out, format="PNG", pnginfo=pnginfo)
             return out.getvalue(), size[0], size[1], text
+    except ImageTooLarge as exc:
+        raise GalleryError(f"image {index} from the server cannot be saved: {exc}") from exc
     except _IMAGE_ERRORS as exc:
         raise GalleryError(f"image {index} from the server is not a readable image: {exc}") from exc
 
@@ -439,9 +526,10 @@ def _sidecar_info(info: Mapping[str, Any], index: int, seed: int | None) -> dict
 
 
 def _make_thumbnail(src: Path, dst: Path, size: int, src_mtime_ns: int) -> None:
-    """Write a JPEG thumbnail whose mtime is the mtime of the image it was made from."""
-    with Image.open(src) as im:
-        im.draft("RGB", (size, size))  # JPEG decodes at a reduced scale; a no-op for PNG
+    """Write a JPEG thumbnail whose mtime is the mtime of the image it was made from.
+    ImageTooLarge, before any pixel is decoded, when the image is over the pixel cap."""
+    # draft: a JPEG decodes at a reduced scale (a no-op for PNG), so only that size is capped.
+    with open_capped(src, draft=size) as im:
         im.thumbnail((size, size), Image.Resampling.LANCZOS)
         if "A" in im.getbands() or "transparency" in im.info:
             rgba = im.convert("RGBA")
@@ -462,6 +550,51 @@ def _make_thumbnail(src: Path, dst: Path, size: int, src_mtime_ns: int) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _thumbs_folder(root: Path) -> Path:
+    """`.thumbs`, made if missing; a link there (made after start) is refused, as at start."""
+    thumbs = root / THUMBS_DIR
+    try:
+        thumbs.mkdir(exist_ok=True)
+        st = os.lstat(thumbs)
+    except OSError as exc:
+        raise GalleryError(f"cannot use {thumbs}: {exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise GalleryError(f"{thumbs} must be a folder inside the gallery, not a link")
+    return thumbs
+
+
+def _is_own_thumbnail(dst: Path, src_mtime_ns: int) -> bool:
+    """Whether `dst` is a thumbnail MobileSD made of the image as it is now. Only MobileSD
+    writes `.thumbs`, and never a link: a link (or a FIFO, a socket) found under the name is
+    removed, not followed, so a fresh thumbnail replaces it."""
+    try:
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(st.st_mode):
+        return st.st_mtime_ns >= src_mtime_ns
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"{dst.name} in {THUMBS_DIR} is a folder")
+    log.warning("gallery: removing %s from %s: not a thumbnail MobileSD made", dst.name, THUMBS_DIR)
+    dst.unlink()
+    return False
+
+
+def _scrub_sidecar(path: Path, data: Mapping[str, Any]) -> bool:
+    """Rewrite a sidecar that an older version wrote with delivery settings in it (the file is
+    world-readable on a share); True when it was. A gallery that cannot be written keeps them
+    on disk, and the zip still leaves them out."""
+    cleaned = _without_delivery(data)
+    if cleaned is None:
+        return False
+    try:
+        atomic_write_bytes(path, _sidecar_bytes(cleaned), sync_folder=False)
+    except OSError as exc:
+        log.warning("gallery: cannot remove the webhook URL from %s: %s", path.name, exc)
+        return False
+    return True
 
 
 def _unlink_entry(path: Path) -> None:
@@ -499,6 +632,10 @@ class Gallery:
         self._scanning = False
         self._touched: set[str] = set()
         self._thumb_tasks: dict[str, asyncio.Future[Path]] = {}
+        self._thumb_slots = asyncio.Semaphore(THUMBNAIL_DECODES)
+        # name -> (mtime of the image, why) when its thumbnail failed: the image is not decoded
+        # again until it changes, and the log says it once, not on every request.
+        self._no_thumbnail: dict[str, tuple[int, str]] = {}
         self._scan_lock = asyncio.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -536,6 +673,7 @@ class Gallery:
         if clean:
             self._clean_leftovers(root, entries, names)
         records: dict[str, _Record] = {}
+        scrubbed = 0
         for entry in entries:
             if not _is_listable_name(entry.name):
                 continue
@@ -551,13 +689,19 @@ class Gallery:
                 continue
             record = None
             if entry.name[:-4] + ".json" in names:
-                data = _read_own_sidecar(root / (entry.name[:-4] + ".json"))
+                sidecar = root / (entry.name[:-4] + ".json")
+                data = _read_own_sidecar(sidecar)
                 if data is not None:
+                    if clean and _scrub_sidecar(sidecar, data):
+                        scrubbed += 1
                     record = _record_from_sidecar(entry.name, data)
             if record is None:
                 record = _record_from_png(path, entry.name)
             if record is not None:
                 records[entry.name] = record
+        if scrubbed:
+            fsync_dir(root)
+            log.info("gallery %s: removed webhook URLs from %d older sidecars", root, scrubbed)
         return records
 
     def _ensure_folders(self) -> Path:
@@ -755,16 +899,14 @@ class Gallery:
                 "infotext": infotext,
                 "info": _sidecar_info(info, index, seed),
                 "timings": timings,
-                "job": job,
+                "job": {k: v for k, v in job.items() if k not in DELIVERY_FIELDS},
             }
             prepared.append(_Prepared(filename=name, png=png, sidecar=sidecar))
 
         root = self._ensure_folders()
         thumbs = root / THUMBS_DIR
         for item in prepared:
-            sidecar_bytes = json.dumps(
-                item.sidecar, ensure_ascii=False, indent=2, default=str
-            ).encode("utf-8")
+            sidecar_bytes = _sidecar_bytes(item.sidecar)
             try:
                 # Sidecar before image: an image under its real name always has its metadata.
                 atomic_write_bytes(
@@ -838,16 +980,14 @@ class Gallery:
         return [name for job_id in job_ids for name in sorted(self._by_job.get(job_id, ()))]
 
     def sidecar_path(self, filename: str) -> Path | None:
-        """The JSON sidecar beside an image, if there is one inside the gallery (blocking)."""
-        name = check_name(filename)[:-4] + ".json"
-        root = self._root()
+        """The JSON sidecar beside an image, if there is one (blocking): a regular file in the
+        gallery folder, never a link (its bytes would come from wherever it points)."""
+        path = self._root() / (check_name(filename)[:-4] + ".json")
         try:
-            real = (root / name).resolve(strict=True)
-        except (OSError, RuntimeError):
+            st = os.lstat(path)
+        except OSError:
             return None
-        if not real.is_relative_to(root) or not real.is_file():
-            return None
-        return real
+        return path if stat.S_ISREG(st.st_mode) else None
 
     async def get_entry(self, filename: str) -> dict[str, Any]:
         record = self._records.get(check_name(filename))
@@ -882,7 +1022,7 @@ class Gallery:
         name = check_name(filename)
         task = self._thumb_tasks.get(name)
         if task is None:
-            task = asyncio.ensure_future(asyncio.to_thread(self._ensure_thumbnail, name))
+            task = asyncio.ensure_future(self._thumbnail_in_thread(name))
             self._thumb_tasks[name] = task
 
             def _forget(done: asyncio.Future[Path], name: str = name) -> None:
@@ -895,21 +1035,33 @@ class Gallery:
         # shield: one cancelled request must not cancel the work others are waiting for.
         return await asyncio.shield(task)
 
+    async def _thumbnail_in_thread(self, name: str) -> Path:
+        async with self._thumb_slots:
+            return await asyncio.to_thread(self._ensure_thumbnail, name)
+
     def _ensure_thumbnail(self, name: str) -> Path:
         src = self._resolve(name)
-        thumbs = self._root() / THUMBS_DIR
-        dst = thumbs / (name + ".jpg")
+        dst = _thumbs_folder(self._root()) / (name + ".jpg")
         try:
             src_mtime = src.stat().st_mtime_ns
-            try:
-                if dst.stat().st_mtime_ns >= src_mtime:
-                    return dst
-            except FileNotFoundError:
-                pass
-            thumbs.mkdir(exist_ok=True)
-            _make_thumbnail(src, dst, self.thumb_size, src_mtime)
-        except _IMAGE_ERRORS as exc:
+            if _is_own_thumbnail(dst, src_mtime):
+                return dst
+        except OSError as exc:
             raise GalleryError(f"cannot make a thumbnail of {name!r}: {exc}") from exc
+        failed = self._no_thumbnail.get(name)
+        if failed is not None and failed[0] == src_mtime:
+            raise NoThumbnail(f"no thumbnail for {name!r}: {failed[1]}")
+        try:
+            _make_thumbnail(src, dst, self.thumb_size, src_mtime)
+        except _IMAGE_ERRORS as exc:  # ImageTooLarge is a ValueError
+            if isinstance(exc, OSError) and exc.errno is not None:
+                # The disk (full, read-only), not the image: try again next time. Pillow's own
+                # decoding errors are OSErrors without an errno.
+                raise GalleryError(f"cannot make a thumbnail of {name!r}: {exc}") from exc
+            self._no_thumbnail[name] = (src_mtime, str(exc))
+            log.warning("gallery: no thumbnail for %s: %s", name, exc)
+            raise NoThumbnail(f"no thumbnail for {name!r}: {exc}") from exc
+        self._no_thumbnail.pop(name, None)
         return dst
 
     # --- deleting -----------------------------------------------------------------------------

@@ -231,6 +231,10 @@ class ServerUpdate(_Strict):
 
 
 WEBHOOK_URL_MAX = 2048
+# Job fields that say where news of a job goes, not how to make its images. They stay on the job
+# record (the API shows them to the token holder) and never reach the gallery: sidecars, PNG
+# text, zips. A webhook URL often carries its receiver's key.
+DELIVERY_FIELDS: frozenset[str] = frozenset({"webhook_url"})
 
 
 def check_webhook_url(value: object) -> str:

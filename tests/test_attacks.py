@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from mobilesd_tui.widgets.servers import server_cells
 
 from .conftest import TOKEN, Harness, fast_settings, wait_for
 from .test_auth import anonymous, cookie_header, login
+from .test_gallery import blank_png, png_bytes
 from .test_soak import rss_mib
 from .tui_fakes import NOW, sample_servers
 
@@ -151,6 +154,93 @@ async def test_path_traversal_in_gallery_names_reads_and_deletes_nothing_outside
             assert TOKEN not in response.text
     assert secret.read_bytes() == b"\x89PNG SECRET-BYTES"
     assert (harness.settings.data_path / "access_token").exists()
+
+
+async def test_links_planted_in_the_gallery_serve_nothing_from_outside(
+    harness: Harness,
+) -> None:
+    """What a user of the gallery share can plant: a thumbnail that links out (newer than its
+    image, so it would count as made), a sidecar swapped for a link, `.thumbs` itself a link."""
+    root = harness.settings.gallery_path
+    outside = root.parent / "outside"
+    outside.mkdir()
+    secret = outside / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8 SECRET-BYTES")
+    later = time.time() + 3600
+    os.utime(secret, (later, later))
+    (outside / "secret.json").write_text(
+        '{"mobilesd_job_id": "X", "generation_params": {"prompt": "SECRET-PROMPT"}}'
+    )
+    await harness.add_sim("gpu1")
+    job_id = await harness.submit(batch_size=2)
+    first, second = (await harness.wait_status(job_id, "completed"))["result_details"]["images"]
+
+    link = root / ".thumbs" / f"{first}.jpg"
+    link.symlink_to(secret)
+    sidecar = root / f"{second[:-4]}.json"
+    sidecar.unlink()
+    sidecar.symlink_to(outside / "secret.json")
+
+    thumb = await harness.api.get(f"/gallery_files/{first}", params={"thumb": "1"})
+    assert thumb.status_code == 200
+    assert b"SECRET" not in thumb.content and thumb.content[:2] == b"\xff\xd8"
+    assert not link.is_symlink() and link.is_file()  # a thumbnail made here took its place
+    archive = await harness.api.get("/api/v1/gallery/archive", params={"job_ids": job_id})
+    assert archive.status_code == 200
+    assert b"SECRET" not in archive.content
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+        names = sorted(n.split("/", 1)[1] for n in zf.namelist())
+    assert names == sorted([first, second, f"{first[:-4]}.json"])  # the linked sidecar left out
+
+    # `.thumbs` swapped for a link to a folder outside that holds a "thumbnail".
+    (root / ".thumbs").rename(root.parent / "old-thumbs")
+    (outside / f"{second}.jpg").write_bytes(secret.read_bytes())
+    os.utime(outside / f"{second}.jpg", (later, later))
+    (root / ".thumbs").symlink_to(outside)
+    thumb = await harness.api.get(f"/gallery_files/{second}", params={"thumb": "1"})
+    assert thumb.status_code >= 400 and b"SECRET" not in thumb.content
+    assert secret.read_bytes() == b"\xff\xd8 SECRET-BYTES"
+    assert sorted(p.name for p in outside.iterdir()) == sorted(
+        ["secret.jpg", "secret.json", f"{second}.jpg"]
+    )
+
+
+async def test_images_over_the_pixel_cap_are_listed_without_thumbnails(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Decompression bombs dropped into the gallery (under 400 KB on disk, 144 and 400 M pixels):
+    listed with their size, a quick 404 `no_thumbnail` for their thumbnails (logged once), and
+    every other thumbnail still made."""
+    root = harness.settings.gallery_path
+    bombs = {"big.png": 12000, "huge.png": 20000}
+    for name, edge in bombs.items():
+        (root / name).write_bytes(blank_png(edge, edge))
+    (root / "fine.png").write_bytes(png_bytes(parameters="a fox\nSteps: 4, Seed: 1, Size: 64x72"))
+    await harness.core.gallery.rescan()
+
+    listing = (await harness.api.get("/api/v1/gallery/images")).json()
+    sizes = {e["filename"]: (e["width"], e["height"]) for e in listing["images"]}
+    assert sizes == {"big.png": (12000, 12000), "huge.png": (20000, 20000), "fine.png": (64, 72)}
+    for name, edge in bombs.items():
+        for _ in range(3):
+            start = time.monotonic()
+            answer = await harness.api.get(f"/gallery_files/{name}", params={"thumb": "1"})
+            took = time.monotonic() - start
+            print(f"{name} thumbnail: {answer.status_code} in {took * 1000:.0f} ms")
+            assert took < 2
+            assert answer.status_code == 404
+            error = answer.json()["error"]
+            assert error["code"] == "no_thumbnail"
+            assert f"{edge}x{edge}" in error["message"] and "M pixels" in error["message"]
+        said = [
+            r for r in caplog.records if "no thumbnail" in r.getMessage() and name in r.getMessage()
+        ]
+        assert len(said) == 1, said
+        image = await harness.api.get(f"/gallery_files/{name}")  # the image itself still is
+        assert image.status_code == 200 and image.content == (root / name).read_bytes()
+    thumb = await harness.api.get("/gallery_files/fine.png", params={"thumb": "1"})
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    assert sorted(p.name for p in (root / ".thumbs").iterdir()) == ["fine.png.jpg"]
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,29 @@ def jpeg_bytes(width: int = 64, height: int = 72) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), (10, 120, 200)).save(out, format="JPEG", quality=90)
     return out.getvalue()
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A grey-scale PNG of zeros: a few hundred KB on disk, width x height bytes once decoded
+    (a decompression bomb). Built without decoding or holding those bytes: the same deflate
+    block repeated (a full flush resets the compressor, so each block stands alone)."""
+    row = bytes(1 + width)  # filter byte 0, then zeros
+    per_block = max(1, (1 << 20) // len(row))
+    blocks, rest = divmod(height, per_block)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = deflate.compress(row * per_block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    tail = zlib.compressobj(9, zlib.DEFLATED, -15)
+    end = tail.compress(row * rest) + tail.flush()
+    total = len(row) * height
+    adler = (total % 65521) << 16 | 1  # of all-zero bytes: a = 1, b = their count
+    idat = b"\x78\x01" + block * blocks + end + adler.to_bytes(4, "big")
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(body, zlib.crc32(kind))
+        return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def make_job(created: str = "2026-03-01T10:00:00.000Z", **params: Any) -> dict[str, Any]:
@@ -829,3 +853,84 @@ def test_png_chunks_are_read_without_decoding_and_checked() -> None:
         assert _png_facts(bytes(broken)) is None
         assert _png_facts(data[:-20]) is None  # cut short
     assert _png_facts(b"GIF89a...") is None
+
+
+# --- the pixel cap ----------------------------------------------------------------------------
+
+
+def test_blank_png_is_a_real_png() -> None:
+    with Image.open(io.BytesIO(blank_png(300, 200))) as im:
+        im.load()
+        assert im.size == (300, 200) and im.mode == "L" and im.getextrema() == (0, 0)
+
+
+THUMBNAILER = """
+import asyncio, json, resource, sys
+from pathlib import Path
+from mobilesd_core.gallery import Gallery, GalleryError
+
+async def main() -> None:
+    gallery = Gallery(Path(sys.argv[1]))
+    await gallery.start()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        await gallery.thumbnail_path(sys.argv[2])
+        outcome = "thumbnail"
+    except GalleryError as exc:
+        outcome = type(exc).__name__
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(json.dumps({"outcome": outcome, "grew_mib": grew / 1024}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("edge", [12000, 20000])
+def test_a_thumbnail_of_an_image_over_the_pixel_cap_decodes_nothing(
+    tmp_path: Path, edge: int
+) -> None:
+    """12000 x 12000 (144 M pixels) is one Pillow would decode on its own (144 MB here, 576 MB
+    in RGB); 20000 x 20000 one it refuses. Peak memory is measured in a process of its own."""
+    root = tmp_path / "outputs"
+    root.mkdir()
+    data = blank_png(edge, edge)
+    assert len(data) < 1_000_000
+    (root / "bomb.png").write_bytes(data)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", THUMBNAILER, str(root), "bomb.png"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    took = time.monotonic() - start
+    result = json.loads(done.stdout.decode().splitlines()[-1])
+    print(f"{edge}x{edge} ({len(data):,} B): {result}, {took:.2f}s")
+    assert result["outcome"] == "NoThumbnail"
+    assert result["grew_mib"] < 20
+    assert list((root / ".thumbs").iterdir()) == []
+
+
+async def test_a_server_image_over_the_pixel_cap_is_saved_without_decoding(
+    gallery: Gallery,
+) -> None:
+    """An upscale without its infotext: the text chunk goes in beside the pixels."""
+    job = make_job()
+    data = blank_png(20000, 20000)
+    (saved,) = await save(gallery, job, [data])
+    assert (saved.width, saved.height) == (20000, 20000)
+    stored = (gallery.root / saved.filename).read_bytes()
+    assert stored.endswith(data[33:])  # the pixels as they came
+    with PngImagePlugin.PngImageFile(gallery.root / saved.filename) as im:
+        assert im.size == (20000, 20000)
+        assert parse_infotext(im.info["parameters"])["prompt"] == "a lighthouse at dusk"
+    entry = await gallery.get_entry(saved.filename)
+    assert (entry["width"], entry["height"]) == (20000, 20000)
+
+    # A JPEG over the cap cannot be kept as it came (the gallery holds PNGs): refused, named.
+    out = io.BytesIO()
+    Image.new("L", (9000, 8000)).save(out, format="JPEG")
+    with pytest.raises(GalleryError, match="over the 67 M pixels"):
+        await save(gallery, make_job(), [out.getvalue()])

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import socket
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +19,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from PIL import Image
 
 from mobilesd_core.config import ConfigError, settings_from_env, split_notify_urls
 from mobilesd_core.notify import sender as sender_module
 from mobilesd_core.notify.redact import Redactor
 from mobilesd_core.notify.webhooks import NOT_DELIVERED, OUTBOX_FILE, sign
+from mobilesd_core.schema import GenerationParams, new_job
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
 
@@ -281,6 +285,97 @@ async def test_webhook_secret_is_generated_and_kept_when_not_configured(tmp_path
     path = tmp_path / "data" / "webhook_secret"
     assert path.stat().st_mode & 0o777 == 0o600
     assert len(path.read_text().strip()) == 64
+
+
+HOOK_KEY = "hookKEY-5f4e3d2c1b-do-not-leak"
+
+
+def _no_hook_key(data: bytes | str, where: str) -> None:
+    text = data if isinstance(data, str) else data.decode("latin-1")
+    assert HOOK_KEY not in text, f"the webhook URL's key is in {where}"
+    assert "webhook_url" not in text, f"a webhook_url field is in {where}"
+
+
+async def test_a_jobs_webhook_url_stays_out_of_the_gallery(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    harness = await start_harness(fast_settings(tmp_path, webhook_secret=WEBHOOK_SECRET))
+    try:
+        await harness.add_sim("gpu1")
+        hook = receiver.url(f"/hook/g?key={HOOK_KEY}")
+        params = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64}
+        response = await harness.api.post(
+            "/api/v1/generate",
+            json={"generation_params": {**params, "batch_size": 2}, "webhook_url": hook},
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["mobilesd_job_id"]
+        job = await harness.wait_status(job_id, "completed")
+        assert job["webhook_url"] == hook  # the job keeps it: that is where news of it goes
+        images = job["result_details"]["images"]
+        assert len(images) == 2
+
+        root = harness.settings.gallery_path
+        for name in images:
+            sidecar = (root / f"{name[:-4]}.json").read_text()
+            _no_hook_key(sidecar, f"the sidecar of {name}")
+            assert json.loads(sidecar)["job"]["mobilesd_job_id"] == job_id  # the rest is kept
+            with Image.open(root / name) as im:
+                assert im.text["parameters"].startswith("a lighthouse")
+                _no_hook_key(json.dumps(im.text), f"the text chunks of {name}")
+            _no_hook_key((root / name).read_bytes(), f"the bytes of {name}")
+
+        listing = await harness.api.get("/api/v1/gallery/images", params={"job_id": job_id})
+        assert len(listing.json()["images"]) == 2
+        _no_hook_key(listing.text, "the gallery listing")
+        archive = await harness.api.get("/api/v1/gallery/archive", params={"job_ids": job_id})
+        assert archive.status_code == 200
+        _no_hook_key(archive.content, "the zip")
+        with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+            sidecars = [n for n in zf.namelist() if n.endswith(".json")]
+            assert len(sidecars) == 2
+            for entry in sidecars:
+                assert json.loads(zf.read(entry))["job"]["mobilesd_job_id"] == job_id
+    finally:
+        await stop_harness(harness)
+
+
+async def test_sidecars_holding_a_webhook_url_are_cleaned_at_start_and_in_zips(
+    tmp_path: Path,
+) -> None:
+    """Sidecars an older version wrote kept the whole job, webhook URL included: the next start
+    rewrites them without it; one that turns up later (a backup put back) leaves the core
+    without it."""
+    from bench.sweep_zip import fill_gallery, noise_png
+
+    settings = fast_settings(tmp_path)
+    hook = f"https://hooks.example.net/in?key={HOOK_KEY}"
+    jobs = [
+        {**new_job(GenerationParams(prompt="a fox"), source="api"), "webhook_url": hook}
+        for _ in range(2)
+    ]
+    fill_gallery(settings.gallery_path, jobs, 1, noise_png(16))
+    sidecars = sorted(settings.gallery_path.glob("*.json"))
+    assert len(sidecars) == 2 and all(HOOK_KEY in p.read_text() for p in sidecars)
+    restored = sidecars[1].read_bytes()
+
+    harness = await start_harness(settings)
+    try:
+        for path in sidecars:
+            _no_hook_key(path.read_text(), path.name)
+            assert json.loads(path.read_text())["job"]["generation_params"]["prompt"] == "a fox"
+        sidecars[1].write_bytes(restored)
+        ids = ",".join(job["mobilesd_job_id"] for job in jobs)
+        archive = await harness.api.get("/api/v1/gallery/archive", params={"job_ids": ids})
+        assert archive.status_code == 200
+        _no_hook_key(archive.content, "the zip")
+        with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+            served = [json.loads(zf.read(n)) for n in zf.namelist() if n.endswith(".json")]
+        assert sorted(s["mobilesd_job_id"] for s in served) == sorted(
+            job["mobilesd_job_id"] for job in jobs
+        )
+    finally:
+        await stop_harness(harness)
 
 
 # --- Apprise notices ---------------------------------------------------------------------------

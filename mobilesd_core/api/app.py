@@ -93,6 +93,7 @@ def create_app(
     app.add_routes(routes_jobs.routes)
     app.add_routes(routes_gallery.routes)
     app.add_routes(routes_archive.routes)
+    routes_archive.setup(app)  # its own workers, and open downloads dropped on shutdown
     app.add_routes(routes_library.routes)
     app.add_routes(routes_civitai.routes)
     app.add_routes(routes_notify.routes)

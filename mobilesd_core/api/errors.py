@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..civitai.client import CivitaiError
 from ..civitai.downloads import DownloadNotFound
-from ..gallery import ImageNotFound, UnsafeName
+from ..gallery import ImageNotFound, NoThumbnail, UnsafeName
 from ..schema import FieldProblem, InvalidInput
 from ..servers import ServerExists, ServerNotFound
 from ..store import BatchNotFound, Conflict, JobNotFound, StoreWriteError
@@ -69,6 +69,9 @@ def _map(exc: Exception) -> web.Response | None:
         return error_response(404, "download_not_found", f"no download with id '{exc.args[0]}'")
     if isinstance(exc, ImageNotFound):
         return error_response(404, "image_not_found", "no such image in the gallery")
+    if isinstance(exc, NoThumbnail):
+        # The image itself is still served; only its thumbnail is missing (the page shows none).
+        return error_response(404, "no_thumbnail", str(exc))
     if isinstance(exc, CivitaiError):
         return error_response(exc.status, exc.code, exc.message)
     if isinstance(exc, StoreWriteError):

@@ -1393,7 +1393,10 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 "gallery_archive",
                 "gallery",
-                "A zip of the images (and JSON sidecars) of a batch or of jobs, streamed.",
+                (
+                    "A zip of the images (and JSON sidecars, without webhook URLs) of a batch or "
+                    "of jobs, streamed. A client that takes nothing for 60 s is dropped."
+                ),
                 {
                     "200": {
                         "description": "application/zip, stored entries under one folder.",
@@ -1423,7 +1426,11 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 "gallery_file",
                 "gallery",
-                "The image itself, or its JPEG thumbnail (the entry's thumb_url).",
+                (
+                    "The image itself, or its JPEG thumbnail (the entry's thumb_url). An image "
+                    "over 8192x8192 pixels, or one that cannot be decoded, has no thumbnail: "
+                    "404 no_thumbnail."
+                ),
                 {
                     "200": {
                         "description": "The PNG, or with thumb=1 a JPEG thumbnail.",
