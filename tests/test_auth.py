@@ -28,8 +28,14 @@ from typing import Any
 import httpx
 import pytest
 
-from mobilesd_core.api.auth import SESSION_COOKIE, THROTTLE, FailureLimiter, address_key
-from mobilesd_core.api.sessions import SESSIONS_FILE, SessionStore
+from mobilesd_core.api.auth import (
+    SESSION_COOKIE,
+    SESSIONS,
+    THROTTLE,
+    FailureLimiter,
+    address_key,
+)
+from mobilesd_core.api.sessions import SESSION_LIFETIME, SESSIONS_FILE, SessionStore
 from mobilesd_core.config import split_networks
 from mobilesd_core.phone_link import phone_url, print_phone_link
 
@@ -407,6 +413,26 @@ async def test_a_new_token_signs_every_browser_out(
     async with anonymous(second) as http:
         response = await http.get("/api/v1/servers", headers=cookie_header(session))
     assert response.status_code == 401
+
+
+async def test_a_session_in_use_is_renewed_and_an_unused_one_expires(harness: Harness) -> None:
+    session = await login(harness)
+    store = harness.server.app[SESSIONS]
+    now = [time.time() + 2 * 86400]  # two days after signing in
+    store.clock = lambda: now[0]
+    async with anonymous(harness) as http:
+        renewed = await http.get("/api/v1/servers", headers=cookie_header(session))
+        assert renewed.status_code == 200
+        morsel, _ = parse_set_cookie(renewed)  # the browser's copy is extended too
+        assert morsel.value == session and int(morsel["max-age"]) == SESSION_LIFETIME
+        stored = json.loads((harness.settings.data_path / SESSIONS_FILE).read_text())
+        assert stored["sessions"][0]["expires"] == pytest.approx(now[0] + SESSION_LIFETIME)
+        again = await http.get("/api/v1/servers", headers=cookie_header(session))
+        assert "set-cookie" not in again.headers  # at most one renewal (one write) a day
+        now[0] += SESSION_LIFETIME + 1  # then left alone for the whole lifetime
+        expired = await http.get("/api/v1/servers", headers=cookie_header(session))
+        assert expired.status_code == 401
+        assert parse_set_cookie(expired)[0]["max-age"] == "0"
 
 
 async def test_sessions_expire_unless_used_and_a_bad_file_only_signs_out(tmp_path: Path) -> None:
