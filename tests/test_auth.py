@@ -28,14 +28,9 @@ from typing import Any
 import httpx
 import pytest
 
-from mobilesd_core.api.auth import (
-    SESSION_COOKIE,
-    SESSIONS,
-    THROTTLE,
-    FailureLimiter,
-    address_key,
-)
+from mobilesd_core.api.auth import SESSION_COOKIE, SESSIONS, THROTTLE, address_key
 from mobilesd_core.api.sessions import SESSION_LIFETIME, SESSIONS_FILE, SessionStore
+from mobilesd_core.api.throttle import FailureLimiter
 from mobilesd_core.config import split_networks
 from mobilesd_core.phone_link import phone_url, print_phone_link
 

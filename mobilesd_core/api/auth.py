@@ -34,10 +34,8 @@ from yarl import URL
 from .bodies import PROTECTED_PREFIXES
 from .errors import error_response
 from .keys import SETTINGS, TOKEN
-from .sessions import SESSION_LIFETIME, SESSIONS_FILE, SessionStore
-from .throttle import FailureLimiter, GuessThrottle, Verdict
-
-__all__ = ["FailureLimiter", "GuessThrottle", "Verdict"]
+from .sessions import SESSION_LIFETIME, SESSIONS_FILE, Session, SessionStore
+from .throttle import GuessThrottle, Verdict
 
 SESSION_COOKIE = "mobilesd_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -273,27 +271,29 @@ async def judge_token(request: web.Request, given: str) -> tuple[Verdict, float]
 # -- middleware -----------------------------------------------------------------------------
 
 
-async def check_access(request: web.Request) -> web.Response | None:
-    """None when the request may pass, else the answer (401, 403 csrf or 429)."""
+async def check_access(request: web.Request) -> tuple[web.Response | None, Session | None]:
+    """(None, the cookie's session or None for a Bearer token) when the request may pass, else
+    (the answer: 401, 403 csrf or 429; None)."""
     bearer = bearer_token(request)
     if bearer is not None:
         verdict, wait = await judge_token(request, bearer)
         if verdict is Verdict.RIGHT:
-            return None
+            return None, None
         if verdict is Verdict.WRONG:
-            return unauthorized_response()
-        return too_many_response(verdict, wait)
+            return unauthorized_response(), None
+        return too_many_response(verdict, wait), None
     cookie = session_cookie(request)
     if cookie is None:
-        return unauthorized_response()
-    if request.config_dict[SESSIONS].lookup(cookie) is None:
+        return unauthorized_response(), None
+    session = request.config_dict[SESSIONS].lookup(cookie)
+    if session is None:
         # Signed out, expired, or made for another token: the browser stops sending it.
         response = unauthorized_response()
         clear_session_cookie(request, response)
-        return response
+        return response, None
     if request.method not in SAFE_METHODS and not same_origin(request):
-        return csrf_response()
-    return None
+        return csrf_response(), None
+    return None, session
 
 
 @web.middleware
@@ -302,16 +302,15 @@ async def auth_middleware(
 ) -> web.StreamResponse:
     if not request.path.startswith(PROTECTED_PREFIXES):
         return await handler(request)
-    refused = await check_access(request)
+    refused, session = await check_access(request)
     if refused is not None:
         return refused
-    cookie = None if bearer_token(request) is not None else session_cookie(request)
     sessions = request.config_dict[SESSIONS]
-    session = sessions.lookup(cookie) if cookie else None
     renewed = False
     if session is not None and sessions.renewal_due(session):
         renewed = await sessions.renew(session)
     response = await handler(request)
+    cookie = session_cookie(request)
     if renewed and cookie and not response.prepared and SESSION_COOKIE not in response.cookies:
         set_session_cookie(request, response, cookie)  # the browser's copy lasts as long
     return response
