@@ -4,6 +4,7 @@
 #   docker build -t mobilesd .
 #   docker run -d --name mobilesd -p 8188:8188 -v ./config:/config -v ./outputs:/outputs \
 #     -v ./inbox:/inbox mobilesd
+#   docker exec mobilesd mobilesd link     # the phone's sign-in link (the log has it only once)
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src

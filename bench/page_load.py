@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 import mobilesd_core.api
-from mobilesd_core.api.auth import SESSION_COOKIE, session_value
+from mobilesd_core.api.auth import SESSION_COOKIE
 
 from .api_load import TOKEN, serving_core
 from .report import Row, say
@@ -84,8 +84,10 @@ async def _fetch(client: httpx.AsyncClient, path: str) -> Fetched:
 
 async def first_load(base: str) -> list[Fetched]:
     """`/` (with its redirects), then every same-origin script and link it references."""
-    cookies = {SESSION_COOKIE: session_value(TOKEN)}
-    async with httpx.AsyncClient(base_url=base, headers=HEADERS, cookies=cookies) as client:
+    async with httpx.AsyncClient(base_url=base, headers=HEADERS) as client:
+        # Signed in as the phone is (the link sets the session cookie); not part of the load.
+        signed_in = await client.get("/login", params={"token": TOKEN})
+        assert signed_in.status_code == 303 and SESSION_COOKIE in client.cookies
         fetched: list[Fetched] = []
         path = "/"
         for _ in range(5):

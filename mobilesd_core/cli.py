@@ -1,4 +1,4 @@
-"""The `mobilesd` command: serve, demo, submit, validate, forge-sim, tui."""
+"""The `mobilesd` command: serve, link, demo, submit, validate, forge-sim, tui."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, logflood
 from .config import DEFAULT_PORT, TOKEN_FILE, ConfigError, Settings, prepare, settings_from_env
 
 log = logging.getLogger("mobilesd")
@@ -31,6 +31,7 @@ def _setup_logging(verbose: bool) -> None:
     # httpx logs every request URL at INFO; URLs may carry user info on misconfigured servers.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logflood.install()  # a stranger's flood of connections must not become a flood of log
 
 
 def _add_core_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,8 +81,10 @@ async def _run_until_signalled(
 
 def bind_listener(host: str, port: int) -> socket.socket:
     """Take the port before the core touches its data: a second instance fails here, cleanly."""
+    from .listener import guarded
+
     try:
-        return socket.create_server((host, port))
+        return guarded(socket.create_server((host, port)))
     except OSError as exc:
         raise ConfigError(
             f"PORT: cannot listen on {host}:{port} ({exc.strerror}); "
@@ -89,14 +92,37 @@ def bind_listener(host: str, port: int) -> socket.socket:
         ) from None
 
 
+def token_is_new(settings: Settings) -> bool:
+    """Whether the core will generate its token on this start (none configured or kept)."""
+    if settings.token:
+        return False
+    path = settings.data_path / TOKEN_FILE
+    try:
+        return not path.read_text().strip()
+    except FileNotFoundError:
+        return True
+
+
+def token_source(settings: Settings) -> str:
+    if settings.token:
+        return "Access token: from MOBILESD_TOKEN."
+    return f"Access token: kept in {settings.data_path / TOKEN_FILE} (mode 0600)."
+
+
+LINK_AGAIN = "`mobilesd link` (Docker: `docker exec mobilesd mobilesd link`)"
+
+
 async def serve(settings: Settings, *, qr: bool = True) -> None:
     from aiohttp import web
 
     from .api.app import create_app, runner_options
     from .api.keys import TOKEN
+    from .listener import raise_fd_limit
     from .phone_link import print_phone_link
 
+    raise_fd_limit()
     listener = bind_listener(settings.host, settings.port)
+    first_start = token_is_new(settings)
     app = create_app(settings)
     runner = web.AppRunner(app, **runner_options())
 
@@ -104,12 +130,17 @@ async def serve(settings: Settings, *, qr: bool = True) -> None:
         await runner.setup()
         await web.SockSite(runner, listener, shutdown_timeout=5.0).start()
         print(f"MobileSD {__version__} listening on http://{settings.host}:{settings.port}")
-        if settings.token:
-            print("Access token: from MOBILESD_TOKEN")
+        print(token_source(settings))
+        if first_start:
+            # Only when the token was just made: stdout may be a kept log (Docker's), so later
+            # starts say where to get the link, not the link. Never through logging.
+            print_phone_link(settings.host, listener.getsockname()[1], app[TOKEN], qr=qr)
+            print(
+                f"This link is printed only on this first start; {LINK_AGAIN} prints it again.",
+                flush=True,
+            )
         else:
-            print(f"Access token: kept in {settings.data_path / TOKEN_FILE} (mode 0600)")
-        # stdout only, never the log: the link carries the token.
-        print_phone_link(settings.host, listener.getsockname()[1], app[TOKEN], qr=qr)
+            print(f"Phone sign-in link and its QR code: {LINK_AGAIN}.", flush=True)
 
     await _run_until_signalled(start, runner.cleanup)
 
@@ -117,6 +148,29 @@ async def serve(settings: Settings, *, qr: bool = True) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = prepare(_settings(args))
     asyncio.run(serve(settings, qr=not args.no_qr))
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from .phone_link import print_phone_link
+
+    settings = settings_from_env(host=args.host, port=args.port, data_path=args.data)
+    token = settings.token
+    path = settings.data_path / TOKEN_FILE
+    if not token:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            print(
+                f"mobilesd link: cannot read the access token {path} ({exc.strerror}); "
+                "`mobilesd serve` makes it on its first start (or set CONFIG_DATA_PATH / --data)",
+                file=sys.stderr,
+            )
+            return 2
+        if not token:
+            print(f"mobilesd link: {path} is empty; start `mobilesd serve`", file=sys.stderr)
+            return 2
+    print_phone_link(settings.host, settings.port, token, qr=not args.no_qr)
     return 0
 
 
@@ -278,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_core_flags(p)
     p.add_argument("--no-qr", action="store_true", help="print the phone link without a QR code")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "link", help="print the phone's sign-in link and its QR code (it holds the token)"
+    )
+    p.add_argument("--host", help="the core's HOST (default 127.0.0.1; 0.0.0.0: this LAN address)")
+    p.add_argument("--port", type=int, help=f"the core's PORT (default {DEFAULT_PORT})")
+    p.add_argument("--data", type=Path, help="CONFIG_DATA_PATH, where the token is (./data)")
+    p.add_argument("--no-qr", action="store_true", help="the link without a QR code")
+    p.set_defaults(func=cmd_link)
 
     p = sub.add_parser("demo", help="core + two simulated Forge servers, no GPU needed")
     _add_core_flags(p)

@@ -6,6 +6,7 @@ Validated once at start: a folder that is missing and cannot be made, or is not 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -16,6 +17,8 @@ from typing import Any
 
 DEFAULT_PORT = 8188
 TOKEN_FILE = "access_token"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -75,6 +78,9 @@ class Settings:
     # The phone page's address for links in notifications (e.g. https://sd.example.net);
     # unset: http://<HOST, or the LAN address for 0.0.0.0>:<PORT>.
     public_url: str | None = None
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or
+    # networks); from anyone else those headers are ignored.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     # Scheduling: "checkpoint" keeps servers on the model they have loaded; "fifo" is queue order.
     scheduler: str = "checkpoint"
     # A job passed over this long, or by this many jobs, runs next whatever it costs.
@@ -105,6 +111,22 @@ def split_notify_urls(raw: str) -> tuple[str, ...]:
             # Only the position: the entry may be a token pasted without its scheme.
             raise ValueError(f"entry {index} does not start with scheme://")
     return urls
+
+
+def split_networks(raw: str) -> tuple[IPNetwork, ...]:
+    """TRUSTED_PROXIES: addresses or networks (CIDR), separated by spaces or commas."""
+    networks = []
+    for index, entry in enumerate(re.split(r"[\s,]+", raw.strip()), start=1):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"entry {index} ({entry!r}) is not an IP address or network "
+                "(e.g. 172.17.0.1 or 10.0.0.0/8)"
+            ) from None
+    return tuple(networks)
 
 
 def _flag(raw: str) -> bool:
@@ -145,6 +167,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "WEBHOOK_SECRET": ("webhook_secret", str),
     "WEBHOOK_MAX_ATTEMPTS": ("webhook_max_attempts", int),
     "PUBLIC_URL": ("public_url", str),
+    "TRUSTED_PROXIES": ("trusted_proxies", split_networks),
     "RETENTION_ARCHIVE_DAYS": ("retention_archive_days", float),
     "RETENTION_PRUNE_DAYS": ("retention_prune_days", float),
 }
@@ -161,7 +184,8 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) ->
         try:
             values[name] = kind(raw.strip())
         except ValueError as exc:
-            if kind is split_notify_urls:  # the value holds tokens: never echo it
+            # Their messages name the entry (NOTIFY_URLS only by position: it holds tokens).
+            if kind in (split_notify_urls, split_networks):
                 raise ConfigError(f"{var} is not valid: {exc}") from None
             expected = {int: "a whole number", _flag: "1 or 0 (true/false, yes/no)"}.get(
                 kind, "a number"

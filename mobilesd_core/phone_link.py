@@ -1,5 +1,6 @@
-"""The phone link `mobilesd serve` prints at start: `http://<host>:<port>/login?token=...` and a
-QR code of it for the phone's camera.
+"""The phone's sign-in link, `http://<host>:<port>/login?token=...`, and a QR code of it for the
+phone's camera: printed by `mobilesd serve` on the start that generates the token, and by
+`mobilesd link` whenever asked.
 
 The link carries the access token, so it goes to the operator's terminal (stdout) only, never
 through `logging`. Finding the LAN address sends no traffic: connecting a UDP socket only asks

@@ -54,6 +54,8 @@ ROUTES = [
     ("POST", "/api/v1/civitai/download-model"),
     ("GET", "/api/v1/civitai/downloads"),
     ("POST", "/api/v1/civitai/downloads/x/cancel"),
+    ("GET", "/api/v1/sessions"),
+    ("DELETE", "/api/v1/sessions"),
 ]
 
 

@@ -1,5 +1,6 @@
 """Attacks on the core: credentials, path traversal, cross-site posts, markup injection in the
-TUI, oversized and slow-dripped bodies, and hundreds of open event streams.
+TUI, oversized, slow-dripped and deeply nested bodies, hundreds of open event streams, and
+floods that exhaust the file descriptors of a real `mobilesd serve`.
 
 Nothing leaks (no file outside its folder is read, written or deleted; no token is echoed),
 nothing escapes (user text is shown as text), and the service stays up and responsive.
@@ -10,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import re
+import resource
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -25,9 +30,12 @@ from hypothesis import strategies as st
 from rich.text import Text
 from textual.widgets._data_table import default_cell_formatter
 
-from mobilesd_core.api import errors as api_errors
+from mobilesd_core import logflood
+from mobilesd_core.api import bodies
 from mobilesd_core.api.app import create_app, runner_options
+from mobilesd_core.api.auth import THROTTLE
 from mobilesd_core.civitai.filenames import UnsafePath, inside, safe_filename
+from mobilesd_core.forge.simulator.server import free_port
 from mobilesd_tui.jobtext import detail_text, row_cells
 from mobilesd_tui.widgets.servers import server_cells
 
@@ -41,13 +49,14 @@ PROTECTED = ("/api/", "/gallery_files/")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-def router_routes(tmp_path: Path) -> list[tuple[str, str]]:
-    """(method, path) of every protected route the app registers, parameters filled in."""
+def router_routes(tmp_path: Path, *, protected_only: bool = True) -> list[tuple[str, str]]:
+    """(method, path) of every protected route the app registers (or every route at all),
+    parameters filled in."""
     app = create_app(fast_settings(tmp_path / "routes"))
     routes = set()
     for route in app.router.routes():
         canonical = route.resource.canonical if route.resource is not None else ""
-        if route.method == "HEAD" or not canonical.startswith(PROTECTED):
+        if route.method == "HEAD" or (protected_only and not canonical.startswith(PROTECTED)):
             continue
         path = re.sub(r"\{filename\}", "x.png", canonical)
         routes.add((route.method, re.sub(r"\{[^}]+\}", "x", path)))
@@ -65,6 +74,9 @@ async def test_every_route_refuses_missing_wrong_and_misplaced_tokens(
     import base64
 
     basic = base64.b64encode(f"user:{TOKEN}".encode()).decode()
+    # Hundreds of wrong tokens from one address: past ten the throttle checks one a second,
+    # which is its job (tests/test_auth.py) but not this test's subject.
+    harness.server.app[THROTTLE].interval = 0.001
     variants: list[tuple[str, dict[str, str], dict[str, str]]] = [
         ("none", {}, {}),
         ("wrong bearer", {"Authorization": "Bearer wrong-token"}, {}),
@@ -351,7 +363,7 @@ async def test_oversized_body_is_413_in_the_error_shape(harness: Harness) -> Non
 async def test_a_body_dripped_a_byte_at_a_time_does_not_hold_a_handler(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_errors, "BODY_READ_TIMEOUT", 1.0)
+    monkeypatch.setattr(bodies, "BODY_READ_TIMEOUT", 1.0)
     body = b'{"generation_params": {"prompt": "slow"}}'
     host, port = harness.server.host, harness.server.port
     reader, writer = await asyncio.open_connection(host, port)
@@ -488,3 +500,292 @@ async def test_300_open_event_streams_leave_the_core_responsive(harness: Harness
         f"RSS {rss_before:.0f} -> {rss_open:.0f} MiB, fds {fds_before} -> "
         f"{len(os.listdir('/proc/self/fd'))}"
     )
+
+
+# --- bodies on every route, strangers' bodies, descriptor floods ----------------------------------
+
+FORM = b"Content-Type: application/x-www-form-urlencoded\r\n"
+
+
+async def half_sent(
+    host: str, port: int, method: str, path: str, extra: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose request promises 100 body bytes and sends 6 of them."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n".encode()
+        + extra
+        + b"\r\ntoken="
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def answer_and_hang_up(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything the core sends until it closes the connection."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+async def test_every_route_reads_its_body_within_the_deadline(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 1: only `read_json` had a deadline; `POST /login` (and any route that left
+    a body unread) held the connection as long as the client dripped. Derived from the router,
+    public routes included, so a new route is covered the day it is added."""
+    monkeypatch.setattr(bodies, "BODY_READ_TIMEOUT", 0.5)
+    routes = [*router_routes(tmp_path, protected_only=False), ("GET", "/nowhere")]
+    assert ("POST", "/login") in routes and ("GET", "/healthz") in routes
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode() + FORM
+    host, port = harness.server.host, harness.server.port
+
+    async def one(method: str, path: str) -> tuple[bytes, float]:
+        reader, writer = await half_sent(host, port, method, path, auth)
+        started = time.monotonic()
+        try:
+            return await answer_and_hang_up(reader, 5), time.monotonic() - started
+        finally:
+            writer.close()
+
+    results = await asyncio.gather(*(one(method, path) for method, path in routes))
+    for (method, path), (answer, elapsed) in zip(routes, results, strict=True):
+        assert answer.startswith(b"HTTP/1.1 408"), (method, path, answer[:300])
+        assert b'"code": "body_timeout"' in answer, (method, path)
+        assert elapsed < 3, (method, path, elapsed)
+    assert harness.core.store.live_jobs() == []
+    assert (await harness.api.get("/healthz")).status_code == 200
+
+
+async def test_strangers_bodies_past_their_share_are_refused_at_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unauthenticated bodies share a few slots: one more is answered 503 and hung up on at once
+    instead of holding a descriptor until the deadline. The owner's requests do not count."""
+    monkeypatch.setattr(bodies, "BODY_READ_TIMEOUT", 1.5)
+    gate = harness.server.app[bodies.READ_GATE]
+    gate.limit = 3
+    host, port = harness.server.host, harness.server.port
+    held = [await half_sent(host, port, "POST", "/login", FORM) for _ in range(3)]
+    try:
+        await wait_for(lambda: gate.active == 3, what="three login bodies being read")
+        reader, writer = await half_sent(host, port, "POST", "/login", FORM)
+        started = time.monotonic()
+        answer = await answer_and_hang_up(reader, 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+        assert b'"code": "busy"' in answer and b"Retry-After: 1" in answer
+        assert time.monotonic() - started < 1.0
+        response = await harness.api.post(
+            "/api/v1/generate", json={"generation_params": {"prompt": "the owner's job"}}
+        )
+        assert response.status_code == 202, response.text
+        for held_reader, _ in held:
+            assert (await answer_and_hang_up(held_reader, 5)).startswith(b"HTTP/1.1 408")
+    finally:
+        for _, held_writer in held:
+            held_writer.close()
+    assert gate.active == 0
+    async with anonymous(harness) as http:
+        assert (await http.post("/login", data={"token": TOKEN})).status_code == 303
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"generation_params": {"prompt": "x", "extra": '
+        + b'{"a": ' * 500
+        + b"1"
+        + b"}" * 500
+        + b"}}",
+        b'{"generation_params": {"prompt": "x", "extra": ' + b"[" * 31 + b"]" * 31 + b"}}",
+    ],
+    ids=["beyond-the-parser", "beyond-serialisation", "just-too-deep"],
+)
+async def test_deeply_nested_json_is_a_400(harness: Harness, body: bytes) -> None:
+    """Issue 15 item 12: these answered 500 with a traceback (RecursionError in the parser,
+    "Maximum serialization depth exceeded" when storing the job)."""
+    response = await harness.api.post("/api/v1/generate", content=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "bad_json" and "deeper than 32 levels" in error["message"]
+    nested = {"a": [{"b": [1, 2]}]}
+    fine = await harness.api.post(
+        "/api/v1/generate", json={"generation_params": {"prompt": "x", "extra": nested}}
+    )
+    assert fine.status_code == 202, fine.text
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def serve_with_few_descriptors(
+    tmp_path: Path, limit: int, body_timeout: float
+) -> tuple[asyncio.subprocess.Process, int, Path]:
+    """`mobilesd serve` in a process limited to `limit` open files, with a short body deadline;
+    its log (stdout and stderr) goes to a file. Returns the process, its port and the log."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MOBILESD_TOKEN": TOKEN,
+        "CONFIG_DATA_PATH": str(tmp_path / "data"),
+        "STABLE_DIFFUSION_SAVE_PATH": str(tmp_path / "out"),
+        "INBOX_PATH": str(tmp_path / "inbox"),
+    }
+    code = (
+        f"import mobilesd_core.api.bodies as b; b.BODY_READ_TIMEOUT = {body_timeout!r}; "
+        "from mobilesd_core.cli import main; raise SystemExit(main(['serve', '--no-qr']))"
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            env=env,
+            stdout=out,
+            stderr=out,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+        )
+
+    async def up() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        except httpx.HTTPError:
+            assert proc.returncode is None, log.read_text()
+            return False
+
+    await wait_for(up, timeout=30, what="serve to answer")
+    return proc, port, log
+
+
+async def test_a_flood_of_slow_logins_leaves_the_owner_served_and_the_log_small(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 1, as reproduced: `mobilesd serve` with few file descriptors, hundreds of
+    half-sent login bodies. They used to be held forever: descriptors ran out, the owner's
+    request timed out and asyncio logged the failing accept() ~9,500 times a second. Then,
+    connections that send nothing (held until the idle timeout) exhaust the descriptors anyway:
+    the log must still stay small, and the owner gets in as soon as descriptors are free."""
+    deadline = 2.0
+    proc, port, log = await serve_with_few_descriptors(tmp_path, 48, deadline)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        started = time.monotonic()
+        flood = [await half_sent("127.0.0.1", port, "POST", "/login", FORM) for _ in range(150)]
+        flood_sent_s = time.monotonic() - started
+        async with httpx.AsyncClient(timeout=20, headers=bearer) as owner:
+            response = await owner.get(f"http://127.0.0.1:{port}/api/v1/queue")
+        owner_s = time.monotonic() - started - flood_sent_s
+        assert response.status_code == 200
+        # Bounded: a connection the full kernel queue dropped waits for TCP's retries (1 s,
+        # then 2 s); before the fix it waited forever.
+        assert owner_s < deadline + 6, owner_s
+        answers = await asyncio.gather(*(answer_and_hang_up(r, deadline + 8) for r, _ in flood))
+        flood_s = time.monotonic() - started
+        for _, writer in flood:
+            writer.close()
+        statuses = sorted({answer[:12].decode() for answer in answers})
+        assert statuses == ["HTTP/1.1 408", "HTTP/1.1 503"], statuses  # cut off, or refused
+        assert flood_s < deadline + 8, flood_s
+        log_after_flood = log.stat().st_size
+
+        idle = []
+        for _ in range(80):  # more than the 48 descriptors, sending nothing
+            idle.append(await asyncio.open_connection("127.0.0.1", port))
+        exhausted = await wait_for(
+            lambda: "out of system resource" in log.read_text(), what="accept() to fail"
+        )
+        storm_started, cpu_started = log.stat().st_size, cpu_seconds(proc.pid)
+        await asyncio.sleep(3)  # measuring how fast the log grows while descriptors are out
+        storm_bytes = log.stat().st_size - storm_started
+        storm_cpu = cpu_seconds(proc.pid) - cpu_started
+        for _, writer in idle:
+            writer.close()
+        async with httpx.AsyncClient(timeout=10, headers=bearer) as owner:
+            response = await owner.get(f"http://127.0.0.1:{port}/api/v1/queue")
+        assert response.status_code == 200
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+    total = log.stat().st_size
+    print(
+        f"\nslow-login flood, 48 descriptors: 150 half-sent logins sent in {flood_sent_s:.2f} s, "
+        f"then the owner answered in {owner_s:.2f} s, flood ended "
+        f"in {flood_s:.2f} s, log {log_after_flood} B after it; descriptors exhausted: log grew "
+        f"{storm_bytes} B and the core used {storm_cpu:.2f} s of CPU in 3 s; whole log {total} B"
+    )
+    assert exhausted and storm_bytes < 5_000, storm_bytes
+    assert storm_cpu < 1.0, storm_cpu  # the retries used to multiply until the CPU was full
+    assert total < 40_000, log.read_text()[-3000:]
+    assert TOKEN not in log.read_text()
+
+
+def test_the_flood_filter_lets_a_few_of_each_kind_through_and_counts_the_rest() -> None:
+    now = [0.0]
+    flood = logflood.FloodFilter(burst=3, period=60, clock=lambda: now[0])
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, args, None)
+
+    passed = [r for r in (record("accept() failed %s", n) for n in range(1000)) if flood.filter(r)]
+    assert len(passed) == 3 and "counted, not logged" in passed[-1].getMessage()
+    assert flood.filter(record("another kind"))  # kinds are counted apart
+    now[0] += 60
+    first = record("accept() failed %s", "again")
+    assert flood.filter(first)
+    assert first.getMessage() == "accept() failed again [997 more like this were not logged]"
+
+
+ACCEPT_STORM = """
+import asyncio, os, resource, socket, sys
+from mobilesd_core.listener import guarded
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context["message"]))
+    listener = socket.create_server(("127.0.0.1", 0))
+    if sys.argv[1] == "guarded":
+        listener = guarded(listener)
+    held = []
+    server = await asyncio.start_server(lambda r, w: held.append(w), sock=listener)
+    port = listener.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+    # From now on only a few more descriptors: accept() fails with EMFILE.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 3, hard))
+    await asyncio.sleep(2.5)  # the window in which failed accepts are counted
+    print(len(held), sum("out of system resource" in e for e in errors))
+    server.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("listener", ["guarded", "plain"])
+def test_a_failing_accept_is_retried_once_a_second_not_once_per_backlog_slot(
+    listener: str,
+) -> None:
+    """With descriptors exhausted, asyncio's accept loop carries on after EMFILE: each pass logs
+    and schedules a retry per backlog slot (295 in 2.5 s here; the issue measured ~9,500 log
+    records a second on a busier loop). The core's listener fails once per pass: one a second."""
+    result = subprocess.run(
+        [sys.executable, "-c", ACCEPT_STORM, listener],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    accepted, failures = map(int, result.stdout.split())
+    print(f"\n{listener} listener: {accepted} accepted, {failures} failed accepts in 2.5 s")
+    assert accepted >= 1
+    if listener == "guarded":
+        assert 1 <= failures <= 4, failures
+    elif failures < 25:  # asyncio on its own, for comparison
+        pytest.skip("this Python's asyncio no longer repeats a failed accept; the guard is moot")

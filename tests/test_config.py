@@ -44,11 +44,18 @@ def test_environment_names_and_flag_override(tmp_path: Path) -> None:
         ({"INBOX_POLL_SECONDS": "0"}, "INBOX_POLL_SECONDS must be a positive number"),
         ({"MODEL_SYNC_CAP_GB": "0"}, "MODEL_SYNC_CAP_GB must be positive"),
         ({"MODEL_SYNC_CAP_GB": "lots"}, "MODEL_SYNC_CAP_GB='lots' is not valid: expected a number"),
+        ({"TRUSTED_PROXIES": "10.0.0.1, proxy.lan"}, "TRUSTED_PROXIES is not valid: entry 2 "),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         settings_from_env(env)
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    settings = settings_from_env({"TRUSTED_PROXIES": "172.17.0.1 10.0.0.0/8,fd00::/8"})
+    assert [str(n) for n in settings.trusted_proxies] == ["172.17.0.1/32", "10.0.0.0/8", "fd00::/8"]
+    assert settings_from_env({}).trusted_proxies == ()
 
 
 def test_folder_problems_name_the_variable_and_reason(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from mobilesd_core.events import EVENT_NAMES
 from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.schema import ALL_STATUSES, GenerationParams
 
-from .conftest import Harness, fast_settings, wait_for
+from .conftest import TOKEN, Harness, fast_settings, wait_for
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 # The page's routes (HTML, login/logout, assets): not part of the API document.
@@ -331,6 +331,14 @@ async def test_real_responses_match_the_document(harness: Harness, doc: dict[str
     check(await api.delete(f"/api/v1/gallery/images/{image['filename']}"))  # 404
     check(await api.delete("/api/v1/servers/gpu1"))  # 204
     check(await api.get("/api/v1/openapi.json"))
+
+    # Sessions: a browser signs in; it is listed; sign out everywhere ends it.
+    async with httpx.AsyncClient(base_url=str(api.base_url)) as browser:
+        assert (await browser.get("/login", params={"token": TOKEN})).status_code == 303
+        listed = check(await browser.get("/api/v1/sessions"))
+        assert [s["current"] for s in listed["sessions"]] == [True]
+    assert check(await api.delete("/api/v1/sessions")) == {"revoked": 1}
+    assert check(await api.get("/api/v1/sessions")) == {"sessions": []}
 
     seen = {status for _, _, status in check.checked}
     assert {"201", "202", "204", "400", "401", "404", "409", "413", "422"} <= seen

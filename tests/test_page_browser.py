@@ -351,6 +351,34 @@ async def test_signed_out_page_offers_sign_in(harness: Harness, phone: Phone) ->
     await expect(page.locator("#live")).to_have_text("live")
 
 
+async def test_sign_out_and_sign_out_everywhere(harness: Harness, phone: Phone) -> None:
+    """Issue 15 item 13: the session cookie is revocable. The Servers view shows how many
+    browsers are signed in; "Sign out" ends this one, "Sign out everywhere" all of them."""
+    page = phone.page
+    await phone.login()
+    async with httpx.AsyncClient(base_url=phone.base) as laptop:
+        signed_in = await laptop.get("/login", params={"token": TOKEN})
+        assert signed_in.status_code == 303
+        await phone.tab("servers")
+        await expect(page.locator("#sessions-text")).to_have_text(
+            "This browser and 1 other are signed in."
+        )
+        await page.get_by_role("button", name="Sign out everywhere").click()
+        await page.locator("#confirm-yes").click()
+        await expect(page.locator("#view-login")).to_be_visible()
+        assert (await laptop.get("/api/v1/servers")).status_code == 401
+
+    await phone.login()
+    await phone.tab("servers")
+    await expect(page.locator("#sessions-text")).to_have_text("Only this browser is signed in.")
+    await page.get_by_role("button", name="Sign out", exact=True).click()
+    await expect(page.locator("#view-login")).to_be_visible()
+    assert (await harness.api.get("/api/v1/sessions")).json() == {"sessions": []}
+    await page.reload()
+    await expect(page.locator("#view-login")).to_be_visible()  # the cookie is gone for good
+    phone.assert_clean()
+
+
 async def test_batch_link_from_a_notice_shows_only_that_batch(
     harness: Harness, phone: Phone
 ) -> None:

@@ -26,6 +26,7 @@ from . import (
     routes_servers,
 )
 from .auth import auth_middleware, init_auth
+from .bodies import body_middleware, init_bodies
 from .errors import error_middleware
 from .keys import CORE, SETTINGS, TOKEN
 from .security import security_headers
@@ -74,12 +75,16 @@ def create_app(
 ) -> web.Application:
     """The app for `settings`. The core starts with the app and stops with it."""
     app = web.Application(
-        middlewares=[compress_json, error_middleware, auth_middleware], client_max_size=MAX_BODY
+        # The access check comes before any body is read: protected routes read none for
+        # strangers, and the public ones share a few slots (see bodies.py).
+        middlewares=[compress_json, error_middleware, auth_middleware, body_middleware],
+        client_max_size=MAX_BODY,
     )
     app[SETTINGS] = settings
     app[TOKEN] = load_or_create_token(settings)
     app[CORE] = core or Core(settings, forge_transport=forge_transport)
-    init_auth(app)  # the wrong-token limiter
+    init_auth(app)  # the guess throttle and the session list
+    init_bodies(app)
     app.on_response_prepare.append(security_headers)
 
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -3,9 +3,9 @@
 Two credentials are accepted:
 
 - `Authorization: Bearer <token>` (TUI, `mobilesd submit`, scripts): the access token itself.
-- the session cookie the page gets from `/login`: its value is `session_value(token)`, an HMAC
-  derived from the token, so a leaked cookie jar does not hand out the API token. The raw token
-  is not accepted as a cookie, and the session value is not accepted as a Bearer token.
+- the session cookie the page gets from `/login`: a random session id the core keeps (hashed)
+  in its session list (see `sessions.py`), so logout and "sign out everywhere" revoke it. The
+  raw token is not accepted as a cookie, and a session id is not accepted as a Bearer token.
 
 A cookie is sent by the browser on its own, so a cookie-authenticated request that changes state
 (anything but GET/HEAD/OPTIONS) must prove it comes from our own page: its `Origin` (or, when the
@@ -15,45 +15,54 @@ therefore call the API with `fetch()` in its default mode (which always sends th
 with our `Referrer-Policy: no-referrer`, a plain HTML form post carries `Origin: null` and is
 refused.
 
-Wrong credentials are counted per client address; after `LIMIT` within `WINDOW` seconds the
-address gets 429 until the window ends (see `FailureLimiter`). Tokens are compared in constant
-time and are never logged or echoed.
+Tokens are compared in constant time, as bytes (a header that is not UTF-8 is just a wrong
+token), and are never logged or echoed. Wrong ones are throttled per client address without ever
+refusing the right one (see `throttle.py`). The client address is the peer, or, when the peer is
+one of `TRUSTED_PROXIES`, the address that proxy names in `X-Forwarded-For`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
-import time
-from collections import OrderedDict
+import math
 from collections.abc import Awaitable, Callable
-from functools import lru_cache
 
 from aiohttp import web
 from yarl import URL
 
+from .bodies import PROTECTED_PREFIXES
 from .errors import error_response
-from .keys import TOKEN
+from .keys import SETTINGS, TOKEN
+from .sessions import SESSION_LIFETIME, SESSIONS_FILE, Session, SessionStore
+from .throttle import GuessThrottle, Verdict
 
 SESSION_COOKIE = "mobilesd_session"
-SESSION_MAX_AGE = 400 * 24 * 3600  # the longest lifetime browsers keep a cookie
-PROTECTED_PREFIXES = ("/api/", "/gallery_files/")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_SESSION_CONTEXT = b"mobilesd-session-v1"
+MAX_TOKEN_LENGTH = 1024
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+THROTTLE = web.AppKey("guess_throttle", GuessThrottle)
+SESSIONS = web.AppKey("sessions", SessionStore)
+
+
+def init_auth(app: web.Application) -> None:
+    """Give `app` its guess throttle and session list (call once in create_app, after TOKEN)."""
+    app[THROTTLE] = GuessThrottle()
+    app[SESSIONS] = SessionStore(app[SETTINGS].data_path / SESSIONS_FILE, app[TOKEN])
 
 
 # -- credentials ----------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=8)
-def session_value(token: str) -> str:
-    """The session cookie's value for `token`: stable across restarts, changes with the token."""
-    return hmac.new(token.encode(), _SESSION_CONTEXT, hashlib.sha256).hexdigest()
+def _raw(value: str) -> bytes:
+    # aiohttp hands undecodable header bytes over as surrogates: compare the bytes as sent.
+    return value.encode("utf-8", "surrogateescape")
 
 
 def same_secret(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+    return hmac.compare_digest(_raw(given), _raw(expected))
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -69,33 +78,105 @@ def session_cookie(request: web.Request) -> str | None:
 
 def session_ok(request: web.Request) -> bool:
     cookie = session_cookie(request)
-    return cookie is not None and same_secret(cookie, session_value(request.app[TOKEN]))
+    return cookie is not None and request.config_dict[SESSIONS].lookup(cookie) is not None
 
 
-def token_ok(request: web.Request) -> bool:
-    """A right Bearer token, or (without an Authorization header) a right session cookie."""
-    given = bearer_token(request)
-    if given is not None:
-        return same_secret(given, request.app[TOKEN])
-    return session_ok(request)
-
-
-def set_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
+def set_session_cookie(request: web.Request, response: web.StreamResponse, session_id: str) -> None:
     response.set_cookie(
         SESSION_COOKIE,
-        session_value(request.app[TOKEN]),
-        max_age=SESSION_MAX_AGE,
+        session_id,
+        max_age=int(SESSION_LIFETIME),
         path="/",
         httponly=True,
         samesite="Strict",
-        # Only when the request itself came over TLS: X-Forwarded-Proto is not trusted.
-        secure=request.secure or None,
+        secure=request_is_https(request) or None,
     )
 
 
 def clear_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
     response.del_cookie(
-        SESSION_COOKIE, path="/", httponly=True, samesite="Strict", secure=request.secure or None
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request_is_https(request) or None,
+    )
+
+
+# -- who is asking, and over what -----------------------------------------------------------
+
+
+def _ip(value: str | None) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address((value or "").strip().split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(request: web.Request, address: IPAddress | None) -> bool:
+    if address is None:
+        return False
+    return any(address in network for network in request.config_dict[SETTINGS].trusted_proxies)
+
+
+def _header_values(request: web.Request, name: str) -> list[str]:
+    return [v.strip() for line in request.headers.getall(name, []) for v in line.split(",")]
+
+
+def client_address(request: web.Request) -> IPAddress | None:
+    """The peer, or the client a trusted proxy forwarded for (the nearest hop it does not
+    trust, reading `X-Forwarded-For` from the right: entries further left are the client's
+    own claims)."""
+    address = _ip(request.remote)
+    if not _trusted(request, address):
+        return address
+    for hop in reversed(_header_values(request, "X-Forwarded-For")):
+        forwarded = _ip(hop)
+        if forwarded is None:
+            break
+        address = forwarded
+        if not _trusted(request, address):
+            break
+    return address
+
+
+def address_key(address: IPAddress | None) -> str:
+    """The throttle's key for an address: IPv6 counted per /64 (one host usually owns one)."""
+    if address is None:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def client_key(request: web.Request) -> str:
+    return address_key(client_address(request))
+
+
+def request_is_https(request: web.Request) -> bool:
+    """Whether the browser reached us over HTTPS: TLS here, `X-Forwarded-Proto: https` set by a
+    trusted proxy, or a Host header naming the https `PUBLIC_URL` (a proxy passing Host on)."""
+    if request.secure:
+        return True
+    if _trusted(request, _ip(request.remote)):
+        protos = _header_values(request, "X-Forwarded-Proto")
+        if protos and protos[-1].lower() == "https":  # the value the nearest proxy set
+            return True
+    public = request.config_dict[SETTINGS].public_url
+    if not public:
+        return False
+    base = URL(public)
+    if base.scheme != "https" or not base.host:
+        return False
+    try:
+        host = URL(f"https://{request.host}")
+    except (ValueError, TypeError):
+        return False
+    return (host.host or "").lower().rstrip(".") == base.host.lower().rstrip(".") and (
+        host.port == base.port
     )
 
 
@@ -115,9 +196,9 @@ def _origin(value: str) -> tuple[str, str, int | None] | None:
 def same_origin(request: web.Request) -> bool:
     """Whether the request's Origin (or Referer) is this server, as the browser addressed it.
 
-    The request's own origin is its scheme and its Host header. A plain-HTTP request also
-    matches an https Origin of the same host and port: that is TLS ended by a reverse proxy in
-    front of us, and only a page served by that host can send it.
+    The request's own origin is its scheme and its Host header. A request that did not come over
+    HTTPS as far as we know also matches an https Origin of the same host and port: that is TLS
+    ended by a reverse proxy in front of us, and only a page served by that host can send it.
     """
     claimed = request.headers.get("Origin")
     if claimed is None:
@@ -127,7 +208,7 @@ def same_origin(request: web.Request) -> bool:
     source = _origin(claimed.strip())
     if source is None:
         return False
-    schemes = ("https",) if request.secure else ("http", "https")
+    schemes = ("https",) if request_is_https(request) else ("http", "https")
     return any(_origin(f"{scheme}://{request.host}") == source for scheme in schemes)
 
 
@@ -141,91 +222,26 @@ def csrf_response() -> web.Response:
     )
 
 
-# -- wrong-token limiter --------------------------------------------------------------------
+# -- answers --------------------------------------------------------------------------------
 
 
-class FailureLimiter:
-    """Counts wrong tokens per client address in fixed windows; bounded in memory.
-
-    After `limit` failures within `window` seconds of the first one, `retry_after` tells how
-    long that address must wait. IPv6 clients are counted per /64 (one host usually owns a whole
-    /64). At most `max_clients` addresses are tracked; the least recently failing are dropped.
-    """
-
-    LIMIT = 10
-    WINDOW = 60.0
-    MAX_CLIENTS = 4096
-
-    def __init__(
-        self,
-        limit: int = LIMIT,
-        window: float = WINDOW,
-        max_clients: int = MAX_CLIENTS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_clients = max_clients
-        self.clock = clock
-        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._failures)
-
-    def retry_after(self, key: str) -> float | None:
-        """Seconds until `key` may try again, or None when it is not blocked."""
-        entry = self._failures.get(key)
-        if entry is None:
-            return None
-        start, count = entry
-        left = start + self.window - self.clock()
-        if left <= 0:
-            del self._failures[key]
-            return None
-        return left if count >= self.limit else None
-
-    def fail(self, key: str) -> None:
-        now = self.clock()
-        start, count = self._failures.pop(key, (now, 0))
-        if now - start >= self.window:
-            start, count = now, 0
-        self._failures[key] = (start, count + 1)
-        while len(self._failures) > self.max_clients:
-            self._failures.popitem(last=False)
-
-    def forget(self, key: str) -> None:
-        self._failures.pop(key, None)
+def retry_seconds(wait: float) -> int:
+    return max(1, math.ceil(wait))
 
 
-LIMITER = web.AppKey("wrong_token_limiter", FailureLimiter)
-
-
-def init_auth(app: web.Application) -> None:
-    """Give `app` its wrong-token limiter (call once in create_app)."""
-    app[LIMITER] = FailureLimiter()
-
-
-def client_key(request: web.Request) -> str:
-    """The peer address (never X-Forwarded-For), IPv6 reduced to its /64."""
-    remote = request.remote or ""
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return remote or "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
-def too_many_response(wait: float) -> web.Response:
-    seconds = max(1, int(wait + 0.999))
-    response = error_response(
-        429,
-        "too_many_attempts",
-        f"too many wrong access tokens from your address; try again in {seconds} s",
-    )
+def too_many_response(verdict: Verdict, wait: float) -> web.Response:
+    seconds = retry_seconds(wait)
+    if verdict is Verdict.BUSY:
+        message = (
+            "too many access tokens from your address are waiting to be checked; "
+            f"try again in {seconds} s"
+        )
+    else:
+        message = (
+            "too many wrong access tokens from your address: for the next "
+            f"{seconds} s its tokens are checked one at a time, slowly (the right one still works)"
+        )
+    response = error_response(429, "too_many_attempts", message)
     response.headers["Retry-After"] = str(seconds)
     return response
 
@@ -238,44 +254,63 @@ def unauthorized_response() -> web.Response:
     return response
 
 
+async def judge_token(request: web.Request, given: str) -> tuple[Verdict, float]:
+    """Check a presented access token through the throttle: (verdict, seconds to wait when
+    refused with 429)."""
+    expected = request.app[TOKEN]
+    throttle = request.config_dict[THROTTLE]
+    key = client_key(request)
+    verdict = await throttle.judge(
+        key, lambda: len(given) <= MAX_TOKEN_LENGTH and same_secret(given, expected)
+    )
+    if verdict is Verdict.BUSY:
+        return verdict, throttle.interval
+    return verdict, throttle.retry_after(key) or throttle.interval
+
+
 # -- middleware -----------------------------------------------------------------------------
 
 
-def check_access(request: web.Request) -> web.Response | None:
-    """None when the request may pass, else the answer (401, 403 csrf or 429)."""
+async def check_access(request: web.Request) -> tuple[web.Response | None, Session | None]:
+    """(None, the cookie's session or None for a Bearer token) when the request may pass, else
+    (the answer: 401, 403 csrf or 429; None)."""
     bearer = bearer_token(request)
-    cookie = None if bearer is not None else session_cookie(request)
-    if bearer is None and cookie is None:
-        return unauthorized_response()
-    limiter = request.config_dict[LIMITER]
-    key = client_key(request)
-    wait = limiter.retry_after(key)
-    if wait is not None:
-        return too_many_response(wait)
-    expected = request.app[TOKEN]
     if bearer is not None:
-        if same_secret(bearer, expected):
-            return None
-        limiter.fail(key)
-        return unauthorized_response()
-    assert cookie is not None
-    if not same_secret(cookie, session_value(expected)):
-        limiter.fail(key)
+        verdict, wait = await judge_token(request, bearer)
+        if verdict is Verdict.RIGHT:
+            return None, None
+        if verdict is Verdict.WRONG:
+            return unauthorized_response(), None
+        return too_many_response(verdict, wait), None
+    cookie = session_cookie(request)
+    if cookie is None:
+        return unauthorized_response(), None
+    session = request.config_dict[SESSIONS].lookup(cookie)
+    if session is None:
+        # Signed out, expired, or made for another token: the browser stops sending it.
         response = unauthorized_response()
-        # A stale cookie (the token changed) stops being sent, so it is counted only once.
         clear_session_cookie(request, response)
-        return response
+        return response, None
     if request.method not in SAFE_METHODS and not same_origin(request):
-        return csrf_response()
-    return None
+        return csrf_response(), None
+    return None, session
 
 
 @web.middleware
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path.startswith(PROTECTED_PREFIXES):
-        refused = check_access(request)
-        if refused is not None:
-            return refused
-    return await handler(request)
+    if not request.path.startswith(PROTECTED_PREFIXES):
+        return await handler(request)
+    refused, session = await check_access(request)
+    if refused is not None:
+        return refused
+    sessions = request.config_dict[SESSIONS]
+    renewed = False
+    if session is not None and sessions.renewal_due(session):
+        renewed = await sessions.renew(session)
+    response = await handler(request)
+    cookie = session_cookie(request)
+    if renewed and cookie and not response.prepared and SESSION_COOKIE not in response.cookies:
+        set_session_cookie(request, response, cookie)  # the browser's copy lasts as long
+    return response

@@ -5,8 +5,7 @@ Domain exceptions are raised by services and mapped here, so routes stay free of
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,21 +18,32 @@ from ..gallery import ImageNotFound, NoThumbnail, UnsafeName
 from ..schema import FieldProblem, InvalidInput
 from ..servers import ServerExists, ServerNotFound
 from ..store import BatchNotFound, Conflict, JobNotFound, StoreWriteError
+from .sessions import SessionWriteError
 
 log = logging.getLogger(__name__)
 
-BODY_READ_TIMEOUT = 30.0
-"""Seconds a request body may take to arrive. aiohttp has no such limit: a client dripping its
-body a byte a second would hold its handler (and the connection) forever."""
-
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    """An answer in the error shape. `hang_up`: close the connection after it (the rest of a
+    body may still be trickling in, and aiohttp would linger reading it)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        *,
+        hang_up: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.hang_up = hang_up
+        self.headers = headers or {}
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
@@ -49,7 +59,9 @@ def problems_details(problems: list[FieldProblem]) -> list[dict[str, Any]]:
 
 def _map(exc: Exception) -> web.Response | None:
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(exc.headers)
+        return response
     if isinstance(exc, InvalidInput):
         summary = "; ".join(p.render() for p in exc.problems[:5])
         return error_response(
@@ -77,6 +89,8 @@ def _map(exc: Exception) -> web.Response | None:
     if isinstance(exc, StoreWriteError):
         # Disk full or read-only: nothing was changed; the same request works once it has room.
         return error_response(503, "storage_unavailable", f"{exc.strerror}; nothing was changed")
+    if isinstance(exc, SessionWriteError):
+        return error_response(503, "storage_unavailable", f"{exc.strerror}; nothing was changed")
     if isinstance(exc, UnsafeName):
         return error_response(400, "bad_filename", "not a gallery file name")
     return None
@@ -96,40 +110,14 @@ async def error_middleware(
         raise
     except Exception as exc:
         mapped = _map(exc)
-        if isinstance(exc, ApiError) and exc.code == "body_timeout" and mapped is not None:
-            # The rest of the body may still trickle in, and aiohttp would linger reading it:
-            # answer, then hang up.
+        if isinstance(exc, ApiError) and exc.hang_up and mapped is not None:
             mapped.force_close()
-            await mapped.prepare(request)
-            await mapped.write_eof()
+            with contextlib.suppress(ConnectionError):  # the client may be gone already
+                await mapped.prepare(request)
+                await mapped.write_eof()
             if request.transport is not None:
                 request.transport.close()
         if mapped is not None:
             return mapped
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; see the core's log")
-
-
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or 400 naming the problem."""
-    if not request.can_read_body:
-        raise ApiError(400, "bad_json", "request body is empty; expected a JSON object")
-    try:
-        raw = await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT)
-    except TimeoutError:
-        raise ApiError(
-            408,
-            "body_timeout",
-            f"the request body did not arrive within {BODY_READ_TIMEOUT:g} s",
-        ) from None
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"request body is not valid JSON ({exc})") from None
-
-
-async def read_object(request: web.Request) -> dict[str, Any]:
-    data = await read_json(request)
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "request body must be a JSON object")
-    return data

@@ -332,6 +332,34 @@ def _response_schemas() -> dict[str, Schema]:
             },
         ),
         "ClearResult": _obj({"removed": {"type": "integer", "minimum": 0}}, ["removed"]),
+        "SessionList": _obj(
+            {
+                "sessions": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "created": TIME,
+                            "expires": {
+                                **TIME,
+                                "description": "Moves forward (at most daily) while in use.",
+                            },
+                            "current": {
+                                "type": "boolean",
+                                "description": "The session of the browser asking.",
+                            },
+                        },
+                        ["created", "expires", "current"],
+                    ),
+                }
+            },
+            ["sessions"],
+            description="Signed-in browsers, oldest first (their ids are never shown).",
+        ),
+        "SignedOut": _obj(
+            {"revoked": {"type": "integer", "minimum": 0}},
+            ["revoked"],
+            description="How many sessions were ended.",
+        ),
         "QueueState": _obj(
             {
                 "paused": {
@@ -978,9 +1006,14 @@ _ERRORS: dict[str, tuple[str, str]] = {
     ),
     "404": ("NotFound", "No such job, server, image or download."),
     "409": ("Conflict", "Wrong state for this operation, or the name is taken."),
+    "408": ("BodyTimeout", "The request body did not arrive in time (30 s); connection closed."),
     "413": ("TooLarge", "The request body is larger than 1 MB."),
     "422": ("InvalidFields", "Invalid fields; `details` lists each problem."),
-    "429": ("TooManyAttempts", "Too many wrong tokens from this address; wait and retry."),
+    "429": (
+        "TooManyAttempts",
+        "Too many wrong tokens from this address: this token was wrong, or too many wait to be "
+        "checked. The right token still passes.",
+    ),
     "502": ("ServerUnavailable", "The Forge server (or Civitai) did not answer."),
 }
 
@@ -1005,6 +1038,14 @@ def _add_cross_site(paths: dict[str, Schema]) -> None:
             if method in ("post", "put", "patch", "delete") and "401" in op["responses"]:
                 responses = {**op["responses"], "403": _error(403)}
                 op["responses"] = dict(sorted(responses.items()))
+
+
+def _add_body_timeout(paths: dict[str, Schema]) -> None:
+    """Every body is read against a deadline (408)."""
+    for item in paths.values():
+        for op in item.values():
+            if isinstance(op, dict) and "requestBody" in op:
+                op["responses"] = dict(sorted({**op["responses"], "408": _error(408)}.items()))
 
 
 def _path_param(name: str, description: str) -> Schema:
@@ -1341,6 +1382,21 @@ def _paths() -> dict[str, Schema]:
                 {"200": _json(_ref("NotificationStatus"), "The status."), **_errors()},
             ),
         },
+        "/api/v1/sessions": {
+            "get": _op(
+                "list_sessions",
+                "meta",
+                "The page's signed-in browsers (sessions made by /login).",
+                {"200": _json(_ref("SessionList"), "The sessions."), **_errors()},
+            ),
+            "delete": _op(
+                "sign_out_everywhere",
+                "meta",
+                "Sign out everywhere: end every session (the Bearer token is unaffected). A "
+                "browser calling it with its cookie is signed out too.",
+                {"200": _json(_ref("SignedOut"), "How many ended."), **_errors()},
+            ),
+        },
         "/api/v1/queue/clear": {
             "post": _op(
                 "clear_jobs",
@@ -1615,6 +1671,7 @@ def build_openapi() -> Schema:
     responses = {name: _json(_ref("Error"), description) for name, description in _ERRORS.values()}
     paths = _paths()
     _add_cross_site(paths)
+    _add_body_timeout(paths)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {

@@ -1,34 +1,39 @@
-"""Login by link (/login?token=...) and the session cookie.
+"""Login by link (/login?token=...), the session cookie, and the session list.
 
-`mobilesd serve` prints the link (and a QR code of it). Opening it with the right token sets the
-session cookie and answers 303 to `/`, so the token leaves the address bar and history at once.
-The page's sign-in form posts the token instead (it then never is in a URL). A wrong token is
-counted against the client's address (429 after too many) and is never echoed.
+The link is printed by `mobilesd serve` on its first start and by `mobilesd link` on demand (with
+a QR code). Opening it with the right token makes a session, sets its cookie and answers 303 to
+`/`, so the token leaves the address bar and history at once. The page's sign-in form posts the
+token instead (it then never is in a URL). Tokens go through the guess throttle (`throttle.py`)
+and are never echoed. Logout revokes the browser's session; `DELETE /api/v1/sessions` revokes
+every session ("sign out everywhere").
 """
 
 from __future__ import annotations
 
 import html
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiohttp import web
 
 from .auth import (
-    LIMITER,
+    SESSIONS,
+    Verdict,
+    bearer_token,
     clear_session_cookie,
-    client_key,
     csrf_response,
+    judge_token,
+    retry_seconds,
     same_origin,
-    same_secret,
+    session_cookie,
     session_ok,
     set_session_cookie,
     too_many_response,
 )
+from .bodies import read_form
 from .errors import error_response
-from .keys import TOKEN
 
 routes = web.RouteTableDef()
-
-MAX_TOKEN_LENGTH = 1024
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -46,8 +51,8 @@ _PAGE = """<!doctype html>
  required></label>
 <button type="submit">Sign in</button>
 </form>
-<p>Scan the QR code that <code>mobilesd serve</code> prints, or paste the token kept in
-<code>CONFIG_DATA_PATH/access_token</code>.</p>
+<p>Open the link <code>mobilesd link</code> prints (or scan its QR code), or paste the token kept
+in <code>CONFIG_DATA_PATH/access_token</code>.</p>
 </body>
 </html>
 """
@@ -57,7 +62,10 @@ def _wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "")
 
 
-def _no_store(response: web.StreamResponse) -> web.StreamResponse:
+_R = TypeVar("_R", bound=web.StreamResponse)
+
+
+def _no_store(response: _R) -> _R:
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -83,23 +91,23 @@ async def _login(request: web.Request, given: str | None) -> web.StreamResponse:
         if session_ok(request):
             return _no_store(_see_home())
         return _no_store(_refusal(request, 401, "unauthorized", "Sign in with the access token."))
-    limiter = request.config_dict[LIMITER]
-    key = client_key(request)
-    wait = limiter.retry_after(key)
-    if wait is not None:
-        refused = too_many_response(wait)
-        if _wants_html(request):
-            seconds = refused.headers["Retry-After"]
-            message = f"Too many wrong tokens from your address; try again in {seconds} s."
-            refused = _refusal(request, 429, "too_many_attempts", message)
-            refused.headers["Retry-After"] = seconds
-        return _no_store(refused)
-    if len(given) > MAX_TOKEN_LENGTH or not same_secret(given, request.app[TOKEN]):
-        limiter.fail(key)
+    verdict, wait = await judge_token(request, given)
+    if verdict is Verdict.WRONG:
         return _no_store(_refusal(request, 401, "unauthorized", "That access token is not right."))
-    limiter.forget(key)
+    if verdict is not Verdict.RIGHT:
+        refused = too_many_response(verdict, wait)
+        if _wants_html(request):
+            seconds = retry_seconds(wait)
+            message = (
+                f"Too many wrong tokens from your address; try again in {seconds} s "
+                "(the right one still works)."
+            )
+            refused = _refusal(request, 429, "too_many_attempts", message)
+            refused.headers["Retry-After"] = str(seconds)
+        return _no_store(refused)
+    session_id = await request.config_dict[SESSIONS].create()
     response = _see_home()
-    set_session_cookie(request, response)
+    set_session_cookie(request, response, session_id)
     return _no_store(response)
 
 
@@ -110,9 +118,8 @@ async def login_link(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/login")
 async def login_form(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
-    token = form.get("token")
-    return await _login(request, token.strip() if isinstance(token, str) else None)
+    token = (await read_form(request)).get("token")
+    return await _login(request, token.strip() if token else None)
 
 
 @routes.post("/logout")
@@ -120,6 +127,40 @@ async def logout(request: web.Request) -> web.StreamResponse:
     # A foreign page must not be able to sign the phone out either.
     if not same_origin(request):
         return csrf_response()
+    cookie = session_cookie(request)
+    if cookie:
+        await request.config_dict[SESSIONS].revoke(cookie)
     response = web.Response(status=204)
     clear_session_cookie(request, response)
+    return _no_store(response)
+
+
+def _iso(timestamp: float) -> str:
+    return (
+        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+@routes.get("/api/v1/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    store = request.config_dict[SESSIONS]
+    cookie = None if bearer_token(request) is not None else session_cookie(request)
+    current = store.lookup(cookie) if cookie else None
+    sessions = [
+        {
+            "created": _iso(s.created),
+            "expires": _iso(s.expires),
+            "current": current is not None and s.key == current.key,
+        }
+        for s in store.active()
+    ]
+    return _no_store(web.json_response({"sessions": sessions}))
+
+
+@routes.delete("/api/v1/sessions")
+async def sign_out_everywhere(request: web.Request) -> web.Response:
+    revoked = await request.config_dict[SESSIONS].revoke_all()
+    response = web.json_response({"revoked": revoked})
+    if session_cookie(request):
+        clear_session_cookie(request, response)  # this browser was one of them
     return _no_store(response)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from ..civitai.schema import DownloadRequest, ImageInfoRequest
 from ..civitai.urls import BadReference, ModelRef, parse_image_ref, parse_model_ref
 from ..schema import FieldProblem, InvalidInput, problems_from_error
-from .errors import read_object
+from .bodies import read_object
 from .keys import CORE
 
 routes = web.RouteTableDef()

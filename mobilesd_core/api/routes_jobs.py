@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from ..schema import FieldProblem, InvalidInput, check_webhook_url
-from .errors import read_object
+from .bodies import read_object
 from .generate_body import expand_body
 from .keys import CORE
 from .params import int_param, status_param
@@ -213,7 +213,7 @@ async def delete_job(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/queue/clear")
 async def clear_jobs(request: web.Request) -> web.Response:
-    body = await read_object(request) if request.can_read_body else {}
+    body = await read_object(request) if request.body_exists else {}
     unknown = [FieldProblem(path=k, message="unknown field") for k in body if k != "status"]
     if unknown:
         raise InvalidInput(unknown)  # a typo must not clear every finished job

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..forge.errors import ForgeError
-from .errors import ApiError, read_object
+from .bodies import read_object
+from .errors import ApiError
 from .keys import CORE
 
 routes = web.RouteTableDef()

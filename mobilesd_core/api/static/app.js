@@ -187,6 +187,7 @@ function show(route) {
   }
   document.body.dataset.view = view;
   if (view === "gallery" && !state.galleryLoaded) loadGallery(true);
+  if (view === "servers") loadSessions();
   const hash = view === "gallery" && state.galleryJobs ? `gallery?jobs=${state.galleryJobs}` : view;
   if (location.hash.slice(1) !== hash) history.replaceState(null, "", `#${hash}`);
   window.scrollTo(0, 0);
@@ -1299,6 +1300,51 @@ function serverEvent(data) {
 function setupServers() {
   $("server-form").addEventListener("submit", saveServer);
   $("server-cancel").addEventListener("click", () => editServer(null));
+  $("sign-out").addEventListener("click", signOut);
+  $("sign-out-everywhere").addEventListener("click", signOutEverywhere);
+}
+
+// -- sessions ---------------------------------------------------------------------------------
+
+async function loadSessions() {
+  try {
+    const { sessions } = await api("GET", "/api/v1/sessions");
+    const others = sessions.filter((s) => !s.current).length;
+    $("sessions-text").textContent =
+      others === 0
+        ? "Only this browser is signed in."
+        : `This browser and ${others} other${others === 1 ? "" : "s"} are signed in.`;
+  } catch {
+    $("sessions-text").textContent = "";
+  }
+}
+
+async function signOut() {
+  $("sessions-error").textContent = "";
+  try {
+    // fetch() sends this page's Origin, which /logout checks.
+    const response = await fetch("/logout", { method: "POST" });
+    if (!response.ok) throw new Error(`The server answered ${response.status}.`);
+  } catch (error) {
+    $("sessions-error").textContent = error.message;
+    return;
+  }
+  showLogin();
+}
+
+async function signOutEverywhere() {
+  const ok = await confirmDialog(
+    "Sign out every browser, this one included? Each signs in again with the link or the token.",
+    "Sign out everywhere",
+  );
+  if (!ok) return;
+  $("sessions-error").textContent = "";
+  try {
+    await api("DELETE", "/api/v1/sessions");
+    showLogin();
+  } catch (error) {
+    $("sessions-error").textContent = error.message;
+  }
 }
 
 // -- live events ------------------------------------------------------------------------------
