@@ -134,19 +134,63 @@ class _Sizes:
         self._memo: dict[int, tuple[Any, int]] = {}
 
     def of(self, value: Any) -> int:
-        if isinstance(value, str):
-            return len(value)
         if not isinstance(value, dict | list):
-            return 1  # a number, bool or null: at least one character (a lower bound)
+            return self._leaf(value)
         known = self._memo.get(id(value))
         if known is not None:
             return known[1]
-        if isinstance(value, dict):
-            size = sum(len(str(k)) + self.of(v) for k, v in value.items())
-        else:
-            size = sum(self.of(v) for v in value)
+        size = self.fields(value) if isinstance(value, dict) else 0
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                known = self._memo.get(id(child))
+                if known is None:
+                    return self._deep(value)
+                size += known[1]
+            else:
+                size += self._leaf(child)
         self._memo[id(value)] = (value, size)
         return size
+
+    def job(self, raw: dict[str, Any]) -> int:
+        """The size of one job's fields (the mapping itself is not kept: it is new each time)."""
+        return sum(len(str(k)) + self.of(v) for k, v in raw.items())
+
+    @staticmethod
+    def fields(value: dict[Any, Any]) -> int:
+        return sum(len(str(k)) for k in value)
+
+    def _deep(self, value: Any) -> int:
+        # Without recursion: an API body may nest a thousand levels deep.
+        stack: list[tuple[Any, bool]] = [(value, False)]
+        open_: set[int] = set()  # being measured (a cycle counts as nothing more)
+        while stack:
+            node, children_done = stack.pop()
+            if id(node) in self._memo:
+                continue
+            children = list(node.values()) if isinstance(node, dict) else node
+            if not children_done:
+                open_.add(id(node))
+                stack.append((node, True))
+                stack.extend(
+                    (c, False)
+                    for c in children
+                    if isinstance(c, dict | list) and id(c) not in self._memo and id(c) not in open_
+                )
+                continue
+            size = self.fields(node) if isinstance(node, dict) else 0
+            for child in children:
+                if isinstance(child, dict | list):
+                    size += self._memo[id(child)][1] if id(child) in self._memo else 0
+                else:
+                    size += self._leaf(child)
+            self._memo[id(node)] = (node, size)
+            open_.discard(id(node))
+        return self._memo[id(value)][1]
+
+    @staticmethod
+    def _leaf(value: Any) -> int:
+        # A number, bool or null: at least one character (the sizes are lower bounds).
+        return len(value) if isinstance(value, str) else 1
 
 
 def expand_document(
@@ -191,7 +235,7 @@ def _job(raw: Any, path: str, ctx: _Context) -> None:
         return
     if expand_problems:
         return
-    size = ctx.sizes.of(raw)
+    size = ctx.sizes.job(raw)
     server_line = ctx.lines.line(server_path)
     if spec is None:
         if ctx.fits(raw, path, size):
@@ -309,16 +353,16 @@ class _TooLong(Exception):
 
 
 class _Texts:
-    """The text each placeholder token stands for in one combination, made when first used.
+    """The text each placeholder token stands for in one combination.
 
     A list or mapping value goes in as its Python text (as it always did); one whose strings
     alone are past MAX_FILLED_TEXT is refused before that text is made (YAML aliases can make
-    it gigabytes)."""
+    it gigabytes). Texts are made once per value, on first use, for all combinations."""
 
-    def __init__(self, values: dict[str, Any], sizes: _Sizes) -> None:
-        self._values = {"{" + name + "}": value for name, value in values.items()}
+    def __init__(self, values: dict[str, Any], sizes: _Sizes, made: dict[int, Any]) -> None:
+        self._values = values  # token -> value
         self._sizes = sizes
-        self._texts: dict[str, str] = {}
+        self._made = made  # id(value) -> (value, its text), shared by all combinations
 
     def length(self, token: str, path: str) -> int:
         value = self._values[token]
@@ -331,10 +375,13 @@ class _Texts:
         return len(self.text(token))
 
     def text(self, token: str) -> str:
-        known = self._texts.get(token)
-        if known is None:
-            known = self._texts[token] = str(self._values[token])
-        return known
+        value = self._values[token]
+        if isinstance(value, str):
+            return value
+        made = self._made.get(id(value))
+        if made is None:
+            made = self._made[id(value)] = (value, str(value))
+        return made[1]
 
 
 class _Placeholders:
@@ -352,6 +399,7 @@ class _Placeholders:
         tokens = sorted({"{" + name + "}" for name in names}, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, tokens))) if tokens else None
         self._counts: dict[str, tuple[int, Counter[str]]] = {}
+        self._made: dict[int, Any] = {}
 
     def _count(self, text: str) -> tuple[int, Counter[str]]:
         """Characters outside placeholders, and how often each placeholder token occurs."""
@@ -368,7 +416,8 @@ class _Placeholders:
         building anything too long. Unchanged parts are the same objects as in `job`."""
         if self._pattern is None:
             return job
-        texts = _Texts(values, self._sizes)
+        tokens = {"{" + name + "}": value for name, value in values.items()}
+        texts = _Texts(tokens, self._sizes, self._made)
         budget = [MAX_FILLED_JOB]
         return {k: self._fill(v, str(k), texts, budget) for k, v in job.items()}
 
