@@ -482,3 +482,28 @@ async def test_an_unexpected_error_while_queuing_keeps_the_file_and_the_watcher(
         "stuck.yaml could not be handled; it stays and is tried again later" in r.getMessage()
         for r in caplog.records
     )
+
+
+async def test_the_watcher_outlives_its_own_failure(
+    inbox: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure outside any one file (here: a scan) is logged, and the watcher watches again
+    a moment later instead of ending for good."""
+    watcher = inbox.core.inbox
+    real = watcher._scan
+    failures: list[str] = []
+
+    def scan() -> dict[str, tuple[int, int]]:
+        if not failures:
+            failures.append("scan")
+            raise RuntimeError("injected")
+        return real()
+
+    monkeypatch.setattr(watcher, "_scan", scan)
+    write_atomically(inbox.settings.inbox_path / "after.yaml", b"prompt: after the failure\n")
+    await wait_for(lambda: settled(inbox, "after.yaml"), what="the file after the failure")
+    assert failures == ["scan"]
+    assert [j["source_ref"] for j in inbox.core.store.live_jobs()] == ["after.yaml"]
+    assert any(
+        "the watcher failed; watching" in r.getMessage() and r.exc_info for r in caplog.records
+    )

@@ -141,6 +141,7 @@ class InboxWatcher:
     async def _run(self) -> None:
         missing_since: float | None = None
         first = True
+        crashes = 0
         while True:
             if not await asyncio.to_thread(self.root.is_dir):
                 if missing_since is None:
@@ -156,20 +157,28 @@ class InboxWatcher:
                 log.info("inbox folder %s is back; watching it again", self.root)
                 missing_since = None
             observer = await asyncio.to_thread(self._start_observer)
+            crashed = False
             try:
                 await self._watch(first)
                 first = False
             except OSError as exc:  # the share went away under a scan or a stat
                 log.warning("inbox: %s (%s)", exc.strerror or exc, self.root)
             except Exception:
-                # A bug must not end the watcher for good: say so, then watch again (a file
-                # that caused it has been dealt with in _handle).
-                log.exception("inbox: the watcher failed; watching %s again", self.root)
-                await self._pause(min(self.rescan_seconds, 5.0))
+                # A bug must not end the watcher for good (files would wait forever, unsaid):
+                # say so, then watch again, backing off if it keeps happening.
+                crashes += 1
+                crashed = True
+                log.exception(
+                    "inbox: the watcher failed; watching %s again in %g s",
+                    self.root,
+                    _crash_delay(crashes),
+                )
             finally:
                 self.watching.clear()
                 if observer is not None:
                     await self._stop_observer(observer)
+            if crashed:
+                await asyncio.sleep(_crash_delay(crashes))
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):  # (not wait_for: see Dispatcher._hand_over)
@@ -371,6 +380,10 @@ class InboxWatcher:
             log.info("inbox: %s is not a regular file; left where it is", rel)
         else:
             log.info("inbox: %s is not a job file (.yaml or .yml); left where it is", rel)
+
+
+def _crash_delay(crashes: int) -> float:
+    return min(2.0 ** (crashes - 1), 60.0)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
