@@ -153,7 +153,16 @@ class _Sizes:
 
     def job(self, raw: dict[str, Any]) -> int:
         """The size of one job's fields (the mapping itself is not kept: it is new each time)."""
-        return sum(len(str(k)) + self.of(v) for k, v in raw.items())
+        size = 0
+        for key, value in raw.items():
+            size += len(key) if isinstance(key, str) else len(str(key))
+            if isinstance(value, str):
+                size += len(value)
+            elif isinstance(value, dict | list):
+                size += self.of(value)
+            else:
+                size += 1
+        return size
 
     @staticmethod
     def fields(value: dict[Any, Any]) -> int:
@@ -419,31 +428,19 @@ class _Placeholders:
         tokens = {"{" + name + "}": value for name, value in values.items()}
         texts = _Texts(tokens, self._sizes, self._made)
         budget = [MAX_FILLED_JOB]
-        return {k: self._fill(v, str(k), texts, budget) for k, v in job.items()}
+        filled = {}
+        for key, value in job.items():
+            if isinstance(value, str):
+                filled[key] = self._fill_text(value, str(key), texts, budget)
+            elif isinstance(value, dict | list):
+                filled[key] = self._fill(value, str(key), texts, budget)
+            else:
+                filled[key] = value
+        return filled
 
     def _fill(self, value: Any, path: str, texts: _Texts, budget: list[int]) -> Any:
         if isinstance(value, str):
-            literal, tokens = self._count(value)
-            if not tokens:
-                return value
-            length = literal + sum(texts.length(t, path) * n for t, n in tokens.items())
-            longest = max(length, len(value))
-            if longest > MAX_FILLED_TEXT:
-                what = (
-                    f"would be {length:,} characters with the matrix values filled in"
-                    if length >= len(value)
-                    else f"holds matrix placeholders and is {len(value):,} characters long"
-                )
-                raise _TooLong(path, f"{what}; at most {MAX_FILLED_TEXT:,}")
-            budget[0] -= longest
-            if budget[0] < 0:
-                raise _TooLong(
-                    path,
-                    "with the matrix values filled in, the job's texts would be more than "
-                    f"{MAX_FILLED_JOB:,} characters together; at most {MAX_FILLED_JOB:,}",
-                )
-            assert self._pattern is not None
-            return self._pattern.sub(lambda m: texts.text(m.group()), value)
+            return self._fill_text(value, path, texts, budget)
         if isinstance(value, list):
             items = [self._fill(v, f"{path}[{i}]", texts, budget) for i, v in enumerate(value)]
             return value if all(a is b for a, b in zip(items, value, strict=True)) else items
@@ -451,6 +448,32 @@ class _Placeholders:
             filled = {k: self._fill(v, f"{path}.{k}", texts, budget) for k, v in value.items()}
             return value if all(filled[k] is v for k, v in value.items()) else filled
         return value
+
+    def _fill_text(self, value: str, path: str, texts: _Texts, budget: list[int]) -> str:
+        literal, tokens = self._count(value)
+        if not tokens:
+            return value
+        length = 0
+        for token, count in tokens.items():
+            length += texts.length(token, path) * count
+        length += literal
+        longest = max(length, len(value))
+        if longest > MAX_FILLED_TEXT:
+            what = (
+                f"would be {length:,} characters with the matrix values filled in"
+                if length >= len(value)
+                else f"holds matrix placeholders and is {len(value):,} characters long"
+            )
+            raise _TooLong(path, f"{what}; at most {MAX_FILLED_TEXT:,}")
+        budget[0] -= longest
+        if budget[0] < 0:
+            raise _TooLong(
+                path,
+                "with the matrix values filled in, the job's texts would be more than "
+                f"{MAX_FILLED_JOB:,} characters together; at most {MAX_FILLED_JOB:,}",
+            )
+        assert self._pattern is not None
+        return self._pattern.sub(lambda m: texts.text(m.group()), value)
 
 
 def _expand_matrix(data: dict[str, Any], ctx: _Context) -> None:

@@ -144,7 +144,11 @@ class PromptExpander:
                 ],
             )
         try:
-            problem = _Bound(manager).check(template)
+            from dynamicprompts.parser.parse import parse
+
+            # Parsed once: measured here, then sampled (not parsed again) below.
+            command = parse(template)
+            problem = _Bound(manager).check(command)
         except Exception as exc:  # pyparsing's ParseException and friends: a bad template
             message = str(exc).split("\n")[0]
             return [], {}, [FieldProblem(path=path, message=f"not a valid template: {message}")]
@@ -152,7 +156,7 @@ class PromptExpander:
             return [], {}, [FieldProblem(path=path, message=problem)]
         try:
             if spec.mode == "combinatorial":
-                prompts = self._combinatorial(manager, template)
+                prompts = self._combinatorial(manager, command)
                 record = spec.record()
             else:
                 seed = spec.seed
@@ -160,7 +164,7 @@ class PromptExpander:
                     # Derived from the job seed so the same job replays; a random job seed (-1)
                     # gets a fresh one, kept on the job so it can still be replayed.
                     seed = job_seed if job_seed >= 0 else random.randrange(SEED_MAX + 1)
-                prompts = self._random(manager, template, spec.count, seed)
+                prompts = self._random(manager, command, spec.count, seed)
                 record = spec.record(seed)
         except Exception as exc:  # pyparsing's ParseException and friends: a bad template
             message = str(exc).split("\n")[0]
@@ -196,7 +200,7 @@ class PromptExpander:
         return missing
 
     @staticmethod
-    def _combinatorial(manager: Any, template: str) -> list[str]:
+    def _combinatorial(manager: Any, template: Any) -> list[str]:
         from dynamicprompts.generators import CombinatorialPromptGenerator
 
         # One more than the limit: enough to tell "too many" without making all of them.
@@ -205,7 +209,7 @@ class PromptExpander:
         )
 
     @staticmethod
-    def _random(manager: Any, template: str, count: int, seed: int) -> list[str]:
+    def _random(manager: Any, template: Any, count: int, seed: int) -> list[str]:
         from dynamicprompts.generators import RandomPromptGenerator
 
         return RandomPromptGenerator(manager, seed=seed).generate(template, count)
@@ -229,12 +233,10 @@ class _Bound:
         self._wildcards: dict[tuple[str, tuple[tuple[str, int], ...]], int] = {}
         self._open: set[str] = set()  # wildcards being measured (one naming itself)
 
-    def check(self, template: str) -> str | None:
-        """None, or what is wrong with the template (raises on a template that does not parse)."""
+    def check(self, command: Any) -> str | None:
+        """None, or what is wrong with the parsed template."""
         from dynamicprompts.commands.variable_commands import VariableAssignmentCommand
-        from dynamicprompts.parser.parse import parse
 
-        command = parse(template)
         if any(isinstance(c, VariableAssignmentCommand) for c in _walk(command)):
             return (
                 "variables (${name=...}) are not supported in prompt templates; use "
