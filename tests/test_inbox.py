@@ -417,6 +417,35 @@ async def test_a_folder_swapped_for_a_link_after_the_check_is_not_read(
     assert inbox.core.store.live_jobs() == []
 
 
+async def test_processed_or_failed_linked_out_of_the_inbox_receives_nothing(
+    inbox: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `processed/` or `failed/` that is a link to a folder outside: nothing is moved or
+    written through it; the file stays where it is, with a warning (and its jobs made once)."""
+    caplog.set_level(logging.INFO, logger="mobilesd_core.inbox")
+    root = inbox.settings.inbox_path
+    outside = {name: tmp_path / f"outside-{name}" for name in ("processed", "failed")}
+    for name, folder in outside.items():
+        folder.mkdir()
+        (root / name).symlink_to(folder, target_is_directory=True)
+    write_atomically(root / "good.yaml", b"prompt: a fox\n")
+    write_atomically(root / "bad.yaml", b"stesp: 3\n")
+
+    def warned(text: str) -> bool:
+        return any(text in r.getMessage() for r in caplog.records)
+
+    await wait_for(
+        lambda: (
+            warned("good.yaml queued, but cannot move it to processed/")
+            and warned("bad.yaml is invalid, but cannot move it to failed/")
+        ),
+        what="both moves to be refused",
+    )
+    assert [list(folder.iterdir()) for folder in outside.values()] == [[], []]
+    assert (root / "good.yaml").exists() and (root / "bad.yaml").exists()
+    assert [j["source_ref"] for j in inbox.core.store.live_jobs()] == ["good.yaml"]
+
+
 @pytest.mark.parametrize("error", [MemoryError, RuntimeError, KeyError])
 async def test_a_file_that_raises_goes_to_failed_and_the_next_is_queued(
     inbox: Harness,

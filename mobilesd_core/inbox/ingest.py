@@ -73,12 +73,14 @@ def _read(root: Path, rel: str) -> _Snapshot | None:
     return _Snapshot(FileKey(rel, after.st_size, after.st_mtime_ns, digest), data)
 
 
-def _not_through_link(root: Path, rel: str) -> None:
-    """Raises LinkOnPath if a part of `rel` became a symbolic link (checked right before a move:
-    a rename would follow it and move a file from outside the inbox)."""
-    link = first_link(root, rel)
-    if link is not None:
-        raise LinkOnPath(errno.ELOOP, "a symbolic link is on the way", link)
+def _not_through_link(root: Path, *paths: Path) -> None:
+    """Raises LinkOnPath if a folder or file on the way to one of `paths` (all under `root`) is a
+    symbolic link. Checked right before a move: a rename would follow it, moving a file from
+    outside the inbox, or into a `processed/` or `failed/` that leads out of it."""
+    for path in paths:
+        link = first_link(root, path.relative_to(root).as_posix())
+        if link is not None:
+            raise LinkOnPath(errno.ELOOP, "a symbolic link is on the way", link)
 
 
 class Ingestor:
@@ -205,8 +207,8 @@ class Ingestor:
         return Outcome.QUEUED
 
     def _move(self, path: Path, rel: str, folder: str) -> Path:
-        _not_through_link(self.root, rel)
         dest = free_name(self.root / folder, rel)
+        _not_through_link(self.root, path, dest.parent)
         move_into(path, dest)
         return dest
 
@@ -216,8 +218,8 @@ class Ingestor:
         def fail() -> Path:
             # The report is written first, under the name the file will get: a crash between
             # the two leaves the file in the inbox, to be judged (and reported) again.
-            _not_through_link(self.root, rel)
             dest = free_name(self.root / FAILED, rel, also=REPORT_SUFFIX)
+            _not_through_link(self.root, path, dest.parent)
             report = write_report(dest, render_report(rel, problems))
             try:
                 move_into(path, dest)
