@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from mobilesd_core.inbox.ingest import Outcome
 from mobilesd_core.jobfiles import MAX_FILE_BYTES, load_job_file
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
@@ -337,3 +338,201 @@ async def test_the_inbox_vanishing_pauses_and_resumes(
         assert len(missing()) == 1 and missing()[0].levelname == "WARNING"  # said once
     finally:
         await stop_harness(h)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_symlinks_under_the_inbox_are_never_followed(
+    mode: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A link to a folder outside (at the top and deeper down) and a link to a file: their job
+    files are never read nor moved, even when edited in place after the start, and each link
+    is logged once. (Polling used to walk into a linked folder, queue the edited file and move
+    it to processed/link/.)"""
+    caplog.set_level(logging.INFO, logger="mobilesd_core.inbox")
+    # A quiet window of 1 s: the empty sentinel below waits 5 of them before it is judged.
+    settings = inbox_settings(tmp_path, mode, inbox_settle_seconds=1.0)
+    root = settings.inbox_path
+    outside = tmp_path / "elsewhere"
+    (outside / "deep").mkdir(parents=True)
+    outside_files = {
+        outside / "job.yaml": b"prompt: from outside the inbox\n",
+        outside / "deep" / "deeper.yml": b"prompt: deeper outside\n",
+    }
+    for path, data in outside_files.items():
+        path.write_bytes(data)
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "sub").mkdir()
+    (root / "sub" / "inner").symlink_to(outside, target_is_directory=True)
+    (root / "file.yaml").symlink_to(outside / "job.yaml")
+    # All in place before the start: no folder event (which makes the watcher rescan and forget
+    # what it was waiting for) comes between the edits below and the sentinel.
+    (root / "sentinel.yaml").write_bytes(b"")
+    h = await start_paused(settings)
+    try:
+        # Edited in place, through the link and directly: still not the inbox's.
+        with (root / "link" / "job.yaml").open("r+b") as fh:
+            fh.write(b"prompt: edited in place!\n")
+            fh.truncate()
+        with (outside / "deep" / "deeper.yml").open("ab") as fh:
+            fh.write(b"steps: 9\n")
+        outside_files[outside / "job.yaml"] = b"prompt: edited in place!\n"
+        outside_files[outside / "deep" / "deeper.yml"] += b"steps: 9\n"
+        # Filled in place after the edits: the same watcher sees it after them and handles it
+        # one quiet window later, so what the edits could cause has happened once it is queued.
+        with (root / "sentinel.yaml").open("r+b") as fh:
+            fh.write(b"prompt: written after the edits\n")
+        await wait_for(lambda: settled(h, "sentinel.yaml"), what="the sentinel file")
+        await h.core.inbox.rescan_now()
+
+        assert [j["source_ref"] for j in h.core.store.live_jobs()] == ["sentinel.yaml"]
+        for path, data in outside_files.items():
+            assert path.read_bytes() == data, path
+        assert [p.name for p in (root / "processed").iterdir()] == ["sentinel.yaml"]
+        assert not (root / "failed").exists()
+        assert (root / "link").is_symlink() and (root / "sub" / "inner").is_symlink()
+        assert (root / "file.yaml").is_symlink()
+        told = [r.getMessage() for r in caplog.records if "symbolic link" in r.getMessage()]
+        assert sorted(told) == [
+            f"inbox: {name} is a symbolic link; not followed, left where it is"
+            for name in ("file.yaml", "link", "sub/inner")
+        ]
+    finally:
+        await stop_harness(h)
+
+
+async def test_a_folder_swapped_for_a_link_after_the_check_is_not_read(
+    inbox: Harness, tmp_path: Path
+) -> None:
+    """The ingestor itself refuses a path through a link: the watcher's check and the read are
+    two moments, and a folder can become a link in between."""
+    root = inbox.settings.inbox_path
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "job.yaml").write_text("prompt: from outside the inbox\n")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    outcome = await inbox.core.inbox.ingestor.ingest("link/job.yaml", confirmed=True)
+    assert outcome is Outcome.GONE
+    assert (outside / "job.yaml").read_text() == "prompt: from outside the inbox\n"
+    assert not (root / "processed").exists() and not (root / "failed").exists()
+    assert inbox.core.store.live_jobs() == []
+
+
+async def test_processed_or_failed_linked_out_of_the_inbox_receives_nothing(
+    inbox: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `processed/` or `failed/` that is a link to a folder outside: nothing is moved or
+    written through it; the file stays where it is, with a warning (and its jobs made once)."""
+    caplog.set_level(logging.INFO, logger="mobilesd_core.inbox")
+    root = inbox.settings.inbox_path
+    outside = {name: tmp_path / f"outside-{name}" for name in ("processed", "failed")}
+    for name, folder in outside.items():
+        folder.mkdir()
+        (root / name).symlink_to(folder, target_is_directory=True)
+    write_atomically(root / "good.yaml", b"prompt: a fox\n")
+    write_atomically(root / "bad.yaml", b"stesp: 3\n")
+
+    def warned(text: str) -> bool:
+        return any(text in r.getMessage() for r in caplog.records)
+
+    await wait_for(
+        lambda: (
+            warned("good.yaml queued, but cannot move it to processed/")
+            and warned("bad.yaml is invalid, but cannot move it to failed/")
+        ),
+        what="both moves to be refused",
+    )
+    assert [list(folder.iterdir()) for folder in outside.values()] == [[], []]
+    assert (root / "good.yaml").exists() and (root / "bad.yaml").exists()
+    assert [j["source_ref"] for j in inbox.core.store.live_jobs()] == ["good.yaml"]
+
+
+@pytest.mark.parametrize("error", [MemoryError, RuntimeError, KeyError])
+async def test_a_file_that_raises_goes_to_failed_and_the_next_is_queued(
+    inbox: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: type[Exception],
+) -> None:
+    """Whatever judging one file raises (a MemoryError killed the watcher for good), that file
+    lands in failed/ with a report and the files after it are queued."""
+    from mobilesd_core.inbox import ingest
+
+    real = ingest.parse_job_text
+
+    def parse(data: bytes, *, name: str, **kwargs: Any) -> Any:
+        if name == "boom.yaml":
+            raise error("injected")
+        return real(data, name=name, **kwargs)
+
+    monkeypatch.setattr(ingest, "parse_job_text", parse)
+    root = inbox.settings.inbox_path
+    write_atomically(root / "boom.yaml", b"prompt: this one raises\n")
+    await wait_for(lambda: settled(inbox, "boom.yaml"), what="boom.yaml to be dealt with")
+    write_atomically(root / "next.yaml", b"prompt: the file after it\n")
+    await wait_for(lambda: settled(inbox, "next.yaml"), what="the next file")
+    report = (root / "failed" / "boom.yaml.error.txt").read_text()
+    assert f"boom.yaml: (file): could not be handled ({error.__name__}: " in report
+    assert "the core's log has the details" in report
+    assert [j["source_ref"] for j in inbox.core.store.live_jobs()] == ["next.yaml"]
+    assert inbox.core.inbox._task is not None and not inbox.core.inbox._task.done()
+    assert any(
+        r.getMessage() == "inbox: boom.yaml could not be handled" and r.exc_info
+        for r in caplog.records
+    )
+
+
+async def test_an_unexpected_error_while_queuing_keeps_the_file_and_the_watcher(
+    inbox: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past judging (queuing, moving), an unforeseen error leaves the file where it is with the
+    error logged; the next file is queued, and the file is tried again (its jobs made once)."""
+    service = inbox.core.service
+    real = service.submit_prepared
+    calls: list[str] = []
+
+    async def flaky(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls.append(jobs[0]["source_ref"])
+        if calls.count("stuck.yaml") == 1 and jobs[0]["source_ref"] == "stuck.yaml":
+            raise RuntimeError("injected")
+        return await real(jobs)
+
+    monkeypatch.setattr(service, "submit_prepared", flaky)
+    root = inbox.settings.inbox_path
+    write_atomically(root / "stuck.yaml", b"prompt: raises once while queued\n")
+    await wait_for(lambda: "stuck.yaml" in calls, what="the first try of stuck.yaml")
+    write_atomically(root / "next.yaml", b"prompt: the file after it\n")
+    await wait_for(lambda: settled(inbox, "next.yaml", "stuck.yaml"), what="both files")
+    assert sorted(j["source_ref"] for j in inbox.core.store.live_jobs()) == [
+        "next.yaml",
+        "stuck.yaml",
+    ]
+    assert calls.count("stuck.yaml") == 2
+    assert any(
+        "stuck.yaml could not be handled; it stays and is tried again later" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_the_watcher_outlives_its_own_failure(
+    inbox: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure outside any one file (here: a scan) is logged, and the watcher watches again
+    a moment later instead of ending for good."""
+    watcher = inbox.core.inbox
+    real = watcher._scan
+    failures: list[str] = []
+
+    def scan() -> dict[str, tuple[int, int]]:
+        if not failures:
+            failures.append("scan")
+            raise RuntimeError("injected")
+        return real()
+
+    monkeypatch.setattr(watcher, "_scan", scan)
+    write_atomically(inbox.settings.inbox_path / "after.yaml", b"prompt: after the failure\n")
+    await wait_for(lambda: settled(inbox, "after.yaml"), what="the file after the failure")
+    assert failures == ["scan"]
+    assert [j["source_ref"] for j in inbox.core.store.live_jobs()] == ["after.yaml"]
+    assert any(
+        "the watcher failed; watching" in r.getMessage() and r.exc_info for r in caplog.records
+    )

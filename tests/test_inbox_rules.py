@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from mobilesd_core.inbox.inside import LinkOnPath, first_link, open_inside
 from mobilesd_core.inbox.ledger import FileKey, IngestLedger
 from mobilesd_core.inbox.names import Kind, classify, skip_dir
 from mobilesd_core.inbox.outcome import free_name, render_report
@@ -147,3 +149,30 @@ def test_a_held_file_backs_off() -> None:
     tracker.back_off("stuck.yaml", now=1.0, windows=8)
     assert not tracker.observe("stuck.yaml", 10, 1, now=8.9)
     assert tracker.observe("stuck.yaml", 10, 1, now=9.0)
+
+
+def test_paths_through_a_link_are_found_and_never_opened(tmp_path: Path) -> None:
+    root, outside = tmp_path / "inbox", tmp_path / "elsewhere"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    outside.mkdir()
+    (root / "sub" / "deeper" / "job.yaml").write_text("prompt: inside\n")
+    (outside / "job.yaml").write_text("prompt: outside\n")
+    fd, folder = open_inside(root, "sub/deeper/job.yaml")
+    try:
+        assert os.read(fd, 100) == b"prompt: inside\n"
+    finally:
+        os.close(fd)
+        os.close(folder)
+    assert first_link(root, "sub/deeper/job.yaml") is None
+    assert first_link(root, "sub/gone.yaml") is None
+
+    # The folder swapped for a link to a folder outside (after a check, say); a linked file.
+    os.rename(root / "sub" / "deeper", tmp_path / "moved-away")
+    (root / "sub" / "deeper").symlink_to(outside, target_is_directory=True)
+    (root / "file.yaml").symlink_to(outside / "job.yaml")
+    for rel, link in (("sub/deeper/job.yaml", "sub/deeper"), ("file.yaml", "file.yaml")):
+        assert first_link(root, rel) == link
+        with pytest.raises(LinkOnPath):
+            open_inside(root, rel)
+    with pytest.raises(FileNotFoundError):
+        open_inside(root, "sub/none.yaml")

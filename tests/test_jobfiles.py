@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from mobilesd_core.expansion import MAX_DOCUMENT_TEXT, MAX_FILLED_TEXT, expand_document
 from mobilesd_core.jobfiles import MAX_JOBS, load_job_file, parse_job_text
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "jobs").glob("*.yaml"))
@@ -106,3 +110,83 @@ def test_alias_bomb_is_refused_before_expansion() -> None:
 def test_too_many_jobs() -> None:
     result = parse_job_text("prompt: x\nmatrix:\n  seed: " + str(list(range(MAX_JOBS + 1))) + "\n")
     assert result.jobs == [] and "at most" in result.problems[0].message
+
+
+# A 9 KB sweep whose placeholder values hold placeholders, three levels deep: filled in one name
+# after the other it asked for 1000 x 1000 x 1000 characters (and 3 GB on the way).
+NESTED_MATRIX = {
+    "prompt": "{a}" * 1000,
+    "matrix": {"a": ["{b}" * 1000], "b": ["{c}" * 1000], "c": ["x"]},
+}
+
+
+def nested_matrix_yaml() -> str:
+    matrix = NESTED_MATRIX["matrix"]
+    assert isinstance(matrix, dict)
+    lines = [f'prompt: "{NESTED_MATRIX["prompt"]}"', "matrix:"]
+    lines += [f'  {name}: ["{values[0]}"]' for name, values in matrix.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _peak_mib(run: Any) -> tuple[Any, float]:
+    tracemalloc.start()
+    try:
+        value = run()
+        return value, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_placeholders_are_filled_in_one_pass() -> None:
+    # A value put in is text: its own `{b}` is not filled in again.
+    result = parse_job_text('prompt: "a {a} {b}"\nmatrix:\n  a: ["{b}"]\n  b: [B]\n')
+    assert [j.params.prompt for j in result.jobs] == ["a {b} B"]
+    # Names that are a prefix of one another, and values that are not strings, as before.
+    result = parse_job_text(
+        'prompt: "{ab}-{a}-{x}"\nmatrix:\n  a: ["1"]\n  ab: ["2"]\n  x: [[1, 2], 3.5]\n'
+    )
+    assert [j.params.prompt for j in result.jobs] == ["2-1-[1, 2]", "2-1-3.5"]
+
+
+def test_a_nested_matrix_is_refused_before_it_is_built() -> None:
+    text = nested_matrix_yaml()
+    assert 8_000 < len(text) < 10_000
+    result, peak = _peak_mib(lambda: parse_job_text(text, name="nested.yaml"))
+    assert result.jobs == []
+    assert [(p.path, p.line) for p in result.problems] == [("prompt", 1)]
+    assert f"at most {MAX_FILLED_TEXT:,}" in result.problems[0].message
+    assert "3,000,000 characters" in result.problems[0].message
+    assert peak < 8, f"{peak:.1f} MiB"
+
+
+def test_a_placeholder_value_made_of_aliases_is_measured_not_printed() -> None:
+    # 4,000 references to one 20,000-character string: 80 MB once printed into the prompt.
+    text = f's: &s "{"y" * 20_000}"\nprompt: "a {{a}}"\nmatrix:\n  a:\n    - ['
+    text += ", ".join(["*s"] * 4_000) + "]\n"
+    data = yaml.safe_load(text)
+    del data["s"]
+    result, peak = _peak_mib(lambda: expand_document(data))
+    assert result.jobs == []
+    (problem,) = result.problems
+    assert problem.path == "prompt" and f"at most {MAX_FILLED_TEXT:,}" in problem.message
+    assert peak < 8, f"{peak:.1f} MiB"
+
+
+@pytest.mark.parametrize("document", ["aliases", "copies"])
+def test_the_text_of_all_jobs_together_is_bounded(document: str) -> None:
+    if document == "aliases":
+        # 2,000 YAML references to one 20,000-character string: 40 MB of job once stored (at
+        # 1 MB a file, 50,000 references to a 900 KB string: 45 GB).
+        text = 'prompt: a\nextra:\n  s: &s "' + "z" * 20_000 + '"\n  l: ['
+        text += ", ".join(["*s"] * 2_000) + "]\n"
+        assert parse_job_text(text).problems[0].path == "extra"
+        data = yaml.safe_load(text)
+    else:
+        # 1,000 copies of a 900 KB field, one per seed: 900 MB of job store from 1 MB of input.
+        data = {"prompt": "a", "extra": {"big": "z" * 900_000}, "matrix": {"seed": [*range(1000)]}}
+    result, peak = _peak_mib(lambda: expand_document(data))
+    assert result.jobs == []
+    (problem,) = result.problems
+    assert problem.path == "extra"
+    assert f"more than {MAX_DOCUMENT_TEXT:,} characters" in problem.message
+    assert peak < 32, f"{peak:.1f} MiB"

@@ -23,6 +23,7 @@ from mobilesd_core.jobfiles import parse_job_text
 from mobilesd_core.prompt_variants import MAX_VARIANTS, PromptExpander
 
 from .conftest import TOKEN, Harness, fast_settings, start_harness, stop_harness, wait_for
+from .test_jobfiles import NESTED_MATRIX
 
 SWEEP_YAML = """\
 prompt: "portrait of an old sailor, {style}"
@@ -375,6 +376,46 @@ async def test_template_limits_and_errors_name_the_field(paused: Harness) -> Non
         paused, {"generation_params": {"prompt": "a {red|green"}, "expand": "combinatorial"}, 422
     )
     assert broken["error"]["details"][0]["path"] == "generation_params.prompt"
+    assert paused.core.store.live_jobs() == []
+
+
+async def test_blowups_get_a_422_naming_the_field_before_anything_is_built(
+    paused: Harness,
+) -> None:
+    """The same expansion as job files: a sweep whose placeholder values hold placeholders, and
+    a template whose variables double at each link (a 10 GB prompt in ~1 KB), are refused
+    naming the field, without the core building them."""
+    nested = {
+        "generation_params": {"prompt": NESTED_MATRIX["prompt"]},
+        "matrix": NESTED_MATRIX["matrix"],
+    }
+    links = 30
+    chain = "${v0=xxxxxxxxxx}" + "".join(
+        f"${{v{i}=${{v{i - 1}}}${{v{i - 1}}}}}" for i in range(1, links)
+    )
+    doubling = {
+        "generation_params": {"prompt": chain + f"${{v{links - 1}}}"},
+        "expand": {"mode": "random", "count": 1, "seed": 1},
+    }
+    long_values = paused.settings.wildcards_path / "long.txt"
+    long_values.write_text("y" * 5_000 + "\n")
+    wildcards = {
+        "generation_params": {"prompt": "__long__ " * 5},
+        "expand": "combinatorial",
+    }
+    tracemalloc.start()
+    try:
+        answers = [await _generate(paused, body, 422) for body in (nested, doubling, wildcards)]
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    details = [answer["error"]["details"] for answer in answers]
+    assert [[d["path"] for d in found] for found in details] == [["generation_params.prompt"]] * 3
+    assert "3,000,000 characters" in details[0][0]["message"]
+    assert "at most 20,000" in details[0][0]["message"]
+    assert "variables (${name=...}) are not supported" in details[1][0]["message"]
+    assert "more than 20,000 characters" in details[2][0]["message"]
+    assert peak < 32, f"{peak:.1f} MiB"
     assert paused.core.store.live_jobs() == []
 
 

@@ -8,6 +8,7 @@ A crash anywhere in between is recovered by the intent note (see ledger.py).
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from ..jobfiles import MAX_FILE_BYTES, JobFileResult, parse_job_text
 from ..schema import FieldProblem, InvalidInput, new_batch_id, new_job, utc_now_iso
 from ..service import QueueService
+from .inside import LinkOnPath, first_link, open_inside
 from .ledger import FileKey, IngestLedger
 from .names import FAILED, PROCESSED
 from .outcome import REPORT_SUFFIX, free_name, move_into, render_report, write_report
@@ -31,7 +33,7 @@ class Outcome(Enum):
     CHANGED = "changed"  # the file changed while being read: not complete yet
     DOUBT = "doubt"  # invalid at first reading: looked at again after one more quiet window
     HELD = "held"  # could not finish (store or move failed); tried again later
-    GONE = "gone"  # the file disappeared
+    GONE = "gone"  # the file disappeared (or a symbolic link is on its way: not ours)
 
 
 @dataclass
@@ -40,26 +42,45 @@ class _Snapshot:
     data: bytes | None  # None: over the size limit, not read
 
 
-def _read(path: Path, rel: str) -> _Snapshot | None:
-    """Read a file whole and check it held still meanwhile; None if it changed or vanished."""
+def _read(root: Path, rel: str) -> _Snapshot | None:
+    """Read a file whole and check it held still meanwhile; None if it changed or vanished.
+
+    Opened one folder at a time without following links (raises LinkOnPath on one)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd, folder = open_inside(root, rel)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    with os.fdopen(fd, "rb") as fh:
-        before = os.fstat(fh.fileno())
-        if before.st_size > MAX_FILE_BYTES:
-            data = None
-            digest = f"size:{before.st_size}"
-        else:
-            data = fh.read(MAX_FILE_BYTES + 1)
-            digest = hashlib.sha256(data).hexdigest()
-        after = os.stat(path, follow_symlinks=False)
+    name = rel.rsplit("/", 1)[-1]
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            before = os.fstat(fh.fileno())
+            if before.st_size > MAX_FILE_BYTES:
+                data = None
+                digest = f"size:{before.st_size}"
+            else:
+                data = fh.read(MAX_FILE_BYTES + 1)
+                digest = hashlib.sha256(data).hexdigest()
+            try:
+                after = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+    finally:
+        os.close(folder)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
         data is not None and len(data) != after.st_size
     ):
         return None
     return _Snapshot(FileKey(rel, after.st_size, after.st_mtime_ns, digest), data)
+
+
+def _not_through_link(root: Path, *paths: Path) -> None:
+    """Raises LinkOnPath if a folder or file on the way to one of `paths` (all under `root`) is a
+    symbolic link. Checked right before a move: a rename would follow it, moving a file from
+    outside the inbox, or into a `processed/` or `failed/` that leads out of it."""
+    for path in paths:
+        link = first_link(root, path.relative_to(root).as_posix())
+        if link is not None:
+            raise LinkOnPath(errno.ELOOP, "a symbolic link is on the way", link)
 
 
 class Ingestor:
@@ -72,12 +93,36 @@ class Ingestor:
         """Handle one file that has held still; `confirmed`: it was doubted once already."""
         path = self.root / rel
         try:
-            snap = await asyncio.to_thread(_read, path, rel)
+            snap = await asyncio.to_thread(_read, self.root, rel)
+        except LinkOnPath:
+            log.info("inbox: %s is under a symbolic link; not followed, left where it is", rel)
+            return Outcome.GONE
         except OSError as exc:
             log.warning("inbox: cannot read %s (%s); will try again", rel, exc.strerror or exc)
             return Outcome.HELD
         if snap is None:
             return Outcome.GONE if not path.exists() else Outcome.CHANGED
+        try:
+            result = await self._judge(rel, snap)
+        except Exception as exc:
+            # One file must never stop the watcher: a bug or a MemoryError while judging it
+            # sends it to failed/ with a report, like any invalid file, and the next file
+            # is handled as usual.
+            log.exception("inbox: %s could not be handled", rel)
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            problem = FieldProblem(
+                path="",
+                message=f"could not be handled ({detail[:300]}); the core's log has the details",
+            )
+            return await self._fail(path, rel, [problem])
+        if result.problems:
+            if not confirmed and snap.data is not None:
+                return Outcome.DOUBT
+            return await self._fail(path, rel, result.problems)
+        return await self._queue(path, snap.key, result)
+
+    async def _judge(self, rel: str, snap: _Snapshot) -> JobFileResult:
+        """The file's jobs, or every problem it has (its targets checked too)."""
         if snap.data is None:
             result = JobFileResult(
                 problems=[
@@ -92,18 +137,13 @@ class Ingestor:
             result = await asyncio.to_thread(
                 parse_job_text, snap.data, name=rel, expander=self.service.expander
             )
-        problems = list(result.problems)
         for spec in result.jobs:
             where = f"{spec.path}.server" if spec.path else "server"
             problem = self.service.unknown_target(spec.server, where)
             if problem is not None:
                 problem.line = spec.server_line
-                problems.append(problem)
-        if problems:
-            if not confirmed and snap.data is not None:
-                return Outcome.DOUBT
-            return await self._fail(path, rel, problems)
-        return await self._queue(path, snap.key, result)
+                result.problems.append(problem)
+        return result
 
     async def _queue(self, path: Path, key: FileKey, result: JobFileResult) -> Outcome:
         intent = self.ledger.open_intent(key)
@@ -168,6 +208,7 @@ class Ingestor:
 
     def _move(self, path: Path, rel: str, folder: str) -> Path:
         dest = free_name(self.root / folder, rel)
+        _not_through_link(self.root, path, dest.parent)
         move_into(path, dest)
         return dest
 
@@ -178,6 +219,7 @@ class Ingestor:
             # The report is written first, under the name the file will get: a crash between
             # the two leaves the file in the inbox, to be judged (and reported) again.
             dest = free_name(self.root / FAILED, rel, also=REPORT_SUFFIX)
+            _not_through_link(self.root, path, dest.parent)
             report = write_report(dest, render_report(rel, problems))
             try:
                 move_into(path, dest)

@@ -5,7 +5,9 @@ one file at a time is handled (no file is ever handled twice at once). A full sc
 (files that arrived while the core was down), after directory events, and every
 `INBOX_RESCAN_SECONDS` (events get lost; shares deliver none). If the inbox folder vanishes (an
 unmounted share) the watcher says so once, waits for it to come back and carries on; it never
-creates the folder in its place.
+creates the folder in its place. No symbolic link under the inbox is followed (see inside.py),
+and no single file can stop the watcher: what goes wrong with one is logged and the next one
+is handled.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pathlib import Path
 from watchdog.events import DirDeletedEvent, DirMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from ..config import Settings
 from ..service import QueueService
 from .ingest import Ingestor, Outcome
+from .inside import first_link
 from .ledger import IngestLedger
 from .names import FAILED, PROCESSED, Kind, classify, skip_dir
 from .stability import StabilityTracker
@@ -138,6 +141,7 @@ class InboxWatcher:
     async def _run(self) -> None:
         missing_since: float | None = None
         first = True
+        crashes = 0
         while True:
             if not await asyncio.to_thread(self.root.is_dir):
                 if missing_since is None:
@@ -153,15 +157,28 @@ class InboxWatcher:
                 log.info("inbox folder %s is back; watching it again", self.root)
                 missing_since = None
             observer = await asyncio.to_thread(self._start_observer)
+            crashed = False
             try:
                 await self._watch(first)
                 first = False
             except OSError as exc:  # the share went away under a scan or a stat
                 log.warning("inbox: %s (%s)", exc.strerror or exc, self.root)
+            except Exception:
+                # A bug must not end the watcher for good (files would wait forever, unsaid):
+                # say so, then watch again, backing off if it keeps happening.
+                crashes += 1
+                crashed = True
+                log.exception(
+                    "inbox: the watcher failed; watching %s again in %g s",
+                    self.root,
+                    _crash_delay(crashes),
+                )
             finally:
                 self.watching.clear()
                 if observer is not None:
                     await self._stop_observer(observer)
+            if crashed:
+                await asyncio.sleep(_crash_delay(crashes))
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):  # (not wait_for: see Dispatcher._hand_over)
@@ -171,8 +188,12 @@ class InboxWatcher:
 
     def _start_observer(self) -> BaseObserver | None:
         handler = _Forwarder(self.root, self._notify_threadsafe)
+        # Polling with lstat: a link to a folder is seen as a link, never walked into (the plain
+        # PollingObserver stats through it and reports files outside the inbox).
         observer: BaseObserver = (
-            PollingObserver(timeout=self.poll_seconds) if self.poll_seconds else Observer()
+            PollingObserverVFS(os.lstat, os.scandir, polling_interval=self.poll_seconds)
+            if self.poll_seconds
+            else Observer()
         )
         try:
             observer.schedule(handler, str(self.root), recursive=True)
@@ -265,7 +286,14 @@ class InboxWatcher:
         self._held.pop(rel, None)
 
     async def _handle(self, rel: str) -> None:
-        outcome = await self.ingestor.ingest(rel, confirmed=rel in self._doubted)
+        try:
+            outcome = await self.ingestor.ingest(rel, confirmed=rel in self._doubted)
+        except Exception:
+            # Past judging (which reports to failed/ itself): e.g. queuing or moving raised
+            # something unforeseen. The file stays, is tried again later (the ledger keeps
+            # that exactly-once), and the next file is handled.
+            log.exception("inbox: %s could not be handled; it stays and is tried again later", rel)
+            outcome = Outcome.HELD
         if outcome in (Outcome.QUEUED, Outcome.FAILED, Outcome.GONE):
             self._forget(rel)
         elif outcome is Outcome.DOUBT:
@@ -293,7 +321,16 @@ class InboxWatcher:
 
         for folder, dirs, files in os.walk(self.root, onerror=unreadable):
             here = Path(folder)
-            dirs[:] = sorted(d for d in dirs if not skip_dir(d))
+            kept = []
+            for name in sorted(dirs):
+                if skip_dir(name):
+                    continue
+                if os.path.islink(here / name):  # os.walk lists it, but does not enter it
+                    rel = (here / name).relative_to(self.root).as_posix()
+                    self._tell_other(rel, stat.S_IFLNK)
+                    continue
+                kept.append(name)
+            dirs[:] = kept
             for name in files:
                 rel = (here / name).relative_to(self.root).as_posix()
                 kind = classify(name)
@@ -315,6 +352,12 @@ class InboxWatcher:
             parts = rel.split("/")
             if any(skip_dir(p) for p in parts[:-1]) or classify(parts[-1]) is not Kind.JOB:
                 continue
+            # os.stat below follows links in the folders on the way: a file under a linked
+            # folder (reported by an observer) lives outside the inbox.
+            link = first_link(self.root, rel)
+            if link is not None:
+                self._tell_other(link, stat.S_IFLNK)
+                continue
             try:
                 st = os.stat(self.root / rel, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
@@ -331,10 +374,16 @@ class InboxWatcher:
         self._told_other.add(rel)
         if mode == 0:
             log.warning("inbox: cannot read the folder %s; its files are not picked up", rel)
+        elif stat.S_ISLNK(mode):
+            log.info("inbox: %s is a symbolic link; not followed, left where it is", rel)
         elif not _is_regular(mode):
-            log.info("inbox: %s is not a regular file (symlinks are not followed); left alone", rel)
+            log.info("inbox: %s is not a regular file; left where it is", rel)
         else:
             log.info("inbox: %s is not a job file (.yaml or .yml); left where it is", rel)
+
+
+def _crash_delay(crashes: int) -> float:
+    return min(2.0 ** (crashes - 1), 60.0)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
