@@ -32,7 +32,7 @@ from urllib.parse import quote
 from PIL import Image, PngImagePlugin
 
 from .forge.infotext import build_infotext, parse_infotext, prompt_with_loras
-from .storage import TMP_PREFIX, atomic_write_bytes, fsync_dir
+from .storage import FOR_PEOPLE, TMP_PREFIX, atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -768,9 +768,14 @@ class Gallery:
             try:
                 # Sidecar before image: an image under its real name always has its metadata.
                 atomic_write_bytes(
-                    root / (item.filename[:-4] + ".json"), sidecar_bytes, sync_folder=False
+                    root / (item.filename[:-4] + ".json"),
+                    sidecar_bytes,
+                    mode=FOR_PEOPLE,
+                    sync_folder=False,
                 )
-                atomic_write_bytes(root / item.filename, item.png, sync_folder=False)
+                atomic_write_bytes(
+                    root / item.filename, item.png, mode=FOR_PEOPLE, sync_folder=False
+                )
                 # The old thumbnail of an overwritten image may share its mtime second.
                 (thumbs / (item.filename + ".jpg")).unlink(missing_ok=True)
             except OSError as exc:

@@ -43,7 +43,7 @@ from ..config import Settings
 from ..events import EventBus
 from ..library import CHECKPOINTS, LORAS, LibraryKind
 from ..schema import utc_now_iso
-from ..storage import atomic_write_bytes
+from ..storage import FOR_PEOPLE, atomic_write_bytes
 from ..store import Conflict
 from .client import CivitaiClient, CivitaiError, retry_after_seconds, transport_error
 from .filenames import (
@@ -213,7 +213,7 @@ def _size(path: Path) -> int:
 def _open_part(path: Path, append: bool) -> BinaryIO:
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     flags |= os.O_APPEND if append else os.O_TRUNC
-    return os.fdopen(os.open(path, flags, 0o644), "ab" if append else "wb")
+    return os.fdopen(os.open(path, flags, FOR_PEOPLE), "ab" if append else "wb")
 
 
 def _write(fh: BinaryIO, hasher: Any, data: bytes) -> None:
@@ -826,7 +826,10 @@ class DownloadManager:
         info = json.dumps(download.version, ensure_ascii=False, indent=1).encode()
         try:
             await asyncio.to_thread(
-                atomic_write_bytes, target.with_name(stem + ".civitai.info"), info
+                atomic_write_bytes,
+                target.with_name(stem + ".civitai.info"),
+                info,
+                mode=FOR_PEOPLE,
             )
         except OSError as exc:
             log.warning("civitai: cannot write the sidecar of %s: %s", target.name, exc)
@@ -844,7 +847,10 @@ class DownloadManager:
             if ext is None:
                 return
             await asyncio.to_thread(
-                atomic_write_bytes, target.with_name(f"{stem}.preview{ext}"), data
+                atomic_write_bytes,
+                target.with_name(f"{stem}.preview{ext}"),
+                data,
+                mode=FOR_PEOPLE,
             )
         except (CivitaiError, OSError) as exc:
             log.info("civitai: no preview for %s (%s)", target.name, exc)
