@@ -151,3 +151,23 @@ def test_the_entrypoint_refuses_a_non_numeric_puid(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "PUID and PGID must be numbers" in result.stderr
+
+
+def test_the_wheel_takes_every_file_the_packages_need() -> None:
+    """Non-Python files (the phone page, the TUI's stylesheet) reach an installed copy only
+    through package-data: without app.tcss, `mobilesd tui` in the image did not start."""
+    import fnmatch
+    import tomllib
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    left_out = []
+    for package in ("mobilesd_core", "mobilesd_tui"):
+        for path in (REPO / package).rglob("*"):
+            if not path.is_file() or path.suffix in (".py", ".pyc"):
+                continue
+            rel = path.relative_to(REPO / package).as_posix()
+            if not any(fnmatch.fnmatch(rel, pattern) for pattern in package_data.get(package, [])):
+                left_out.append(f"{package}/{rel}")
+    assert left_out == []
