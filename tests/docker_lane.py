@@ -201,6 +201,14 @@ def build(lane: Lane) -> None:
         args += ["--build-arg", f"PIP_INDEX_URL={index}"]
     if cert:
         args += ["--secret", f"id=pip_cert,src={cert}"]
+    before = lane.run("image", "inspect", IMAGE, "--format", "{{.Id}}", check=False).stdout
     started = time.monotonic()
     lane.run(*args, str(REPO), timeout=1200)
     lane.timings["build"] = f"{time.monotonic() - started:.1f} s"
+    # The image it replaced would stay behind untagged, a whole copy of the root filesystem
+    # with the vfs driver, build after build.
+    if (
+        before.strip()
+        and before != lane.run("image", "inspect", IMAGE, "--format", "{{.Id}}").stdout
+    ):
+        lane.run("rmi", before.strip(), check=False)
