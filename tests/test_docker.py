@@ -34,6 +34,7 @@ import pytest
 
 from mobilesd_core.civitai.fake import FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.forge.simulator.server import free_port
+from mobilesd_core.store import read_live_jobs
 
 from .conftest import wait_for
 from .docker_lane import IMAGE, Lane, base_image, build, choose_cli, daemon
@@ -439,6 +440,8 @@ async def test_docker_stop_during_a_job_loses_nothing(main: Container) -> None:
     state = main.inspect()["State"]
     assert state["ExitCode"] == 0, main.logs()
     assert stopped_in < 9, stopped_in  # cleanly, not killed after Docker's 10 s
+    # Stopped mid-job: on disk it is still `processing`, to be queued again first.
+    assert read_live_jobs(main.path("config"))[job_id]["status"] == "processing"
     main.docker("start", main.name)
     async with await main.api() as api:
         job = await wait_job(api, job_id)
