@@ -205,6 +205,9 @@ class Container:
 
 
 async def add_server(api: httpx.AsyncClient, sim: ForgeSim) -> None:
+    """gpu1 on the simulator, with its password and sync folders; once per container's data."""
+    if (await api.get("/api/v1/servers")).json():
+        return
     response = await api.post(
         "/api/v1/servers",
         json={
@@ -416,16 +419,21 @@ async def test_files_for_people_follow_umask_022(lane: Lane, tmp_path: Path) -> 
 
 
 async def test_the_tui_renders_the_queue_over_docker_exec(main: Container, tmux: Tmux) -> None:
+    assert main.sim is not None
+    async with await main.api() as api:
+        await add_server(api, main.sim)
+        await wait_job(api, await submit(api, prompt="shown in the terminal"))
     command = f"{main.lane.cli} exec -it -e TERM=tmux-256color {main.name} mobilesd tui --tab queue"
     await tmux.run("new-session", "-d", "-s", "tui", "-x", "100", "-y", "30", command)
     await tmux.run("set-option", "-t", "tui", "escape-time", "10")
-    screen = await tmux.wait_for("F2 Queue", "online", "from the API", "done")
-    assert "from the inbox" in screen
+    await tmux.wait_for("F2 Queue", "online", "shown in the terminal", "done")
     await tmux.run("send-keys", "-t", "tui", "C-q")
 
 
 async def test_docker_stop_during_a_job_loses_nothing(main: Container) -> None:
+    assert main.sim is not None
     async with await main.api() as api:
+        await add_server(api, main.sim)
         job_id = await submit(api, prompt="stopped and started", steps=150)  # 3 s at 20 ms
 
         async def running() -> bool:
@@ -452,7 +460,10 @@ async def test_docker_stop_during_a_job_loses_nothing(main: Container) -> None:
 
 
 async def test_docker_rm_and_run_keeps_the_queue_servers_and_gallery(main: Container) -> None:
+    assert main.sim is not None
     async with await main.api() as api:
+        await add_server(api, main.sim)
+        await wait_job(api, await submit(api, prompt="in the gallery before"))
         assert (await api.post("/api/v1/queue/pause")).status_code == 200
         pending = await submit(api, prompt="waits across a new container")
         before_jobs = {
