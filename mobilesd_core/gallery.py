@@ -35,7 +35,7 @@ from PIL import Image, PngImagePlugin
 from .forge.infotext import build_infotext, parse_infotext, prompt_with_loras
 from .images import MAX_PIXELS, ImageTooLarge, open_capped
 from .schema import DELIVERY_FIELDS
-from .storage import TMP_PREFIX, atomic_write_bytes, fsync_dir
+from .storage import FOR_PEOPLE, TMP_PREFIX, atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -590,7 +590,7 @@ def _scrub_sidecar(path: Path, data: Mapping[str, Any]) -> bool:
     if cleaned is None:
         return False
     try:
-        atomic_write_bytes(path, _sidecar_bytes(cleaned), sync_folder=False)
+        atomic_write_bytes(path, _sidecar_bytes(cleaned), mode=FOR_PEOPLE, sync_folder=False)
     except OSError as exc:
         log.warning("gallery: cannot remove the webhook URL from %s: %s", path.name, exc)
         return False
@@ -910,9 +910,14 @@ class Gallery:
             try:
                 # Sidecar before image: an image under its real name always has its metadata.
                 atomic_write_bytes(
-                    root / (item.filename[:-4] + ".json"), sidecar_bytes, sync_folder=False
+                    root / (item.filename[:-4] + ".json"),
+                    sidecar_bytes,
+                    mode=FOR_PEOPLE,
+                    sync_folder=False,
                 )
-                atomic_write_bytes(root / item.filename, item.png, sync_folder=False)
+                atomic_write_bytes(
+                    root / item.filename, item.png, mode=FOR_PEOPLE, sync_folder=False
+                )
                 # The old thumbnail of an overwritten image may share its mtime second.
                 (thumbs / (item.filename + ".jpg")).unlink(missing_ok=True)
             except OSError as exc:

@@ -200,10 +200,21 @@ class ServerRegistry:
     def _add_runtime(self, config: ServerConfig) -> ServerRuntime:
         runtime = ServerRuntime(config=config, client=self._factory(config))
         self.runtimes[config.alias] = runtime
-        self._tasks[id(runtime)] = asyncio.create_task(
-            self._health_loop(runtime), name=f"health-{config.alias}"
-        )
+        self._start_health_loop(runtime)
         return runtime
+
+    def _start_health_loop(self, runtime: ServerRuntime) -> None:
+        """Its first check runs at once: a job queued now need not wait for a health round."""
+        self._tasks[id(runtime)] = asyncio.create_task(
+            self._health_loop(runtime), name=f"health-{runtime.alias}"
+        )
+
+    async def _stop_health_loop(self, runtime: ServerRuntime) -> None:
+        task = self._tasks.pop(id(runtime), None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _retire_client(self, runtime: ServerRuntime) -> None:
         # A running job keeps using the client it started with; close it later if so.
@@ -246,13 +257,16 @@ class ServerRegistry:
         configs = {(config.alias if a == alias else a): c for a, c in self._configs().items()}
         configs[config.alias] = config
         await self._persist(configs)
+        # A check of the old settings still running would report on them, and then wait a
+        # whole round before the new ones are looked at: it is dropped, the new ones checked now.
+        await self._stop_health_loop(runtime)
         await self._retire_client(runtime)
         runtime.config = config
         runtime.client = self._factory(config)
         runtime.checkpoints = runtime.catalog = None
         runtime.online = runtime.checked = False
         self.runtimes = {(config.alias if a == alias else a): r for a, r in self.runtimes.items()}
-        runtime.wake.set()  # probe the new settings now
+        self._start_health_loop(runtime)
         log.info("server %s updated", config.alias)
         if config.alias != alias:
             self._bus.publish("server", {"alias": alias, "removed": True})
@@ -265,11 +279,7 @@ class ServerRegistry:
         del configs[alias]
         await self._persist(configs)
         runtime = self.runtimes.pop(alias)
-        task = self._tasks.pop(id(runtime), None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_health_loop(runtime)
         runtime.online = False  # jobs still running there finish; nothing new is sent
         await self._retire_client(runtime)
         log.info("server %s removed", alias)
@@ -369,6 +379,7 @@ class ServerRegistry:
 
     async def _health_loop(self, runtime: ServerRuntime) -> None:
         while True:
+            runtime.wake.clear()  # before the check: a wake during it asks for another
             try:
                 await self.check(runtime)
                 if runtime.online and runtime.checkpoints is None:
@@ -377,7 +388,6 @@ class ServerRegistry:
                 log.exception("health check of %s failed unexpectedly", runtime.alias)
             # Offline servers are probed more often, so they rejoin quickly.
             delay = self._interval if runtime.online else min(self._interval, 2.0)
-            runtime.wake.clear()
             with contextlib.suppress(TimeoutError):  # (not wait_for: see Dispatcher._hand_over)
                 async with asyncio.timeout(delay):
                     await runtime.wake.wait()

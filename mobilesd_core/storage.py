@@ -19,6 +19,11 @@ from typing import Any
 from tinydb.storages import Storage
 
 TMP_PREFIX = ".tmp-"  # temp files of atomic writes: hidden, and swept by their owners
+# Modes files are created with, before the umask. Files for people (gallery images and sidecars,
+# inbox reports, model downloads and copies) leave it to the umask, so `UMASK=002` keeps them
+# editable by the share's group; the core's own state and its secrets are for the core alone.
+FOR_PEOPLE = 0o666
+PRIVATE = 0o600
 
 
 def fsync_dir(path: Path) -> None:
@@ -37,9 +42,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(
-    path: Path, data: bytes, *, mode: int = 0o644, sync_folder: bool = True
+    path: Path, data: bytes, *, mode: int = PRIVATE, sync_folder: bool = True
 ) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file.
+
+    `mode` before the umask: PRIVATE unless the file is for people (FOR_PEOPLE).
 
     The temp file is created exclusively ("x"): a planted file or symlink at its name is an
     error, never written through; `os.replace` swaps a symlink at `path` itself, never its target.

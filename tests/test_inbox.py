@@ -436,8 +436,8 @@ async def test_processed_or_failed_linked_out_of_the_inbox_receives_nothing(
 
     await wait_for(
         lambda: (
-            warned("good.yaml queued, but cannot move it to processed/")
-            and warned("bad.yaml is invalid, but cannot move it to failed/")
+            warned("good.yaml -> 1 job(s) queued, but the file cannot be moved to processed/")
+            and warned("it cannot be moved to failed/ with its report")
         ),
         what="both moves to be refused",
     )
@@ -536,3 +536,47 @@ async def test_the_watcher_outlives_its_own_failure(
     assert any(
         "the watcher failed; watching" in r.getMessage() and r.exc_info for r in caplog.records
     )
+
+
+async def test_files_that_cannot_be_moved_are_queued_once_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """processed/ and failed/ cannot be made (files hold their names; in Docker: an inbox the
+    container's user may not write): the good file's jobs are queued once, each file is
+    reported once however often the move is retried, and nothing speaks of a restart."""
+    caplog.set_level(logging.INFO, logger="mobilesd_core.inbox")
+    settings = inbox_settings(tmp_path, "polling", inbox_settle_seconds=0.05)
+    root = settings.inbox_path
+    for blocker in ("processed", "failed"):
+        (root / blocker).write_text("in the way\n")
+    h = await start_paused(settings)
+    try:
+        (root / "good.yaml").write_text("defaults: {steps: 2}\njobs: [{prompt: a}, {prompt: b}]\n")
+        (root / "bad.yaml").write_text("prompt: typo\nstesp: 2\n")
+        held = h.core.inbox._held
+        await wait_for(
+            lambda: held.get("good.yaml", 0) >= 4 and held.get("bad.yaml", 0) >= 4,
+            what="several tries to move both files",
+        )
+        assert len(jobs_of(h, "good.yaml")) == 2
+        messages = [r.getMessage() for r in caplog.records]
+        about_good = [m for m in messages if "good.yaml" in m]
+        assert len(about_good) == 1, about_good
+        assert "2 job(s) queued, but the file cannot be moved to processed/" in about_good[0]
+        assert "its jobs are not queued again" in about_good[0]
+        about_bad = [m for m in messages if "bad.yaml" in m]
+        assert len(about_bad) == 1, about_bad
+        assert "stesp: unknown field" in about_bad[0] and "stays in the inbox" in about_bad[0]
+        assert not [m for m in messages if "restart" in m]
+
+        for blocker in ("processed", "failed"):
+            (root / blocker).unlink()
+        await wait_for(lambda: settled(h, "good.yaml", "bad.yaml"), what="the moves")
+        assert len(jobs_of(h, "good.yaml")) == 2
+        assert (root / "failed" / "bad.yaml.error.txt").exists()
+        assert any(
+            "good.yaml moved to processed/good.yaml (its jobs were queued before)" in r.getMessage()
+            for r in caplog.records
+        )
+    finally:
+        await stop_harness(h)

@@ -50,7 +50,7 @@ async def test_sigkill_between_job_creation_and_move_doubles_nothing(tmp_path: P
 
             before = await wait_for(created, what="the jobs of batch.yaml")
             await wait_for(
-                lambda: "cannot move it to processed/" in core.log_tail(),
+                lambda: "cannot be moved to processed/" in core.log_tail(),
                 what="the watcher to be held before the move",
             )
             await core.kill()

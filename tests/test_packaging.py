@@ -151,3 +151,57 @@ def test_the_entrypoint_refuses_a_non_numeric_puid(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "PUID and PGID must be numbers" in result.stderr
+
+
+def test_the_wheel_takes_every_file_the_packages_need() -> None:
+    """Non-Python files (the phone page, the TUI's stylesheet) reach an installed copy only
+    through package-data: without app.tcss, `mobilesd tui` in the image did not start."""
+    import fnmatch
+    import tomllib
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    left_out = []
+    for package in ("mobilesd_core", "mobilesd_tui"):
+        for path in (REPO / package).rglob("*"):
+            if not path.is_file() or path.suffix in (".py", ".pyc"):
+                continue
+            rel = path.relative_to(REPO / package).as_posix()
+            if not any(fnmatch.fnmatch(rel, pattern) for pattern in package_data.get(package, [])):
+                left_out.append(f"{package}/{rel}")
+    assert left_out == []
+
+
+# The image the workflow publishes for a version tag (its owner is the repository's owner).
+PUBLISHED = "ghcr.io/mobilesd/mobilesd:latest"
+WORKFLOW = REPO / ".github" / "workflows" / "image.yml"
+
+
+def test_the_image_workflow_passes_actionlint() -> None:
+    actionlint = shutil.which("actionlint") or str(Path(sys.executable).parent / "actionlint")
+    assert os.access(actionlint, os.X_OK), "actionlint is not installed (the test extra has it)"
+    result = subprocess.run(
+        [actionlint, "-no-color", str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_workflow_publishes_what_compose_and_unraid_pull() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
+    assert triggers["push"]["tags"] == ["v*.*.*"]
+    steps = workflow["jobs"]["publish"]["steps"]
+    build = next(s for s in steps if s.get("uses", "").startswith("docker/build-push-action@"))
+    assert build["with"]["platforms"] == "linux/amd64,linux/arm64"
+    assert build["with"]["push"] is True
+    assert any("ghcr.io/${GITHUB_REPOSITORY_OWNER,,}/mobilesd" in s.get("run", "") for s in steps)
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]["mobilesd"]["image"] == PUBLISHED
+    assert template().findtext("Repository") == PUBLISHED
+    readme = (REPO / "README.md").read_text()
+    assert PUBLISHED in readme and "docker build -t mobilesd" in readme

@@ -44,7 +44,7 @@ from ..config import Settings
 from ..events import EventBus
 from ..library import CHECKPOINTS, LORAS, PREVIEW_SUFFIXES, LibraryKind
 from ..schema import utc_now_iso
-from ..storage import TMP_PREFIX, atomic_write_bytes, fsync_dir
+from ..storage import FOR_PEOPLE, TMP_PREFIX, atomic_write_bytes, fsync_dir
 from ..store import Conflict
 from .client import CivitaiClient, CivitaiError, retry_after_seconds, transport_error
 from .filenames import (
@@ -214,7 +214,7 @@ def _size(path: Path) -> int:
 def _open_part(path: Path, append: bool) -> BinaryIO:
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     flags |= os.O_APPEND if append else os.O_TRUNC
-    return os.fdopen(os.open(path, flags, 0o644), "ab" if append else "wb")
+    return os.fdopen(os.open(path, flags, FOR_PEOPLE), "ab" if append else "wb")
 
 
 def _write(fh: BinaryIO, hasher: Any, data: bytes) -> None:
@@ -255,7 +255,7 @@ def _write_new(path: Path, data: bytes) -> bool:
         return False
     tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FOR_PEOPLE)
         try:
             view = memoryview(data)
             while view:

@@ -83,11 +83,28 @@ def _not_through_link(root: Path, *paths: Path) -> None:
             raise LinkOnPath(errno.ELOOP, "a symbolic link is on the way", link)
 
 
+def _why_not_moved(exc: OSError, root: Path) -> str:
+    """The move's error, with what to do when it is the inbox's permissions."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{reason}: MobileSD runs as user {os.getuid()}, group {os.getgid()} and needs "
+            f"write access to {root} (PUID/PGID in Docker, or the share's permissions)"
+        )
+    if exc.errno == errno.EROFS:
+        return f"{reason}: {root} is mounted read-only"
+    return reason
+
+
 class Ingestor:
     def __init__(self, root: Path, service: QueueService, ledger: IngestLedger) -> None:
         self.root = root
         self.service = service
         self.ledger = ledger
+        # Files handled but not moved (an inbox this user cannot write): said once, then
+        # retried quietly until the move works.
+        self._stuck: set[FileKey] = set()
+        self._stuck_invalid: set[tuple[str, tuple[str, ...]]] = set()
 
     async def ingest(self, rel: str, *, confirmed: bool) -> Outcome:
         """Handle one file that has held still; `confirmed`: it was doubted once already."""
@@ -153,7 +170,7 @@ class Ingestor:
             created_before = any([await self.service.exists(job_id) for job_id in ids])
         else:
             ids = None
-        if created_before:
+        if created_before and key not in self._stuck:
             log.info("inbox: the jobs of %s were created before a restart; not again", key.name)
         else:
             if ids is None and (seen := self.ledger.seen_before(key.sha256)) is not None:
@@ -194,16 +211,24 @@ class Ingestor:
         try:
             dest = await asyncio.to_thread(self._move, path, key.name, PROCESSED)
         except OSError as exc:
-            log.warning(
-                "inbox: %s queued, but cannot move it to %s/ (%s); will try again",
-                key.name,
-                PROCESSED,
-                exc.strerror or exc,
-            )
+            if key not in self._stuck:
+                self._stuck.add(key)
+                log.warning(
+                    "inbox: %s -> %d job(s) queued, but the file cannot be moved to %s/ (%s); "
+                    "it stays in the inbox and its jobs are not queued again",
+                    key.name,
+                    len(ids),
+                    PROCESSED,
+                    _why_not_moved(exc, self.root),
+                )
             return Outcome.HELD
         moved_to = dest.relative_to(self.root).as_posix()
         await asyncio.to_thread(self.ledger.record_moved, key, moved_to, utc_now_iso())
-        log.info("inbox: %s -> %d job(s) queued, moved to %s", key.name, len(ids), moved_to)
+        if key in self._stuck:
+            self._stuck.discard(key)
+            log.info("inbox: %s moved to %s (its jobs were queued before)", key.name, moved_to)
+        else:
+            log.info("inbox: %s -> %d job(s) queued, moved to %s", key.name, len(ids), moved_to)
         return Outcome.QUEUED
 
     def _move(self, path: Path, rel: str, folder: str) -> Path:
@@ -228,15 +253,27 @@ class Ingestor:
                 raise
             return dest
 
+        first = problems[0].render_in(rel)
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         try:
             dest = await asyncio.to_thread(fail)
         except FileNotFoundError:
             return Outcome.GONE
         except OSError as exc:
-            log.warning("inbox: %s is invalid, but cannot move it to %s/ (%s)", rel, FAILED, exc)
+            told = (rel, tuple(p.render_in(rel) for p in problems))
+            if told not in self._stuck_invalid:
+                self._stuck_invalid.add(told)
+                log.warning(
+                    "inbox: %s is invalid: %s%s; it cannot be moved to %s/ with its report (%s), "
+                    "so it stays in the inbox",
+                    rel,
+                    first,
+                    more,
+                    FAILED,
+                    _why_not_moved(exc, self.root),
+                )
             return Outcome.HELD
-        first = problems[0].render_in(rel)
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        self._stuck_invalid = {t for t in self._stuck_invalid if t[0] != rel}
         log.warning(
             "inbox: %s is invalid: %s%s; moved to %s, see %s%s",
             rel,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..schema import FieldProblem
-from ..storage import atomic_write_bytes
+from ..storage import FOR_PEOPLE, atomic_write_bytes
 
 REPORT_SUFFIX = ".error.txt"
 
@@ -60,6 +60,5 @@ def render_report(rel: str, problems: list[FieldProblem]) -> str:
 def write_report(dest: Path, text: str) -> Path:
     report = dest.with_name(dest.name + REPORT_SUFFIX)
     report.parent.mkdir(parents=True, exist_ok=True)
-    # 0666 before the umask: files on a share stay deletable by the people who use it.
-    atomic_write_bytes(report, text.encode(), mode=0o666)
+    atomic_write_bytes(report, text.encode(), mode=FOR_PEOPLE)
     return report

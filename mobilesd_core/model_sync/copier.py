@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..civitai.hashes import FileHashes, StreamHasher
-from ..storage import fsync_dir
+from ..storage import FOR_PEOPLE, fsync_dir
 
 CHUNK = 8 * 1024 * 1024
 PART_SUFFIX = ".mobilesd-part"
@@ -70,7 +70,7 @@ def copy_verified(
         last = 0.0
         progress(0, size, "copying")
         with open(source, "rb") as src:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FOR_PEOPLE)
             try:
                 while chunk := src.read(CHUNK):
                     if cancel.is_set():
