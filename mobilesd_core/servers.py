@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
 
 from .events import EventBus
 from .forge.client import ForgeClient
@@ -134,21 +133,9 @@ class ServerRegistry:
         self._on_available = callback
 
     async def start(self) -> None:
-        invalid: dict[str, str] = {}
         for stored in self._store.all():
-            try:
-                config = ServerConfig.model_validate(stored)
-            except ValidationError as exc:
-                # Edited by hand, or written under older rules: leave it out, loudly, rather
-                # than refuse to start (the store keeps the file as it was).
-                invalid[stored["alias"]] = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-                    for e in exc.errors()
-                )
-                continue
+            config = ServerConfig.model_validate(stored)
             self._add_runtime(config)
-        if invalid:
-            await self._store.drop_invalid(invalid)
 
     async def stop(self) -> None:
         if self._flush is not None:

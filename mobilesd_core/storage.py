@@ -57,11 +57,14 @@ OS = FileSystem()
 class DamagedFile(ValueError):
     """A data file that cannot be read as what it should hold: which file, where, and why."""
 
-    def __init__(self, path: Path, reason: str, *, line: int | None = None) -> None:
+    def __init__(
+        self, path: Path, reason: str, *, line: int | None = None, column: int | None = None
+    ) -> None:
         self.path = path
         self.reason = reason
         self.line = line
-        where = f"line {line}: " if line is not None else ""
+        where = "" if line is None else f"line {line}: " if column is None else f"line {line}, "
+        where += "" if column is None else f"column {column}: "
         super().__init__(f"{path} is damaged ({where}{reason})")
 
 
@@ -79,10 +82,10 @@ def read_json_file(path: Path) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise DamagedFile(path, f"column {exc.colno}: {exc.msg}", line=exc.lineno) from None
+        raise DamagedFile(path, exc.msg, line=exc.lineno, column=exc.colno) from None
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DamagedFile(path, f"byte {exc.start}: not UTF-8 text", line=line) from None
+        raise DamagedFile(path, f"byte {exc.start} is not UTF-8 text", line=line) from None
 
 
 def corrupt_copy_name(path: Path) -> Path:

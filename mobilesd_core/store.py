@@ -36,8 +36,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from .config import ConfigError
-from .schema import ACTIVE_STATUSES, TERMINAL_STATUSES, utc_now_iso
+from .schema import ACTIVE_STATUSES, TERMINAL_STATUSES, ServerConfig, utc_now_iso
 from .storage import (
     OS,
     AppendLog,
@@ -1123,16 +1125,6 @@ class ServerStore:
     def get(self, alias: str) -> dict[str, Any] | None:
         return self._servers.get(alias)
 
-    async def drop_invalid(self, problems: dict[str, str]) -> None:
-        """Drop servers whose settings cannot be used (alias -> why), keeping the file as it was
-        aside, so that no later write loses them silently."""
-        async with self._lock:
-            for alias in problems:
-                self._servers.pop(alias, None)
-            await asyncio.to_thread(
-                self._set_aside, [f"server '{a}': {why}" for a, why in problems.items()]
-            )
-
     def _set_aside(self, problems: list[str]) -> None:
         assert self._storage is not None
         aside = corrupt_copy_name(self.path)
@@ -1167,6 +1159,16 @@ def _server_entries(
         alias = doc.get("alias") if isinstance(doc, dict) else None
         if not isinstance(alias, str) or not alias:
             problems.append(f"entry {key}: no alias")
-        else:
-            servers[alias] = dict(doc)
+            continue
+        try:
+            ServerConfig.model_validate(doc)
+        except ValidationError as exc:
+            # Edited by hand, or written under older rules. (Never the value: a password.)
+            why = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            problems.append(f"server '{alias}': {why}")
+            continue
+        servers[alias] = dict(doc)
     return servers, problems
