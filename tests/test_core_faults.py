@@ -655,7 +655,7 @@ async def test_an_unusable_server_entry_is_left_out_and_the_file_kept_aside(
 # is left, saying what it skipped) or, for a secret another party holds, stops naming the file.
 GARBAGE = {
     "not JSON": b'{"op": "put", "job": {"mobilesd_job_id": \n',
-    "not UTF-8": b"\xff\xfe\x00\x81garbage\n",
+    "not UTF-8": b"garbage \x81\xfe\n",
     "wrong shape": b'{"op": "intent", "key": 1, "servers": [1], "pinned": 5, "downloads": 3}\n',
 }
 STARTS = (
