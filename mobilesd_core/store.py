@@ -322,8 +322,7 @@ class _Archive:
             self.index[job_id] = self.entry(month, offset, length, record)
         log.info("archive %s compacted to %d jobs", month, len(records))
 
-    def read(self, job_id: str) -> Job:
-        entry = self.index[job_id]
+    def read_entry(self, entry: _ArchiveEntry) -> Job:
         return self.log_for(entry.month).read_at(entry.offset, entry.length)
 
     def commit_append(self, job: Job, entry: _ArchiveEntry) -> None:
@@ -796,9 +795,10 @@ class JobStore:
         job = self._live.get(job_id) or self._archive.recent.get(job_id)
         if job is not None:
             return job
-        if job_id not in self._archive.index:
+        entry = self._archive.index.get(job_id)  # taken now: a removal may come meanwhile
+        if entry is None:
             raise JobNotFound(job_id)
-        return await self._read(self._archive.read, job_id)
+        return await self._read(self._archive.read_entry, entry)
 
     def count(self) -> dict[str, int]:
         counts = dict.fromkeys(("pending", "processing", "completed", "failed", "cancelled"), 0)
@@ -885,12 +885,23 @@ class JobStore:
                 wanted = list(itertools.islice(matching, start, start + need))
         total = len(live) + total_finished
         if wanted:
-            missing = [j for j in wanted if j not in self._archive.recent]
-            loaded: dict[str, Job] = {}
-            if missing:
-                loaded = await self._read(lambda: {j: self._archive.read(j) for j in missing})
-            page.extend(self._archive.recent.get(j) or loaded[j] for j in wanted)
+            page.extend(await self._finished_records(wanted))
         return page, total
+
+    async def _finished_records(self, ids: list[str]) -> list[Job]:
+        """Finished jobs' records, in order: from memory when recent, else from the archive.
+        What is needed is taken from memory before reading: jobs finishing meanwhile push
+        records out of `recent`, a removal drops ids from the index."""
+        recent, index = self._archive.recent, self._archive.index
+        found = {j: recent[j] for j in ids if j in recent}
+        entries = {j: index[j] for j in ids if j not in found}
+        if entries:
+            found.update(
+                await self._read(
+                    lambda: {j: self._archive.read_entry(e) for j, e in entries.items()}
+                )
+            )
+        return [found[j] for j in ids]
 
     def finished_before(self, cutoff: float) -> list[str]:
         """Ids of finished jobs that finished before `cutoff` (unix time), oldest first."""
@@ -1054,11 +1065,7 @@ class JobStore:
             key=lambda j: j["mobilesd_job_id"],
         )
         done = sorted(j for j, e in self._archive.index.items() if e.batch == batch_id)
-        missing = [j for j in done if j not in self._archive.recent]
-        loaded: dict[str, Job] = {}
-        if missing:
-            loaded = await self._read(lambda: {j: self._archive.read(j) for j in missing})
-        jobs = live + [self._archive.recent.get(j) or loaded[j] for j in done]
+        jobs = live + await self._finished_records(done)
         if not jobs:
             raise BatchNotFound(batch_id)
         return jobs

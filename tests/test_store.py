@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mobilesd_core.schema import GenerationParams, new_job, utc_now_iso
 from mobilesd_core.storage import AppendLog, AtomicJSONStorage
-from mobilesd_core.store import Conflict, JobNotFound, JobStore, ServerStore
+from mobilesd_core.store import Conflict, JobNotFound, JobStore, ServerStore, _Archive
 
 
 def make_jobs(n: int, prompt: str = "a cat") -> list[dict]:
@@ -365,3 +366,47 @@ async def test_damaged_archive_lines_are_named_and_skipped(
     assert f"{archive}: line 3 skipped: job y: no generation_params object" in said
     assert f"{archive}: line 4 skipped: a removal without a list of job ids" in said
     assert f"{archive}: line 5 skipped: not a whole record (cut short, or damaged)" in said
+
+
+@pytest.mark.parametrize("read", ["page", "batch", "one job"])
+async def test_finished_jobs_read_from_disk_while_others_finish_or_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """Older finished jobs are read from the archive in a thread; meanwhile jobs finish (which
+    pushes records out of the in-memory recent ones) or are removed. A page read while that
+    happened answered 500 (found by the soak: a queue listing under load)."""
+    monkeypatch.setattr(_Archive, "RECENT", 2)
+    store = await open_store(tmp_path)
+    jobs = await store.add([{**j, "batch_id": "b1"} for j in make_jobs(6)])
+    ids = [j["mobilesd_job_id"] for j in jobs]
+    for job_id in ids[:4]:
+        await store.update(job_id, {"status": "failed", "completion_timestamp": utc_now_iso()})
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    original = store._read
+
+    async def held_read(fn: Any, *args: Any) -> Any:
+        entered.set()
+        await go_on.wait()  # the archive read waits while the others finish and go
+        return await original(fn, *args)
+
+    monkeypatch.setattr(store, "_read", held_read)
+    reading = asyncio.ensure_future(
+        store.list_jobs(limit=100)
+        if read == "page"
+        else store.batch_jobs("b1")
+        if read == "batch"
+        else store.get(ids[0])
+    )
+    await entered.wait()
+    for job_id in ids[4:]:
+        await store.update(job_id, {"status": "failed", "completion_timestamp": utc_now_iso()})
+    assert await store.remove_finished([ids[0]]) == [ids[0]]
+    go_on.set()
+    result = await reading
+    await store.close()
+    # Each read answers as things were when it was asked: four finished, two queued.
+    if read == "one job":
+        assert result["mobilesd_job_id"] == ids[0] and result["status"] == "failed"
+    else:
+        listed = result[0] if read == "page" else result
+        assert sorted(j["mobilesd_job_id"] for j in listed) == sorted(ids)
