@@ -19,9 +19,11 @@ import contextlib
 import gc
 import os
 import random
+import tempfile
 import time
 import weakref
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -281,23 +283,34 @@ async def test_soak_2000_jobs(tmp_path: Path) -> None:
     check_no_leaks(figures, rss_growth_mib=80)
 
 
+@pytest.fixture
+def fast_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a RAM disk where there is one: fsync costs nothing there, as on a fast SSD
+    with a write cache."""
+    shm = "/dev/shm"
+    with tempfile.TemporaryDirectory(dir=shm if os.path.isdir(shm) else tmp_path) as root:
+        yield Path(root)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("seed", [11, 12, 13])
-async def test_soak_cancels_racing_claims(tmp_path: Path, seed: int) -> None:
+async def test_soak_cancels_racing_claims(fast_disk: Path, seed: int) -> None:
     """The early 2,000-job soak once left 5 jobs pending for good. The cause: a cancel whose
     write completed in the same loop turn as the job's claim cancelled the new run before its
     first step, so the run never gave its server slot back; that server took no job again
     (test_dispatch.py has the exact interleaving). This soak makes such cancels common: after
     every burst it also cancels the job at the head of the queue, the one a freed server is
-    claiming right then, with the same faults as before. Without the fix, 2,000 jobs got stuck
-    on every seed tried; a run that stops moving for 10 s counts as stuck."""
+    claiming right then, with the same faults as before, on a disk whose fsync is free (both
+    writes then complete within one loop turn more often). A run that stops moving for 10 s
+    counts as stuck. Without the fix, 6 of 9 runs of these seeds got stuck (one with exactly 5
+    jobs pending); it is a race, so a seed fixes what is asked, not the interleaving."""
     jobs = int(os.environ.get("SOAK_JOBS", "2000"))
     figures = await soak(
-        tmp_path, jobs=jobs, restarts=1, seed=seed, head_cancels=1.0, stuck_after=10
+        fast_disk, jobs=jobs, restarts=1, seed=seed, head_cancels=1.0, stuck_after=10
     )
     assert figures["jobs"] == jobs and sum(figures["statuses"].values()) == jobs, figures
-    assert figures["statuses"]["cancelled"] > jobs // 20, figures  # the cancels did happen
+    assert figures["statuses"]["cancelled"] > jobs // 40, figures  # the cancels did happen
 
 
 async def test_a_stopped_core_is_freed(tmp_path: Path) -> None:
