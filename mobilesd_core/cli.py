@@ -147,7 +147,12 @@ async def serve(settings: Settings, *, qr: bool = True) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = prepare(_settings(args))
-    asyncio.run(serve(settings, qr=not args.no_qr))
+    try:
+        asyncio.run(serve(settings, qr=not args.no_qr))
+    except OSError as exc:
+        # A file in the data folder that cannot be read or written as it must (a folder where a
+        # file should be, no permission): named, as a configuration error, not a traceback.
+        raise ConfigError(f"cannot start: {exc}") from None
     return 0
 
 

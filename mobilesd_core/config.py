@@ -294,16 +294,33 @@ def write_secret_file(path: Path, text: str) -> None:
 WEBHOOK_SECRET_FILE = "webhook_secret"
 
 
+def _read_secret_file(path: Path, remedy: str) -> str:
+    """The secret kept in `path` ("" when there is none). One that is not text is not one this
+    program wrote: a ConfigError says so, rather than quietly making a new one that the phones
+    or webhook receivers holding the old one would not know."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    try:
+        return raw.decode().strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"CONFIG_DATA_PATH: {path} is damaged (not text); {remedy}") from None
+
+
 def load_or_create_webhook_secret(settings: Settings) -> tuple[str, bool]:
     """WEBHOOK_SECRET if set, else the one kept in CONFIG_DATA_PATH (made on first use).
     Returns (secret, whether it came from the environment)."""
     if settings.webhook_secret:
         return settings.webhook_secret, True
     path = settings.data_path / WEBHOOK_SECRET_FILE
-    if path.exists():
-        secret = path.read_text().strip()
-        if secret:
-            return secret, False
+    secret = _read_secret_file(
+        path,
+        "put the secret your webhook receivers check back in it, or delete it to make a new one "
+        "(then give the receivers the new one)",
+    )
+    if secret:
+        return secret, False
     secret = secrets.token_hex(32)
     write_secret_file(path, secret + "\n")
     return secret, False
@@ -314,12 +331,15 @@ def load_or_create_token(settings: Settings) -> str:
     if settings.token:
         return settings.token
     path = settings.data_path / TOKEN_FILE
-    if path.exists():
-        token = path.read_text().strip()
-        if token:
-            if path.stat().st_mode & 0o077:
-                path.chmod(0o600)
-            return token
+    token = _read_secret_file(
+        path,
+        "delete it to make a new token (the phone link printed at start then changes), or set "
+        "MOBILESD_TOKEN",
+    )
+    if token:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return token
     token = secrets.token_urlsafe(24)
     write_secret_file(path, token + "\n")
     return token

@@ -313,6 +313,10 @@ class Dispatcher:
             raise
         log.info("job %s -> %s (attempt %d)", job_id, runtime.alias, claimed["attempts"])
         run.task = asyncio.create_task(self._run(claimed, run), name=f"job-{job_id}")
+        # The clean-up is a done callback, not a `finally` in `_run`: a cancel whose write
+        # completed in the same loop turn as the claim's can cancel the task before its first
+        # step, and such a task never runs its body. Its slot then stayed taken for good.
+        run.task.add_done_callback(lambda _: self._run_ended(run))
 
     # -- one job ----------------------------------------------------------------------------
 
@@ -351,13 +355,17 @@ class Dispatcher:
         except Exception as exc:
             log.exception("job %s failed on an unexpected error", job["mobilesd_job_id"])
             await self._finish_failed(job, run, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            self._release_slot(run)
-            self._board.clear(run.job_id)
-            self._runs.pop(run.job_id, None)
-            self.wake()
+
+    def _run_ended(self, run: _Run) -> None:
+        self._release_slot(run)
+        self._board.clear(run.job_id)
+        if self._runs.get(run.job_id) is run:  # not a later run of the same job (a retry)
+            del self._runs[run.job_id]
+        self.wake()
 
     async def _execute(self, job: dict[str, Any], run: _Run) -> None:
+        if run.cancelled:  # cancelled between its claim and its first step: nothing to send
+            raise _JobCancelled
         runtime = run.runtime
         params = job["generation_params"]
         started = time.monotonic()

@@ -50,7 +50,10 @@ class Pins:
                 log.error("retention: %s unreadable (%s); no job is pinned", self._path, exc)
                 return set()
             ids = data.get("pinned") if isinstance(data, dict) else None
-            return {i for i in ids or [] if isinstance(i, str)}
+            if not isinstance(ids, list):
+                log.error("retention: %s holds no list of pins; no job is pinned", self._path)
+                return set()
+            return {i for i in ids if isinstance(i, str)}
 
         self.ids = await asyncio.to_thread(read)
 

@@ -47,9 +47,13 @@ QUEUE_STATE_FILE = "queue_state.json"
 
 
 def load_paused(data_path: Path) -> bool:
+    path = data_path / QUEUE_STATE_FILE
     try:
-        return bool(json.loads((data_path / QUEUE_STATE_FILE).read_text()).get("paused"))
-    except (OSError, ValueError, AttributeError):
+        return bool(json.loads(path.read_bytes()).get("paused"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError) as exc:
+        log.error("%s unreadable (%s); the queue starts running (not paused)", path, exc)
         return False
 
 

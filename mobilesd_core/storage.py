@@ -5,6 +5,10 @@ between leaves a file that does not parse, and it re-reads the file on every que
 database lives in memory and every write goes to a temp file that is fsynced and renamed over the
 old one, then the folder is fsynced, so the file on disk is always either the old or the new
 complete database.
+
+Every call that changes a file goes through a `FileSystem`, so that a test can put one in that
+records what each call made durable and rebuild the files as a power cut after any of them
+would leave them (tests/powercut.py). `OS` is the real one.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +31,110 @@ FOR_PEOPLE = 0o666
 PRIVATE = 0o600
 
 
-def fsync_dir(path: Path) -> None:
+class FileSystem:
+    """The file calls that change what is on disk. Reads go to the OS directly."""
+
+    def open(self, path: Path | str, flags: int, mode: int = 0o777) -> int:
+        return os.open(path, flags, mode)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def unlink(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def mkdir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+OS = FileSystem()
+
+
+class DamagedFile(ValueError):
+    """A data file that cannot be read as what it should hold: which file, where, and why."""
+
+    def __init__(
+        self, path: Path, reason: str, *, line: int | None = None, column: int | None = None
+    ) -> None:
+        self.path = path
+        self.reason = reason
+        self.line = line
+        where = "" if line is None else f"line {line}: " if column is None else f"line {line}, "
+        where += "" if column is None else f"column {column}: "
+        super().__init__(f"{path} is damaged ({where}{reason})")
+
+
+def read_json_file(path: Path) -> Any:
+    """The file's JSON value; None when it is missing or blank. Raises `DamagedFile` naming the
+    line (and column) where it stops making sense."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise DamagedFile(path, "a folder where a file should be") from None
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DamagedFile(path, exc.msg, line=exc.lineno, column=exc.colno) from None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DamagedFile(path, f"byte {exc.start} is not UTF-8 text", line=line) from None
+
+
+def corrupt_copy_name(path: Path) -> Path:
+    """Where a damaged file is kept aside: `<name>.corrupt-<UTC time>`, never over another."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    return aside
+
+
+def fsync_dir(path: Path, *, fs: FileSystem = OS) -> None:
     """Make a rename in `path` durable. Some network filesystems refuse this; the rename has
     still happened, so that is not an error."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = fs.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
     try:
-        os.fsync(fd)
+        fs.fsync(fd)
     except OSError:
         pass
     finally:
-        os.close(fd)
+        fs.close(fd)
+
+
+def fsync_path(path: Path, *, fs: FileSystem = OS) -> None:
+    """fsync a file (or a folder) by name; errors are raised."""
+    fd = fs.open(path, os.O_RDONLY)
+    try:
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
 
 
 def atomic_write_bytes(
-    path: Path, data: bytes, *, mode: int = PRIVATE, sync_folder: bool = True
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = PRIVATE,
+    sync_folder: bool = True,
+    fs: FileSystem = OS,
 ) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file.
 
@@ -53,42 +145,42 @@ def atomic_write_bytes(
     """
     tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+                view = view[fs.write(fd, view) :]
+            fs.fsync(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fs.close(fd)
+        fs.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        fs.unlink(tmp)
         raise
     if sync_folder:
-        fsync_dir(path.parent)
+        fsync_dir(path.parent, fs=fs)
 
 
 class AtomicJSONStorage(Storage):
     """TinyDB storage: in-memory copy, atomic whole-file replace on write.
 
     `read` hands TinyDB the cached dict (TinyDB mutates it and then calls `write`); if a write
-    fails, the cache is reloaded from disk so memory never runs ahead of the file.
+    fails, the cache is reloaded from disk so memory never runs ahead of the file. A file that
+    does not parse raises `DamagedFile`.
     """
 
-    def __init__(self, path: str | Path, *, mode: int = 0o600) -> None:
+    def __init__(self, path: str | Path, *, mode: int = 0o600, fs: FileSystem = OS) -> None:
         self.path = Path(path)
         self.mode = mode
+        self.fs = fs
         self._cache: dict[str, Any] | None = None
         self._load()
 
     def _load(self) -> None:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            self._cache = None
-            return
-        self._cache = json.loads(raw) if raw.strip() else None
+        data = read_json_file(self.path)
+        if data is not None and not isinstance(data, dict):
+            raise DamagedFile(self.path, f"a JSON {type(data).__name__}, not an object")
+        self._cache = data
 
     def read(self) -> dict[str, Any] | None:
         return self._cache
@@ -96,7 +188,7 @@ class AtomicJSONStorage(Storage):
     def write(self, data: dict[str, Any]) -> None:
         payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
         try:
-            atomic_write_bytes(self.path, payload, mode=self.mode)
+            atomic_write_bytes(self.path, payload, mode=self.mode, fs=self.fs)
         except BaseException:
             self._load()
             raise
@@ -112,6 +204,11 @@ def _encode_lines(records: list[dict[str, Any]]) -> list[bytes]:
     ]
 
 
+# Told of a whole line (one that ends in a newline) that is not a JSON object: (line number,
+# the line). A last line without its newline is a write a crash cut short, and is not told.
+BadLine = Callable[[int, bytes], None]
+
+
 class AppendLog:
     """An append-only JSON-lines file: the cost of a write does not depend on its length.
 
@@ -119,50 +216,63 @@ class AppendLog:
     next append starts after.
     """
 
-    def __init__(self, path: Path, *, mode: int = 0o600) -> None:
+    def __init__(self, path: Path, *, mode: int = 0o600, fs: FileSystem = OS) -> None:
         self.path = path
         self.mode = mode
+        self.fs = fs
 
     def append(self, records: list[dict[str, Any]], *, sync: bool = True) -> list[tuple[int, int]]:
         """Append records (fsynced unless `sync=False`); returns each line's (offset, length)."""
         lines = _encode_lines(records)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, self.mode)
+        fs = self.fs
+        fd = fs.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, self.mode)
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
             if offset and os.pread(fd, 1, offset - 1) != b"\n":
                 # A torn line from a crash: start ours on a fresh line so both stay separable.
-                os.write(fd, b"\n")
+                fs.write(fd, b"\n")
                 offset += 1
             data = memoryview(b"".join(lines))
             while data:
-                data = data[os.write(fd, data) :]
+                data = data[fs.write(fd, data) :]
             if sync:
-                os.fsync(fd)
+                fs.fsync(fd)
         finally:
-            os.close(fd)
+            fs.close(fd)
         spans = []
         for line in lines:
             spans.append((offset, len(line)))
             offset += len(line)
         return spans
 
-    def iter_records(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    def iter_records(
+        self, on_bad_line: BadLine | None = None
+    ) -> Iterator[tuple[int, int, dict[str, Any]]]:
         """Every complete record with its (offset, length), streamed; torn lines are skipped."""
+        for _, offset, length, record in self.iter_numbered(on_bad_line):
+            yield offset, length, record
+
+    def iter_numbered(
+        self, on_bad_line: BadLine | None = None
+    ) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+        """As `iter_records`, each record with its line number first."""
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
             return
         with fh:
             offset = 0
-            for line in fh:
+            for number, line in enumerate(fh, start=1):
                 length = len(line)
                 if line.endswith(b"\n"):
                     try:
                         record = json.loads(line)
-                    except json.JSONDecodeError:
+                    except ValueError:  # not JSON, or not UTF-8
                         record = None
                     if isinstance(record, dict):
-                        yield offset, length, record
+                        yield number, offset, length, record
+                    elif on_bad_line is not None and line.strip():
+                        on_bad_line(number, line)
                 offset += length
 
     def read_at(self, offset: int, length: int) -> dict[str, Any]:
@@ -173,7 +283,7 @@ class AppendLog:
     def rewrite(self, records: list[dict[str, Any]]) -> list[tuple[int, int]]:
         """Compact: atomically replace the log with exactly these records."""
         lines = _encode_lines(records)
-        atomic_write_bytes(self.path, b"".join(lines), mode=self.mode)
+        atomic_write_bytes(self.path, b"".join(lines), mode=self.mode, fs=self.fs)
         spans, offset = [], 0
         for line in lines:
             spans.append((offset, len(line)))

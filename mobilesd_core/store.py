@@ -36,11 +36,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tinydb import TinyDB
+from pydantic import ValidationError
 
 from .config import ConfigError
-from .schema import TERMINAL_STATUSES, utc_now_iso
-from .storage import AppendLog, AtomicJSONStorage, atomic_write_bytes
+from .schema import ACTIVE_STATUSES, TERMINAL_STATUSES, ServerConfig, utc_now_iso
+from .storage import (
+    OS,
+    AppendLog,
+    AtomicJSONStorage,
+    DamagedFile,
+    FileSystem,
+    atomic_write_bytes,
+    corrupt_copy_name,
+    fsync_dir,
+    fsync_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +89,39 @@ class StoreWriteError(OSError):
 
 class DataFolderInUse(ConfigError):
     """Another MobileSD process owns this CONFIG_DATA_PATH."""
+
+
+class JobsFileDamaged(ConfigError):
+    """`jobs.json` does not parse. It is the only copy of queued jobs that did not change since
+    the last start (the journal holds only changes since), so starting without it would drop
+    them: the core stops, names the file and the place, and says what the user can do."""
+
+    def __init__(self, damage: DamagedFile) -> None:
+        super().__init__(
+            f"CONFIG_DATA_PATH: {damage}. It holds the queued jobs, so MobileSD does not start "
+            "without it. Restore it from a backup, or move it away to start with what "
+            "jobs.journal and archive/ hold (finished jobs and jobs changed since the last "
+            "start are kept; queued jobs not changed since then are lost)."
+        )
+        self.damage = damage
+
+
+def job_problem(job: Any, *, live: bool) -> str | None:
+    """What makes a stored job unusable (None: nothing). Only what the store and the views
+    rely on is checked; a record failing this was written by hand or damaged."""
+    if not isinstance(job, dict):
+        return "not a job object"
+    job_id = job.get("mobilesd_job_id")
+    if not isinstance(job_id, str) or not job_id:
+        return "no mobilesd_job_id"
+    status = job.get("status")
+    if status not in (ACTIVE_STATUSES if live else TERMINAL_STATUSES):
+        return f"job {job_id}: status {status!r} does not belong here"
+    if not isinstance(job.get("generation_params"), dict):
+        return f"job {job_id}: no generation_params object"
+    if live and (not isinstance(job.get("position"), int) or isinstance(job["position"], bool)):
+        return f"job {job_id}: no position"
+    return None
 
 
 @dataclass(slots=True)
@@ -126,8 +169,9 @@ class _Archive:
 
     RECENT = 512  # full records kept in memory: the first pages of the queue view read no file
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fs: FileSystem = OS) -> None:
         self.root = root
+        self.fs = fs
         self.index: dict[str, _ArchiveEntry] = {}
         self.order: list[str] = []  # append order, oldest first; may hold dead ids
         self._dead_in_order = 0
@@ -145,7 +189,7 @@ class _Archive:
     def log_for(self, month: str) -> AppendLog:
         log_ = self._logs.get(month)
         if log_ is None:
-            log_ = self._logs[month] = AppendLog(self.root / f"jobs-{month}.jsonl")
+            log_ = self._logs[month] = AppendLog(self.root / f"jobs-{month}.jsonl", fs=self.fs)
         return log_
 
     @staticmethod
@@ -164,7 +208,8 @@ class _Archive:
 
     def load(self) -> None:
         """Stream every month into the index (thread side, before the loop uses it)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Its name is made durable by the snapshot written next, in the same folder.
+        self.fs.mkdir(self.root)
         # Parsing 100,000 records makes many short-lived objects; the collector rescanning
         # the growing index each time would double the load time.
         gc_was_enabled = gc.isenabled()
@@ -181,18 +226,30 @@ class _Archive:
 
     def _load_month(self, month: str) -> None:
         lines = dead = 0
-        for offset, length, record in self.log_for(month).iter_records():
+        log_ = self.log_for(month)
+
+        def bad(number: int, reason: str) -> None:
+            log.error("%s: line %d skipped: %s", log_.path, number, reason)
+
+        for number, offset, length, record in log_.iter_numbered(
+            lambda number, _line: bad(number, "not a whole record (cut short, or damaged)")
+        ):
             lines += 1
             removed = record.get("_removed")
             if removed is not None:
+                if not isinstance(removed, list) or not all(isinstance(j, str) for j in removed):
+                    bad(number, "a removal without a list of job ids")
+                    continue
                 for job_id in removed:
                     self.removed.add(job_id)
                     if self.index.pop(job_id, None) is not None:
                         dead += 1
                 continue
-            job_id = record.get("mobilesd_job_id")
-            if not job_id or "status" not in record:
+            problem = job_problem(record, live=False)
+            if problem is not None:
+                bad(number, problem)
                 continue
+            job_id = record["mobilesd_job_id"]
             if job_id in self.index:
                 dead += 1  # an older copy of a re-archived job; the newest wins
             self.index[job_id] = self.entry(month, offset, length, record)
@@ -265,8 +322,7 @@ class _Archive:
             self.index[job_id] = self.entry(month, offset, length, record)
         log.info("archive %s compacted to %d jobs", month, len(records))
 
-    def read(self, job_id: str) -> Job:
-        entry = self.index[job_id]
+    def read_entry(self, entry: _ArchiveEntry) -> Job:
         return self.log_for(entry.month).read_at(entry.offset, entry.length)
 
     def commit_append(self, job: Job, entry: _ArchiveEntry) -> None:
@@ -332,12 +388,19 @@ class _WriteFailed(Exception):
         self.on_disk = on_disk
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a journal record unusable (None: nothing)."""
+    op = record.get("op")
+    if op in ("put", "done"):
+        return job_problem(record.get("job"), live=op == "put")
+    if op == "pos":
+        positions = record.get("positions")
+        if not isinstance(positions, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in positions.values()
+        ):
+            return "a move without positions"
+        return None
+    return f"unknown op {op!r}"
 
 
 class _Writer:
@@ -349,17 +412,22 @@ class _Writer:
 
     A finished job is written twice: as a `done` journal line holding the whole record, and as
     an archive line. Each is enough to recover it, so the two files need no ordering between
-    their flushes; `load` re-archives any `done` job the archive lacks.
+    their flushes; `load` re-archives any `done` job the archive lacks. Only compaction, which
+    drops the `done` lines, must first make the archive lines durable (see `_compact`).
     """
 
-    def __init__(self, data_path: Path, archive: _Archive) -> None:
+    def __init__(self, data_path: Path, archive: _Archive, fs: FileSystem = OS) -> None:
+        self.fs = fs
         self.snapshot_path = data_path / "jobs.json"
-        self.journal = AppendLog(data_path / "jobs.journal")
+        self.journal = AppendLog(data_path / "jobs.journal", fs=fs)
         self.archive = archive
         self.jobs: dict[str, Job] = {}  # the live jobs as written (appender side)
         self.done: dict[str, Job] = {}  # finished jobs seen in the journal (load only)
         self.lines = 0
-        self._unsynced_archive: set[Path] = set()
+        # Archive files (and the archive folder, for a new month's file) written since the last
+        # compaction, whether or not the syncer has fsynced them yet (appender side).
+        self._archive_written: set[Path] = set()
+        self._archive_files: set[Path] = set()  # known to exist: their names are durable
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._sync_queue: queue.SimpleQueue[tuple[list[_Op], set[Path]] | None] = (
             queue.SimpleQueue()
@@ -368,20 +436,56 @@ class _Writer:
 
     # -- load, before the threads start --------------------------------------------------------
 
-    def read(self) -> None:
-        """Snapshot plus journal into `self.jobs`; writes nothing."""
-        db = TinyDB(self.snapshot_path, storage=AtomicJSONStorage)
+    def read(self) -> list[str]:
+        """Snapshot plus journal into `self.jobs`; writes nothing. Returns what was skipped in
+        the journal (line and why). Raises `JobsFileDamaged` if the snapshot does not parse."""
         try:
-            for doc in db.table("jobs").all():
-                if doc.get("mobilesd_job_id"):
-                    self.jobs[doc["mobilesd_job_id"]] = dict(doc)
-        finally:
-            db.close()
-        for _, _, record in self.journal.iter_records():
-            self._apply(record)
+            docs = self._snapshot_docs()
+        except DamagedFile as exc:
+            raise JobsFileDamaged(exc) from None
+        for key, doc in docs.items():
+            problem = job_problem(doc, live=True)
+            if problem is not None:
+                log.error("%s: job %s skipped: %s", self.snapshot_path, key, problem)
+                continue
+            self.jobs[doc["mobilesd_job_id"]] = dict(doc)
+        skipped: list[str] = []
+        for number, _, _, record in self.journal.iter_numbered(
+            lambda number, _: skipped.append(f"line {number}: not a whole record")
+        ):
+            problem = _record_problem(record)
+            if problem is None:
+                self._apply(record)
+            else:
+                skipped.append(f"line {number}: {problem}")
+        return skipped
+
+    def _snapshot_docs(self) -> dict[str, Any]:
+        # TinyDB's format: {"jobs": {"<doc id>": {...}, ...}} (other tables are not ours).
+        data = AtomicJSONStorage(self.snapshot_path, fs=self.fs).read() or {}
+        docs = data.get("jobs", {})
+        if not isinstance(docs, dict):
+            raise DamagedFile(self.snapshot_path, "its 'jobs' table is not an object")
+        return docs
 
     def load(self) -> dict[str, Job]:
-        self.read()
+        skipped = self.read()
+        if skipped:
+            # Changes are lost with those lines; the file is folded away below, so a copy stays
+            # for whoever wants to look.
+            aside = corrupt_copy_name(self.journal.path)
+            atomic_write_bytes(aside, self.journal.path.read_bytes(), mode=0o600, fs=self.fs)
+            for problem in skipped[:20]:
+                log.error("%s: %s; skipped", self.journal.path, problem)
+            log.error(
+                "%s: %d damaged line(s) skipped (the changes they held are lost); "
+                "the file as it was is kept as %s",
+                self.journal.path,
+                len(skipped),
+                aside.name,
+            )
+        # Whatever a killed process left unsynced in the archive is about to be relied on.
+        self._archive_written.update(self.archive.root.glob("jobs-*.jsonl"))
         lost = [
             job
             for job_id, job in self.done.items()
@@ -400,6 +504,7 @@ class _Writer:
     def _archive_now(self, jobs: list[Job]) -> None:
         for month, group in _by_month(jobs).items():
             log_ = self.archive.log_for(month)
+            self._note_archive_file(log_.path, self._archive_written)
             for job, (offset, length) in zip(group, log_.append(group, sync=True), strict=True):
                 self.archive.commit_append(job, _Archive.entry(month, offset, length, job))
         log.info("re-archived %d finished job(s) found only in the journal", len(jobs))
@@ -419,17 +524,27 @@ class _Writer:
                     self.jobs[job_id] = {**self.jobs[job_id], "position": position}
 
     def _compact(self) -> None:
-        # The `done` lines are about to go: their archive lines must be on disk first. Then the
-        # snapshot, then an empty journal; a crash in between replays records the snapshot
-        # already holds, which is harmless (every record is idempotent).
-        for path in self._unsynced_archive:
-            _fsync_path(path)
-        self._unsynced_archive.clear()
+        # The `done` lines are about to go, so their archive lines, and the names of archive
+        # files made since, must be durable first: the syncer may not have reached them yet
+        # (or, at start, a killed process never did). Then the snapshot, then an empty
+        # journal; a power cut in between replays records the snapshot already holds, which is
+        # harmless (every record is idempotent).
+        for path in self._archive_written:
+            fsync_path(path, fs=self.fs)
+        self._archive_written.clear()
         docs = {str(i): job for i, job in enumerate(self.jobs.values(), start=1)}
         payload = json.dumps({"jobs": docs}, separators=(",", ":"), ensure_ascii=False)
-        atomic_write_bytes(self.snapshot_path, payload.encode(), mode=0o600)
-        atomic_write_bytes(self.journal.path, b"", mode=0o600)
+        atomic_write_bytes(self.snapshot_path, payload.encode(), mode=0o600, fs=self.fs)
+        atomic_write_bytes(self.journal.path, b"", mode=0o600, fs=self.fs)
         self.lines = 0
+
+    def _note_archive_file(self, path: Path, touched: set[Path]) -> None:
+        """Before an append to `path`: a file about to be made has a durable name only once
+        the archive folder is fsynced, so the folder joins the paths to fsync."""
+        if path not in self._archive_files:
+            if not path.exists():
+                touched.add(self.archive.root)
+            self._archive_files.add(path)
 
     # -- the threads ---------------------------------------------------------------------------
 
@@ -494,11 +609,10 @@ class _Writer:
                 op.result = result
             else:
                 _resolve(op, result)
+        self._archive_written |= touched - {self.journal.path}
         durable = [op for op in batch if op.durable]
         if durable:
             self._sync_queue.put((durable, touched))
-        else:
-            self._unsynced_archive |= touched - {self.journal.path}
         if self.lines >= COMPACT_EVERY:
             try:
                 self._compact()
@@ -512,7 +626,7 @@ class _Writer:
             paths = set().union(*(paths for _, paths in batch))
             try:
                 for path in paths:
-                    _fsync_path(path)
+                    fsync_path(path, fs=self.fs)
             except OSError as exc:
                 log.error("job store fsync failed: %s", exc)
                 for op in ops:
@@ -527,6 +641,7 @@ class _Writer:
         entries: list[_ArchiveEntry] = []
         for month, jobs in _by_month(op.archive).items():
             log_ = self.archive.log_for(month)
+            self._note_archive_file(log_.path, touched)
             spans = log_.append(jobs, sync=False)
             touched.add(log_.path)
             entries.extend(
@@ -535,6 +650,7 @@ class _Writer:
             )
         for month, ids in op.tombstones:
             log_ = self.archive.log_for(month)
+            self._note_archive_file(log_.path, touched)
             log_.append([{"_removed": ids}], sync=False)
             touched.add(log_.path)
         return entries
@@ -579,11 +695,14 @@ def _resolve(op: _Op, result: Any) -> None:
 class JobStore:
     """Durable jobs. Reads come from memory; every change is ordered through the writer."""
 
-    def __init__(self, data_path: Path, *, listener: JobListener | None = None) -> None:
+    def __init__(
+        self, data_path: Path, *, listener: JobListener | None = None, fs: FileSystem = OS
+    ) -> None:
+        """`fs` carries every call that changes the files (tests record them: powercut.py)."""
         self.data_path = data_path
         self._listener = listener
-        self._archive = _Archive(data_path / "archive")
-        self._writer = _Writer(data_path, self._archive)
+        self._archive = _Archive(data_path / "archive", fs)
+        self._writer = _Writer(data_path, self._archive, fs)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mobilesd-read")
         self._live: dict[str, Job] = {}
         self._pending_cache: list[Job] | None = None  # run order; dropped on any change
@@ -605,8 +724,12 @@ class JobStore:
     def _open_sync(self) -> None:
         self.data_path.mkdir(parents=True, exist_ok=True)
         self._take_folder_lock()
-        self._archive.load()
-        self._live = self._writer.load()
+        try:
+            self._archive.load()
+            self._live = self._writer.load()
+        except BaseException:
+            self._release_folder_lock()  # a start that failed leaves the folder free
+            raise
 
     def _take_folder_lock(self) -> None:
         # Two cores on one folder would both rewrite jobs.json and each other's temp files.
@@ -624,6 +747,9 @@ class JobStore:
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
         self._readers.shutdown(wait=True)
+        self._release_folder_lock()
+
+    def _release_folder_lock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -669,9 +795,10 @@ class JobStore:
         job = self._live.get(job_id) or self._archive.recent.get(job_id)
         if job is not None:
             return job
-        if job_id not in self._archive.index:
+        entry = self._archive.index.get(job_id)  # taken now: a removal may come meanwhile
+        if entry is None:
             raise JobNotFound(job_id)
-        return await self._read(self._archive.read, job_id)
+        return await self._read(self._archive.read_entry, entry)
 
     def count(self) -> dict[str, int]:
         counts = dict.fromkeys(("pending", "processing", "completed", "failed", "cancelled"), 0)
@@ -758,12 +885,23 @@ class JobStore:
                 wanted = list(itertools.islice(matching, start, start + need))
         total = len(live) + total_finished
         if wanted:
-            missing = [j for j in wanted if j not in self._archive.recent]
-            loaded: dict[str, Job] = {}
-            if missing:
-                loaded = await self._read(lambda: {j: self._archive.read(j) for j in missing})
-            page.extend(self._archive.recent.get(j) or loaded[j] for j in wanted)
+            page.extend(await self._finished_records(wanted))
         return page, total
+
+    async def _finished_records(self, ids: list[str]) -> list[Job]:
+        """Finished jobs' records, in order: from memory when recent, else from the archive.
+        What is needed is taken from memory before reading: jobs finishing meanwhile push
+        records out of `recent`, a removal drops ids from the index."""
+        recent, index = self._archive.recent, self._archive.index
+        found = {j: recent[j] for j in ids if j in recent}
+        entries = {j: index[j] for j in ids if j not in found}
+        if entries:
+            found.update(
+                await self._read(
+                    lambda: {j: self._archive.read_entry(e) for j, e in entries.items()}
+                )
+            )
+        return [found[j] for j in ids]
 
     def finished_before(self, cutoff: float) -> list[str]:
         """Ids of finished jobs that finished before `cutoff` (unix time), oldest first."""
@@ -927,11 +1065,7 @@ class JobStore:
             key=lambda j: j["mobilesd_job_id"],
         )
         done = sorted(j for j, e in self._archive.index.items() if e.batch == batch_id)
-        missing = [j for j in done if j not in self._archive.recent]
-        loaded: dict[str, Job] = {}
-        if missing:
-            loaded = await self._read(lambda: {j: self._archive.read(j) for j in missing})
-        jobs = live + [self._archive.recent.get(j) or loaded[j] for j in done]
+        jobs = live + await self._finished_records(done)
         if not jobs:
             raise BatchNotFound(batch_id)
         return jobs
@@ -943,23 +1077,51 @@ class JobStore:
         return job_id in self._archive.index
 
 
-class ServerStore:
-    """Forge server settings in `servers.json` (0600), alias is the key. Small: rewritten whole."""
+SERVERS_FILE = "servers.json"
 
-    def __init__(self, data_path: Path) -> None:
+
+class ServerStore:
+    """Forge server settings in `servers.json` (0600), alias is the key. Small: rewritten whole.
+
+    A file that does not parse is moved aside (`servers.json.corrupt-<time>`) and the core starts
+    with no servers, saying so loudly: servers are added again in a minute from the page or the
+    TUI (the kept file holds their settings), whereas refusing to start would keep the queue,
+    the gallery and the page down, in a loop under a restart policy. Entries that cannot be used
+    are dropped the same way, the whole file kept aside first.
+    """
+
+    def __init__(self, data_path: Path, *, fs: FileSystem = OS) -> None:
         self.data_path = data_path
+        self.path = data_path / SERVERS_FILE
+        self.fs = fs
         self._storage: AtomicJSONStorage | None = None
         self._servers: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
-        def _open() -> None:
-            self.data_path.mkdir(parents=True, exist_ok=True)
-            db = TinyDB(self.data_path / "servers.json", storage=AtomicJSONStorage)
-            self._servers = {doc["alias"]: dict(doc) for doc in db.table("servers").all()}
-            self._storage = db.storage  # type: ignore[assignment]
+        await asyncio.to_thread(self._open)
 
-        await asyncio.to_thread(_open)
+    def _open(self) -> None:
+        self.data_path.mkdir(parents=True, exist_ok=True)
+        try:
+            storage = AtomicJSONStorage(self.path, fs=self.fs)
+            servers, problems = _server_entries(self.path, storage.read())
+        except DamagedFile as exc:
+            aside = corrupt_copy_name(self.path)
+            self.fs.replace(self.path, aside)
+            fsync_dir(self.data_path, fs=self.fs)
+            log.error(
+                "%s. It was moved to %s and the core starts with NO SERVERS: add them again "
+                "(that file holds their settings and passwords)",
+                exc,
+                aside.name,
+            )
+            storage = AtomicJSONStorage(self.path, fs=self.fs)
+            servers, problems = {}, []
+        self._storage = storage
+        self._servers = servers
+        if problems:
+            self._set_aside(problems)
 
     async def close(self) -> None:
         pass
@@ -970,10 +1132,50 @@ class ServerStore:
     def get(self, alias: str) -> dict[str, Any] | None:
         return self._servers.get(alias)
 
+    def _set_aside(self, problems: list[str]) -> None:
+        assert self._storage is not None
+        aside = corrupt_copy_name(self.path)
+        atomic_write_bytes(aside, self.path.read_bytes(), mode=0o600, fs=self.fs)
+        for problem in problems:
+            log.error("%s: %s; this server is left out", self.path, problem)
+        log.error("%s: the file as it was is kept as %s", self.path, aside.name)
+        self._storage.write({"servers": _server_docs(self._servers)})
+
     async def replace_all(self, servers: dict[str, dict[str, Any]]) -> None:
         """Write the whole server list in one atomic write: the old list or the new, never half."""
         async with self._lock:
             assert self._storage is not None
-            docs = {str(i): s for i, s in enumerate(servers.values(), start=1)}
-            await asyncio.to_thread(self._storage.write, {"servers": docs})
+            await asyncio.to_thread(self._storage.write, {"servers": _server_docs(servers)})
             self._servers = dict(servers)
+
+
+def _server_docs(servers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(i): s for i, s in enumerate(servers.values(), start=1)}
+
+
+def _server_entries(
+    path: Path, data: dict[str, Any] | None
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The servers in a parsed servers.json (TinyDB's format), and the entries left out."""
+    docs = (data or {}).get("servers", {})
+    if not isinstance(docs, dict):
+        raise DamagedFile(path, "its 'servers' table is not an object")
+    servers: dict[str, dict[str, Any]] = {}
+    problems = []
+    for key, doc in docs.items():
+        alias = doc.get("alias") if isinstance(doc, dict) else None
+        if not isinstance(alias, str) or not alias:
+            problems.append(f"entry {key}: no alias")
+            continue
+        try:
+            ServerConfig.model_validate(doc)
+        except ValidationError as exc:
+            # Edited by hand, or written under older rules. (Never the value: a password.)
+            why = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            problems.append(f"server '{alias}': {why}")
+            continue
+        servers[alias] = dict(doc)
+    return servers, problems

@@ -12,7 +12,9 @@ fault, so the kill lands in that phase every time (the random soak covers the re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
+import json
 import os
 import shutil
 import socket
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mobilesd_core.config import ConfigError
 from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.forge.simulator.server import free_port
 
@@ -480,3 +483,218 @@ async def test_sigkill_while_the_job_is_held_on_the_server(tmp_path: Path) -> No
         finally:
             await core.kill()
             await sim.stop()
+
+
+# --- damaged files in the data folder at start -------------------------------------------------
+
+
+async def _serve_until_exit(core: CoreProcess, timeout: float = 60.0) -> tuple[int, str]:
+    """Start `mobilesd serve`, expect it to exit by itself; its exit code and what it printed."""
+    before = core.log_path.read_text() if core.log_path.exists() else ""
+    await core.start()
+    assert core.proc is not None
+    try:
+        code = await asyncio.wait_for(core.proc.wait(), timeout)
+    except TimeoutError:
+        await core.kill()
+        raise AssertionError("the core kept running:\n" + core.log_tail()) from None
+    return code, core.log_path.read_text()[len(before) :]
+
+
+def _corrupt_copies(folder: Path, name: str) -> list[Path]:
+    return sorted(folder.glob(f"{name}.corrupt-*"))
+
+
+async def test_a_damaged_jobs_json_stops_serve_with_exit_2_naming_the_place_every_time(
+    tmp_path: Path,
+) -> None:
+    """jobs.json alone holds the queued jobs that did not change since the last start: the core
+    refuses to start without it, says where it is damaged and what to do, and leaves it as it
+    is, so a restart policy retrying gets the same answer instead of a queue quietly emptied."""
+    settings = fast_settings(tmp_path)  # the folders CoreProcess(tmp_path) uses
+    harness = await start_harness(settings)
+    waiting = await harness.submit(prompt="queued before the last start")
+    finished = await harness.submit(prompt="cancelled before the last start")
+    assert (await harness.api.post(f"/api/v1/queue/jobs/{finished}/cancel")).status_code == 200
+    await stop_harness(harness)
+    harness = await start_harness(settings)  # this start folds them into jobs.json
+    changed = await harness.submit(prompt="queued since the last start")  # in the journal
+    await stop_harness(harness)
+
+    jobs_file = settings.data_path / "jobs.json"
+    good = jobs_file.read_bytes()
+    at = good.index(b'"status"')
+    damaged = good[:at] + b"#" + good[at + 1 :]
+    jobs_file.write_bytes(damaged)
+    core = CoreProcess(tmp_path, free_port())
+    for _ in range(2):  # the second time is a restart policy trying again
+        code, output = await _serve_until_exit(core)
+        assert code == 2, output
+        assert (
+            f"mobilesd: configuration error: CONFIG_DATA_PATH: {jobs_file} is damaged "
+            f"(line 1, column {at + 1}: Expecting property name enclosed in double quotes). "
+            "It holds the queued jobs, so MobileSD does not start without it. "
+            "Restore it from a backup, or move it away" in output
+        ), output
+        assert "Traceback" not in output, output
+        assert jobs_file.read_bytes() == damaged
+        assert not _corrupt_copies(settings.data_path, "jobs.json")
+
+    # What the message offers: without it, the journal and the archive are what is left.
+    jobs_file.rename(jobs_file.with_name("jobs.json.damaged"))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=core.url, headers=headers, timeout=10) as client:
+        await core.start()
+        try:
+            await core.wait_healthy(client)
+            listed = (await client.get("/api/v1/queue/jobs")).json()["jobs"]
+            statuses = {j["mobilesd_job_id"]: j["status"] for j in listed}
+            assert statuses == {finished: "cancelled", changed: "pending"}  # not `waiting`
+            assert waiting not in statuses
+        finally:
+            assert await core.terminate() == 0
+
+
+async def test_a_damaged_servers_json_is_kept_aside_and_serve_starts_without_servers(
+    tmp_path: Path,
+) -> None:
+    """Servers are quickly added again; a core that refused to start would keep the queue,
+    the gallery and the page down (and loop under a restart policy). So the file is moved
+    aside, where its settings and passwords stay, and the start says so loudly, once."""
+    settings = fast_settings(tmp_path)
+    harness = await start_harness(settings)
+    response = await harness.api.post(
+        "/api/v1/servers",
+        json={
+            "alias": "gpu1",
+            "api_url": f"http://127.0.0.1:{free_port()}",
+            "username": "sd",
+            "password": "secret-pw",
+        },
+    )
+    assert response.status_code == 201, response.text
+    await stop_harness(harness)
+    servers_file = settings.data_path / "servers.json"
+    damaged = servers_file.read_bytes()[:-7]  # cut short
+    servers_file.write_bytes(damaged)
+
+    core = CoreProcess(tmp_path, free_port())
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=core.url, headers=headers, timeout=10) as client:
+        for start in range(2):  # the second start is a restart: nothing more to say
+            await core.start()
+            try:
+                await core.wait_healthy(client)
+                assert (await client.get("/api/v1/servers")).json() == []
+            finally:
+                assert await core.terminate() == 0
+            (aside,) = _corrupt_copies(settings.data_path, "servers.json")
+            assert aside.read_bytes() == damaged and aside.stat().st_mode & 0o077 == 0
+            said = core.log_path.read_text().split("===== start at")[-1]
+            assert "Traceback" not in said, said
+            if start == 0:
+                assert f"{servers_file} is damaged (line 1, column " in said, said
+                assert f"It was moved to {aside.name} and the core starts with NO SERVERS" in said
+                assert "secret-pw" not in said
+            else:
+                assert "is damaged" not in said and "NO SERVERS" not in said, said
+
+        await core.start()
+        try:
+            await core.wait_healthy(client)
+            response = await client.post(
+                "/api/v1/servers", json={"alias": "gpu2", "api_url": "http://127.0.0.1:9"}
+            )
+            assert response.status_code == 201, response.text
+        finally:
+            assert await core.terminate() == 0
+    assert [s["alias"] for s in json.loads(servers_file.read_bytes())["servers"].values()] == [
+        "gpu2"
+    ]
+
+
+async def test_a_folder_in_place_of_a_data_file_is_named_with_exit_2(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path)
+    (settings.data_path / "jobs.journal").mkdir()
+    code, output = await _serve_until_exit(CoreProcess(tmp_path, free_port()))
+    assert code == 2, output
+    assert "mobilesd: configuration error: cannot start: [Errno 21] Is a directory" in output
+    assert f"{settings.data_path / 'jobs.journal'}" in output
+    assert "Traceback" not in output, output
+
+
+async def test_an_unusable_server_entry_is_left_out_and_the_file_kept_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = fast_settings(tmp_path)
+    servers_file = settings.data_path / "servers.json"
+    written = {
+        "servers": {
+            "1": {"alias": "good", "api_url": "http://127.0.0.1:9"},
+            "2": {"alias": "bad", "api_url": "not a url"},
+            "3": {"api_url": "http://127.0.0.1:9"},
+        }
+    }
+    servers_file.write_text(json.dumps(written))
+    harness = await start_harness(settings)
+    try:
+        assert [s["alias"] for s in (await harness.api.get("/api/v1/servers")).json()] == ["good"]
+    finally:
+        await stop_harness(harness)
+    (aside,) = _corrupt_copies(settings.data_path, "servers.json")
+    assert json.loads(aside.read_bytes()) == written
+    kept = json.loads(servers_file.read_bytes())["servers"]
+    assert [s["alias"] for s in kept.values()] == ["good"]
+    said = caplog.text
+    assert f"{servers_file}: entry 3: no alias; this server is left out" in said
+    assert f"{servers_file}: server 'bad': api_url: " in said
+    assert f"the file as it was is kept as {aside.name}" in said
+
+
+# Files of the data folder a start reads, each written with garbage: the core starts (from what
+# is left, saying what it skipped) or, for a secret another party holds, stops naming the file.
+GARBAGE = {
+    "not JSON": b'{"op": "put", "job": {"mobilesd_job_id": \n',
+    "not UTF-8": b"garbage \x81\xfe\n",
+    "wrong shape": b'{"op": "intent", "key": 1, "servers": [1], "pinned": 5, "downloads": 3}\n',
+}
+STARTS = (
+    "jobs.journal",
+    "archive/jobs-2026-01.jsonl",
+    "servers.json",
+    "civitai_downloads.json",
+    "civitai_hashes.json",
+    "queue_state.json",
+    "notify_batches.json",
+    "model_sync.json",
+    "inbox-ledger.jsonl",
+    "pinned_jobs.json",
+    "webhook_outbox.jsonl",
+)
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+@pytest.mark.parametrize("name", [*STARTS, "access_token", "webhook_secret"])
+async def test_every_data_file_damaged_at_start_is_survived_or_named(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    settings = dataclasses.replace(fast_settings(tmp_path), token=None)
+    harness = await start_harness(settings)  # the files a first start makes
+    await stop_harness(harness)
+    path = settings.data_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(GARBAGE[kind])
+    try:
+        harness = await start_harness(settings)
+    except ConfigError as exc:
+        assert name in ("access_token", "webhook_secret") and kind == "not UTF-8", exc
+        assert f"CONFIG_DATA_PATH: {path} is damaged (not text); " in str(exc)
+        return
+    try:
+        token = (settings.data_path / "access_token").read_text().strip()
+        health = await harness.api.get(
+            "/api/v1/queue/jobs", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert health.status_code == 200, health.text
+    finally:
+        await stop_harness(harness)

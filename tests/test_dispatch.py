@@ -5,7 +5,9 @@ Every test runs the real core on a loopback socket against real SimServer instan
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -432,3 +434,52 @@ async def test_server_events_follow_its_slots_taken_and_freed(harness: Harness) 
     assert 1 in seen and seen.index(1) < len(seen) - 1, seen  # busy, then idle
     status = (await harness.api.get("/api/v1/servers/gpu1")).json()["status"]
     assert (status["busy"], status["active_jobs"]) == (False, 0)
+
+
+@pytest.mark.parametrize("cancel_resumes", ["after the pass", "before the pass"])
+async def test_a_cancel_written_with_the_claim_frees_the_server(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, cancel_resumes: str
+) -> None:
+    """A claim's write and a cancel's write of the same job can complete in one turn of the
+    event loop (a busy loop, a fast disk). Then whichever resumes first decides: the pass
+    creates the job's run, the cancel interrupts it. A run task cancelled before its first step
+    never runs its body: its server slot stayed taken for good, and jobs for that server were
+    left pending (the soak's "5 jobs left pending"). A cancel that comes before the run exists
+    must keep it from sending the job at all.
+
+    The store's writes are real; the wrapper below only holds the pass until the cancel's
+    write is done and orders the two resumptions as the loop would (no timing involved)."""
+    sim = await harness.add_sim("gpu1", SimulatorConfig(step_ms=1, switch_ms=0))
+    core = harness.core
+    store = core.store
+    original = store.update
+    cancel_written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cancels: list[asyncio.Future[Any]] = []
+
+    async def update(job_id: str, changes: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        job = store.get_live(job_id)
+        victim = job is not None and job["generation_params"]["prompt"] == "cancelled"
+        if victim and changes.get("status") == "processing" and not cancels:
+            claimed = await original(job_id, changes, **kwargs)
+            cancels.append(asyncio.ensure_future(core.service.cancel(job_id)))  # the user
+            await cancel_written  # the pass resumes once the cancel's write is done too
+            return claimed
+        if victim and changes.get("status") == "cancelled":
+            cancelled = await original(job_id, changes, **kwargs)
+            cancel_written.set_result(None)  # the pass is now due to resume...
+            if cancel_resumes == "after the pass":
+                await asyncio.sleep(0)  # ...and this cancel right after it, in the same turn
+            return cancelled
+        return await original(job_id, changes, **kwargs)
+
+    monkeypatch.setattr(store, "update", update)
+    victim = await harness.submit(target="gpu1", prompt="cancelled")
+    await wait_for(lambda: cancels and cancels[0].done(), what="the cancel")
+    assert cancels[0].result()["status"] == "cancelled"
+    after = await harness.submit(target="gpu1", prompt="next")
+    job = await harness.wait_status(after, "completed", "failed", timeout=10)
+    assert job["status"] == "completed", job
+    await harness.core.run_until_idle()
+    assert (await harness.job(victim))["status"] == "cancelled"
+    assert [g.prompt for g in sim.sim.generations] == ["next"]  # the victim never went out
+    assert core.registry.runtimes["gpu1"].active == 0 and not core.dispatcher._runs

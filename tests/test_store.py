@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mobilesd_core.schema import GenerationParams, new_job, utc_now_iso
 from mobilesd_core.storage import AppendLog, AtomicJSONStorage
-from mobilesd_core.store import Conflict, JobNotFound, JobStore, ServerStore
+from mobilesd_core.store import Conflict, JobNotFound, JobStore, ServerStore, _Archive
 
 
 def make_jobs(n: int, prompt: str = "a cat") -> list[dict]:
@@ -199,7 +201,8 @@ def test_atomic_storage_never_leaves_a_partial_file(
 async def test_server_store_keeps_passwords_private(tmp_path: Path) -> None:
     store = ServerStore(tmp_path)
     await store.open()
-    await store.replace_all({"gpu1": {"alias": "gpu1", "api_url": "http://x", "password": "pw"}})
+    gpu1 = {"alias": "gpu1", "api_url": "http://x", "username": "sd", "password": "pw"}
+    await store.replace_all({"gpu1": gpu1})
     await store.close()
     path = tmp_path / "servers.json"
     assert path.stat().st_mode & 0o077 == 0
@@ -297,3 +300,113 @@ async def test_pages_and_counts_of_a_long_history(tmp_path: Path) -> None:
     again = await open_store(tmp_path)
     assert again.count()["completed"] == 19
     await again.close()
+
+
+async def test_damaged_journal_lines_are_named_skipped_and_the_file_kept_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line in the middle that is not a record (damage, not a crash: a crash only tears the
+    last line) loses the change it held; the rest loads, the log names each line, and the
+    journal as it was is kept before the start folds it away."""
+    store = await open_store(tmp_path)
+    a, b, c = await store.add(make_jobs(3))
+    await store.update(b["mobilesd_job_id"], {"status": "processing"})
+    await store.close()
+    journal = tmp_path / "jobs.journal"
+    good = journal.read_bytes()
+    assert good.count(b"\n") == 4  # three jobs put, one changed
+    damaged = (
+        b'{"op": "put", "job": {"mobilesd_job_id": "x", "status": 7}}\n'  # not a job
+        + b"\x81\xfe not a record\n"
+        + good
+        + b'{"op": "pos", "positions": [1]}\n'
+    )
+    journal.write_bytes(damaged)
+    again = await open_store(tmp_path)
+    try:
+        statuses = {j["mobilesd_job_id"]: j["status"] for j in again.live_jobs()}
+        assert statuses == {
+            a["mobilesd_job_id"]: "pending",
+            b["mobilesd_job_id"]: "processing",
+            c["mobilesd_job_id"]: "pending",
+        }
+    finally:
+        await again.close()
+    (aside,) = await asyncio.to_thread(lambda: list(tmp_path.glob("jobs.journal.corrupt-*")))
+    assert aside.read_bytes() == damaged and aside.stat().st_mode & 0o077 == 0
+    said = caplog.text
+    assert f"{journal}: line 1: job x: status 7 does not belong here; skipped" in said
+    assert f"{journal}: line 2: not a whole record; skipped" in said
+    assert f"{journal}: line 7: a move without positions; skipped" in said
+    assert (
+        "3 damaged line(s) skipped (the changes they held are lost); "
+        f"the file as it was is kept as {aside.name}" in said
+    )
+
+
+async def test_damaged_archive_lines_are_named_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await open_store(tmp_path)
+    jobs = await store.add(make_jobs(2))
+    for job in jobs:
+        await store.update(job["mobilesd_job_id"], {"status": "failed"})
+    await store.close()
+    (archive,) = (tmp_path / "archive").glob("*.jsonl")
+    with archive.open("ab") as fh:
+        fh.write(b'{"mobilesd_job_id": "y", "status": "failed", "generation_params": 3}\n')
+        fh.write(b'{"_removed": "everything"}\n')
+        fh.write(b"\xff\xfe\x00garbage\x81\n")
+    again = await open_store(tmp_path)
+    try:
+        assert again.count()["failed"] == 2
+    finally:
+        await again.close()
+    said = caplog.text
+    assert f"{archive}: line 3 skipped: job y: no generation_params object" in said
+    assert f"{archive}: line 4 skipped: a removal without a list of job ids" in said
+    assert f"{archive}: line 5 skipped: not a whole record (cut short, or damaged)" in said
+
+
+@pytest.mark.parametrize("read", ["page", "batch", "one job"])
+async def test_finished_jobs_read_from_disk_while_others_finish_or_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """Older finished jobs are read from the archive in a thread; meanwhile jobs finish (which
+    pushes records out of the in-memory recent ones) or are removed. A page read while that
+    happened answered 500 (found by the soak: a queue listing under load)."""
+    monkeypatch.setattr(_Archive, "RECENT", 2)
+    store = await open_store(tmp_path)
+    jobs = await store.add([{**j, "batch_id": "b1"} for j in make_jobs(6)])
+    ids = [j["mobilesd_job_id"] for j in jobs]
+    for job_id in ids[:4]:
+        await store.update(job_id, {"status": "failed", "completion_timestamp": utc_now_iso()})
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    original = store._read
+
+    async def held_read(fn: Any, *args: Any) -> Any:
+        entered.set()
+        await go_on.wait()  # the archive read waits while the others finish and go
+        return await original(fn, *args)
+
+    monkeypatch.setattr(store, "_read", held_read)
+    reading = asyncio.ensure_future(
+        store.list_jobs(limit=100)
+        if read == "page"
+        else store.batch_jobs("b1")
+        if read == "batch"
+        else store.get(ids[0])
+    )
+    await entered.wait()
+    for job_id in ids[4:]:
+        await store.update(job_id, {"status": "failed", "completion_timestamp": utc_now_iso()})
+    assert await store.remove_finished([ids[0]]) == [ids[0]]
+    go_on.set()
+    result = await reading
+    await store.close()
+    # Each read answers as things were when it was asked: four finished, two queued.
+    if read == "one job":
+        assert result["mobilesd_job_id"] == ids[0] and result["status"] == "failed"
+    else:
+        listed = result[0] if read == "page" else result
+        assert sorted(j["mobilesd_job_id"] for j in listed) == sorted(ids)

@@ -343,7 +343,10 @@ class DownloadManager:
             log.warning("civitai: cannot read %s (%s); starting with no downloads", self.path, exc)
             return []
         items = data.get("downloads") if isinstance(data, dict) else None
-        return [d for d in items or [] if isinstance(d, dict)]
+        if not isinstance(items, list):
+            log.warning("civitai: %s holds no list of downloads; starting with none", self.path)
+            return []
+        return [d for d in items if isinstance(d, dict)]
 
     async def _save(self) -> None:
         async with self._save_lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..storage import AppendLog
 
@@ -54,21 +55,30 @@ class IngestLedger:
         self.by_content: dict[str, Processed] = {}  # sha256 -> the last file that had it
 
     def load(self) -> None:
-        for _, _, record in self.log.iter_records():
-            op = record.get("op")
-            if op == "intent":
-                key = FileKey(**record["key"])
-                self.intents[key.name] = Intent(key, list(record["job_ids"]))
-            elif op == "moved":
-                intent = self.intents.pop(record["name"], None)
-                if intent is not None and intent.key.sha256 == record["sha256"]:
-                    self._remember(intent, record["moved_to"], record["at"])
-            elif op == "history":
-                done = Processed(
-                    record["name"], record["moved_to"], record["at"], record["job_ids"]
-                )
-                self.by_content[record["sha256"]] = done
+        def bad(number: int, why: str) -> None:
+            log.error("inbox: %s line %d skipped: %s", self.log.path, number, why)
+
+        for number, _, _, record in self.log.iter_numbered(
+            lambda number, _: bad(number, "not a whole record (cut short, or damaged)")
+        ):
+            try:
+                self._apply(record)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                bad(number, f"not a ledger record ({type(exc).__name__}: {exc})")
         self._compact()
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        op = record.get("op")
+        if op == "intent":
+            key = FileKey(**record["key"])
+            self.intents[key.name] = Intent(key, list(record["job_ids"]))
+        elif op == "moved":
+            intent = self.intents.pop(record["name"], None)
+            if intent is not None and intent.key.sha256 == record["sha256"]:
+                self._remember(intent, record["moved_to"], record["at"])
+        elif op == "history":
+            done = Processed(record["name"], record["moved_to"], record["at"], record["job_ids"])
+            self.by_content[record["sha256"]] = done
 
     def _remember(self, intent: Intent, moved_to: str, at: str) -> None:
         self.by_content.pop(intent.key.sha256, None)  # re-insert: newest last

@@ -64,7 +64,12 @@ class SyncLedger:
             )
             return
         servers = data.get("servers") if isinstance(data, dict) else None
-        for alias, entries in (servers or {}).items():
+        if not isinstance(servers, dict):
+            log.warning(
+                "model sync: %s holds no server table; starting with no tracked copies", self.path
+            )
+            return
+        for alias, entries in servers.items():
             if not isinstance(entries, dict):
                 continue
             for path, raw in entries.items():
