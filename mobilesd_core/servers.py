@@ -326,20 +326,24 @@ class ServerRegistry:
 
     async def check(self, runtime: ServerRuntime) -> dict[str, Any]:
         """Probe the server now; update and publish its status."""
-        before = runtime.status()
-        was_available = runtime.available
         client = runtime.client
+        failure: ForgeError | None = None
         try:
             options, latency = await client.probe()
         except ForgeError as exc:
-            if client is not runtime.client:
-                return runtime.status()  # edited meanwhile: the new settings' probe decides
+            failure = exc
+        if client is not runtime.client:
+            return runtime.status()  # edited meanwhile: the new settings' probe decides
+        # Judged against the state after the probe, not before it: a job may have marked the
+        # server offline meanwhile, and a probe that then succeeds must publish it and wake the
+        # dispatcher (else jobs for this server wait for an unrelated wake-up).
+        before = runtime.status()
+        was_available = runtime.available
+        if failure is not None:
             runtime.online = False
-            runtime.error = self.shown_error(runtime, exc.message, client)
+            runtime.error = self.shown_error(runtime, failure.message, client)
             runtime.latency_ms = None
         else:
-            if client is not runtime.client:
-                return runtime.status()
             runtime.forge_url = client.api_url
             runtime.detail = None
             runtime.online = True

@@ -63,3 +63,35 @@ async def test_a_new_address_is_checked_at_once_even_while_the_old_one_is_being_
         await old.stop()
         await new.stop()
         await stop_harness(h)
+
+
+async def test_a_server_marked_offline_while_its_probe_runs_comes_back_with_that_probe(
+    tmp_path: Path,
+) -> None:
+    """A job marks the server offline while a health probe is in flight; the probe then
+    succeeds. The server must be online again and its waiting job dispatched at once (the
+    probe judged its change against the state before it, saw online → online, and neither
+    published nor woke the dispatcher: the job waited for a health round)."""
+    h = await start_harness(fast_settings(tmp_path, health_interval=LONG))
+    try:
+        sim = await h.add_sim("gpu1")
+        registry = h.core.registry
+        runtime = registry.runtimes["gpu1"]
+        assert (await h.api.post("/api/v1/queue/pause")).status_code == 200
+        job_id = await h.submit()
+        sim.sim.set_fault("slow", count=1, path="/options", delay_ms=600)
+        probes = sim.sim.request_counts.get("/sdapi/v1/options", 0)
+        runtime.wake.set()  # a health probe now, held 0.6 s by the server
+        await wait_for(
+            lambda: sim.sim.request_counts.get("/sdapi/v1/options", 0) > probes,
+            what="the probe to reach the server",
+        )
+        registry.mark_offline(runtime, "connection refused")
+        assert (await h.api.post("/api/v1/queue/resume")).status_code == 200
+        assert not runtime.available
+        job = await h.wait_status(job_id, "completed", "failed", timeout=5)
+        assert job["status"] == "completed", job["result_details"]
+        status = (await h.api.get("/api/v1/servers/gpu1")).json()["status"]
+        assert status["online"], status
+    finally:
+        await stop_harness(h)
