@@ -1,4 +1,4 @@
-"""Write small-to-run test models for a real Forge: two SD 1.5 checkpoints and one LoRA.
+"""Write small-to-run test models for a real Forge: two SD 1.5 checkpoints, a LoRA and a VAE.
 
 The weights are random (seeded), so nothing is downloaded and each checkpoint has its own hash;
 the architecture and the key layout are exactly SD 1.5's single-file layout, which Forge's
@@ -26,6 +26,8 @@ from typing import Any
 SD15 = "backend/huggingface/runwayml/stable-diffusion-v1-5"
 CHECKPOINTS = {"mobilesd-test-a.safetensors": 1, "mobilesd-test-b.safetensors": 2}
 LORA = "mobilesd-test-lora.safetensors"
+VAE = "mobilesd-test-vae.safetensors"
+VAE_PREFIX = "first_stage_model."
 LORA_RANK = 4
 
 # diffusers >= 0.14 names the VAE's mid-block attention like the UNet's; the conversion table in
@@ -94,6 +96,15 @@ def lora_state_dict(seed: int) -> dict[str, Any]:
     return {k: v.to(torch.float16).contiguous() for k, v in state.items()}
 
 
+def vae_state_dict(checkpoint: Path) -> dict[str, Any]:
+    """The first checkpoint's VAE as a stand-alone file (`encoder.*`, `decoder.*`, ...), the
+    layout of the VAE files people put in `models/VAE`; Forge lists it under `/sd-modules`."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(checkpoint))
+    return {k[len(VAE_PREFIX) :]: v for k, v in state.items() if k.startswith(VAE_PREFIX)}
+
+
 def _save(state: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
@@ -118,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoints = args.out / "Stable-diffusion"
     loras = args.out / "Lora"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    loras.mkdir(parents=True, exist_ok=True)
+    vaes = args.out / "VAE"
+    for folder in (checkpoints, loras, vaes):
+        folder.mkdir(parents=True, exist_ok=True)
     for name, seed in CHECKPOINTS.items():
         path = checkpoints / name
         if not path.exists():
@@ -131,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     if not lora.exists():
         _save(lora_state_dict(3), lora, {"ss_network_dim": str(LORA_RANK)})
         print(f"wrote {lora}")
+    vae = vaes / VAE
+    if not vae.exists():
+        _save(vae_state_dict(checkpoints / next(iter(CHECKPOINTS))), vae, {"format": "pt"})
+        print(f"wrote {vae}")
     return 0
 
 

@@ -235,6 +235,33 @@ class ForgeClient:
         catalog.upscalers = [u["name"] for u in [*upscalers, *latent] if u.get("name")]
         return catalog
 
+    async def modules(self) -> list[str]:
+        """VAE and text-encoder files Forge can add to a checkpoint (`/sd-modules`); A1111,
+        which has no such list, offers its VAEs (`/sd-vae`)."""
+        for path in ("/sd-modules", "/sd-vae"):
+            try:
+                items = await self._call("GET", path) or []
+            except ForgePermanentError as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            return [
+                str(i["model_name"]) for i in items if isinstance(i, dict) and i.get("model_name")
+            ]
+        return []
+
+    async def styles(self) -> list[str]:
+        """Style names. Forge puts a divider entry per styles file in the list (a name of dashes,
+        no prompt at all): it is not a style, and a job naming it makes Forge fail."""
+        items = await self._call("GET", "/prompt-styles") or []
+        return [
+            str(s["name"])
+            for s in items
+            if isinstance(s, dict)
+            and s.get("name")
+            and (s.get("prompt") is not None or s.get("negative_prompt") is not None)
+        ]
+
     async def raw(self, path: str) -> Any:
         """Any GET list endpoint, for the model browser (styles, modules, ...)."""
         return await self._call("GET", path)

@@ -6,8 +6,11 @@ styles follow `modules/styles.py`; LoRA tags follow `modules/extra_networks.py`.
 
 from __future__ import annotations
 
+import csv
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -126,6 +129,40 @@ SD_MODULES = [
 ]
 
 
+MODULE_EXTS = (".ckpt", ".pt", ".bin", ".safetensors", ".gguf")
+
+
+def read_styles_file(path: str) -> list[dict[str, str | None]]:
+    """`--styles-file`: as Forge's StyleDatabase, a divider entry named after the file (no
+    prompt), then the file's rows."""
+    divider = f" {Path(path).stem.upper()} ".center(40, "-")
+    styles: list[dict[str, str | None]] = [
+        {"name": divider, "prompt": None, "negative_prompt": None}
+    ]
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for row in csv.DictReader(f, skipinitialspace=True):
+            name = (row.get("name") or "").strip()
+            if name:
+                styles.append(
+                    {
+                        "name": name,
+                        "prompt": row.get("prompt") or "",
+                        "negative_prompt": row.get("negative_prompt") or "",
+                    }
+                )
+    return styles
+
+
+def list_modules(folder: str) -> list[dict[str, str]]:
+    """`/sd-modules` of a real folder: every model file under it, by its base name."""
+    found: dict[str, str] = {}
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            if name.lower().endswith(MODULE_EXTS):
+                found.setdefault(name, os.path.abspath(os.path.join(root, name)))
+    return [{"model_name": name, "filename": path} for name, path in found.items()]
+
+
 def resolve_sampler(sampler_name: str | None, scheduler_name: str | None) -> tuple[Sampler, str]:
     """Sampler and scheduler label as Forge runs them: unknown names fall back without a word."""
     found = SCHEDULERS_MAP.get(scheduler_name or "", AUTOMATIC)
@@ -156,15 +193,20 @@ def _apply_style_text(text: str, style_text: str) -> str:
     return ", ".join(part for part in (text.strip(), style_text.strip()) if part)
 
 
-def apply_styles(prompt: str, negative: str, styles: list[str] | None) -> tuple[str, str]:
-    """Server-side styles; unknown names are ignored."""
-    by_name = {s["name"]: s for s in PROMPT_STYLES}
+def apply_styles(
+    prompt: str,
+    negative: str,
+    styles: list[str] | None,
+    known: list[dict[str, Any]] | None = None,
+) -> tuple[str, str]:
+    """Server-side styles (`known`: the server's list); unknown names are ignored."""
+    by_name = {s["name"]: s for s in (PROMPT_STYLES if known is None else known)}
     for name in styles or []:
         style = by_name.get(name)
         if style is None:
             continue
-        prompt = _apply_style_text(prompt, style["prompt"])
-        negative = _apply_style_text(negative, style["negative_prompt"])
+        prompt = _apply_style_text(prompt, style["prompt"] or "")
+        negative = _apply_style_text(negative, style["negative_prompt"] or "")
     return prompt, negative
 
 

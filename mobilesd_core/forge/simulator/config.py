@@ -51,6 +51,12 @@ class SimulatorConfig:
     lora_dir: str | None = None
     """A real folder standing for `models/Lora`: its files' stems join `loras`, read at boot and
     again only on `/refresh-loras`."""
+    vae_dir: str | None = None
+    """A real folder standing for `--vae-dir`: its model files are `/sd-modules` (as Forge lists
+    `models/VAE` and `models/text_encoder`) instead of the built-in example list."""
+    styles_file: str | None = None
+    """A styles CSV (`name,prompt,negative_prompt`), as Forge's `--styles-file`: its rows are the
+    styles instead of the built-in ones."""
 
     def __post_init__(self) -> None:
         if self.unhashed == LAST_CHECKPOINT:

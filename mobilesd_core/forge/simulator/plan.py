@@ -66,6 +66,7 @@ def make_plan(
     clip_skip: int,
     rng: random.Random,
     server_name: str = "sim",
+    styles: list[dict[str, Any]] | None = None,
 ) -> Plan:
     """Raises Forge's 500 for what fails once the model is loaded (nulls, hires mistakes)."""
     for name in _NEEDED:
@@ -102,7 +103,7 @@ def make_plan(
         raise forge_500("OutOfMemoryError", "CUDA out of memory (simulated).")
 
     sampler, scheduler = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
-    prompt, negative = apply_styles(req.prompt or "", req.negative_prompt or "", req.styles)
+    prompt, negative = apply_styles(req.prompt or "", req.negative_prompt or "", req.styles, styles)
     total = batch_size * n_iter
     seed = req.seed if req.seed is not None and req.seed != -1 else _random_seed(rng)
     subseed = req.subseed if req.subseed is not None and req.subseed != -1 else _random_seed(rng)
