@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
 
 from .core_api import CoreAPI, EventLog
@@ -251,6 +252,15 @@ class Conformance:
             await asyncio.sleep(0.2)
         raise Failed(f"Forge still busy {timeout:.0f} s later")
 
+    async def _forge_busy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = (await self.d.progress()).get("state") or {}
+            if state.get("job_count"):
+                return
+            await asyncio.sleep(0.05)
+        raise Failed(f"Forge not busy within {timeout:.0f} s")
+
     async def _interrupts(self) -> int:
         assert self.forge is not None
         return await self.d.interrupt_count(self.forge.interrupt_requests())
@@ -344,7 +354,12 @@ class Conformance:
     # -- protocol captures (straight to Forge, for the list of differences) ---------------------
 
     async def _capture(self, name: str, method: str, path: str, **kwargs: Any) -> Answer:
-        answer = await self.d.call(method, path, **kwargs)
+        try:
+            answer = await self.d.call(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            # Forge's web UI server drops the connection on an exception some routes raise.
+            self.out.raw[name] = {"status": "no answer", "body": type(exc).__name__}
+            return Answer(0, None, 0.0)
         self.out.raw[name] = {"status": answer.status, "body": answer.body}
         return answer
 
@@ -684,11 +699,8 @@ class Conformance:
             )
             for i in range(3 if webui else 2)
         ]
-        await self.a.wait_until(
-            ids[0],
-            lambda j: (j.get("progress") or {}).get("phase") == "sampling",
-            "sampling progress",
-        )
+        await self.a.wait_until(ids[0], lambda j: j["status"] == "processing", "processing")
+        await self._forge_busy(60)
         direct = asyncio.create_task(
             self.d.txt2img(
                 {

@@ -192,6 +192,9 @@ class ForgeServer:
                 "--skip-version-check",
                 "--always-cpu",
                 "--api",
+                # INFO shows "Received interrupt request": interrupts are counted from the log.
+                "--loglevel",
+                "INFO",
                 "--port",
                 str(self.port),
                 "--data-dir",
