@@ -33,6 +33,7 @@ CKPT_B = "mobilesd-test-b"
 LORA = "mobilesd-test-lora"
 VAE = "mobilesd-test-vae.safetensors"
 STYLE = "mobilesd-test-style"
+STYLE_2 = "mobilesd-test-style-2"
 AUTH = ("conformance", "s3cret-pass")
 FOREIGN_STEPS = 3  # a person's requests use 3 steps; MobileSD's never do
 
@@ -491,7 +492,8 @@ class Conformance:
             f"samplers: {body['samplers']}",
         )
         expect("Karras" in body["schedulers"], f"schedulers: {body['schedulers']}")
-        expect(STYLE in body["styles"], f"style {STYLE} not listed: {body['styles']}")
+        # Forge lists a divider entry before each styles file's rows; MobileSD leaves them out.
+        expect(body["styles"] == [STYLE, STYLE_2], f"styles: {body['styles']}")
         expect(
             "Latent" in body["upscalers"] and "Lanczos" in body["upscalers"],
             f"upscalers: {body['upscalers']}",

@@ -117,7 +117,7 @@ class ModelPaths:
     checkpoints: Path
     loras: Path
     vaes: Path
-    styles: Path
+    styles: list[Path]
 
 
 @dataclass
@@ -205,8 +205,7 @@ class ForgeServer:
                 str(m.loras),
                 "--vae-dir",
                 str(m.vaes),
-                "--styles-file",
-                str(m.styles),
+                *[a for f in m.styles for a in ("--styles-file", str(f))],
             ]
             if not spec.webui:
                 argv.append("--nowebui")
@@ -227,8 +226,7 @@ class ForgeServer:
                 str(m.loras),
                 "--vae-dir",
                 str(m.vaes),
-                "--styles-file",
-                str(m.styles),
+                *[a for f in m.styles for a in ("--styles-file", str(f))],
                 "--step-ms",
                 str(self.sim_step_ms),
                 "--switch-ms",
@@ -245,8 +243,10 @@ class ForgeServer:
     async def start(self) -> float:
         self.data.mkdir(parents=True, exist_ok=True)
         await self.proc.start()
+        # Ready once /sdapi/v1/loras answers: Forge's LoRA extension adds that route last, after
+        # /sdapi/v1/options already answers (see README, "What happens when things go wrong").
         took = await wait_http(
-            f"{self.url}/sdapi/v1/options",
+            f"{self.url}/sdapi/v1/loras",
             proc=self.proc,
             timeout=FORGE_START_TIMEOUT,
             auth=self.spec.auth,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checks import CHECKS, STYLE, Conformance, TargetRun, file_hash, forge_infotext_reader
+from .checks import CHECKS, STYLE, STYLE_2, Conformance, TargetRun, file_hash, forge_infotext_reader
 from .procs import ModelPaths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,11 +75,16 @@ def prepare_models(models_root: Path, forge_dir: Path | None, forge_python: Path
     )
 
 
-def write_styles(path: Path) -> None:
-    path.write_text(
-        f'name,prompt,negative_prompt\n{STYLE},"{{prompt}}, conformance style","lowres"\n',
-        encoding="utf-8",
-    )
+def write_styles(folder: Path) -> list[Path]:
+    """Two styles files, as Forge's default (styles.csv, styles_integrated.csv): Forge then
+    puts a divider entry before each file's styles."""
+    files = [folder / "styles.csv", folder / "styles_integrated.csv"]
+    for path, name in zip(files, (STYLE, STYLE_2), strict=True):
+        path.write_text(
+            f'name,prompt,negative_prompt\n{name},"{{prompt}}, conformance style","lowres"\n',
+            encoding="utf-8",
+        )
+    return files
 
 
 def environment(forge_dir: Path | None, forge_python: Path | None) -> dict[str, str]:
@@ -300,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_models(models_root, forge_dir, forge_python)
     work = Path(tempfile.mkdtemp(prefix="mobilesd-conformance-"))
     _log(f"work folder (logs, data): {work}")
-    styles = work / "styles.csv"
-    write_styles(styles)
+    styles = write_styles(work)
     models = ModelPaths(
         checkpoints=models_root / "Stable-diffusion",
         loras=models_root / "Lora",

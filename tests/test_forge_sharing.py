@@ -87,14 +87,20 @@ async def test_a_persons_generation_is_never_shown_as_a_jobs_progress(
     harness: Harness, progress_log: ProgressLog, webui: bool
 ) -> None:
     sim = await harness.add_sim(
-        "gpu1", SimulatorConfig(step_ms=30, switch_ms=0, webui=webui, name="gpu1")
+        # A person's generation (9 steps) outlasts the core's 0.25 s progress throttle.
+        "gpu1",
+        SimulatorConfig(step_ms=60, switch_ms=0, webui=webui, name="gpu1"),
     )
+    sim.sim.set_fault("hang", count=1, path="txt2img")  # holds the first job mid-way
     jobs = [await harness.submit(steps=4, seed=100 + i) for i in range(3)]
     await harness.wait_status(jobs[0], "processing")
     await wait_for(lambda: forge_busy(sim), what="Forge to run the first job")
     people = [asyncio.create_task(person_txt2img(sim, seed=901))]
     if webui:
         people.append(asyncio.create_task(person_in_web_ui(sim, seed=902)))
+    # Both wait for Forge's lock before the first job ends: MobileSD's next jobs queue behind.
+    await wait_for(lambda: len(sim.sim.pending_tasks) == len(people), what="people queued")
+    sim.sim.clear_faults()
     answers = await asyncio.gather(*people)
     for job_id in jobs:
         done = await harness.wait_status(job_id, "completed", "failed", timeout=30)
@@ -108,7 +114,7 @@ async def test_a_persons_generation_is_never_shown_as_a_jobs_progress(
     for job_id in jobs:
         shown = progress_log.get(job_id, [])
         assert shown, f"no progress for {job_id}"
-        assert all(p.get("steps") in (None, 4) for p in shown), shown
+        assert all(p.get("steps") in (None, 4) for p in shown), (jobs.index(job_id), shown)
 
 
 async def test_no_stale_step_count_while_the_checkpoint_loads(
@@ -210,14 +216,17 @@ async def test_models_list_styles_without_dividers_and_the_vae_modules(
 ) -> None:
     styles = tmp_path / "styles.csv"
     styles.write_text('name,prompt,negative_prompt\nnoir,"{prompt}, film noir",color\n')
+    integrated = tmp_path / "styles_integrated.csv"
+    integrated.write_text("name,prompt,negative_prompt\nNo text (NO),,text\n")
     vaes = tmp_path / "VAE"
     (vaes / "sub").mkdir(parents=True)
     (vaes / "sdxl_vae.safetensors").write_bytes(b"x")
     (vaes / "sub" / "ae.gguf").write_bytes(b"x")
     (vaes / "notes.txt").write_text("not a model")
-    config = SimulatorConfig(name="gpu1", styles_file=str(styles), vae_dir=str(vaes))
+    files = [str(styles), str(integrated)]
+    config = SimulatorConfig(name="gpu1", styles_files=files, vae_dir=str(vaes))
     await harness.add_sim("gpu1", config)
     models = (await harness.api.get("/api/v1/servers/gpu1/models")).json()
-    # Forge lists "---------------- STYLES ----------------" (no prompt) before the file's rows.
-    assert models["styles"] == ["noir"]
+    # Forge lists "---------------- STYLES ----------------" (no prompt) before each file's rows.
+    assert models["styles"] == ["noir", "No text (NO)"]
     assert sorted(models["modules"]) == ["ae.gguf", "sdxl_vae.safetensors"]

@@ -37,6 +37,9 @@ _CLOCK_SLACK = 0.001
 # Polls on which a running generation may not know this request's task id before the server is
 # taken to ignore `force_task_id` (the request reaches Forge's handler within milliseconds).
 UNKNOWN_TASK_POLLS = 4
+# Two samples of one generation put its start this close (their answers' latencies differ); a
+# generation that followed ours began at least one of its steps later.
+SAME_START_SECONDS = 0.25
 
 
 def started_seconds_ago(raw: dict[str, Any]) -> float | None:
@@ -71,6 +74,9 @@ class ProgressOwner:
     """False once `/internal/progress` proved not to know the task id (a server too old for
     `force_task_id` ignores it): the samples are judged as without a web UI."""
     _unknown: int = 0
+    _progress: float = 0.0  # the last progress of ours
+    _began: float | None = None  # when ours began (monotonic), from Forge's elapsed time
+    _over: bool = False  # ours has ended: whatever Forge shows now is someone else's
 
     def classify(self, raw: dict[str, Any], internal: dict[str, Any] | None) -> Owner:
         """`raw`: a `/sdapi/v1/progress` answer; `internal`: the `/internal/progress` answer
@@ -94,10 +100,10 @@ class ProgressOwner:
             if self._unknown < UNKNOWN_TASK_POLLS:
                 return "idle"
             self.use_internal = False
+        if self.timestamp is not None:
+            return self._still_ours(raw, count, stamp)
         if count == 0:
             return "idle"
-        if self.timestamp is not None:
-            return "ours" if stamp == self.timestamp else "other"
         if began_before or str(state.get("job") or "").startswith("task("):
             return "other"
         if count > 0 and count != self.job_count:
@@ -109,6 +115,31 @@ class ProgressOwner:
         if _int(state.get("sampling_steps")) not in self.step_counts:
             return "other"
         self.timestamp = stamp
+        self._progress = _float(raw.get("progress"))
+        ago = started_seconds_ago(raw)
+        self._began = None if ago is None else time.monotonic() - ago
+        return "ours"
+
+    def _still_ours(self, raw: dict[str, Any], count: int, stamp: Any) -> Owner:
+        """After ours was recognised (without a web UI): the same generation, or one that
+        followed it? `job_timestamp` has one-second steps, so also: Forge's progress only grows
+        within a generation, and a generation's start stays where it was."""
+        if self._over or count == 0 or stamp != self.timestamp:
+            self._over = self._over or count == 0
+            return "idle" if count == 0 else "other"
+        progress = _float(raw.get("progress"))
+        if progress < self._progress:
+            self._over = True
+            return "other"
+        ago = started_seconds_ago(raw)
+        began = None if ago is None else time.monotonic() - ago
+        if (
+            began is not None
+            and self._began is not None
+            and began - self._began > SAME_START_SECONDS
+        ):
+            return "other"
+        self._progress = progress
         return "ours"
 
     @property
@@ -129,6 +160,13 @@ class ProgressOwner:
         if not self.steps_trusted and (_int(state.get("sampling_step")) > 0 or steps == self.steps):
             self.steps_trusted = True
         return steps if self.steps_trusted else None
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _int(value: Any) -> int:
