@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import os
@@ -23,7 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checks import CHECKS, STYLE, STYLE_2, Conformance, TargetRun, file_hash, forge_infotext_reader
+from .checks import (
+    CHECKS,
+    STYLE,
+    STYLE_2,
+    Conformance,
+    Result,
+    TargetRun,
+    file_hash,
+    forge_infotext_reader,
+)
 from .procs import ModelPaths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,6 +280,12 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def _target_run(data: dict[str, Any]) -> TargetRun:
+    run = TargetRun(**{k: v for k, v in data.items() if k != "results"})
+    run.results = {k: Result(**v) for k, v in data["results"].items()}
+    return run
+
+
 async def run_targets(kinds: list[str], **kwargs: Any) -> dict[str, TargetRun]:
     runs: dict[str, TargetRun] = {}
     reader = kwargs.pop("reader")
@@ -287,7 +303,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", choices=["real", "sim"], default=None)
     parser.add_argument("--out", default=None, help="report file ('-': the work folder only)")
+    parser.add_argument(
+        "--render",
+        metavar="WORK",
+        default=None,
+        help="write the report again from an earlier run's work folder (its results.json)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads((Path(args.render) / "results.json").read_text())
+        runs = {k: _target_run(v) for k, v in saved["runs"].items()}
+        text = render(saved["env"], runs, saved["command"], saved["total"])
+        out = Path(args.out or ROOT / "docs" / "forge-conformance.md")
+        out.write_text(text, encoding="utf-8")
+        _log(f"wrote {out}")
+        return 0
     forge_dir = Path(args.forge_dir).resolve() if args.forge_dir else None
     kinds = [args.only] if args.only else ["real", "sim"]
     if "real" in kinds and forge_dir is None:
@@ -341,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         f" --only {args.only}" if args.only else ""
     )
     text = render(env, runs, command, total)
+    saved = {"env": env, "command": command, "total": total}
+    saved["runs"] = {k: dataclasses.asdict(v) for k, v in runs.items()}
+    (work / "results.json").write_text(json.dumps(saved, indent=1, default=str))
     out = args.out or (None if args.only else str(ROOT / "docs" / "forge-conformance.md"))
     if out and out != "-":
         Path(out).write_text(text, encoding="utf-8")
