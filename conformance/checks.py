@@ -253,6 +253,12 @@ class Conformance:
             await asyncio.sleep(0.2)
         raise Failed(f"Forge still busy {timeout:.0f} s later")
 
+    def _keep_infotext(self, name: str, png: bytes) -> str:
+        """The infotext Forge wrote, for the report's comparison of the two columns."""
+        text = _png_text(png)
+        self.out.raw[f"infotext: {name}"] = {"status": 200, "text": text}
+        return text
+
     async def _forge_busy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -523,6 +529,7 @@ class Conformance:
         )
         images = await self._job_images(job_id)
         expect(len(images) == 1, f"{len(images)} images")
+        self._keep_infotext("plain job", images[0][1])
         return (
             f"completed in {job['result_details']['timings'].get('generate_s')} s; Forge "
             f"says model {info['sd_model_name']} [{info['sd_model_hash']}]"
@@ -593,7 +600,7 @@ class Conformance:
         self._completed(job)
         self.jobs["lora"] = job
         ((_, data),) = await self._job_images(job_id)
-        text = _png_text(data)
+        text = self._keep_infotext("LoRA job", data)
         expect(f"<lora:{LORA}:0.8>" in text, f"no LoRA tag in the infotext: {text!r}")
         expect(
             "Lora hashes:" in text and LORA in text.split("Lora hashes:")[1],
@@ -609,7 +616,7 @@ class Conformance:
         self.jobs["hires"] = job
         ((_, data),) = await self._job_images(job_id)
         expect(png_size(data) == (128, 128), f"image is {png_size(data)}, not 128x128")
-        text = _png_text(data)
+        text = self._keep_infotext("hires job", data)
         for needle in (
             "Hires upscale: 2",
             "Hires upscaler: Latent",

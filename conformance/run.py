@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mobilesd_core.forge.infotext import parse_infotext
+
 from .checks import (
     CHECKS,
     STYLE,
@@ -170,12 +172,29 @@ def shape_diff(real: Any, sim: Any, path: str = "") -> list[str]:
     return out
 
 
+def infotext_diff(real: str, sim: str) -> str:
+    """Keys in order, and how values are written, of two infotexts for the same job."""
+    a, b = parse_infotext(real), parse_infotext(sim)
+    keys_a = [k for k in a if k not in ("prompt", "negative_prompt")]
+    keys_b = [k for k in b if k not in ("prompt", "negative_prompt")]
+    out = []
+    if keys_a != keys_b:
+        out.append(f"keys: Forge `{', '.join(keys_a)}`; simulator `{', '.join(keys_b)}`")
+    for key in keys_a:
+        if key in b and key not in ("Version", "Seed") and str(a[key]) != str(b[key]):
+            out.append(f"`{key}`: Forge `{a[key]}`, simulator `{b[key]}`")
+    return "; ".join(out) or "same keys, in the same order, written alike"
+
+
 def protocol_rows(real: dict[str, Any], sim: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for name in sorted(set(real) | set(sim)):
         r, s = real.get(name), sim.get(name)
         if r is None or s is None:
             rows.append((name, "captured" if r else "-", "captured" if s else "-", "one side only"))
+            continue
+        if "text" in r and "text" in s:
+            rows.append((name, "200", "200", infotext_diff(r["text"], s["text"])))
             continue
         status_r, status_s = r.get("status"), s.get("status")
         diffs = []

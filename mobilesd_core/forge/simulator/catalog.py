@@ -132,24 +132,28 @@ SD_MODULES = [
 MODULE_EXTS = (".ckpt", ".pt", ".bin", ".safetensors", ".gguf")
 
 
-def read_styles_file(path: str) -> list[dict[str, str | None]]:
-    """`--styles-file`: as Forge's StyleDatabase, a divider entry named after the file (no
-    prompt), then the file's rows."""
-    divider = f" {Path(path).stem.upper()} ".center(40, "-")
-    styles: list[dict[str, str | None]] = [
-        {"name": divider, "prompt": None, "negative_prompt": None}
-    ]
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        for row in csv.DictReader(f, skipinitialspace=True):
-            name = (row.get("name") or "").strip()
-            if name:
-                styles.append(
-                    {
-                        "name": name,
-                        "prompt": row.get("prompt") or "",
-                        "negative_prompt": row.get("negative_prompt") or "",
-                    }
-                )
+def read_styles_files(paths: list[str]) -> list[dict[str, str | None]]:
+    """`--styles-file`s, as Forge's StyleDatabase reads them: with more than one file, a divider
+    entry named after each (`---- STYLES ----`, no prompt at all) before its rows; a missing
+    file adds only its divider."""
+    styles: list[dict[str, str | None]] = []
+    for path in paths:
+        if len(paths) > 1:
+            divider = f" {Path(path).stem.upper()} ".center(40, "-")
+            styles.append({"name": divider, "prompt": None, "negative_prompt": None})
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for row in csv.DictReader(f, skipinitialspace=True):
+                name = (row.get("name") or "").strip()
+                if name:
+                    styles.append(
+                        {
+                            "name": name,
+                            "prompt": row.get("prompt") or "",
+                            "negative_prompt": row.get("negative_prompt") or "",
+                        }
+                    )
     return styles
 
 

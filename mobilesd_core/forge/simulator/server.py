@@ -182,7 +182,10 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
         "--vae-dir", default=None, help="a real folder listed as VAE/text-encoder modules"
     )
     parser.add_argument(
-        "--styles-file", default=None, help="a styles CSV (name,prompt,negative_prompt)"
+        "--styles-file",
+        action="append",
+        default=[],
+        help="a styles CSV (name,prompt,negative_prompt); repeatable, as in Forge",
     )
 
 
@@ -202,7 +205,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         models_dir=getattr(args, "models_dir", None),
         lora_dir=getattr(args, "lora_dir", None),
         vae_dir=getattr(args, "vae_dir", None),
-        styles_file=getattr(args, "styles_file", None),
+        styles_files=list(getattr(args, "styles_file", None) or []),
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -25,7 +25,7 @@ from typing import Any
 from PIL import Image
 
 from . import images
-from .catalog import PROMPT_STYLES, SD_MODULES, list_modules, read_styles_file
+from .catalog import PROMPT_STYLES, SD_MODULES, list_modules, read_styles_files
 from .config import SimulatorConfig
 from .disk import CHECKPOINT_EXTS, LORA_EXTS, FileHasher, scan
 from .faults import Fault, FaultBook
@@ -144,7 +144,9 @@ class SimulatedForge:
         self.lora_list: list[Lora] = []
         self._read_lora_dir()
         self.styles: list[dict[str, Any]] = (
-            read_styles_file(self.config.styles_file) if self.config.styles_file else PROMPT_STYLES
+            read_styles_files(self.config.styles_files)
+            if self.config.styles_files
+            else PROMPT_STYLES
         )
         self.generations: list[GenerationRecord] = []
         self.interrupt_count = 0
