@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -215,3 +216,21 @@ def test_cli_arguments_for_real_folders(tmp_path: Path) -> None:
     assert config.checkpoints == []  # only what --models-dir holds
     assert config.vae_dir == str(tmp_path)
     assert config.styles_files == ["a.csv", "b.csv"]
+
+
+async def test_a_real_lora_file_is_listed_and_hashed_as_forge_does(tmp_path: Path) -> None:
+    """Forge lists a LoRA file with its path and safetensors metadata, and writes the first 12
+    hex digits of the file's SHA-256 as its `Lora hashes` (not the AutoV3 of A1111)."""
+    header = json.dumps({"__metadata__": {"ss_network_dim": "4"}}).encode()
+    data = len(header).to_bytes(8, "little") + header + b"\0" * 64
+    (tmp_path / "ink.safetensors").write_bytes(data)
+    config = SimulatorConfig(loras=[], lora_dir=str(tmp_path), step_ms=1, switch_ms=0)
+    async with SimServer(config) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        listed = (await http.get(f"{API}/loras")).json()
+        answer = await http.post(f"{API}/txt2img", json={"prompt": "<lora:ink:1>", "steps": 1})
+    path = str((tmp_path / "ink.safetensors").resolve())
+    assert listed == [
+        {"name": "ink", "alias": "ink", "path": path, "metadata": {"ss_network_dim": "4"}}
+    ]
+    infotext = json.loads(answer.json()["info"])["infotexts"][0]
+    assert f'Lora hashes: "ink: {hashlib.sha256(data).hexdigest()[:12]}"' in infotext

@@ -27,7 +27,7 @@ from PIL import Image
 from . import images
 from .catalog import PROMPT_STYLES, SD_MODULES, list_modules, read_styles_files
 from .config import SimulatorConfig
-from .disk import CHECKPOINT_EXTS, LORA_EXTS, FileHasher, scan
+from .disk import CHECKPOINT_EXTS, LORA_EXTS, FileHasher, safetensors_metadata, scan
 from .faults import Fault, FaultBook
 from .models import Checkpoint, CheckpointRegistry, Lora
 from .plan import Plan, info_object, infotext, make_plan
@@ -247,13 +247,22 @@ class SimulatedForge:
         self.registry.real_files = self._hasher.scan_hashed(root, CHECKPOINT_EXTS)
 
     def _read_lora_dir(self) -> None:
-        names = list(self.config.loras)
+        salt = self.config.seed_for_hashes
+        loras = {name: Lora(name, salt) for name in self.config.loras}
         if self.config.lora_dir:
-            for relpath in scan(Path(self.config.lora_dir), LORA_EXTS):
+            root = Path(self.config.lora_dir)
+            for relpath, stamp in scan(root, LORA_EXTS).items():
                 stem = PurePosixPath(relpath).stem
-                if stem not in names:
-                    names.append(stem)
-        self.lora_list = [Lora(name, self.config.seed_for_hashes) for name in names]
+                path = root / relpath
+                if stem in loras:
+                    continue
+                try:
+                    digest = self._hasher.sha256(path, stamp)
+                except OSError:
+                    continue  # vanished meanwhile
+                meta = safetensors_metadata(path)
+                loras[stem] = Lora(stem, salt, str(path.resolve()), digest, meta)
+        self.lora_list = list(loras.values())
 
     def modules(self) -> list[dict[str, str]]:
         """`/sd-modules`: VAE and text-encoder files (listed on each call, as Forge's list
