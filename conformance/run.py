@@ -164,12 +164,20 @@ def shape_diff(real: Any, sim: Any, path: str = "") -> list[str]:
         elif bool(real) != bool(sim):
             out.append(f"`{path}`: Forge {len(real)} items, simulator {len(sim)}")
     else:
-        a, b = shape(real), shape(sim)
+        a, b = _kind(real), _kind(sim)
         if a != b and {a, b} != {"int", "float"}:
             out.append(f"`{path or '.'}`: Forge {a}, simulator {b}")
         elif a != b:
             out.append(f"`{path or '.'}`: Forge {a}, simulator {b} (same JSON number)")
     return out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else type(value).__name__
 
 
 def infotext_diff(real: str, sim: str) -> str:

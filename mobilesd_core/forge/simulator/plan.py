@@ -255,7 +255,7 @@ def info_object(
         "cfg_scale": plan.cfg_scale,
         "steps": plan.steps,
         "batch_size": plan.batch_size,
-        "restore_faces": req.restore_faces,
+        "restore_faces": bool(req.restore_faces),
         "face_restoration_model": None,
         "sd_model_name": plan.checkpoint.basename,
         "sd_model_hash": plan.checkpoint.shorthash,

@@ -188,8 +188,9 @@ class SimulatedForge:
             "sd_model_checkpoint": loaded.title if loaded else None,
             "sd_checkpoint_hash": loaded.sha256 if loaded else None,
             "sd_vae": "Automatic",
-            "CLIP_stop_at_last_layers": 1,
-            "show_progress_every_n_steps": self.config.preview_every_n_steps,
+            # Forge keeps slider settings as floats (1.0, 10.0), as its /options shows.
+            "CLIP_stop_at_last_layers": 1.0,
+            "show_progress_every_n_steps": float(self.config.preview_every_n_steps),
             "live_previews_enable": True,
             "samples_format": "png",
             "grid_format": "png",
@@ -199,11 +200,11 @@ class SimulatedForge:
             "samples_save": True,
             "outdir_txt2img_samples": "output/txt2img-images",
             "eta_noise_seed_delta": 0,
-            "sd_checkpoints_limit": 1,
+            "sd_checkpoints_limit": 1.0,
             "forge_preset": "all",
             "forge_additional_modules": [],
             "forge_unet_storage_dtype": "Automatic",
-            "forge_inference_memory": 1024,
+            "forge_inference_memory": 1024.0,
         }
 
     # ---- models -------------------------------------------------------------------------
@@ -326,8 +327,8 @@ class SimulatedForge:
         st = self.state
         if st.job_count == 0:
             return {
-                "progress": 0,
-                "eta_relative": 0,
+                "progress": 0.0,
+                "eta_relative": 0.0,
                 "state": st.api(),
                 "current_image": None,
                 "textinfo": st.textinfo,
