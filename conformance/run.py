@@ -397,10 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "FORGE_DIR=<checkout> ./dev conformance" + (
         f" --only {args.only}" if args.only else ""
     )
-    text = render(env, runs, command, total)
     saved = {"env": env, "command": command, "total": total}
     saved["runs"] = {k: dataclasses.asdict(v) for k, v in runs.items()}
     (work / "results.json").write_text(json.dumps(saved, indent=1, default=str))
+    text = render(env, runs, command, total)
     out = args.out or (None if args.only else str(ROOT / "docs" / "forge-conformance.md"))
     if out and out != "-":
         Path(out).write_text(text, encoding="utf-8")
