@@ -503,15 +503,16 @@ class Dispatcher:
                 continue  # the answer is downloading; progress now belongs to the next job
             try:
                 raw = await run.client.progress()
-                internal = None
-                if owner.use_internal:
-                    with contextlib.suppress(ForgeError):
-                        internal = await run.client.internal_progress(owner.task_id)
             except ForgeError:
                 raw = None
+            internal, unsure = None, False
+            if raw is not None and owner.use_internal:
+                try:
+                    internal = await run.client.internal_progress(owner.task_id)
+                except ForgeError:
+                    unsure = True  # the web UI's answer is missing this time: judge nothing
             if raw is not None and not request.done():
                 state = raw.get("state") or {}
-                run.seen = owner.classify(raw, internal)
                 # Liveness counts whoever holds Forge's lock: a request waiting behind a
                 # person's generation that moves is not stalled.
                 signature = (
@@ -524,21 +525,33 @@ class Dispatcher:
                 if signature != last_signature:
                     last_signature = signature
                     last_change = time.monotonic()
-                if run.seen == "ours":
-                    self._publish_forge_progress(run, raw, owner)
-                    if run.cancelled and not run.interrupt_sent:
-                        # Cancelled while it waited behind someone else: stop it now it runs.
-                        await self._interrupt_forge(run)
-                elif run.seen in ("queued", "other"):
-                    self._set_progress(run, {"fraction": 0.0, "phase": "waiting for server"})
+                if not unsure:
+                    await self._show_progress(run, raw, internal)
             if time.monotonic() - last_change > self._settings.stall_timeout:
-                if run.seen == "ours":  # never someone else's generation
+                ours = run.seen == "ours"
+                if ours:  # never someone else's generation
                     with contextlib.suppress(ForgeError):
                         await run.client.interrupt()
                 raise ForgeStalled(
                     f"server '{runtime.alias}' made no progress for "
-                    f"{self._settings.stall_timeout:g} s; interrupted"
+                    f"{self._settings.stall_timeout:g} s; "
+                    + ("interrupted" if ours else "the job waited behind another generation")
                 )
+
+    async def _show_progress(
+        self, run: _Run, raw: dict[str, Any], internal: dict[str, Any] | None
+    ) -> None:
+        """Publish Forge's progress if it is this job's generation, else that the job waits."""
+        owner = run.owner
+        assert owner is not None
+        run.seen = owner.classify(raw, internal)
+        if run.seen == "ours":
+            self._publish_forge_progress(run, raw, owner)
+            if run.cancelled and not run.interrupt_sent:
+                # Cancelled while it waited behind someone else: stop it now it runs.
+                await self._interrupt_forge(run)
+        elif run.seen in ("queued", "other"):
+            self._set_progress(run, {"fraction": 0.0, "phase": "waiting for server"})
 
     def _publish_forge_progress(self, run: _Run, raw: dict[str, Any], owner: ProgressOwner) -> None:
         state = raw.get("state") or {}
