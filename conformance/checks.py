@@ -904,7 +904,11 @@ class Conformance:
                 f"sampling_step={first.get('sampling_step')} "
                 f"sampling_steps={first.get('sampling_steps')} (job A had 3 steps)"
             )
-            loading = [x for x in busy if x.state.get("job_count") == -1]
+            # Job B's own samples: its job_timestamp, up to its sampler's first step.
+            own = [x for x in busy if x.state.get("job_timestamp") == first.get("job_timestamp")]
+            stepped = next((i for i, x in enumerate(own) if x.state.get("sampling_step")), None)
+            before = own[:stepped]
+            loading = [x for x in before if x.state.get("job_count") == -1]
             if loading:
                 s["job_count while the checkpoint loads"] = (
                     f"-1 for {loading[-1].t - loading[0].t:.1f} s; progress "
@@ -913,11 +917,13 @@ class Conformance:
                 )
             stale = [
                 x
-                for x in busy
+                for x in before
                 if (x.state.get("job_count") or 0) > 0 and x.state.get("sampling_steps") == 3
             ]
-            s["sampling_steps of the previous job after job_count is set"] = (
-                f"seen for {stale[-1].t - stale[0].t:.1f} s" if stale else "not seen"
+            s["after job_count is set, before the sampler starts"] = (
+                f"sampling_steps still 3 (job A's) for {stale[-1].t - stale[0].t:.1f} s"
+                if stale
+                else "the sampler's own step count at once"
             )
         idle = [x for x in samples if not x.state.get("job")]
         if idle:

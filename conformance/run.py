@@ -120,15 +120,17 @@ def environment(forge_dir: Path | None, forge_python: Path | None) -> dict[str, 
                 str(forge_python),
                 "-c",
                 "import sys, torch, gradio, fastapi; print(torch.__version__, "
-                "gradio.__version__, fastapi.__version__, sys.version.split()[0])",
+                "torch.cuda.is_available(), gradio.__version__, fastapi.__version__, "
+                "sys.version.split()[0])",
             ],
             capture_output=True,
             text=True,
             check=False,
         )
         parts = probe.stdout.split()
-        if len(parts) == 4:
-            env["torch"], env["gradio"], env["fastapi"], env["forge python"] = parts
+        if len(parts) == 5:
+            torch, cuda, env["gradio"], env["fastapi"], env["forge python"] = parts
+            env["torch"] = f"{torch} (CUDA available: {cuda}; Forge runs with --always-cpu)"
     return env
 
 
