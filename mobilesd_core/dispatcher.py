@@ -774,10 +774,13 @@ class Dispatcher:
             return False
         run.cancelled = True
         if run.submitted and not run.slot_released:
-            if run.seen in ("queued", "other"):
-                # Forge's interrupt stops whatever runs: here someone else's generation. Ours
-                # is interrupted by _follow as soon as it starts; its answer ends the run.
-                log.info("job %s cancelled while it waits on %s", job_id, run.runtime.alias)
+            if run.seen != "ours":
+                # Forge's interrupt stops whatever runs, which is not (known to be) this job's
+                # generation: _follow interrupts that as soon as it shows; its answer ends the
+                # run.
+                log.info(
+                    "job %s cancelled; interrupted once it runs on %s", job_id, run.runtime.alias
+                )
                 return True
             await self._interrupt_forge(run)
             # Forge answers an interrupted txt2img quickly; don't wait on a server that hangs.

@@ -71,9 +71,9 @@ def test_web_ui_answers_for_the_task_id() -> None:
     assert mine.classify(running, {"queued": True, "active": False}) == "queued"
     assert mine.classify(running, {"active": True}) == "ours"
     assert mine.classify(running, {"active": False, "completed": True}) == "idle"
-    # Someone else's generation while the task is not known (yet): nothing is shown.
+    # A generation that began before sending, the task not registered yet: someone else's.
     other = owner(sent_ago=0.1)
-    assert other.classify(sample(elapsed=5.0, step=2), {"active": False}) == "idle"
+    assert other.classify(sample(elapsed=5.0, step=2), {"active": False}) == "other"
 
 
 def test_a_server_that_ignores_the_task_id_is_judged_without_it() -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 
-from .conftest import Harness, wait_for
+from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
 
 PERSON_STEPS = 9  # the person's requests; MobileSD's jobs never use this step count
 
@@ -230,3 +230,25 @@ async def test_models_list_styles_without_dividers_and_the_vae_modules(
     # Forge lists "---------------- STYLES ----------------" (no prompt) before each file's rows.
     assert models["styles"] == ["noir", "No text (NO)"]
     assert sorted(models["modules"]) == ["ae.gguf", "sdxl_vae.safetensors"]
+
+
+async def test_cancel_before_the_first_look_at_forge_leaves_a_person_alone(tmp_path: Path) -> None:
+    """Cancelled before the core has polled Forge even once: what runs may be a person's, so
+    nothing is interrupted until the job's own generation shows."""
+    harness = await start_harness(fast_settings(tmp_path, progress_interval=1.0))
+    try:
+        sim = await harness.add_sim(
+            "gpu1", SimulatorConfig(step_ms=40, switch_ms=0, webui=True, name="gpu1")
+        )
+        person = asyncio.create_task(person_txt2img(sim, seed=901))
+        await wait_for(lambda: forge_busy(sim), what="the person's generation")
+        job_id = await harness.submit(steps=50)
+        await wait_for(lambda: sim.sim.pending_tasks, what="the job to wait for Forge's lock")
+        response = await harness.api.post(f"/api/v1/queue/jobs/{job_id}/cancel")
+        assert response.status_code == 200
+        assert len((await person)["images"]) == 1
+        assert not sim.sim.generations[0].interrupted
+        await wait_for(lambda: len(sim.sim.generations) == 2, what="the job's own (stopped) run")
+        assert sim.sim.generations[1].interrupted
+    finally:
+        await stop_harness(harness)

@@ -92,8 +92,10 @@ class ProgressOwner:
                 if self.timestamp is None:
                     self.timestamp = stamp
                 return "ours" if stamp == self.timestamp else "other"
-            if internal.get("active") or internal.get("completed") or count == 0 or began_before:
+            if internal.get("active") or internal.get("completed") or count == 0:
                 return "idle"
+            if began_before:
+                return "other"  # not ours; Forge has not registered ours yet
             # Forge runs something that began after this request was sent, yet has never heard
             # of its task id: it ignores force_task_id. Give it a few polls, then judge without.
             self._unknown += 1
