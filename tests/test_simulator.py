@@ -677,7 +677,8 @@ async def test_hang_on_txt2img_freezes_progress_until_interrupt(
 
     async def frozen() -> dict[str, Any] | None:
         p = await progress(client)
-        return p if p["state"]["sampling_step"] == 9 and p["state"]["job_count"] == 1 else None
+        # Frozen half-way: 10 of 20 steps done (Forge's sampling_step counts the steps done).
+        return p if p["state"]["sampling_step"] == 10 and p["state"]["job_count"] == 1 else None
 
     first = await until(frozen)
     await asyncio.sleep(0.1)  # 50 steps' worth: progress must not move
@@ -696,7 +697,7 @@ async def test_hang_on_txt2img_resumes_when_cleared(
     job = asyncio.create_task(client.post(f"{API}/txt2img", json={"steps": 6}))
 
     async def frozen() -> bool:
-        return (await progress(client))["state"]["sampling_step"] == 2
+        return (await progress(client))["state"]["sampling_step"] == 3  # 3 of 6 steps done
 
     await until(frozen)
     server.sim.clear_faults()

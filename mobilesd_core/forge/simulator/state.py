@@ -622,7 +622,7 @@ class SimulatedForge:
             if not await self._sleep_until(begin + (done + 1) * step_s):
                 break
             done += 1
-            st.sampling_step = done - 1
+            st.sampling_step = done  # Forge counts the steps done (its callback adds 1 each)
         return done
 
     def _stopped(self) -> bool:
