@@ -26,6 +26,7 @@ from .events import EventBus
 from .forge.client import ForgeClient, generated_images
 from .forge.errors import ForgeError, ForgePermanentError, ForgeStalled, ForgeTransientError
 from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint, title_matches_info
+from .forge.ownership import Owner, ProgressOwner
 from .forge.payload import build_txt2img_payload, check_loras, resolve_sampler
 from .gallery import Gallery, GalleryError
 from .progress import ProgressBoard
@@ -52,6 +53,9 @@ class _Run:
     slot_released: bool = False
     switches: bool = False  # the server had another checkpoint loaded when it was assigned
     timings: dict[str, float] = field(default_factory=dict)
+    owner: ProgressOwner | None = None  # set when the request is sent
+    seen: Owner | None = None  # whose generation Forge showed at the last poll
+    interrupt_sent: bool = False
 
 
 class _JobCancelled(Exception):
@@ -379,6 +383,16 @@ class Dispatcher:
             await self._wait_until_idle(run)
         run.timings["prepare_s"] = time.monotonic() - started
         self._set_progress(run, {"fraction": 0.0, "phase": "starting"}, force=True)
+        # Our own task id: Forge's web UI then tells this request's progress from anyone else's.
+        task_id = f"task(mobilesd-{run.job_id}-{job['attempts']})"
+        payload["force_task_id"] = task_id
+        hires = bool(payload.get("enable_hr"))
+        run.owner = ProgressOwner(
+            task_id,
+            job_count=int(params["n_iter"]) * (2 if hires else 1),
+            steps=int(params["steps"]),
+            hires_steps=int(payload.get("hr_second_pass_steps") or params["steps"]) if hires else 0,
+        )
         run.submitted = True
         sent = time.monotonic()
 
@@ -466,7 +480,7 @@ class Dispatcher:
                     catalog=catalog,
                     server=runtime.alias,
                 )
-            except ForgePermanentError:
+            except ForgeError:  # a name missing, or the LoRA list: ask the server again once
                 if refresh:
                     raise
         raise AssertionError("unreachable")
@@ -487,6 +501,8 @@ class Dispatcher:
         interval = self._settings.progress_interval
         last_signature: tuple[Any, ...] | None = None
         last_change = time.monotonic()
+        owner = run.owner
+        assert owner is not None
         while True:
             done, _ = await asyncio.wait({request}, timeout=interval)
             if done:
@@ -497,9 +513,18 @@ class Dispatcher:
                 raw = await run.client.progress()
             except ForgeError:
                 raw = None
+            internal, unsure = None, False
+            if raw is not None and owner.use_internal:
+                try:
+                    internal = await run.client.internal_progress(owner.task_id)
+                except ForgeError:
+                    unsure = True  # the web UI's answer is missing this time: judge nothing
             if raw is not None and not request.done():
                 state = raw.get("state") or {}
+                # Liveness counts whoever holds Forge's lock: a request waiting behind a
+                # person's generation that moves is not stalled.
                 signature = (
+                    state.get("job_timestamp"),
                     state.get("job_no"),
                     state.get("job_count"),
                     state.get("sampling_step"),
@@ -508,20 +533,40 @@ class Dispatcher:
                 if signature != last_signature:
                     last_signature = signature
                     last_change = time.monotonic()
-                    self._publish_forge_progress(run, raw)
+                if not unsure:
+                    await self._show_progress(run, raw, internal)
             if time.monotonic() - last_change > self._settings.stall_timeout:
-                with contextlib.suppress(ForgeError):
-                    await run.client.interrupt()
+                ours = run.seen == "ours"
+                if ours:  # never someone else's generation
+                    with contextlib.suppress(ForgeError):
+                        await run.client.interrupt()
                 raise ForgeStalled(
                     f"server '{runtime.alias}' made no progress for "
-                    f"{self._settings.stall_timeout:g} s; interrupted"
+                    f"{self._settings.stall_timeout:g} s; "
+                    + ("interrupted" if ours else "the job waited behind another generation")
                 )
 
-    def _publish_forge_progress(self, run: _Run, raw: dict[str, Any]) -> None:
+    async def _show_progress(
+        self, run: _Run, raw: dict[str, Any], internal: dict[str, Any] | None
+    ) -> None:
+        """Publish Forge's progress if it is this job's generation, else that the job waits."""
+        owner = run.owner
+        assert owner is not None
+        run.seen = owner.classify(raw, internal)
+        if run.seen == "ours":
+            self._publish_forge_progress(run, raw, owner)
+            if run.cancelled and not run.interrupt_sent:
+                # Cancelled while it waited behind someone else: stop it now it runs.
+                await self._interrupt_forge(run)
+        elif run.seen in ("queued", "other"):
+            self._set_progress(run, {"fraction": 0.0, "phase": "waiting for server"})
+
+    def _publish_forge_progress(self, run: _Run, raw: dict[str, Any], owner: ProgressOwner) -> None:
         state = raw.get("state") or {}
         job_count = state.get("job_count") or 0
         job_no = state.get("job_no") or 0
-        steps = state.get("sampling_steps") or 0
+        # None until Forge's number is this generation's (it keeps the last one's meanwhile).
+        steps = owner.shown_steps(state)
         loading = job_count == -1
         # After the last batch Forge bumps job_no past the end while it encodes the images.
         finishing = job_count > 0 and job_no >= job_count
@@ -532,11 +577,14 @@ class Dispatcher:
                 preview = base64.b64decode(image)
         eta = raw.get("eta_relative")
         phase = "loading model" if loading else "finishing" if finishing else "sampling"
+        step = None
+        if steps is not None:
+            step = steps if finishing else min(steps, (state.get("sampling_step") or 0) + 1)
         self._set_progress(
             run,
             {
                 "fraction": round(min(1.0, max(0.0, float(raw.get("progress") or 0))), 4),
-                "step": steps if finishing else (state.get("sampling_step") or 0) + 1,
+                "step": step,
                 "steps": steps,
                 "batch": min(job_no + 1, max(job_count, 1)),
                 "batches": max(job_count, 0),
@@ -719,6 +767,14 @@ class Dispatcher:
 
     # -- cancel -----------------------------------------------------------------------------
 
+    async def _interrupt_forge(self, run: _Run) -> None:
+        run.interrupt_sent = True
+        try:
+            await run.client.interrupt()
+            log.info("job %s interrupted on %s", run.job_id, run.runtime.alias)
+        except ForgeError as exc:
+            log.warning("could not interrupt job %s on %s: %s", run.job_id, run.runtime.alias, exc)
+
     async def interrupt(self, job_id: str) -> bool:
         """Stop a running job (already marked cancelled in the store). True if it was running."""
         run = self._runs.get(job_id)
@@ -726,11 +782,15 @@ class Dispatcher:
             return False
         run.cancelled = True
         if run.submitted and not run.slot_released:
-            try:
-                await run.client.interrupt()
-                log.info("job %s interrupted on %s", job_id, run.runtime.alias)
-            except ForgeError as exc:
-                log.warning("could not interrupt job %s on %s: %s", job_id, run.runtime.alias, exc)
+            if run.seen != "ours":
+                # Forge's interrupt stops whatever runs, which is not (known to be) this job's
+                # generation: _follow interrupts that as soon as it shows; its answer ends the
+                # run.
+                log.info(
+                    "job %s cancelled; interrupted once it runs on %s", job_id, run.runtime.alias
+                )
+                return True
+            await self._interrupt_forge(run)
             # Forge answers an interrupted txt2img quickly; don't wait on a server that hangs.
             if run.task is not None:
                 done, _ = await asyncio.wait({run.task}, timeout=10.0)

@@ -419,7 +419,8 @@ class ServerRegistry:
         stale = time.monotonic() - runtime.catalog_at > CATALOG_TTL
         if refresh or runtime.catalog is None or stale:
             runtime.catalog = await runtime.client.catalog(refresh_loras=refresh)
-            runtime.catalog_at = time.monotonic()
+            # Without its LoRA list (a Forge still starting) it is read again at the next use.
+            runtime.catalog_at = time.monotonic() if runtime.catalog.loras_listed else -CATALOG_TTL
         return runtime.catalog
 
     async def refresh_models(self, kind: str) -> None:

@@ -549,7 +549,17 @@ def _response_schemas() -> dict[str, Schema]:
                 "samplers": {"type": "array", "items": STR},
                 "schedulers": {"type": "array", "items": STR},
                 "upscalers": {"type": "array", "items": STR},
-                "styles": {"type": "array", "items": _nullable(STR)},
+                "styles": {
+                    "type": "array",
+                    "items": STR,
+                    "description": "Style names (Forge's divider entries left out).",
+                },
+                "modules": {
+                    "type": "array",
+                    "items": STR,
+                    "description": "VAE and text-encoder files (Forge's /sd-modules; "
+                    "A1111's /sd-vae).",
+                },
                 "current_checkpoint": _nullable(STR),
                 "library_only": _obj(
                     {
@@ -575,7 +585,16 @@ def _response_schemas() -> dict[str, Schema]:
                 ),
                 "sync": _nullable(_ref("ServerSync")),
             },
-            ["checkpoints", "loras", "samplers", "schedulers", "styles", "library_only", "sync"],
+            [
+                "checkpoints",
+                "loras",
+                "samplers",
+                "schedulers",
+                "styles",
+                "modules",
+                "library_only",
+                "sync",
+            ],
             description="What one Forge server offers.",
         ),
         "SyncedCopy": _obj(
@@ -1184,7 +1203,8 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 "server_models",
                 "servers",
-                "The server's checkpoints, LoRAs, samplers, schedulers, upscalers and styles "
+                "The server's checkpoints, LoRAs, samplers, schedulers, upscalers, styles and "
+                "VAE/text-encoder modules "
                 "(cached; `refresh=1` rescans), the library models it lacks (`library_only`) "
                 "and its model sync state.",
                 {

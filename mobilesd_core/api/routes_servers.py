@@ -56,7 +56,8 @@ async def server_models(request: web.Request) -> web.Response:
     try:
         checkpoints = await core.registry.checkpoints(runtime, refresh=refresh)
         catalog = await core.registry.catalog(runtime, refresh=refresh)
-        styles = await runtime.client.raw("/prompt-styles")
+        styles = await runtime.client.styles()
+        modules = await runtime.client.modules()
     except ForgeError as exc:
         reason = core.registry.shown_error(runtime, exc.message, runtime.client)
         raise ApiError(502, "server_unavailable", reason) from None
@@ -73,7 +74,8 @@ async def server_models(request: web.Request) -> web.Response:
             # Labels are what Forge's own UI shows ("Karras"); the core accepts either.
             "schedulers": list(catalog.scheduler_labels) or catalog.schedulers,
             "upscalers": catalog.upscalers,
-            "styles": [s.get("name") for s in styles or [] if isinstance(s, dict)],
+            "styles": styles,
+            "modules": modules,
             "current_checkpoint": runtime.current_checkpoint,
             # In the master library but not on this server (a job for one needs model sync).
             "library_only": core.model_sync.library_only(runtime),

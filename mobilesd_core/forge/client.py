@@ -75,6 +75,7 @@ class ForgeClient:
         self.api_url = api_url.rstrip("/")
         auth = httpx.BasicAuth(username, password or "") if username else None
         self._read_timeout = read_timeout
+        self.has_internal_progress: bool | None = None  # Forge's web UI route; None: not tried
         self._http = httpx.AsyncClient(
             base_url=self.api_url,
             auth=auth,
@@ -99,6 +100,7 @@ class ForgeClient:
         timeout: httpx.Timeout | None = None,
         on_headers: Callable[[], Awaitable[None]] | None = None,
         body_timeout: float | None = None,
+        prefix: str = API,
     ) -> Any:
         """One request, its failures mapped. `on_headers` runs once a 200 answer has begun,
         before its body is read; `body_timeout` then bounds the reading of that body."""
@@ -106,7 +108,7 @@ class ForgeClient:
         try:
             request = self._http.build_request(
                 method,
-                API + path,
+                prefix + path,
                 json=body,
                 params=params,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
@@ -138,9 +140,9 @@ class ForgeClient:
             ) from None
         except httpx.HTTPError as exc:
             raise ForgeTransientError(f"{where}: {type(exc).__name__} on {path}") from None
-        return self._decode(response, path)
+        return self._decode(response, path, prefix)
 
-    def _decode(self, response: httpx.Response, path: str) -> Any:
+    def _decode(self, response: httpx.Response, path: str, prefix: str = API) -> Any:
         where = f"server '{self.alias}'"
         status = response.status_code
         try:
@@ -166,7 +168,7 @@ class ForgeClient:
             raise ForgePermanentError(f"{where} forbids {path}: {detail}", status=status)
         if status == 404:
             raise ForgePermanentError(
-                f"{where} has no {API}{path}: start Forge with --api "
+                f"{where} has no {prefix}{path}: start Forge with --api "
                 "(or the server is too old for this call)",
                 status=status,
             )
@@ -203,8 +205,10 @@ class ForgeClient:
         return [CheckpointInfo.from_forge(i) for i in items or [] if isinstance(i, dict)]
 
     async def catalog(self, *, refresh_loras: bool = False) -> ServerCatalog:
+        # The LoRA routes come from Forge's LoRA extension, which adds them once the web UI is
+        # up: a Forge that has just started answers /options but 404s them for a moment.
         if refresh_loras:
-            await self._call("POST", "/refresh-loras")
+            await self._optional("POST", "/refresh-loras")
         samplers = await self._call("GET", "/samplers") or []
         try:
             schedulers = await self._call("GET", "/schedulers") or []
@@ -212,13 +216,13 @@ class ForgeClient:
             if exc.status != 404:  # A1111 before 1.9 has no schedulers
                 raise
             schedulers = []
-        loras = await self._call("GET", "/loras") or []
+        loras = await self._optional("GET", "/loras")
         upscalers = await self._call("GET", "/upscalers") or []
         try:
             latent = await self._call("GET", "/latent-upscale-modes") or []
         except ForgePermanentError:
             latent = []
-        catalog = ServerCatalog()
+        catalog = ServerCatalog(loras_listed=loras is not None)
         for s in samplers:
             catalog.samplers.append(s["name"])
             for alias in s.get("aliases") or []:
@@ -227,13 +231,49 @@ class ForgeClient:
             catalog.schedulers.append(s["name"])
             if s.get("label"):
                 catalog.scheduler_labels[s["label"]] = s["name"]
-        for lora in loras:
+        for lora in loras or []:
             catalog.loras.add(lora.get("name", ""))
             if lora.get("alias"):
                 catalog.loras.add(lora["alias"])
         catalog.loras.discard("")
         catalog.upscalers = [u["name"] for u in [*upscalers, *latent] if u.get("name")]
         return catalog
+
+    async def modules(self) -> list[str]:
+        """VAE and text-encoder files Forge can add to a checkpoint (`/sd-modules`); A1111,
+        which has no such list, offers its VAEs (`/sd-vae`)."""
+        for path in ("/sd-modules", "/sd-vae"):
+            try:
+                items = await self._call("GET", path) or []
+            except ForgePermanentError as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            return [
+                str(i["model_name"]) for i in items if isinstance(i, dict) and i.get("model_name")
+            ]
+        return []
+
+    async def styles(self) -> list[str]:
+        """Style names. Forge puts a divider entry per styles file in the list (a name of dashes,
+        no prompt at all): it is not a style, and a job naming it makes Forge fail."""
+        items = await self._call("GET", "/prompt-styles") or []
+        return [
+            str(s["name"])
+            for s in items
+            if isinstance(s, dict)
+            and s.get("name")
+            and (s.get("prompt") is not None or s.get("negative_prompt") is not None)
+        ]
+
+    async def _optional(self, method: str, path: str) -> Any:
+        """A call whose route may be missing: None on a 404."""
+        try:
+            return await self._call(method, path) or []
+        except ForgePermanentError as exc:
+            if exc.status != 404:
+                raise
+            return None
 
     async def raw(self, path: str) -> Any:
         """Any GET list endpoint, for the model browser (styles, modules, ...)."""
@@ -246,6 +286,29 @@ class ForgeClient:
         )
         if not isinstance(result, dict):
             raise ForgeTransientError(f"server '{self.alias}' sent a malformed progress answer")
+        return result
+
+    async def internal_progress(self, task_id: str) -> dict[str, Any] | None:
+        """Forge's web UI's progress of one task (`POST /internal/progress`): whether it holds
+        the generation lock (`active`), waits for it (`queued`) or is done (`completed`). None
+        where the server has no web UI (`--nowebui`), or keeps it behind a login."""
+        if self.has_internal_progress is False:
+            return None
+        try:
+            result = await self._call(
+                "POST",
+                "/internal/progress",
+                body={"id_task": task_id, "id_live_preview": -1, "live_preview": False},
+                timeout=httpx.Timeout(10.0, connect=5.0),
+                prefix="",
+            )
+        except ForgePermanentError:
+            self.has_internal_progress = False  # 404 (no web UI), 401/403 (Gradio's login)
+            return None
+        if not isinstance(result, dict) or "active" not in result:
+            self.has_internal_progress = False
+            return None
+        self.has_internal_progress = True
         return result
 
     async def interrupt(self) -> None:

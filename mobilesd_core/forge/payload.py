@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ForgePermanentError
+from .errors import ForgePermanentError, ForgeTransientError
 from .infotext import prompt_with_loras
 
 
@@ -25,6 +25,9 @@ class ServerCatalog:
     scheduler_labels: dict[str, str] = field(default_factory=dict)
     loras: set[str] = field(default_factory=set)
     upscalers: list[str] = field(default_factory=list)
+    loras_listed: bool = True
+    """False when the server had no LoRA list (`/loras` answered 404): Forge still starting (its
+    LoRA extension adds the route last) or the extension off."""
 
 
 def _suggest(name: str, options: Sequence[str]) -> str:
@@ -62,6 +65,11 @@ def resolve_sampler(
 
 
 def check_loras(loras: list[dict[str, Any]], catalog: ServerCatalog, server: str) -> None:
+    if loras and not catalog.loras_listed:
+        raise ForgeTransientError(
+            f"server '{server}' has no LoRA list yet (/sdapi/v1/loras answered 404: Forge is "
+            "still starting, or its LoRA extension is off)"
+        )
     if not loras or not catalog.loras:
         if loras and not catalog.loras:
             raise ForgePermanentError(

@@ -21,15 +21,15 @@ from typing import Any
 
 from aiohttp import web
 
+from . import gradio
 from .catalog import (
     LATENT_UPSCALE_MODES,
-    PROMPT_STYLES,
-    SD_MODULES,
     UPSCALERS,
     samplers_api,
     schedulers_api,
 )
 from .faults import STATUS_KINDS, Fault
+from .pnginfo import read_png_info
 from .request import (
     SimHTTPError,
     detail_error,
@@ -313,6 +313,19 @@ def _static(data: Any) -> Handler:
     return handler
 
 
+async def prompt_styles(request: web.Request) -> web.Response:
+    return _json(_sim(request).styles)
+
+
+async def sd_modules_list(request: web.Request) -> web.Response:
+    return _json(_sim(request).modules())
+
+
+async def png_info(request: web.Request) -> web.Response:
+    body = require_object(await _read_body(request))
+    return _json(read_png_info(body.get("image")))
+
+
 async def cmd_flags(request: web.Request) -> web.Response:
     sim = _sim(request)
     host, port = (request.transport.get_extra_info("sockname") or ("127.0.0.1", 0))[:2]
@@ -456,10 +469,11 @@ def create_simulator_app(sim: SimulatedForge) -> web.Application:
     r.add_post(f"{API}/refresh-loras", refresh_loras)
     r.add_get(f"{API}/samplers", _static(samplers_api()))
     r.add_get(f"{API}/schedulers", _static(schedulers_api()))
-    r.add_get(f"{API}/prompt-styles", _static(PROMPT_STYLES))
+    r.add_get(f"{API}/prompt-styles", prompt_styles)
     r.add_get(f"{API}/upscalers", _static(UPSCALERS))
     r.add_get(f"{API}/latent-upscale-modes", _static([{"name": m} for m in LATENT_UPSCALE_MODES]))
-    r.add_get(f"{API}/sd-modules", _static(SD_MODULES))
+    r.add_get(f"{API}/sd-modules", sd_modules_list)
+    r.add_post(f"{API}/png-info", png_info)
     r.add_get(f"{API}/cmd-flags", cmd_flags)
     r.add_get(f"{API}/memory", _static(MEMORY))
     r.add_get(f"{API}/progress", progress)
@@ -467,6 +481,7 @@ def create_simulator_app(sim: SimulatedForge) -> web.Application:
     r.add_post(f"{API}/skip", skip)
     r.add_post(f"{API}/txt2img", txt2img)
     if sim.config.webui:
+        gradio.add_routes(app, sim)
         r.add_post("/internal/progress", internal_progress)
         r.add_get("/internal/pending-tasks", pending_tasks)
         r.add_get("/internal/ping", _static({}))

@@ -6,8 +6,11 @@ styles follow `modules/styles.py`; LoRA tags follow `modules/extra_networks.py`.
 
 from __future__ import annotations
 
+import csv
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -15,7 +18,7 @@ from typing import Any
 class Sampler:
     name: str
     aliases: list[str]
-    options: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def default_scheduler(self) -> str | None:
@@ -27,34 +30,48 @@ class Scheduler:
     name: str
     label: str
     aliases: list[str] | None = None
-    default_rho: float = -1
+    default_rho: float = -1.0
     need_inner_model: bool = False
 
 
-_T = "True"
-# Forge's order: the first one is what an unknown sampler name silently becomes.
+# Forge's `/sdapi/v1/samplers` at dfdcbab6, in its order (the first one is what an unknown sampler
+# name silently becomes), options with their JSON types, as the conformance run read them.
+_SO, _BN, _ENSD = "second_order", "brownian_noise", "uses_ensd"
+_DISCARD = "discard_next_to_last_sigma"
 SAMPLERS = [
     Sampler("DPM++ 2M", ["k_dpmpp_2m"], {"scheduler": "karras"}),
-    Sampler("DPM++ SDE", ["k_dpmpp_sde"], {"scheduler": "karras", "second_order": _T}),
-    Sampler("DPM++ 2M SDE", ["k_dpmpp_2m_sde"], {"scheduler": "exponential"}),
-    Sampler("DPM++ 2M SDE Heun", ["k_dpmpp_2m_sde_heun"], {"scheduler": "exponential"}),
-    Sampler("DPM++ 2S a", ["k_dpmpp_2s_a"], {"scheduler": "karras", "second_order": _T}),
-    Sampler("DPM++ 3M SDE", ["k_dpmpp_3m_sde"], {"scheduler": "exponential"}),
-    Sampler("Euler a", ["k_euler_a", "k_euler_ancestral"], {"uses_ensd": _T}),
+    Sampler("DPM++ SDE", ["k_dpmpp_sde"], {"scheduler": "karras", _SO: True, _BN: True}),
+    Sampler("DPM++ 2M SDE", ["k_dpmpp_2m_sde"], {"scheduler": "exponential", _BN: True}),
+    Sampler(
+        "DPM++ 2M SDE Heun",
+        ["k_dpmpp_2m_sde_heun"],
+        {"scheduler": "exponential", _BN: True, "solver_type": "heun"},
+    ),
+    Sampler("DPM++ 2S a", ["k_dpmpp_2s_a"], {"scheduler": "karras", _ENSD: True, _SO: True}),
+    Sampler(
+        "DPM++ 3M SDE", ["k_dpmpp_3m_sde"], {"scheduler": "exponential", _DISCARD: True, _BN: True}
+    ),
+    Sampler("Euler a", ["k_euler_a", "k_euler_ancestral"], {_ENSD: True}),
     Sampler("Euler", ["k_euler"]),
     Sampler("LMS", ["k_lms"]),
-    Sampler("Heun", ["k_heun"], {"second_order": _T}),
-    Sampler("DPM2", ["k_dpm_2"], {"scheduler": "karras", "second_order": _T}),
-    Sampler("DPM2 a", ["k_dpm_2_a"], {"scheduler": "karras", "second_order": _T}),
-    Sampler("DPM fast", ["k_dpm_fast"], {"uses_ensd": _T}),
-    Sampler("DPM adaptive", ["k_dpm_ad"], {"uses_ensd": _T}),
-    Sampler("Restart", ["restart"], {"scheduler": "karras", "second_order": _T}),
+    Sampler("Heun", ["k_heun"], {_SO: True}),
+    Sampler("DPM2", ["k_dpm_2"], {"scheduler": "karras", _DISCARD: True, _SO: True}),
+    Sampler(
+        "DPM2 a", ["k_dpm_2_a"], {"scheduler": "karras", _DISCARD: True, _ENSD: True, _SO: True}
+    ),
+    Sampler("DPM fast", ["k_dpm_fast"], {_ENSD: True}),
+    Sampler("DPM adaptive", ["k_dpm_ad"], {_ENSD: True}),
+    Sampler("Restart", ["restart"], {"scheduler": "karras", _SO: True}),
+    Sampler("HeunPP2", ["heunpp2"]),
+    Sampler("IPNDM", ["ipndm"]),
+    Sampler("IPNDM_V", ["ipndm_v"]),
+    Sampler("DEIS", ["deis"]),
     Sampler("DDIM", ["ddim"]),
     Sampler("DDIM CFG++", ["ddim_cfgpp"]),
     Sampler("PLMS", ["plms"]),
     Sampler("UniPC", ["unipc"]),
     Sampler("LCM", ["k_lcm"]),
-    Sampler("[Forge] Flux Realistic", ["flux_realistic"]),
+    Sampler("DDPM", ["ddpm"]),
 ]
 SAMPLERS_BY_NAME = {s.name: s for s in SAMPLERS}
 
@@ -80,7 +97,13 @@ SCHEDULERS_MAP = {**{s.name: s for s in SCHEDULERS}, **{s.label: s for s in SCHE
 AUTOMATIC = SCHEDULERS[0]
 
 UPSCALERS: list[dict[str, Any]] = [
-    {"name": name, "model_name": model, "model_path": path, "model_url": None, "scale": scale}
+    {
+        "name": name,
+        "model_name": model,
+        "model_path": path,
+        "model_url": None,
+        "scale": float(scale),
+    }
     for name, model, path, scale in [
         ("None", None, None, 4),
         ("Lanczos", None, None, 4),
@@ -126,6 +149,44 @@ SD_MODULES = [
 ]
 
 
+MODULE_EXTS = (".ckpt", ".pt", ".bin", ".safetensors", ".gguf")
+
+
+def read_styles_files(paths: list[str]) -> list[dict[str, str | None]]:
+    """`--styles-file`s, as Forge's StyleDatabase reads them: with more than one file, a divider
+    entry named after each (`---- STYLES ----`, no prompt at all) before its rows; a missing
+    file adds only its divider."""
+    styles: list[dict[str, str | None]] = []
+    for path in paths:
+        if len(paths) > 1:
+            divider = f" {Path(path).stem.upper()} ".center(40, "-")
+            styles.append({"name": divider, "prompt": None, "negative_prompt": None})
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for row in csv.DictReader(f, skipinitialspace=True):
+                name = (row.get("name") or "").strip()
+                if name:
+                    styles.append(
+                        {
+                            "name": name,
+                            "prompt": row.get("prompt") or "",
+                            "negative_prompt": row.get("negative_prompt") or "",
+                        }
+                    )
+    return styles
+
+
+def list_modules(folder: str) -> list[dict[str, str]]:
+    """`/sd-modules` of a real folder: every model file under it, by its base name."""
+    found: dict[str, str] = {}
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            if name.lower().endswith(MODULE_EXTS):
+                found.setdefault(name, os.path.abspath(os.path.join(root, name)))
+    return [{"model_name": name, "filename": path} for name, path in found.items()]
+
+
 def resolve_sampler(sampler_name: str | None, scheduler_name: str | None) -> tuple[Sampler, str]:
     """Sampler and scheduler label as Forge runs them: unknown names fall back without a word."""
     found = SCHEDULERS_MAP.get(scheduler_name or "", AUTOMATIC)
@@ -156,15 +217,20 @@ def _apply_style_text(text: str, style_text: str) -> str:
     return ", ".join(part for part in (text.strip(), style_text.strip()) if part)
 
 
-def apply_styles(prompt: str, negative: str, styles: list[str] | None) -> tuple[str, str]:
-    """Server-side styles; unknown names are ignored."""
-    by_name = {s["name"]: s for s in PROMPT_STYLES}
+def apply_styles(
+    prompt: str,
+    negative: str,
+    styles: list[str] | None,
+    known: list[dict[str, Any]] | None = None,
+) -> tuple[str, str]:
+    """Server-side styles (`known`: the server's list); unknown names are ignored."""
+    by_name = {s["name"]: s for s in (PROMPT_STYLES if known is None else known)}
     for name in styles or []:
         style = by_name.get(name)
         if style is None:
             continue
-        prompt = _apply_style_text(prompt, style["prompt"])
-        negative = _apply_style_text(negative, style["negative_prompt"])
+        prompt = _apply_style_text(prompt, style["prompt"] or "")
+        negative = _apply_style_text(negative, style["negative_prompt"] or "")
     return prompt, negative
 
 

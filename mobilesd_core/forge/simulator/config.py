@@ -51,6 +51,13 @@ class SimulatorConfig:
     lora_dir: str | None = None
     """A real folder standing for `models/Lora`: its files' stems join `loras`, read at boot and
     again only on `/refresh-loras`."""
+    vae_dir: str | None = None
+    """A real folder standing for `--vae-dir`: its model files are `/sd-modules` (as Forge lists
+    `models/VAE` and `models/text_encoder`) instead of the built-in example list."""
+    styles_files: list[str] = field(default_factory=list)
+    """Styles CSVs (`name,prompt,negative_prompt`), as Forge's `--styles-file` (repeatable):
+    their rows are the styles instead of the built-in ones; with more than one, each file's rows
+    follow a divider entry named after it (Forge's default is two files, so dividers are usual)."""
 
     def __post_init__(self) -> None:
         if self.unhashed == LAST_CHECKPOINT:

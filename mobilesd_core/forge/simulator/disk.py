@@ -9,6 +9,7 @@ be tested end to end (copy, refresh, generate) against real files.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -67,3 +68,18 @@ class FileHasher:
             except OSError:
                 continue  # vanished meanwhile
         return out
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors header (what Forge lists as a LoRA's metadata); empty
+    for other files or a header that does not read."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size <= 100_000_000:
+                return {}
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}

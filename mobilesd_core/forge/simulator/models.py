@@ -177,6 +177,10 @@ class CheckpointRegistry:
 class Lora:
     name: str
     salt: str = ""
+    path: str | None = None
+    """A real file (from `lora_dir`): listed with its path, its metadata and its hash."""
+    sha256: str | None = None
+    metadata: dict[str, Any] | None = None
 
     @property
     def alias(self) -> str:
@@ -184,9 +188,18 @@ class Lora:
 
     @property
     def hash(self) -> str:
-        return lora_hash(self.name, self.salt)
+        """`Lora hashes` in the infotext: this Forge writes the first 12 hex digits of the
+        file's SHA-256 (`modules/hashes.sha256` ignores its `use_addnet_hash`), not AutoV3."""
+        return self.sha256[:12] if self.sha256 else lora_hash(self.name, self.salt)
 
     def api_item(self, os_sep: str) -> dict[str, Any]:
+        if self.path is not None:
+            return {
+                "name": self.name,
+                "alias": self.alias,
+                "path": self.path,
+                "metadata": self.metadata or {},
+            }
         path = os_sep.join([MODELS_ROOT[os_sep], "Lora", f"{self.name}.safetensors"])
         return {
             "name": self.name,

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
-from mobilesd_core.forge.infotext import build_infotext
+from mobilesd_core.forge.infotext import quote
 
 from .catalog import (
     HR_UPSCALERS,
@@ -66,6 +67,7 @@ def make_plan(
     clip_skip: int,
     rng: random.Random,
     server_name: str = "sim",
+    styles: list[dict[str, Any]] | None = None,
 ) -> Plan:
     """Raises Forge's 500 for what fails once the model is loaded (nulls, hires mistakes)."""
     for name in _NEEDED:
@@ -102,7 +104,7 @@ def make_plan(
         raise forge_500("OutOfMemoryError", "CUDA out of memory (simulated).")
 
     sampler, scheduler = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
-    prompt, negative = apply_styles(req.prompt or "", req.negative_prompt or "", req.styles)
+    prompt, negative = apply_styles(req.prompt or "", req.negative_prompt or "", req.styles, styles)
     total = batch_size * n_iter
     seed = req.seed if req.seed is not None and req.seed != -1 else _random_seed(rng)
     subseed = req.subseed if req.subseed is not None and req.subseed != -1 else _random_seed(rng)
@@ -164,35 +166,67 @@ def hires_size(req: Txt2ImgRequest, width: int, height: int) -> tuple[int, int]:
 
 
 def infotext(plan: Plan, index: int, version: str) -> str:
+    """Forge's `create_infotext`, keys in its order and values as Python writes them (`CFG scale:
+    7.0`), as the real Forge's PNGs read in the conformance run (docs/forge-conformance.md)."""
     req = plan.req
-    hires = None
+    pairs: list[tuple[str, Any]] = [
+        ("Steps", plan.steps),
+        ("Sampler", plan.sampler.name),
+        # p.scheduler ("Automatic" unless one was chosen), overwritten in place by the label the
+        # sampler really used when Automatic meant its own default (sd_samplers_kdiffusion).
+        ("Schedule type", plan.schedule_type or "Automatic"),
+        ("CFG scale", plan.cfg_scale),
+    ]
+    if plan.checkpoint.is_flux:
+        pairs.append(("Distilled CFG Scale", float(req.distilled_cfg_scale or 0)))
+    pairs += [
+        ("Seed", plan.seeds[index]),
+        ("Size", f"{plan.width}x{plan.height}"),
+        ("Model hash", plan.checkpoint.shorthash),
+        ("Model", plan.checkpoint.basename),
+    ]
+    if req.subseed_strength:
+        pairs += [("Variation seed", plan.subseeds[index])]
+        pairs += [("Variation seed strength", req.subseed_strength)]
     if plan.hr_size is not None:
-        hires = {
-            "denoising_strength": req.denoising_strength,
-            "scale": req.hr_scale,
-            "steps": req.hr_second_pass_steps or None,
-            "upscaler": req.hr_upscaler or "Latent",
-        }
-    return build_infotext(
-        prompt=plan.prompts[index],
-        negative_prompt=plan.negative_prompts[index],
-        steps=plan.steps,
-        sampler_name=plan.sampler.name,
-        scheduler=plan.schedule_type,
-        cfg_scale=plan.cfg_scale,
-        distilled_cfg_scale=req.distilled_cfg_scale if plan.checkpoint.is_flux else None,
-        seed=plan.seeds[index],
-        width=plan.width,
-        height=plan.height,
-        model_name=plan.checkpoint.basename,
-        model_hash=plan.checkpoint.shorthash,
-        subseed=plan.subseeds[index],
-        subseed_strength=req.subseed_strength or 0,
-        clip_skip=plan.clip_skip,
-        hires=hires,
-        lora_hashes={k: v.hash for k, v in plan.loras.items()} or None,
-        version=version,
-    )
+        pairs.append(("Denoising strength", req.denoising_strength))
+    if plan.clip_skip > 1:
+        pairs.append(("Clip skip", plan.clip_skip))
+    if plan.hr_size is not None:
+        pairs += _hires_pairs(plan)
+    if plan.loras:
+        pairs.append(("Lora hashes", ", ".join(f"{k}: {v.hash}" for k, v in plan.loras.items())))
+    pairs.append(("Version", version))
+    lines = [plan.prompts[index]]
+    if plan.negative_prompts[index]:
+        lines.append(f"Negative prompt: {plan.negative_prompts[index]}")
+    lines.append(", ".join(f"{key}: {quote(value)}" for key, value in pairs if value is not None))
+    return "\n".join(lines)
+
+
+def _hires_pairs(plan: Plan) -> list[tuple[str, Any]]:
+    """`extra_generation_params` of a hires fix, in the order Forge's init() and
+    calculate_target_resolution() add them."""
+    req = plan.req
+    modules = req.hr_additional_modules or []
+    pairs: list[tuple[str, Any]] = []
+    if modules == []:
+        pairs.append(("Hires Module 1", "Built-in"))
+    elif "Use same choices" in modules:
+        pairs.append(("Hires Module 1", "Use same choices"))
+    else:
+        pairs += [(f"Hires Module {i + 1}", PurePath(str(m)).stem) for i, m in enumerate(modules)]
+    if req.hr_sampler_name and req.hr_sampler_name != plan.sampler.name:
+        pairs.append(("Hires sampler", req.hr_sampler_name))
+    pairs.append(("Hires CFG Scale", req.hr_cfg))
+    if req.hr_resize_x or req.hr_resize_y:
+        pairs.append(("Hires resize", f"{req.hr_resize_x or 0}x{req.hr_resize_y or 0}"))
+    else:
+        pairs.append(("Hires upscale", req.hr_scale))
+    if req.hr_second_pass_steps:
+        pairs.append(("Hires steps", req.hr_second_pass_steps))
+    pairs.append(("Hires upscaler", req.hr_upscaler or "Latent"))
+    return pairs
 
 
 def info_object(
@@ -221,7 +255,7 @@ def info_object(
         "cfg_scale": plan.cfg_scale,
         "steps": plan.steps,
         "batch_size": plan.batch_size,
-        "restore_faces": req.restore_faces,
+        "restore_faces": bool(req.restore_faces),
         "face_restoration_model": None,
         "sd_model_name": plan.checkpoint.basename,
         "sd_model_hash": plan.checkpoint.shorthash,

@@ -56,7 +56,7 @@ class Txt2ImgRequest(BaseModel):
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
     eta: float | None = None
-    denoising_strength: float | None = 0.75
+    denoising_strength: float | None = None
     s_min_uncond: float | None = None
     s_churn: float | None = None
     s_tmax: float | None = None
@@ -97,7 +97,13 @@ class Txt2ImgRequest(BaseModel):
 
 def _error_items(exc: ValidationError) -> list[dict[str, Any]]:
     return [
-        {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"], "input": e.get("input")}
+        {
+            "type": e["type"],
+            "loc": ["body", *e["loc"]],
+            "msg": e["msg"],
+            "input": e.get("input"),
+            "url": f"https://errors.pydantic.dev/2.8/v/{e['type']}",  # Forge's pydantic 2.8
+        }
         for e in exc.errors(include_url=False)
     ]
 

@@ -178,11 +178,20 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a real folder listed as models/Lora (read at start and on refresh-loras)",
     )
+    parser.add_argument(
+        "--vae-dir", default=None, help="a real folder listed as VAE/text-encoder modules"
+    )
+    parser.add_argument(
+        "--styles-file",
+        action="append",
+        default=[],
+        help="a styles CSV (name,prompt,negative_prompt); repeatable, as in Forge",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     kwargs: dict[str, object] = {}
-    if getattr(args, "checkpoints", None):
+    if getattr(args, "checkpoints", None) is not None:  # "" lists only --models-dir
         kwargs["checkpoints"] = args.checkpoints
     if getattr(args, "loras", None) is not None:
         kwargs["loras"] = args.loras
@@ -195,6 +204,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         webui=getattr(args, "webui", False),
         models_dir=getattr(args, "models_dir", None),
         lora_dir=getattr(args, "lora_dir", None),
+        vae_dir=getattr(args, "vae_dir", None),
+        styles_files=list(getattr(args, "styles_file", None) or []),
         **kwargs,  # type: ignore[arg-type]
     )
 

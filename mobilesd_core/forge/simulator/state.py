@@ -16,6 +16,7 @@ import random
 import secrets
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -24,8 +25,9 @@ from typing import Any
 from PIL import Image
 
 from . import images
+from .catalog import PROMPT_STYLES, SD_MODULES, list_modules, read_styles_files
 from .config import SimulatorConfig
-from .disk import CHECKPOINT_EXTS, LORA_EXTS, FileHasher, scan
+from .disk import CHECKPOINT_EXTS, LORA_EXTS, FileHasher, safetensors_metadata, scan
 from .faults import Fault, FaultBook
 from .models import Checkpoint, CheckpointRegistry, Lora
 from .plan import Plan, info_object, infotext, make_plan
@@ -141,6 +143,11 @@ class SimulatedForge:
             self.registry.refresh()
         self.lora_list: list[Lora] = []
         self._read_lora_dir()
+        self.styles: list[dict[str, Any]] = (
+            read_styles_files(self.config.styles_files)
+            if self.config.styles_files
+            else PROMPT_STYLES
+        )
         self.generations: list[GenerationRecord] = []
         self.interrupt_count = 0
         self.skip_count = 0
@@ -181,8 +188,9 @@ class SimulatedForge:
             "sd_model_checkpoint": loaded.title if loaded else None,
             "sd_checkpoint_hash": loaded.sha256 if loaded else None,
             "sd_vae": "Automatic",
-            "CLIP_stop_at_last_layers": 1,
-            "show_progress_every_n_steps": self.config.preview_every_n_steps,
+            # Forge keeps slider settings as floats (1.0, 10.0), as its /options shows.
+            "CLIP_stop_at_last_layers": 1.0,
+            "show_progress_every_n_steps": float(self.config.preview_every_n_steps),
             "live_previews_enable": True,
             "samples_format": "png",
             "grid_format": "png",
@@ -192,11 +200,11 @@ class SimulatedForge:
             "samples_save": True,
             "outdir_txt2img_samples": "output/txt2img-images",
             "eta_noise_seed_delta": 0,
-            "sd_checkpoints_limit": 1,
+            "sd_checkpoints_limit": 1.0,
             "forge_preset": "all",
             "forge_additional_modules": [],
             "forge_unet_storage_dtype": "Automatic",
-            "forge_inference_memory": 1024,
+            "forge_inference_memory": 1024.0,
         }
 
     # ---- models -------------------------------------------------------------------------
@@ -240,13 +248,27 @@ class SimulatedForge:
         self.registry.real_files = self._hasher.scan_hashed(root, CHECKPOINT_EXTS)
 
     def _read_lora_dir(self) -> None:
-        names = list(self.config.loras)
+        salt = self.config.seed_for_hashes
+        loras = {name: Lora(name, salt) for name in self.config.loras}
         if self.config.lora_dir:
-            for relpath in scan(Path(self.config.lora_dir), LORA_EXTS):
+            root = Path(self.config.lora_dir)
+            for relpath, stamp in scan(root, LORA_EXTS).items():
                 stem = PurePosixPath(relpath).stem
-                if stem not in names:
-                    names.append(stem)
-        self.lora_list = [Lora(name, self.config.seed_for_hashes) for name in names]
+                path = root / relpath
+                if stem in loras:
+                    continue
+                try:
+                    digest = self._hasher.sha256(path, stamp)
+                except OSError:
+                    continue  # vanished meanwhile
+                meta = safetensors_metadata(path)
+                loras[stem] = Lora(stem, salt, str(path.resolve()), digest, meta)
+        self.lora_list = list(loras.values())
+
+    def modules(self) -> list[dict[str, str]]:
+        """`/sd-modules`: VAE and text-encoder files (listed on each call, as Forge's list
+        follows its refreshes)."""
+        return list_modules(self.config.vae_dir) if self.config.vae_dir else SD_MODULES
 
     def lora_by_alias(self) -> dict[str, Lora]:
         by_alias = {lora.alias: lora for lora in self.lora_list}
@@ -305,12 +327,11 @@ class SimulatedForge:
         st = self.state
         if st.job_count == 0:
             return {
-                "progress": 0,
-                "eta_relative": 0,
+                "progress": 0.0,
+                "eta_relative": 0.0,
                 "state": st.api(),
                 "current_image": None,
                 "textinfo": st.textinfo,
-                "current_task": self.current_task,
             }
         progress = 0.01
         if st.job_count > 0:
@@ -327,7 +348,6 @@ class SimulatedForge:
             "state": st.api(),
             "current_image": current_image,
             "textinfo": st.textinfo,
-            "current_task": self.current_task,
         }
 
     def _maybe_set_preview(self) -> None:
@@ -420,6 +440,41 @@ class SimulatedForge:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def submit_webui_txt2img(
+        self,
+        req: Txt2ImgRequest,
+        payload: Any,
+        task_id: str | None,
+        report: Callable[[str, dict[str, Any] | SimHTTPError | None], None],
+    ) -> asyncio.Task[None]:
+        """Generate pressed in the web UI (see `gradio.py`): `report("start", None)` when it
+        takes the lock, then `report("done", answer or error, None if it died)`."""
+
+        async def run() -> None:
+            outcome: dict[str, Any] | SimHTTPError | None = None
+            try:
+                outcome = await self.txt2img(
+                    req,
+                    payload,
+                    job=task_id or "",
+                    task_id=task_id,
+                    on_start=lambda: report("start", None),
+                )
+            except SimHTTPError as exc:
+                outcome = exc
+            finally:
+                # wrap_gradio_call: whatever happened, these are reset after a web UI call.
+                st = self.state
+                st.skipped = st.interrupted = st.stopping_generation = False
+                st.job_count = 0
+                st.job = ""
+                report("done", outcome)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        return task
+
     async def abort_all(self) -> None:
         """The process dies: every queued or running generation is gone."""
         tasks = list(self._tasks)
@@ -443,18 +498,24 @@ class SimulatedForge:
         *,
         hang: asyncio.Event | None = None,
         started: asyncio.Event | None = None,
+        job: str = "scripts_txt2img",
+        task_id: str | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """POST /sdapi/v1/txt2img: the response body, or SimHTTPError."""
-        task_id = req.force_task_id or f"task({secrets.token_hex(8)[:15]})"
+        """POST /sdapi/v1/txt2img: the response body, or SimHTTPError. `job` is what
+        `state.job` says while it runs: the API's "scripts_txt2img", or the web UI's task id."""
+        task_id = task_id or req.force_task_id or f"task({secrets.token_hex(8)[:15]})"
         self.pending_tasks[task_id] = time.time()
         try:
             async with self._lock:
                 self.pending_tasks.pop(task_id, None)
                 self.current_task = task_id
-                self.state.begin("scripts_txt2img")
+                self.state.begin(job)
                 self._preview = None
                 if started is not None:
                     started.set()
+                if on_start is not None:
+                    on_start()
                 try:
                     return await self._process(req, payload, task_id, hang)
                 except SimHTTPError:
@@ -488,6 +549,7 @@ class SimulatedForge:
                 clip_skip=int(self.options.get("CLIP_stop_at_last_layers") or 1),
                 rng=self._rng,
                 server_name=self.config.name,
+                styles=self.styles,
             )
             return await self._run(plan, payload, task_id, hang, switched)
         finally:
@@ -560,7 +622,7 @@ class SimulatedForge:
             if not await self._sleep_until(begin + (done + 1) * step_s):
                 break
             done += 1
-            st.sampling_step = done - 1
+            st.sampling_step = done  # Forge counts the steps done (its callback adds 1 each)
         return done
 
     def _stopped(self) -> bool:
