@@ -706,6 +706,10 @@ class JobStore:
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mobilesd-read")
         self._live: dict[str, Job] = {}
         self._pending_cache: list[Job] | None = None  # run order; dropped on any change
+        # Jobs whose add is not acknowledged yet: not offered to the dispatcher, whose claim
+        # (written without waiting for an fsync) would otherwise publish "processing" before
+        # the add publishes "pending".
+        self._adding: set[str] = set()
         self._archiving: set[str] = set()
         self._lock_fd: int | None = None
 
@@ -783,7 +787,12 @@ class JobStore:
     def pending_in_order(self) -> list[Job]:
         """Pending jobs in run order (a copy: callers may change the list)."""
         if self._pending_cache is None:
-            pending = [j for j in self._live.values() if j["status"] == "pending"]
+            adding = self._adding
+            pending = [
+                j
+                for j in self._live.values()
+                if j["status"] == "pending" and j["mobilesd_job_id"] not in adding
+            ]
             pending.sort(key=lambda j: (j["position"], j["mobilesd_job_id"]))
             self._pending_cache = pending
         return list(self._pending_cache)
@@ -924,9 +933,15 @@ class JobStore:
         """Insert new pending jobs, all or none, durably, in one journal write."""
         base = self.next_position()
         prepared = [{**job, "position": base + i} for i, job in enumerate(jobs)]
+        ids = {job["mobilesd_job_id"] for job in prepared}
         for job in prepared:
             self._live[job["mobilesd_job_id"]] = job
-        await self._commit(_Op(journal=[{"op": "put", "job": job} for job in prepared]))
+        self._adding |= ids
+        try:
+            await self._commit(_Op(journal=[{"op": "put", "job": job} for job in prepared]))
+        finally:
+            self._adding -= ids
+            self._pending_cache = None
         for job in prepared:
             self._notify("job", job)
         return prepared

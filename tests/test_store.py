@@ -410,3 +410,50 @@ async def test_finished_jobs_read_from_disk_while_others_finish_or_go(
     else:
         listed = result[0] if read == "page" else result
         assert sorted(j["mobilesd_job_id"] for j in listed) == sorted(ids)
+
+
+async def test_a_job_is_offered_to_the_dispatcher_only_once_its_add_is_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """While an add waits for its fsync, the job is not among the pending jobs the dispatcher
+    takes from: a claim of it (written without waiting for an fsync) would publish
+    "processing" before the add publishes "pending" (seen as a flaky event order)."""
+    import threading
+
+    from mobilesd_core.storage import FileSystem
+
+    class HeldFsync(FileSystem):
+        def __init__(self) -> None:
+            self.hold = threading.Event()
+            self.held = threading.Event()
+            self.release = threading.Event()
+
+        def fsync(self, fd: int) -> None:
+            if self.hold.is_set():
+                self.held.set()
+                self.release.wait(10)
+            super().fsync(fd)
+
+    fs = HeldFsync()
+    store = JobStore(tmp_path, fs=fs)
+    await store.open()
+    events: list[tuple[str, str]] = []
+    store.set_listener(lambda kind, job: events.append((job["mobilesd_job_id"], job["status"])))
+    try:
+        (first,) = await store.add(make_jobs(1))
+        fs.hold.set()
+        adding = asyncio.ensure_future(store.add(make_jobs(1, "a dog")))
+        assert await asyncio.to_thread(fs.held.wait, 10)
+        assert [j["mobilesd_job_id"] for j in store.pending_in_order()] == [
+            first["mobilesd_job_id"]
+        ]
+        fs.release.set()
+        (second,) = await adding
+        assert [j["mobilesd_job_id"] for j in store.pending_in_order()] == [
+            first["mobilesd_job_id"],
+            second["mobilesd_job_id"],
+        ]
+        assert events[-1] == (second["mobilesd_job_id"], "pending")
+    finally:
+        fs.release.set()
+        await store.close()
