@@ -143,6 +143,21 @@ def atomic_write_bytes(
     The temp file is created exclusively ("x"): a planted file or symlink at its name is an
     error, never written through; `os.replace` swaps a symlink at `path` itself, never its target.
     """
+    tmp = write_temp_beside(path, data, mode=mode, fs=fs)
+    try:
+        fs.replace(tmp, path)
+    except BaseException:
+        fs.unlink(tmp)
+        raise
+    if sync_folder:
+        fsync_dir(path.parent, fs=fs)
+
+
+def write_temp_beside(path: Path, data: bytes, *, mode: int, fs: FileSystem = OS) -> Path:
+    """A new temp file beside `path` holding `data`, fsynced; the caller puts it in place.
+
+    Created exclusively ("x"): a planted file or symlink at its name is an error, never
+    written through."""
     tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
     try:
         fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -153,12 +168,10 @@ def atomic_write_bytes(
             fs.fsync(fd)
         finally:
             fs.close(fd)
-        fs.replace(tmp, path)
     except BaseException:
         fs.unlink(tmp)
         raise
-    if sync_folder:
-        fsync_dir(path.parent, fs=fs)
+    return tmp
 
 
 class AtomicJSONStorage(Storage):

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -44,7 +43,7 @@ from ..config import Settings
 from ..events import EventBus
 from ..library import CHECKPOINTS, LORAS, PREVIEW_SUFFIXES, LibraryKind
 from ..schema import utc_now_iso
-from ..storage import FOR_PEOPLE, TMP_PREFIX, atomic_write_bytes, fsync_dir
+from ..storage import FOR_PEOPLE, atomic_write_bytes, fsync_dir, write_temp_beside
 from ..store import Conflict
 from .client import CivitaiClient, CivitaiError, retry_after_seconds, transport_error
 from .filenames import (
@@ -253,16 +252,8 @@ def _write_new(path: Path, data: bytes) -> bool:
     file is linked to its name, which fails on an existing name)."""
     if os.path.lexists(path):
         return False
-    tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
+    tmp = write_temp_beside(path, data, mode=FOR_PEOPLE)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FOR_PEOPLE)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         placed = _place(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
