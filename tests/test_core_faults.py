@@ -207,8 +207,16 @@ async def test_store_full_while_claiming_and_finishing_recovers_by_itself(
         await wait_for(lambda: disk.hits[errno.ENOSPC] >= 2, what="a failed claim")
         hits = disk.hits[errno.ENOSPC]
         await wait_for(lambda: disk.hits[errno.ENOSPC] > hits, what="the claim tried again")
-        assert harness.core.store.get_live(first)["status"] == "pending"
-        assert runtime.active == 0 and not harness.core.dispatcher._runs
+        # The hit is counted in the writer thread before the failed claim is undone on the
+        # loop: between two tries (a second apart) the job is pending again, its slot free.
+        await wait_for(
+            lambda: (
+                harness.core.store.get_live(first)["status"] == "pending"
+                and runtime.active == 0
+                and not harness.core.dispatcher._runs
+            ),
+            what="the failed claim undone",
+        )
         assert sim.sim.generations == []
         disk.heal()
         # The run starts once the claim is written (the store shows "processing" a moment
