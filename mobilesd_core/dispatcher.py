@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # How long a stop waits for runs that hold Forge's answer to save it and write the outcome.
 FINISH_GRACE_SECONDS = 5.0
+RECHECK_SECONDS = 5.0  # see Dispatcher.recheck_seconds
 
 
 @dataclass
@@ -90,6 +91,11 @@ class Dispatcher:
         self._runs: dict[str, _Run] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # Defence in depth: with jobs pending, a pass runs at least this often even if no
+        # wake-up came. Every change that makes a job runnable wakes the loop; a pass that
+        # starts a job without one found a missed wake-up, which is logged as the bug it is.
+        self.recheck_seconds = RECHECK_SECONDS
+        self._claims = 0
         self.paused = False
         self.idle = asyncio.Event()  # set when nothing runs and nothing can be assigned
         self._waiting_for_pass: list[asyncio.Future[None]] = []
@@ -166,10 +172,17 @@ class Dispatcher:
 
     async def _loop(self) -> None:
         while True:
-            await self._wake.wait()
+            woken = await self._wait_for_wake()
             self._wake.clear()
+            claims = self._claims
             try:
                 await self._assign()
+                if not woken and self._claims > claims:
+                    log.warning(
+                        "dispatcher: a periodic check started %d job(s) that no wake-up had "
+                        "announced (a missed wake-up: please report it with this log)",
+                        self._claims - claims,
+                    )
             except StoreWriteError as exc:
                 log.error("cannot start jobs: %s; trying again in a second", exc.strerror)
                 await asyncio.sleep(1.0)
@@ -178,6 +191,19 @@ class Dispatcher:
                 log.exception("dispatcher assignment failed; retrying on the next wake-up")
                 await asyncio.sleep(1.0)
                 self.wake()
+
+    async def _wait_for_wake(self) -> bool:
+        """False when the periodic check is due instead (jobs pending, no wake-up came)."""
+        if self._wake.is_set():
+            return True
+        # asyncio.timeout, not wait_for (see _hand_over).
+        limit = self.recheck_seconds if self._store.pending_in_order() else None
+        try:
+            async with asyncio.timeout(limit):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _assign(self) -> None:
         waiting, self._waiting_for_pass = self._waiting_for_pass, []
@@ -315,6 +341,7 @@ class Dispatcher:
             if sys.exc_info()[0] in (Conflict, JobNotFound):
                 return
             raise
+        self._claims += 1
         log.info("job %s -> %s (attempt %d)", job_id, runtime.alias, claimed["attempts"])
         run.task = asyncio.create_task(self._run(claimed, run), name=f"job-{job_id}")
         # The clean-up is a done callback, not a `finally` in `_run`: a cancel whose write

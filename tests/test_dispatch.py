@@ -483,3 +483,21 @@ async def test_a_cancel_written_with_the_claim_frees_the_server(
     assert (await harness.job(victim))["status"] == "cancelled"
     assert [g.prompt for g in sim.sim.generations] == ["next"]  # the victim never went out
     assert core.registry.runtimes["gpu1"].active == 0 and not core.dispatcher._runs
+
+
+async def test_a_runnable_job_no_wake_up_announced_starts_at_the_periodic_check(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every change that makes a job runnable wakes the dispatcher; if one is ever missed (a
+    soak under load once left a job pending for good with every server free), the periodic
+    check starts it and logs the missed wake-up."""
+    await harness.add_sim("gpu1")
+    dispatcher = harness.core.dispatcher
+    dispatcher.recheck_seconds = 0.3
+    dispatcher.set_paused(True)
+    job_id = await harness.submit()
+    await harness.core.run_until_idle()
+    dispatcher.paused = False  # runnable now, with no wake-up (set_paused would wake it)
+    job = await harness.wait_status(job_id, "completed", "failed", timeout=5)
+    assert job["status"] == "completed", job["result_details"]
+    assert any("no wake-up had announced" in r.getMessage() for r in caplog.records)

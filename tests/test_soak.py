@@ -193,10 +193,13 @@ async def soak(
                     r.alias: (r.online, r.available, r.active, r.free_slots)
                     for r in harness.core.registry.runtimes.values()
                 }
+                offered = harness.core.store.pending_in_order()
                 raise AssertionError(
                     f"{Counter(j['status'] for j in listed)}; stuck {stuck}; servers {runtimes}; "
                     f"runs {list(harness.core.dispatcher._runs)}; "
-                    f"paused {harness.core.dispatcher.paused}"
+                    f"paused {harness.core.dispatcher.paused}; "
+                    f"offered to the dispatcher {[j['mobilesd_job_id'] for j in offered]}; "
+                    f"retry timer {harness.core.dispatcher._timer}; now {time.time()}"
                 )
             await asyncio.sleep(0.1)
         # Nothing runs and nothing can start: a run whose slot was never given back keeps this
