@@ -91,9 +91,9 @@ class Dispatcher:
         self._runs: dict[str, _Run] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        # Defence in depth: with jobs pending, a pass runs at least this often even if no
-        # wake-up came. Every change that makes a job runnable wakes the loop; a pass that
-        # starts a job without one found a missed wake-up, which is logged as the bug it is.
+        # Defence in depth: a pass runs at least this often even if no wake-up came. Every
+        # change that makes a job runnable wakes the loop; a pass that starts a job without
+        # one found a missed wake-up, which is logged as the bug it is.
         self.recheck_seconds = RECHECK_SECONDS
         self._claims = 0
         self.paused = False
@@ -193,13 +193,14 @@ class Dispatcher:
                 self.wake()
 
     async def _wait_for_wake(self) -> bool:
-        """False when the periodic check is due instead (jobs pending, no wake-up came)."""
+        """False when the periodic check is due instead (no wake-up came in time). Always
+        armed, even with nothing pending: a job that becomes pending later without a wake-up
+        is exactly the case it is there for."""
         if self._wake.is_set():
             return True
         # asyncio.timeout, not wait_for (see _hand_over).
-        limit = self.recheck_seconds if self._store.pending_in_order() else None
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(self.recheck_seconds):
                 await self._wake.wait()
         except TimeoutError:
             return False
