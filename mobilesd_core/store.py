@@ -983,6 +983,11 @@ class JobStore:
                 self._archiving.discard(job_id)
             self._archive.commit_append(job, entry)
             self._live.pop(job_id, None)
+            if current["status"] == "pending":
+                # The run-order cache may have been rebuilt while the commit was on its way,
+                # from `_live` still holding the job as pending: it would keep offering a job
+                # that is gone (the dispatcher planned it pass after pass, never claiming it).
+                self._pending_cache = None
         else:
             self._live[job_id] = job
             await self._commit(

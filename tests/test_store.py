@@ -457,3 +457,29 @@ async def test_a_job_is_offered_to_the_dispatcher_only_once_its_add_is_acknowled
     finally:
         fs.release.set()
         await store.close()
+
+
+async def test_a_pending_job_that_ends_is_not_offered_even_if_the_order_was_read_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """A pending job cancelled while someone reads the run order during the cancel's commit
+    (the dispatcher does, every pass) must not stay in that order once it is gone: it was
+    offered pass after pass, never claimable, and listed as pending although cancelled."""
+    store = await open_store(tmp_path)
+    try:
+        first, second = await store.add(make_jobs(2))
+        cancelling = asyncio.ensure_future(
+            store.update(
+                first["mobilesd_job_id"],
+                {"status": "cancelled", "completion_timestamp": utc_now_iso()},
+                expect={"pending"},
+            )
+        )
+        await asyncio.sleep(0)  # the cancel is on its way to the writer
+        store.pending_in_order()  # a pass reads the order meanwhile
+        await cancelling
+        assert [j["mobilesd_job_id"] for j in store.pending_in_order()] == [
+            second["mobilesd_job_id"]
+        ]
+    finally:
+        await store.close()
