@@ -398,7 +398,8 @@ async def exercise(container: Container, sim: ForgeSim) -> list[Path]:
     return made
 
 
-def check_files(container: Container, made: list[Path], umask: int) -> None:
+def wrong_files(container: Container, made: list[Path], umask: int) -> list[str]:
+    """Files not owned by PUID:PGID with the mode `umask` gives (secrets: 0600)."""
     wrong = []
     for path in made:
         want = (PUID, PGID, (0o777 if path.is_dir() else 0o666) & ~umask)
@@ -409,19 +410,19 @@ def check_files(container: Container, made: list[Path], umask: int) -> None:
     for path in config.rglob("*"):
         if path.is_file() and owner_and_mode(path) != (PUID, PGID, 0o600):
             wrong.append(f"{path}: {owner_and_mode(path)}, expected {(PUID, PGID, 0o600)}")
-    assert wrong == []
+    return wrong
 
 
 async def test_files_for_people_are_group_writable_under_umask_002(main: Container) -> None:
     assert main.sim is not None
     made = await exercise(main, main.sim)
-    check_files(main, made, 0o002)
+    assert wrong_files(main, made, 0o002) == []
 
 
 async def test_files_for_people_follow_umask_022(lane: Lane, tmp_path: Path) -> None:
     with stack(lane, tmp_path, f"mobilesd-test-{os.getpid()}-022", umask="022") as (c, sim):
         made = await exercise(c, sim)
-    check_files(c, made, 0o022)
+    assert wrong_files(c, made, 0o022) == []
 
 
 async def test_the_tui_renders_the_queue_over_docker_exec(main: Container, tmux: Tmux) -> None:

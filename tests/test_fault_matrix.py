@@ -18,7 +18,7 @@ import contextlib
 import functools
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,29 @@ class Tally:
             if event is not None and event.name == "job" and event.data["status"] in TERMINAL:
                 self.terminal[event.data["mobilesd_job_id"]] += 1
         return self.terminal
+
+
+@contextlib.contextmanager
+def full_accept_queue(port: int = 0) -> Iterator[int]:
+    """A loopback port (`port`, or a free one) whose listener takes no more connections:
+    connect() hangs."""
+    blackhole = socket.socket()
+    blackhole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blackhole.bind(("127.0.0.1", port))
+    blackhole.listen(0)
+    port = blackhole.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in (*fillers, blackhole):
+            sock.close()
 
 
 @dataclass
@@ -146,19 +169,7 @@ async def connect_timeout(ctx: Ctx) -> list[str]:
     await gpu1.stop()
     # On its port now, a listener whose accept queue is full: the kernel drops further SYNs,
     # connect() hangs.
-    blackhole = socket.socket()
-    blackhole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    blackhole.bind(("127.0.0.1", httpx.URL(gpu1.url).port or 80))
-    blackhole.listen(0)
-    port = blackhole.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
+    with full_accept_queue(httpx.URL(gpu1.url).port or 80):
         await ctx.offline("gpu1", "did not answer (connect timeout)")
         targeted = await ctx.h.submit(target="gpu1")
         anywhere = await ctx.h.submit()
@@ -166,9 +177,6 @@ async def connect_timeout(ctx: Ctx) -> list[str]:
         await ctx.waiting(targeted, "target server 'gpu1' is offline")
         await ctx.h.api.post(f"/api/v1/queue/jobs/{targeted}/cancel")
         await ctx.h.api.delete("/api/v1/servers/gpu1")
-    finally:
-        for sock in (*fillers, blackhole):
-            sock.close()
     return [targeted, anywhere]
 
 

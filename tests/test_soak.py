@@ -223,7 +223,7 @@ async def soak(
                 try:
                     await d._assign()
                     assigned = f"a pass now claims {d._claims - claims_before}"
-                except BaseException as exc:
+                except Exception as exc:  # a diagnostic: the report goes on
                     assigned = f"a pass now raises {exc!r}"
                 raise AssertionError(
                     f"{Counter(j['status'] for j in listed)}; stuck {stuck}; servers {runtimes}; "

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +22,11 @@ from mobilesd_core.notify.webhooks import NOT_DELIVERED
 from mobilesd_core.servers import not_forge_yet
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
-from .test_fault_matrix import short_connect_timeout  # noqa: F401 - fixture
+from .test_fault_matrix import (
+    full_accept_queue,
+    short_connect_timeout,  # noqa: F401 - fixture
+)
 from .test_notify import closed_port
-
-
-@contextlib.contextmanager
-def full_accept_queue() -> Iterator[int]:
-    """A loopback port whose listener takes no more connections: connect() hangs."""
-    blackhole = socket.socket()
-    blackhole.bind(("127.0.0.1", 0))
-    blackhole.listen(0)
-    port = blackhole.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
-        yield port
-    finally:
-        for sock in (*fillers, blackhole):
-            sock.close()
 
 
 async def not_forge(request: web.Request) -> web.StreamResponse:
