@@ -1,6 +1,6 @@
 """Civitai download throughput: the core's download manager against a plain copy of the same bytes.
 
-The fake Civitai (`mobilesd_core/civitai/fake.py`) runs in its own process, as Civitai's storage
+The fake Civitai (`fakes/civitai.py`) runs in its own process, as Civitai's storage
 would be another machine, serving one LoRA of `size` bytes. Both sides fetch it over loopback:
 
 - plain copy: one httpx client asks `/api/download/models/<v>`, follows the 307 and streams the
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import httpx
 
+from fakes.civitai import FakeCivitai, FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.civitai.client import CivitaiClient
 from mobilesd_core.civitai.downloads import DownloadManager
-from mobilesd_core.civitai.fake import FakeCivitai, FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.civitai.hashes import HashCache
 from mobilesd_core.civitai.urls import ModelRef
 from mobilesd_core.config import Settings

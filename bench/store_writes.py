@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from mobilesd_core.durable import AppendLog
+from mobilesd_core.jobs.store import JobStore
 from mobilesd_core.schema import GenerationParams, new_job, new_job_id, utc_now_iso
-from mobilesd_core.storage import AppendLog
-from mobilesd_core.store import JobStore
 
 from .report import Row, median, ms, percentile, say, times
 from .simproc import REPO

@@ -24,13 +24,13 @@ from .dispatcher import Dispatcher
 from .events import EventBus
 from .gallery import Gallery, ImageNotFound
 from .inbox import InboxWatcher
+from .jobs.store import JobStore, ServerStore
 from .model_sync import LibraryIndex, ModelSync
 from .notify import Notifier
 from .progress import ProgressBoard
 from .retention import Pins, Retention
 from .servers import ServerRegistry, default_client_factory
 from .service import QueueService, load_paused
-from .store import JobStore, ServerStore
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint
 from .forge.ownership import Owner, ProgressOwner
 from .forge.payload import build_txt2img_payload, check_loras, resolve_sampler
 from .gallery import Gallery, GalleryError
+from .jobs.store import Conflict, JobNotFound, JobStore, StoreWriteError
 from .progress import ProgressBoard
 from .routing import Router, Unroutable
 from .scheduler import Scheduler, ServerSlot, eligible
 from .schema import utc_now_iso
 from .servers import ServerRegistry, ServerRuntime
-from .store import Conflict, JobNotFound, JobStore, StoreWriteError
 
 log = logging.getLogger(__name__)
 

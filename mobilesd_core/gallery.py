@@ -32,10 +32,10 @@ from urllib.parse import quote
 
 from PIL import Image, PngImagePlugin
 
+from .durable import FOR_PEOPLE, TMP_PREFIX, atomic_write_bytes, fsync_dir
 from .forge.infotext import build_infotext, parse_infotext, prompt_with_loras
 from .images import MAX_PIXELS, ImageTooLarge, open_capped
 from .schema import DELIVERY_FIELDS
-from .storage import FOR_PEOPLE, TMP_PREFIX, atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Settings
-from .storage import atomic_write_bytes
-from .store import JobStore
+from .durable import atomic_write_bytes
+from .jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

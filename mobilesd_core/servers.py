@@ -22,8 +22,8 @@ from .forge.client import ForgeClient
 from .forge.errors import ForgeError
 from .forge.models import CheckpointInfo, model_key
 from .forge.payload import ServerCatalog
+from .jobs.store import ServerStore
 from .schema import FieldProblem, ServerConfig
-from .store import ServerStore
 
 log = logging.getLogger(__name__)
 

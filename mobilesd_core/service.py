@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from .dispatcher import Dispatcher
+from .durable import atomic_write_bytes
 from .events import EventBus
 from .expansion import JobSpec
 from .gallery import Gallery
+from .jobs.store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError, finish_time
 from .progress import ProgressBoard
 from .prompt_variants import PromptExpander
 from .schema import (
@@ -34,8 +36,6 @@ from .schema import (
     utc_now_iso,
 )
 from .servers import ServerRegistry, password_stays_problem
-from .storage import atomic_write_bytes
-from .store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError, finish_time
 
 if TYPE_CHECKING:
     from .model_sync import ModelSync

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mobilesd_core.civitai.fake import FakeCivitai, FakeCivitaiServer
+from fakes.civitai import FakeCivitai, FakeCivitaiServer
 from mobilesd_core.config import Settings
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for

@@ -22,7 +22,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobilesd_core.storage import FileSystem
+from mobilesd_core.durable import FileSystem
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from playwright.async_api import expect
 
-from mobilesd_core.civitai.fake import FakeCivitaiServer, autov3, safetensors_bytes
+from fakes.civitai import FakeCivitaiServer, autov3, safetensors_bytes
 
 from .civitai_fixtures import civitai_fixture, core_fixture  # noqa: F401 - fixtures
 from .conftest import Harness

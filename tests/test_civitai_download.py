@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from fakes.civitai import FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.api.openapi import openapi_document
-from mobilesd_core.civitai.fake import FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.forge.simulator import SimulatorConfig
 
 from .civitai_fixtures import (

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from fakes.civitai import FakeCivitaiServer, autov3, safetensors_bytes
 from mobilesd_core.api.openapi import openapi_document
-from mobilesd_core.civitai.fake import FakeCivitaiServer, autov3, safetensors_bytes
 from mobilesd_core.civitai.importer import split_sampler, take_lora_tags
 
 from .civitai_fixtures import KEY, civitai_fixture, core_fixture  # noqa: F401 - fixtures

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fakes.civitai import autov3, safetensors_bytes
 from mobilesd_core.civitai.client import retry_after_seconds
-from mobilesd_core.civitai.fake import autov3, safetensors_bytes
 from mobilesd_core.civitai.filenames import (
     MAX_NAME_BYTES,
     UnsafePath,

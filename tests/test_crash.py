@@ -45,7 +45,7 @@ from PIL import Image
 
 from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.forge.simulator.server import free_port
-from mobilesd_core.store import read_live_jobs
+from mobilesd_core.jobs.store import read_live_jobs
 
 TOKEN = "crash-test-token-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[1]

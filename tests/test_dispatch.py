@@ -340,8 +340,8 @@ async def test_editing_a_server_while_it_runs_a_job(harness: Harness) -> None:
 
 async def _leave_job_processing(settings, *, interruptions: int = 0) -> str:
     """Write a job as a killed core leaves it: processing, one attempt counted."""
+    from mobilesd_core.jobs.store import JobStore
     from mobilesd_core.schema import GenerationParams, new_job
-    from mobilesd_core.store import JobStore
 
     store = JobStore(settings.data_path)
     await store.open()

@@ -32,9 +32,9 @@ from typing import Any
 import httpx
 import pytest
 
-from mobilesd_core.civitai.fake import FakeCivitaiServer, safetensors_bytes
+from fakes.civitai import FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.forge.simulator.server import free_port
-from mobilesd_core.store import read_live_jobs
+from mobilesd_core.jobs.store import read_live_jobs
 
 from .conftest import wait_for
 from .docker_lane import IMAGE, Lane, base_image, build, choose_cli, daemon

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mobilesd_core.civitai.fake import FakeCivitaiServer, safetensors_bytes
+from fakes.civitai import FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.forge.simulator import SimulatorConfig
 
 from .civitai_fixtures import civitai_fixture, civitai_settings, start_download, wait_download

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mobilesd_core.core import Core
+from mobilesd_core.jobs.store import JobStore
 from mobilesd_core.schema import GenerationParams, new_job
-from mobilesd_core.store import JobStore
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
 

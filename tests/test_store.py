@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from mobilesd_core.durable import AppendLog, AtomicJSONStorage
+from mobilesd_core.jobs.store import Conflict, JobNotFound, JobStore, ServerStore, _Archive
 from mobilesd_core.schema import GenerationParams, new_job, utc_now_iso
-from mobilesd_core.storage import AppendLog, AtomicJSONStorage
-from mobilesd_core.store import Conflict, JobNotFound, JobStore, ServerStore, _Archive
 
 
 def make_jobs(n: int, prompt: str = "a cat") -> list[dict]:
@@ -184,7 +184,7 @@ def test_atomic_storage_never_leaves_a_partial_file(
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     # A write failing at the OS call (disk full, I/O error) keeps the old content, on disk and
     # in memory, and leaves no temp file behind.
-    import mobilesd_core.storage as storage_module
+    import mobilesd_core.durable as storage_module
 
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
@@ -255,7 +255,7 @@ async def test_write_failure_keeps_memory_equal_to_the_files(
 async def test_journal_is_folded_into_the_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mobilesd_core.store as store_module
+    import mobilesd_core.jobs.store as store_module
 
     monkeypatch.setattr(store_module, "COMPACT_EVERY", 10)
     store = await open_store(tmp_path)
@@ -420,7 +420,7 @@ async def test_a_job_is_offered_to_the_dispatcher_only_once_its_add_is_acknowled
     "processing" before the add publishes "pending" (seen as a flaky event order)."""
     import threading
 
-    from mobilesd_core.storage import FileSystem
+    from mobilesd_core.durable import FileSystem
 
     class HeldFsync(FileSystem):
         def __init__(self) -> None:

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-import mobilesd_core.store as store_module
+import mobilesd_core.jobs.store as store_module
+from mobilesd_core.jobs.store import JobStore
 from mobilesd_core.schema import GenerationParams, new_job, utc_now_iso
-from mobilesd_core.store import JobStore
 
 from .powercut import Durable, NoSyncFS, PowerCutFS
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from textual.widgets import Input, Static
 
-from mobilesd_core.civitai.fake import FakeCivitaiServer, autov3, safetensors_bytes
+from fakes.civitai import FakeCivitaiServer, autov3, safetensors_bytes
 from mobilesd_tui.screens.civitai_import import CivitaiImport, MissingModels
 from mobilesd_tui.screens.confirm import Confirm
 

@@ -15,9 +15,9 @@ from aiohttp import web
 from ..civitai.client import CivitaiError
 from ..civitai.downloads import DownloadNotFound
 from ..gallery import ImageNotFound, NoThumbnail, UnsafeName
+from ..jobs.store import BatchNotFound, Conflict, JobNotFound, StoreWriteError
 from ..schema import FieldProblem, InvalidInput
 from ..servers import ServerExists, ServerNotFound
-from ..store import BatchNotFound, Conflict, JobNotFound, StoreWriteError
 from .sessions import SessionWriteError
 
 log = logging.getLogger(__name__)

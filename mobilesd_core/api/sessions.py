@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..storage import atomic_write_bytes
+from ..durable import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ import httpx
 from ulid import ULID
 
 from ..config import Settings
+from ..durable import FOR_PEOPLE, atomic_write_bytes, fsync_dir, write_temp_beside
 from ..events import EventBus
+from ..jobs.store import Conflict
 from ..library import CHECKPOINTS, LORAS, PREVIEW_SUFFIXES, LibraryKind
 from ..schema import utc_now_iso
-from ..storage import FOR_PEOPLE, atomic_write_bytes, fsync_dir, write_temp_beside
-from ..store import Conflict
 from .client import CivitaiClient, CivitaiError, retry_after_seconds, transport_error
 from .filenames import (
     UnsafePath,

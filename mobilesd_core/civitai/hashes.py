@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..storage import atomic_write_bytes
+from ..durable import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..storage import AppendLog
+from ..durable import AppendLog
 
 log = logging.getLogger(__name__)
 

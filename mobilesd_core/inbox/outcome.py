@@ -12,8 +12,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..durable import FOR_PEOPLE, atomic_write_bytes
 from ..schema import FieldProblem
-from ..storage import FOR_PEOPLE, atomic_write_bytes
 
 REPORT_SUFFIX = ".error.txt"
 

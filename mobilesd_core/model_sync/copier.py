@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..civitai.hashes import FileHashes, StreamHasher
-from ..storage import FOR_PEOPLE, fsync_dir
+from ..durable import FOR_PEOPLE, fsync_dir
 
 CHUNK = 8 * 1024 * 1024
 PART_SUFFIX = ".mobilesd-part"

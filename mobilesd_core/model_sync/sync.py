@@ -38,9 +38,9 @@ from ..forge.models import (
     model_key,
     resolve_checkpoint,
 )
+from ..jobs.store import JobStore
 from ..schema import FieldProblem, ServerConfig, utc_now_iso
 from ..servers import ServerRegistry, ServerRuntime
-from ..store import JobStore
 from .copier import PART_SUFFIX, CopyCancelled, CopyFailed, copy_verified, sha256_file
 from .dirs import check_dirs
 from .index import LibraryFile, LibraryIndex, listed_as

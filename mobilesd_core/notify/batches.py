@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..durable import atomic_write_bytes
 from ..schema import TERMINAL_STATUSES
-from ..storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import __version__
+from ..durable import AppendLog
 from ..schema import new_job_id, utc_now_iso
-from ..storage import AppendLog
 
 log = logging.getLogger(__name__)
 

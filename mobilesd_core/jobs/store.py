@@ -38,9 +38,8 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from .config import ConfigError
-from .schema import ACTIVE_STATUSES, TERMINAL_STATUSES, ServerConfig, utc_now_iso
-from .storage import (
+from ..config import ConfigError
+from ..durable import (
     OS,
     AppendLog,
     AtomicJSONStorage,
@@ -51,6 +50,7 @@ from .storage import (
     fsync_dir,
     fsync_path,
 )
+from ..schema import ACTIVE_STATUSES, TERMINAL_STATUSES, ServerConfig, utc_now_iso
 
 log = logging.getLogger(__name__)
 

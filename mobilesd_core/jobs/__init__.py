@@ -1,0 +1,1 @@
+"""Jobs: the persistent queue (TinyDB snapshot + journal) and what a job is."""
