@@ -4,6 +4,7 @@ real loopback HTTP, against the real Forge's request and answer shapes (`modules
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import io
@@ -16,7 +17,12 @@ import pytest
 from PIL import Image
 
 from mobilesd_core.forge.infotext import parse_infotext
-from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
+from mobilesd_core.forge.simulator import (
+    SimServer,
+    SimulatorConfig,
+    add_simulator_arguments,
+    config_from_args,
+)
 from mobilesd_core.forge.simulator.images import encode_png
 
 from .conftest import wait_for
@@ -484,3 +490,12 @@ async def test_styles_apply_to_img2img(served: tuple[SimServer, httpx.AsyncClien
         styles=[styles[0]["name"], "no such style"],
     )
     assert answer["info"]["prompt"] == styles[0]["prompt"].replace("{prompt}", "a cat")
+
+
+def test_cli_flags_for_extensions() -> None:
+    parser = argparse.ArgumentParser()
+    add_simulator_arguments(parser)
+    config = config_from_args(parser.parse_args(["--adetailer", "--no-controlnet", "--sd-vae"]))
+    assert (config.adetailer, config.controlnet, config.sd_vae_route) == (True, False, True)
+    default = config_from_args(parser.parse_args([]))
+    assert (default.adetailer, default.controlnet, default.sd_vae_route) == (False, True, False)

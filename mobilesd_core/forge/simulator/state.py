@@ -544,7 +544,8 @@ class SimulatedForge:
         what `state.job` says while it runs: the API's "scripts_txt2img" / "scripts_img2img",
         or the web UI's task id."""
         is_img2img = isinstance(req, Img2ImgRequest)
-        job = job or ("scripts_img2img" if is_img2img else "scripts_txt2img")
+        if job is None:
+            job = "scripts_img2img" if is_img2img else "scripts_txt2img"
         inputs = inputs or JobInputs()
         task_id = task_id or req.force_task_id or f"task({secrets.token_hex(8)[:15]})"
         self.pending_tasks[task_id] = time.time()
