@@ -94,7 +94,7 @@ async def test_img2img_output_derives_from_the_init_image(
     assert fields["Denoising strength"] == "0.5" and fields["Steps"] == "4"
     params = from_red["parameters"]
     assert params["init_images"] is None and params["mask"] is None
-    assert "include_init_images" not in params and "enable_hr" not in params
+    assert params["include_init_images"] is False and "enable_hr" not in params
     assert params["denoising_strength"] == 0.5 and params["resize_mode"] == 0
     echoed = await img2img(http, init_images=[red], include_init_images=True)
     assert echoed["parameters"]["init_images"] == [red]

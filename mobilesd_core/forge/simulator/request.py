@@ -105,7 +105,7 @@ TXT2IMG_ONLY = frozenset(
         "enable_hr", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
         "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
         "hr_additional_modules", "hr_sampler_name", "hr_scheduler", "hr_prompt",
-        "hr_negative_prompt", "hr_cfg", "firstpass_image",
+        "hr_negative_prompt", "hr_cfg",
     }
 )  # fmt: skip
 
@@ -132,9 +132,9 @@ class Img2ImgRequest(Txt2ImgRequest):
     latent_mask: str | None = None
 
     def echo(self) -> dict[str, Any]:
-        """`parameters` of the answer: init images and mask only with `include_init_images`
-        (itself never echoed: `exclude=True` in Forge's model)."""
-        out = self.model_dump(exclude={*TXT2IMG_ONLY, "include_init_images"})
+        """`parameters` of the answer (`vars(img2imgreq)`, so `include_init_images` too, its
+        `exclude=True` notwithstanding): init images and mask only with `include_init_images`."""
+        out = self.model_dump(exclude=set(TXT2IMG_ONLY))
         if not self.include_init_images:
             out["init_images"] = None
             out["mask"] = None
