@@ -148,6 +148,9 @@ async def test_inpaint_changes_only_the_masked_area(
     blurred = await img2img(http, **{**common, "mask_blur": 4, "inpainting_fill": 0})
     fields = parse_infotext(blurred["info"]["infotexts"][0])
     assert (fields["Mask blur"], fields["Masked content"]) == ("4", "fill")
+    small_mask = await img2img(http, **{**common, "mask": b64(left_half_mask((32, 32)))})
+    resized = decode(small_mask["images"][0])  # resized like the picture, not refused
+    assert resized.getpixel((50, 30)) == (0, 200, 0) and resized.getpixel((10, 30)) != (0, 200, 0)
     inverted_info = await img2img(http, **common, inpainting_mask_invert=1)
     assert parse_infotext(inverted_info["info"]["infotexts"][0])["Mask mode"] == (
         "Inpaint not masked"
@@ -441,6 +444,8 @@ async def test_controlnet_unit_shapes(served: tuple[SimServer, httpx.AsyncClient
     assert applied == [] and "ControlNet 0" not in fields
     fields, applied = await run([{**unit, "image": "garbage"}])
     assert applied == []
+    fields, applied = await run([{**unit, "image": {"image": control, "mask": None}}])
+    assert applied == []  # the old sd-webui-controlnet {"image", "mask"} shape
     fields, applied = await run([{**unit, "enabled": False}])
     assert applied == [] and "ControlNet 0" not in fields
 

@@ -126,14 +126,15 @@ def render(
     """One output picture: the generation blended into the init image by denoising strength,
     inside the mask only when there is one."""
     base = init.convert("RGB")
+    mode = req.resize_mode if req.resize_mode is not None else 0
     if not inpaint.full_res:
-        mode = req.resize_mode if req.resize_mode is not None else 0
         base = resize_image(mode, base, width, height)
     size = base.size
     strength = min(max(float(req.denoising_strength or 0.0), 0.0), 1.0)
     mask = inpaint.mask
     if mask is not None and mask.size != size:
-        mask = mask.resize(size, Image.Resampling.NEAREST)
+        # Resized like the picture (a mask of another size is not an error in Forge).
+        mask = resize_image(mode, mask, *size)
     source = base
     fill = req.inpainting_fill if req.inpainting_fill is not None else 0
     if mask is not None and fill != 1:

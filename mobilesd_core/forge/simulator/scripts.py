@@ -246,6 +246,10 @@ def controlnet(
             log.warning("ControlNet: a unit that is not an object; ControlNet skipped")
             return
         unit = {**_UNIT_DEFAULTS, **{k: v for k, v in slot.items() if k in _UNIT_KEYS}}
+        if unit["image"] is not None and not isinstance(unit["image"], str):
+            # Forge compares it as an array (`unit_image < 5`): a TypeError, caught.
+            log.warning("ControlNet: unit image is not a base64 string; ControlNet skipped")
+            return
         if isinstance(unit["image"], str) or isinstance(unit.get("mask_image"), str):
             try:
                 for key in ("image", "mask_image"):
