@@ -330,6 +330,13 @@ async def test_additional_modules_override_and_infotext(
         f"{API}/img2img", json={"steps": 2, "init_images": [b64(solid((9, 9, 9)))]}
     )
     assert json.loads(answer.json()["info"])["infotexts"][0].endswith("Module 1: sdxl_vae")
+    low_bits = await http.post(
+        f"{API}/txt2img",
+        json={"steps": 2, "override_settings": {"forge_unet_storage_dtype": "float8-e4m3fn"}},
+    )
+    assert json.loads(low_bits.json()["info"])["infotexts"][0].endswith(
+        ", Diffusion in Low Bits: float8-e4m3fn, Module 1: sdxl_vae"
+    )
     response = await http.post(
         f"{API}/txt2img", json={"steps": 2, "override_settings": {"forge_additional_modules": 5}}
     )

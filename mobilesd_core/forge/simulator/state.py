@@ -861,7 +861,9 @@ class SimulatedForge:
     async def extras(self, req: ExtrasRequest, encoded: list[str]) -> tuple[list[Image.Image], str]:
         """`/extra-single-image` and `/extra-batch-images`: the pictures (decoded first, before
         the lock, as Forge does), upscaled under the generation lock with `state.job` "extras";
-        the upscaled pictures and `html_info`."""
+        the upscaled pictures and `html_info`. An unknown upscaler fails without `state.end()`,
+        as `run_postprocessing` has no `finally`: `/progress` shows the dead job until the next
+        one begins."""
         pictures = await asyncio.to_thread(lambda: [img2img.decode_image(e) for e in encoded])
         async with self._lock:
             st = self.state
