@@ -234,3 +234,52 @@ async def test_a_real_lora_file_is_listed_and_hashed_as_forge_does(tmp_path: Pat
     ]
     infotext = json.loads(answer.json()["info"])["infotexts"][0]
     assert f'Lora hashes: "ink: {hashlib.sha256(data).hexdigest()[:12]}"' in infotext
+
+
+# Fields of Forge's generated request models at dfdcbab6 (`modules/api/models.py`: the init
+# parameters of StableDiffusionProcessing and its Txt2Img / Img2Img subclass, less
+# API_NOT_ALLOWED, plus the additional fields), read from the source. `parameters` in the answer
+# is `vars(request)`: every one of them, `include_init_images` included.
+_COMMON_FIELDS = {
+    "alwayson_scripts", "batch_size", "cfg_scale", "comments", "denoising_strength",
+    "disable_extra_networks", "distilled_cfg_scale", "do_not_save_grid", "do_not_save_samples",
+    "eta", "firstpass_image", "force_task_id", "height", "hr_distilled_cfg", "infotext",
+    "n_iter", "negative_prompt", "override_settings", "override_settings_restore_afterwards",
+    "prompt", "refiner_checkpoint", "refiner_switch_at", "restore_faces", "s_churn",
+    "s_min_uncond", "s_noise", "s_tmax", "s_tmin", "sampler_index", "sampler_name",
+    "save_images", "scheduler", "script_args", "script_name", "seed", "seed_resize_from_h",
+    "seed_resize_from_w", "send_images", "steps", "styles", "subseed", "subseed_strength",
+    "tiling", "width",
+}  # fmt: skip
+TXT2IMG_FIELDS = _COMMON_FIELDS | {
+    "enable_hr", "firstphase_height", "firstphase_width", "hr_additional_modules", "hr_cfg",
+    "hr_checkpoint_name", "hr_negative_prompt", "hr_prompt", "hr_resize_x", "hr_resize_y",
+    "hr_sampler_name", "hr_scale", "hr_scheduler", "hr_second_pass_steps", "hr_upscaler",
+}  # fmt: skip
+IMG2IMG_FIELDS = _COMMON_FIELDS | {
+    "image_cfg_scale", "include_init_images", "init_images", "initial_noise_multiplier",
+    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_fill", "inpainting_mask_invert",
+    "latent_mask", "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "mask_round",
+    "resize_mode",
+}  # fmt: skip
+
+
+async def test_echoed_parameters_have_forges_fields(
+    webui: tuple[SimServer, httpx.AsyncClient],
+) -> None:
+    _, http = webui
+    txt = await http.post(f"{API}/txt2img", json={"steps": 1, "width": 64, "height": 64})
+    assert set(txt.json()["parameters"]) == TXT2IMG_FIELDS
+    picture = base64.b64encode(
+        bytes.fromhex(
+            "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
+            "0000000c4944415408d763f8ffff3f0005fe02fea7d6a4b10000000049454e44ae426082"
+        )
+    ).decode()
+    img = await http.post(
+        f"{API}/img2img",
+        json={"steps": 1, "width": 64, "height": 64, "init_images": [picture]},
+    )
+    assert img.status_code == 200, img.text
+    assert set(img.json()) == {"images", "parameters", "info"}
+    assert set(img.json()["parameters"]) == IMG2IMG_FIELDS

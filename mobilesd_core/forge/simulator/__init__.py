@@ -2,7 +2,9 @@
 
 A real HTTP server speaking Forge's `/sdapi/v1` as described in `FORGE_API.md`: time per step and
 per checkpoint switch, global progress, interrupt and skip, Basic auth, silent fallbacks, real
-PNGs with infotext, and faults switchable at run time (`SimulatedForge.set_fault`, `/_sim/faults`).
+PNGs with infotext, img2img and inpaint, extras upscaling, VAE/text-encoder modules, scripts with
+the ControlNet and ADetailer request shapes, and faults switchable at run time
+(`SimulatedForge.set_fault`, `/_sim/faults`).
 """
 
 from .app import create_simulator_app

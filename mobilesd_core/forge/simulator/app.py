@@ -21,24 +21,30 @@ from typing import Any
 
 from aiohttp import web
 
-from . import gradio
+from . import gradio, img2img, scripts
 from .catalog import (
     LATENT_UPSCALE_MODES,
     UPSCALERS,
     samplers_api,
     schedulers_api,
 )
+from .extras import png_base64
 from .faults import STATUS_KINDS, Fault
 from .pnginfo import read_png_info
 from .request import (
+    ExtrasBatchImagesRequest,
+    ExtrasSingleImageRequest,
+    Img2ImgRequest,
     SimHTTPError,
+    Txt2ImgRequest,
     detail_error,
     forge_500,
     parse_json_body,
+    parse_model,
     parse_txt2img,
     require_object,
 )
-from .state import SimulatedForge
+from .state import JobInputs, SimulatedForge
 
 log = logging.getLogger("mobilesd.forge.simulator")
 
@@ -120,7 +126,7 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     if fault.delay_ms:
         await asyncio.sleep(fault.delay_ms / 1000)
     kind = fault.kind
-    txt2img = request.path == f"{API}/txt2img"
+    txt2img = request.path in (f"{API}/txt2img", f"{API}/img2img")
     if kind in STATUS_KINDS:
         return _status_fault(fault)
     if kind in ("hang", "reset") and txt2img:
@@ -373,14 +379,43 @@ async def skip(request: web.Request) -> web.Response:
     return _json(None)
 
 
+def installed_scripts(sim: SimulatedForge, *, img2img: bool) -> list[str]:
+    return scripts.script_names(
+        img2img=img2img, controlnet=sim.config.controlnet, adetailer=sim.config.adetailer
+    )
+
+
 async def txt2img(request: web.Request) -> web.Response:
-    sim = _sim(request)
     body = await _read_body(request)
     req = parse_txt2img(body)
+    return await _generate(request, req, body, JobInputs())
+
+
+async def img2img_route(request: web.Request) -> web.Response:
+    """`img2imgapi`: no init_images is a 404; the mask is decoded at once (a bad one is a 500
+    before anything is queued); the init images are decoded once the lock is taken."""
+    body = await _read_body(request)
+    req = parse_model(Img2ImgRequest, body)
+    if req.init_images is None:
+        raise detail_error(404, "Init image not found")
+    mask = await asyncio.to_thread(img2img.decode_image, req.mask) if req.mask else None
+    return await _generate(request, req, body, JobInputs(mask=mask))
+
+
+async def _generate(
+    request: web.Request, req: Txt2ImgRequest, body: Any, inputs: JobInputs
+) -> web.Response:
+    sim = _sim(request)
+    inputs.scripts = scripts.script_args(
+        req.alwayson_scripts,
+        req.script_name,
+        installed=installed_scripts(sim, img2img=isinstance(req, Img2ImgRequest)),
+        img2img=isinstance(req, Img2ImgRequest),
+    )
     kind, release = _TXT2IMG_FAULT.get() or (None, None)
     started = asyncio.Event() if kind == "reset" else None
     hang = release if kind == "hang" else None
-    task = sim.submit_txt2img(req, body, hang=hang, started=started)
+    task = sim.submit_txt2img(req, body, hang=hang, started=started, inputs=inputs)
     if started is not None:
         waiter = asyncio.ensure_future(started.wait())
         try:
@@ -390,6 +425,51 @@ async def txt2img(request: web.Request) -> web.Response:
         return _hang_up(request)
     # Shielded: Forge finishes a job whose client went away.
     return _json(await asyncio.shield(task))
+
+
+async def extra_single_image(request: web.Request) -> web.Response:
+    req = parse_model(ExtrasSingleImageRequest, await _read_body(request))
+    pictures, html_info = await _sim(request).extras(req, [req.image])
+    image = await asyncio.to_thread(png_base64, pictures[0]) if pictures else None
+    return _json({"html_info": html_info, "image": image})
+
+
+async def extra_batch_images(request: web.Request) -> web.Response:
+    req = parse_model(ExtrasBatchImagesRequest, await _read_body(request))
+    pictures, html_info = await _sim(request).extras(req, [f.data for f in req.imageList])
+    encoded = await asyncio.to_thread(lambda: [png_base64(p) for p in pictures])
+    return _json({"html_info": html_info, "images": encoded})
+
+
+async def scripts_list(request: web.Request) -> web.Response:
+    sim = _sim(request)
+    return _json(
+        {
+            "txt2img": installed_scripts(sim, img2img=False),
+            "img2img": installed_scripts(sim, img2img=True),
+        }
+    )
+
+
+async def sd_vae_list(request: web.Request) -> web.Response:
+    """A1111's `/sd-vae`: the VAE files only (Forge lists them with the text encoders)."""
+    modules = _sim(request).modules()
+    return _json([m for m in modules if "text_encoder" not in m["filename"]])
+
+
+# ---- extensions (their own routes, outside /sdapi and its auth) ---------------------------
+
+
+async def controlnet_model_list(request: web.Request) -> web.Response:
+    return _json({"model_list": ["None", *_sim(request).config.controlnet_models]})
+
+
+async def controlnet_module_list(request: web.Request) -> web.Response:
+    return _json({"module_list": list(_sim(request).config.controlnet_modules)})
+
+
+async def adetailer_models(request: web.Request) -> web.Response:
+    return _json({"ad_model": list(_sim(request).config.adetailer_models)})
 
 
 # ---- /internal (web UI only) ---------------------------------------------------------------
@@ -480,6 +560,18 @@ def create_simulator_app(sim: SimulatedForge) -> web.Application:
     r.add_post(f"{API}/interrupt", interrupt)
     r.add_post(f"{API}/skip", skip)
     r.add_post(f"{API}/txt2img", txt2img)
+    r.add_post(f"{API}/img2img", img2img_route)
+    r.add_post(f"{API}/extra-single-image", extra_single_image)
+    r.add_post(f"{API}/extra-batch-images", extra_batch_images)
+    r.add_get(f"{API}/scripts", scripts_list)
+    if sim.config.sd_vae_route:
+        r.add_get(f"{API}/sd-vae", sd_vae_list)
+    if sim.config.controlnet:
+        r.add_get("/controlnet/model_list", controlnet_model_list)
+        r.add_get("/controlnet/module_list", controlnet_module_list)
+    if sim.config.adetailer:
+        r.add_get("/adetailer/v1/version", _static({"version": scripts.ADETAILER_VERSION}))
+        r.add_get("/adetailer/v1/ad_model", adetailer_models)
     if sim.config.webui:
         gradio.add_routes(app, sim)
         r.add_post("/internal/progress", internal_progress)

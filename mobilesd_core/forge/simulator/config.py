@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .scripts import DEFAULT_ADETAILER_MODELS, DEFAULT_CONTROLNET_MODELS, DEFAULT_CONTROLNET_MODULES
+
 DEFAULT_CHECKPOINTS = [
     "sd15/dreamshaper_8.safetensors",
     "sdxl/juggernautXL_v9.safetensors",
@@ -58,6 +60,19 @@ class SimulatorConfig:
     """Styles CSVs (`name,prompt,negative_prompt`), as Forge's `--styles-file` (repeatable):
     their rows are the styles instead of the built-in ones; with more than one, each file's rows
     follow a divider entry named after it (Forge's default is two files, so dividers are usual)."""
+
+    controlnet: bool = True
+    """The built-in ControlNet (Forge ships it): the `controlnet` script and `/controlnet/*`."""
+    controlnet_models: list[str] = field(default_factory=lambda: list(DEFAULT_CONTROLNET_MODELS))
+    """`/controlnet/model_list` (after its leading "None"): `name [8-hex hash]` as Forge lists."""
+    controlnet_modules: list[str] = field(default_factory=lambda: list(DEFAULT_CONTROLNET_MODULES))
+    """`/controlnet/module_list`: the preprocessors."""
+    adetailer: bool = False
+    """ADetailer installed: the `adetailer` script and `/adetailer/v1/*`."""
+    adetailer_models: list[str] = field(default_factory=lambda: list(DEFAULT_ADETAILER_MODELS))
+    """`/adetailer/v1/ad_model`."""
+    sd_vae_route: bool = False
+    """Also serve A1111's `/sdapi/v1/sd-vae` (Forge has only `/sd-modules`): an older server."""
 
     def __post_init__(self) -> None:
         if self.unhashed == LAST_CHECKPOINT:

@@ -53,6 +53,36 @@ class Plan:
     hr_size: tuple[int, int] | None = None
     hr_steps: int = 0
     extra_params: dict[str, Any] = field(default_factory=dict)
+    img2img: bool = False
+    script_params: dict[str, Any] = field(default_factory=dict)
+    """What always-on scripts wrote (`process` runs before `init`: first among the extras)."""
+    img2img_params: dict[str, Any] = field(default_factory=dict)
+    """What img2img's `init()` wrote ("Mask blur", "Inpaint area", ...)."""
+    modules: list[str] = field(default_factory=list)
+    """`forge_additional_modules` (full paths) the job ran with: "Module N" in the infotext."""
+    low_bits: str | None = None
+    """`forge_unet_storage_dtype` unless Automatic: "Diffusion in Low Bits"."""
+    extensions: list[str] = field(default_factory=list)
+    """Always-on extensions that really ran."""
+    init_images: list[Any] = field(default_factory=list)
+    """img2img: the decoded init images (PIL)."""
+    inpaint: Any = None
+    """img2img: its `img2img.Inpaint` (mask handling); None for txt2img."""
+
+    @property
+    def sampling_steps(self) -> int:
+        """Steps the sampler runs: img2img does `int(min(denoising, 0.999) * steps) + 1`
+        (`setup_img2img_steps`, without `img2img_fix_steps`)."""
+        if not self.img2img:
+            return self.steps
+        strength = min(float(self.req.denoising_strength or 0.0), 0.999)
+        return int(strength * self.steps) + 1
+
+    @property
+    def denoising_strength(self) -> float | None:
+        if self.img2img or self.hr_size is not None:
+            return self.req.denoising_strength
+        return None
 
     @property
     def schedule_type(self) -> str | None:
@@ -68,6 +98,7 @@ def make_plan(
     rng: random.Random,
     server_name: str = "sim",
     styles: list[dict[str, Any]] | None = None,
+    img2img: bool = False,
 ) -> Plan:
     """Raises Forge's 500 for what fails once the model is loaded (nulls, hires mistakes)."""
     for name in _NEEDED:
@@ -85,7 +116,7 @@ def make_plan(
     extra: dict[str, Any] = {}
     hr_size: tuple[int, int] | None = None
     hr_steps = 0
-    if req.enable_hr:
+    if req.enable_hr and not img2img:
         if req.hr_upscaler is not None and req.hr_upscaler not in HR_UPSCALERS:
             raise forge_500("Exception", f"could not find upscaler named {req.hr_upscaler}")
         if req.hr_additional_modules is None:
@@ -145,7 +176,13 @@ def make_plan(
         hr_size=hr_size,
         hr_steps=hr_steps,
         extra_params=extra,
+        img2img=img2img,
     )
+
+
+def module_stem(path: str) -> str:
+    """`os.path.splitext(os.path.basename(m))[0]`, whatever separator the path uses."""
+    return PurePath(path.replace("\\", "/")).stem
 
 
 def _random_seed(rng: random.Random) -> int:
@@ -188,15 +225,20 @@ def infotext(plan: Plan, index: int, version: str) -> str:
     if req.subseed_strength:
         pairs += [("Variation seed", plan.subseeds[index])]
         pairs += [("Variation seed strength", req.subseed_strength)]
-    if plan.hr_size is not None:
-        pairs.append(("Denoising strength", req.denoising_strength))
+    if plan.denoising_strength is not None:
+        pairs.append(("Denoising strength", plan.denoising_strength))
     if plan.clip_skip > 1:
         pairs.append(("Clip skip", plan.clip_skip))
+    pairs += list(plan.script_params.items())
+    pairs += list(plan.img2img_params.items())
     if plan.hr_size is not None:
         pairs += _hires_pairs(plan)
     if plan.loras:
         pairs.append(("Lora hashes", ", ".join(f"{k}: {v.hash}" for k, v in plan.loras.items())))
     pairs.append(("Version", version))
+    if plan.low_bits:
+        pairs.append(("Diffusion in Low Bits", plan.low_bits))
+    pairs += [(f"Module {i + 1}", module_stem(m)) for i, m in enumerate(plan.modules)]
     lines = [plan.prompts[index]]
     if plan.negative_prompts[index]:
         lines.append(f"Negative prompt: {plan.negative_prompts[index]}")
@@ -263,8 +305,12 @@ def info_object(
         "sd_vae_hash": None,
         "seed_resize_from_w": req.seed_resize_from_w,
         "seed_resize_from_h": req.seed_resize_from_h,
-        "denoising_strength": req.denoising_strength if plan.hr_size else None,
-        "extra_generation_params": plan.extra_params,
+        "denoising_strength": plan.denoising_strength,
+        "extra_generation_params": {
+            **plan.extra_params,
+            **plan.script_params,
+            **plan.img2img_params,
+        },
         "index_of_first_image": index_of_first_image,
         "infotexts": infotexts,
         "styles": req.styles or [],

@@ -1,15 +1,19 @@
-"""The txt2img request model and Forge's error bodies.
+"""The txt2img, img2img and extras request models, and Forge's error bodies.
 
-Field names, types and defaults follow Forge's `StableDiffusionTxt2ImgProcessingAPI`; every field is
-optional there (pydantic 2 lax mode), so `"20"` is a valid `steps` and `"abc"` a 422.
+Field names, types and defaults follow Forge's `StableDiffusionTxt2ImgProcessingAPI`,
+`StableDiffusionImg2ImgProcessingAPI` and `ExtrasBaseRequest` (`modules/api/models.py`); every
+processing field is optional there (pydantic 2 lax mode), so `"20"` is a valid `steps` and `"abc"`
+a 422. The extras models keep Forge's bounds (`ge`, `le`, `Literal[0, 1]`), which are 422s too.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class SimHTTPError(Exception):
@@ -95,6 +99,81 @@ class Txt2ImgRequest(BaseModel):
     infotext: str | None = None
 
 
+# Fields of StableDiffusionProcessingTxt2Img only: not in the img2img model, nor in its echo.
+TXT2IMG_ONLY = frozenset(
+    {
+        "enable_hr", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
+        "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
+        "hr_additional_modules", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+        "hr_negative_prompt", "hr_cfg",
+    }
+)  # fmt: skip
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """`StableDiffusionImg2ImgProcessingAPI`: the txt2img fields (less the hires ones, which
+    `TXT2IMG_ONLY` leaves out of the echo and the plan never reads here) and the img2img ones."""
+
+    init_images: list[Any] | None = None
+    denoising_strength: float | None = 0.75
+    mask: str | None = None
+    include_init_images: bool | None = False
+    resize_mode: int | None = 0
+    image_cfg_scale: float | None = None
+    mask_blur_x: int | None = 4
+    mask_blur_y: int | None = 4
+    mask_blur: int | None = None
+    mask_round: bool | None = True
+    inpainting_fill: int | None = 0
+    inpaint_full_res: bool | None = True
+    inpaint_full_res_padding: int | None = 0
+    inpainting_mask_invert: int | None = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+
+    def echo(self) -> dict[str, Any]:
+        """`parameters` of the answer (`vars(img2imgreq)`, so `include_init_images` too, its
+        `exclude=True` notwithstanding): init images and mask only with `include_init_images`."""
+        out = self.model_dump(exclude=set(TXT2IMG_ONLY))
+        if not self.include_init_images:
+            out["init_images"] = None
+            out["mask"] = None
+        return out
+
+
+class ExtrasRequest(BaseModel):
+    """`ExtrasBaseRequest` with Forge's bounds."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    resize_mode: Literal[0, 1] = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    codeformer_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    codeformer_weight: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    upscaling_resize: float = Field(default=2, gt=0)
+    upscaling_resize_w: int = Field(default=512, ge=1)
+    upscaling_resize_h: int = Field(default=512, ge=1)
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasRequest):
+    image: str = ""
+
+
+class FileData(BaseModel):
+    data: str
+    name: str
+
+
+class ExtrasBatchImagesRequest(ExtrasRequest):
+    imageList: list[FileData]
+
+
 def _error_items(exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {
@@ -134,8 +213,13 @@ def parse_json_body(raw: bytes) -> Any:
 
 
 def parse_txt2img(body: Any) -> Txt2ImgRequest:
+    return parse_model(Txt2ImgRequest, body)
+
+
+def parse_model(model: type[M], body: Any) -> M:
+    """A body validated as FastAPI does: any mismatch is a 422 naming the field."""
     try:
-        return Txt2ImgRequest.model_validate(body, from_attributes=True)
+        return model.model_validate(body, from_attributes=True)
     except ValidationError as exc:
         raise detail_error(422, _error_items(exc)) from None
 

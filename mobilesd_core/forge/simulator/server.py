@@ -182,6 +182,17 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
         "--vae-dir", default=None, help="a real folder listed as VAE/text-encoder modules"
     )
     parser.add_argument(
+        "--adetailer", action="store_true", help="ADetailer installed (script and /adetailer/v1)"
+    )
+    parser.add_argument(
+        "--no-controlnet",
+        action="store_true",
+        help="without the built-in ControlNet (script and /controlnet/*)",
+    )
+    parser.add_argument(
+        "--sd-vae", action="store_true", help="also serve A1111's /sdapi/v1/sd-vae (older servers)"
+    )
+    parser.add_argument(
         "--styles-file",
         action="append",
         default=[],
@@ -206,6 +217,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         lora_dir=getattr(args, "lora_dir", None),
         vae_dir=getattr(args, "vae_dir", None),
         styles_files=list(getattr(args, "styles_file", None) or []),
+        adetailer=getattr(args, "adetailer", False),
+        controlnet=not getattr(args, "no_controlnet", False),
+        sd_vae_route=getattr(args, "sd_vae", False),
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -1,4 +1,5 @@
-"""The simulated Forge server: models, options, the generation lock, progress and txt2img.
+"""The simulated Forge server: models, options, the generation lock, progress, txt2img, img2img
+and extras.
 
 Independent of HTTP. Order of a txt2img follows Forge's `text2imgapi` and `process_images`:
 queue behind one FIFO lock, `state.begin()` (clears interrupt), apply `override_settings`, load
@@ -17,21 +18,22 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
 
-from . import images
+from . import extras as extras_mod
+from . import images, img2img, scripts
 from .catalog import PROMPT_STYLES, SD_MODULES, list_modules, read_styles_files
 from .config import SimulatorConfig
 from .disk import CHECKPOINT_EXTS, LORA_EXTS, FileHasher, safetensors_metadata, scan
 from .faults import Fault, FaultBook
 from .models import Checkpoint, CheckpointRegistry, Lora
 from .plan import Plan, info_object, infotext, make_plan
-from .request import SimHTTPError, Txt2ImgRequest, forge_500
+from .request import ExtrasRequest, Img2ImgRequest, SimHTTPError, Txt2ImgRequest, forge_500
 
 log = logging.getLogger("mobilesd.forge.simulator")
 
@@ -64,6 +66,14 @@ class GenerationRecord:
     """A checkpoint load preceded the sampling."""
     started_at: float = 0.0
     finished_at: float = 0.0
+    kind: str = "txt2img"
+    """"txt2img" or "img2img"."""
+    extensions: list[str] = field(default_factory=list)
+    """Always-on extensions that really ran ("controlnet", "adetailer")."""
+    modules: list[str] = field(default_factory=list)
+    """`forge_additional_modules` (full paths) the job ran with."""
+    infotext: str = ""
+    """Infotext of the first image, as written into its PNG."""
 
 
 @dataclass
@@ -119,6 +129,15 @@ class ProgressState:
 
 
 @dataclass
+class JobInputs:
+    """What a generation carries besides its request: the always-on scripts' args (checked by
+    `scripts.script_args` before queueing, as Forge does) and an img2img's decoded mask."""
+
+    scripts: dict[str, list[Any]] = field(default_factory=dict)
+    mask: Image.Image | None = None
+
+
+@dataclass
 class _Preview:
     seed: int
     prompt: str
@@ -152,6 +171,7 @@ class SimulatedForge:
         self.interrupt_count = 0
         self.skip_count = 0
         self.error_count = 0
+        self.extras_count = 0
         self.request_counts: Counter[str] = Counter()
         self.faults = FaultBook()
         self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
@@ -169,6 +189,7 @@ class SimulatedForge:
         self.current_task: str | None = None
         self.finished_tasks: deque[str] = deque(maxlen=16)
         self._loaded = self._initial_checkpoint()
+        self._loaded_modules: tuple[str, ...] = ()
         if self._loaded is not None:
             self.registry.mark_loaded(self._loaded)
 
@@ -270,6 +291,15 @@ class SimulatedForge:
         follows its refreshes)."""
         return list_modules(self.config.vae_dir) if self.config.vae_dir else SD_MODULES
 
+    def module_paths(self, values: Any) -> list[str]:
+        """`main_entry.modules_change`: names or paths matched by file name among
+        `/sd-modules`, kept as full paths; unknown ones are dropped without a word (Forge)."""
+        if not isinstance(values, list | tuple | str):
+            raise forge_500("TypeError", f"'{type(values).__name__}' object is not iterable")
+        known = {m["model_name"]: m["filename"] for m in self.modules()}
+        found = [known.get(PurePosixPath(str(v).replace("\\", "/")).name) for v in values]
+        return [path for path in found if path is not None]
+
     def lora_by_alias(self) -> dict[str, Lora]:
         by_alias = {lora.alias: lora for lora in self.lora_list}
         by_alias.update({lora.name: lora for lora in self.lora_list})
@@ -282,6 +312,11 @@ class SimulatedForge:
         name = values.get("sd_model_checkpoint")
         if name is not None and self.registry.lookup(name) is None:
             raise forge_500("RuntimeError", f"model {name!r} not found")
+        if "forge_additional_modules" in values:
+            values = {
+                **values,
+                "forge_additional_modules": self.module_paths(values["forge_additional_modules"]),
+            }
         self.options.update(values)
 
     # ---- faults -------------------------------------------------------------------------
@@ -431,10 +466,12 @@ class SimulatedForge:
         *,
         hang: asyncio.Event | None = None,
         started: asyncio.Event | None = None,
+        inputs: JobInputs | None = None,
     ) -> asyncio.Task[dict[str, Any]]:
-        """Run a txt2img as its own task: like Forge, a client that goes away does not stop it."""
+        """Run a txt2img (or an img2img, for an `Img2ImgRequest`) as its own task: like Forge,
+        a client that goes away does not stop it."""
         task = asyncio.get_running_loop().create_task(
-            self.txt2img(req, payload, hang=hang, started=started)
+            self.txt2img(req, payload, hang=hang, started=started, inputs=inputs)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -498,17 +535,30 @@ class SimulatedForge:
         *,
         hang: asyncio.Event | None = None,
         started: asyncio.Event | None = None,
-        job: str = "scripts_txt2img",
+        job: str | None = None,
         task_id: str | None = None,
         on_start: Callable[[], None] | None = None,
+        inputs: JobInputs | None = None,
     ) -> dict[str, Any]:
-        """POST /sdapi/v1/txt2img: the response body, or SimHTTPError. `job` is what
-        `state.job` says while it runs: the API's "scripts_txt2img", or the web UI's task id."""
+        """POST /sdapi/v1/txt2img or /img2img: the response body, or SimHTTPError. `job` is
+        what `state.job` says while it runs: the API's "scripts_txt2img" / "scripts_img2img",
+        or the web UI's task id."""
+        is_img2img = isinstance(req, Img2ImgRequest)
+        if job is None:
+            job = "scripts_img2img" if is_img2img else "scripts_txt2img"
+        inputs = inputs or JobInputs()
         task_id = task_id or req.force_task_id or f"task({secrets.token_hex(8)[:15]})"
         self.pending_tasks[task_id] = time.time()
         try:
             async with self._lock:
                 self.pending_tasks.pop(task_id, None)
+                inits: list[Image.Image] | None = None
+                if isinstance(req, Img2ImgRequest):
+                    # Decoded under the lock, before state.begin(), as img2imgapi does.
+                    encoded = list(req.init_images or [])
+                    inits = await asyncio.to_thread(
+                        lambda: [img2img.decode_image(e) for e in encoded]
+                    )
                 self.current_task = task_id
                 self.state.begin(job)
                 self._preview = None
@@ -517,7 +567,7 @@ class SimulatedForge:
                 if on_start is not None:
                     on_start()
                 try:
-                    return await self._process(req, payload, task_id, hang)
+                    return await self._process(req, payload, task_id, hang, inputs, inits)
                 except SimHTTPError:
                     self.error_count += 1
                     raise
@@ -529,38 +579,92 @@ class SimulatedForge:
             self.pending_tasks.pop(task_id, None)
 
     async def _process(
-        self, req: Txt2ImgRequest, payload: Any, task_id: str, hang: asyncio.Event | None
+        self,
+        req: Txt2ImgRequest,
+        payload: Any,
+        task_id: str,
+        hang: asyncio.Event | None,
+        inputs: JobInputs,
+        inits: list[Image.Image] | None,
     ) -> dict[str, Any]:
         override = dict(req.override_settings or {})
         if self.registry.lookup(override.get("sd_model_checkpoint")) is None:
             override.pop("sd_model_checkpoint", None)
         stored = {k: self.options[k] for k in override if k in self.options}
+        if "forge_additional_modules" in override:
+            override["forge_additional_modules"] = self.module_paths(
+                override["forge_additional_modules"]
+            )
         try:
             self.options.update(override)
             target = self.registry.lookup(self.options.get("sd_model_checkpoint"))
             target = target or self.registry.first()
             if target is None:
                 raise forge_500("FileNotFoundError", "No checkpoints found.")
-            switched = await self._load(target)
+            modules = list(self.options.get("forge_additional_modules") or [])
+            switched = await self._load(target, modules)
+            result = self._run_scripts(inputs.scripts, has_init_image=inits is not None)
+            planned = req
+            if inits is not None:
+                batch = img2img.validate_batch(len(inits), int(req.batch_size or 1))
+                planned = req.model_copy(update={"batch_size": batch})
             plan = make_plan(
-                req,
+                planned,
                 target,
                 loras_by_alias=self.lora_by_alias(),
                 clip_skip=int(self.options.get("CLIP_stop_at_last_layers") or 1),
                 rng=self._rng,
                 server_name=self.config.name,
                 styles=self.styles,
+                img2img=inits is not None,
             )
+            plan.req = req
+            plan.modules = modules
+            dtype = self.options.get("forge_unet_storage_dtype")
+            plan.low_bits = dtype if dtype and dtype != "Automatic" else None
+            plan.script_params = result.params
+            plan.extensions = result.applied
+            if inits is not None:
+                plan.init_images = inits
+                plan.inpaint = img2img.plan_inpaint(req, inits[0].size, inputs.mask)
+                plan.img2img_params = plan.inpaint.params
             return await self._run(plan, payload, task_id, hang, switched)
         finally:
             if req.override_settings_restore_afterwards:
                 self.options.update(stored)
 
-    async def _load(self, target: Checkpoint) -> bool:
-        if self._loaded is not None and target.relpath == self._loaded.relpath:
+    def _run_scripts(
+        self, args: dict[str, list[Any]], *, has_init_image: bool
+    ) -> scripts.ScriptResult:
+        """The always-on extensions' `process`: what they write, whether they really ran."""
+        result = scripts.ScriptResult()
+        if scripts.CONTROLNET in args:
+            scripts.controlnet(
+                args[scripts.CONTROLNET],
+                models=self.config.controlnet_models,
+                modules=self.config.controlnet_modules,
+                has_init_image=has_init_image,
+                result=result,
+            )
+        if scripts.ADETAILER in args:
+            scripts.adetailer(
+                args[scripts.ADETAILER], models=self.config.adetailer_models, result=result
+            )
+        return result
+
+    async def _load(self, target: Checkpoint, modules: list[str] | None = None) -> bool:
+        """Load the checkpoint with its additional modules; Forge reloads the model when
+        either changed (`refresh_model_loading_parameters`)."""
+        wanted = tuple(modules or [])
+        if (
+            self._loaded is not None
+            and target.relpath == self._loaded.relpath
+            and wanted == self._loaded_modules
+        ):
             return False
-        log.info("%s: loading checkpoint %s", self.config.name, target.title)
+        log.info("%s: loading checkpoint %s %s", self.config.name, target.title, list(wanted))
         await asyncio.sleep(self.config.switch_ms / 1000)
+        self._loaded_modules = wanted
         self._loaded = target
         self.registry.mark_loaded(target)
         self.options["sd_checkpoint_hash"] = target.sha256
@@ -577,7 +681,8 @@ class SimulatedForge:
         st = self.state
         started_at = time.time()
         st.job_count = plan.n_iter * (2 if plan.hr_size else 1)
-        hang_at = plan.steps // 2 if hang is not None else None
+        steps = plan.sampling_steps
+        hang_at = steps // 2 if hang is not None else None
         produced: list[tuple[int, Image.Image | None, str]] = []
         any_skipped = False
         for batch in range(plan.n_iter):
@@ -590,9 +695,9 @@ class SimulatedForge:
             first = batch * plan.batch_size
             size = (plan.width, plan.height)
             self._preview = _Preview(plan.seeds[first], plan.prompts[first], *size)
-            done = await self._sample(plan.steps, hang_at, hang)
+            done = await self._sample(steps, hang_at, hang)
             hang_at = None
-            completion = done / plan.steps
+            completion = done / steps
             any_skipped = any_skipped or st.skipped
             self._nextjob()
             if plan.hr_size is not None and not st.interrupted:
@@ -657,10 +762,25 @@ class SimulatedForge:
         keep = bool(req.save_images)  # for the grid
         texts = [infotext(plan, i, self.config.version) for i in indices]
 
+        def picture(i: int) -> Image.Image:
+            if plan.inpaint is None:
+                return images.render(plan.seeds[i], plan.prompts[i], *size, completion)
+            inits = plan.init_images
+            return img2img.render(
+                inits[(i % plan.batch_size) % len(inits)],
+                plan.inpaint,
+                req=req,
+                seed=plan.seeds[i],
+                prompt=plan.prompts[i],
+                width=size[0],
+                height=size[1],
+                completion=completion,
+            )
+
         def work() -> list[tuple[int, Image.Image | None, str]]:
             out: list[tuple[int, Image.Image | None, str]] = []
             for i, text in zip(indices, texts, strict=True):
-                image = images.render(plan.seeds[i], plan.prompts[i], *size, completion)
+                image = picture(i)
                 out.append((i, image if keep else None, images.png_base64(image, text)))
             return out
 
@@ -717,6 +837,10 @@ class SimulatedForge:
                 switched=switched,
                 started_at=started_at,
                 finished_at=time.time(),
+                kind="img2img" if plan.img2img else "txt2img",
+                extensions=list(plan.extensions),
+                modules=list(plan.modules),
+                infotext=infotexts[index_of_first_image] if infotexts else "",
             )
         )
         log.info(
@@ -728,9 +852,34 @@ class SimulatedForge:
         )
         return {
             "images": encoded,
-            "parameters": req.model_dump(),
+            "parameters": req.echo() if isinstance(req, Img2ImgRequest) else req.model_dump(),
             "info": json.dumps(info, default=lambda _: None),
         }
+
+    # ---- extras -------------------------------------------------------------------------
+
+    async def extras(self, req: ExtrasRequest, encoded: list[str]) -> tuple[list[Image.Image], str]:
+        """`/extra-single-image` and `/extra-batch-images`: the pictures (decoded first, before
+        the lock, as Forge does), upscaled under the generation lock with `state.job` "extras";
+        the upscaled pictures and `html_info`. An unknown upscaler fails without `state.end()`,
+        as `run_postprocessing` has no `finally`: `/progress` shows the dead job until the next
+        one begins."""
+        pictures = await asyncio.to_thread(lambda: [img2img.decode_image(e) for e in encoded])
+        async with self._lock:
+            st = self.state
+            st.begin("extras")
+            st.job_count = len(pictures)
+            out: list[Image.Image] = []
+            info: dict[str, Any] = {}
+            for picture in pictures:
+                st.job_no += 1
+                if st.interrupted or st.stopping_generation:
+                    break
+                image, info = await asyncio.to_thread(extras_mod.upscale, picture, req)
+                out.append(image)
+            st.end()
+        self.extras_count += 1
+        return out, extras_mod.html_info(info)
 
     # ---- summary ------------------------------------------------------------------------
 
