@@ -168,6 +168,7 @@ class MobileSDApp(App[None]):
             self.follow()
         if self.age_refresh:
             self.set_interval(self.age_refresh, self.queue.refresh_ages)
+        self.watch(self.queue, "counts", self._show_queue_state, init=False)
         self.call_after_refresh(self._focus_tab, self.initial_tab)
 
     @property
@@ -243,7 +244,6 @@ class MobileSDApp(App[None]):
         self.gallery.load(snap.images, snap.images_total)
         self.generator.set_servers([s["alias"] for s in snap.servers])
         self.generator.last_seed = self._last_seed(snap.jobs)
-        self._update_queue_state()
         if not self.loaded:
             self.loaded = True
             self.want_models(self._model_target)
@@ -264,7 +264,6 @@ class MobileSDApp(App[None]):
             elif status == "failed":
                 error = (job.get("result_details") or {}).get("error", "no reason given")
                 self._announce(self._failed, f"{prompt}: {error}")
-        self._update_queue_state()
 
     def _announce(self, batch: list[str], text: str) -> None:
         if not self._done and not self._failed:
@@ -290,7 +289,6 @@ class MobileSDApp(App[None]):
 
     def on_job_removed(self, message: JobRemoved) -> None:
         self.queue.remove_job(message.job_id)
-        self._update_queue_state()
 
     def on_server_changed(self, message: ServerChanged) -> None:
         self.servers_pane.apply_status(message.data)
@@ -371,13 +369,12 @@ class MobileSDApp(App[None]):
 
     def watch_paused(self, paused: bool) -> None:
         self.queue.paused = paused
-        self._update_queue_state()
+        self._show_queue_state()
 
-    def _update_queue_state(self) -> None:
-        jobs = self.queue.jobs.values()
-        running = sum(1 for j in jobs if j["status"] == "processing")
-        pending = sum(1 for j in jobs if j["status"] == "pending")
-        text = f"{running} running · {pending} pending"
+    def _show_queue_state(self) -> None:
+        """The top bar's line, from the Queue tab's counts and the paused state."""
+        counts = self.queue.counts or {}
+        text = f"{counts.get('processing', 0)} running · {counts.get('pending', 0)} pending"
         if self.paused:
             text += " · [bold yellow]paused[/]"
         self.query_one("#queue-state", Static).update(text)
@@ -473,7 +470,6 @@ class MobileSDApp(App[None]):
         self.prefs.save(generator.form())
         self.queue.apply(job)
         self.queue.select(job["mobilesd_job_id"])
-        self._update_queue_state()
 
     @on(ModelsWanted)
     def _models_wanted(self, message: ModelsWanted) -> None:
@@ -568,7 +564,6 @@ class MobileSDApp(App[None]):
     async def cancel_job(self, job_id: str) -> None:
         with core_errors(self, "Cannot cancel this job"):
             self.queue.apply(await self.api.cancel(job_id))
-            self._update_queue_state()
 
     @work(group="queue-actions", exit_on_error=False, name="cancel-batch")
     async def cancel_batch_of(self, job_id: str) -> None:
@@ -585,7 +580,6 @@ class MobileSDApp(App[None]):
         with core_errors(self, "Cannot retry this job"):
             job = await self.api.retry(job_id)
             self.queue.apply(job)
-            self._update_queue_state()
             self.notify(f"Queued again as {job['mobilesd_job_id'][-8:]}.")
 
     @work(group="queue-actions", exit_on_error=False, name="move-job")
@@ -599,7 +593,6 @@ class MobileSDApp(App[None]):
         with core_errors(self, "Cannot delete this job"):
             await self.api.delete_job(job_id)
             self.queue.remove_job(job_id)
-            self._update_queue_state()
 
     def ask_clear_finished(self) -> None:
         def answered(yes: bool | None) -> None:

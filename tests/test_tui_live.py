@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from textual.notifications import Notification
-from textual.widgets import Input, Static
+from textual.widgets import Input, Select, Static
 
 from mobilesd_core.api.app import create_app
 from mobilesd_tui.api_client import ApiError, CoreClient, Unreachable
@@ -176,6 +176,44 @@ async def test_cancel_and_move_from_the_queue(harness: Harness, tmp_path: Path) 
         await pilot.press("p")
         for job_id in (ids[0], ids[2]):
             await until(pilot, lambda j=job_id: status_of(app, j) == "completed", "completion")
+
+
+async def test_paused_state_and_filter_redraw_from_their_values(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The top bar and the Queue summary follow the paused state, whoever changes it (a key
+    here, the API elsewhere); the filter key and the filter Select show the same rows."""
+    await harness.api.post("/api/v1/queue/pause")
+    ids = [await harness.submit(prompt=f"job {n}") for n in range(2)]
+    app = tui(harness, tmp_path, tab="queue")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: all(i in app.queue.jobs for i in ids), "the jobs")
+        top = app.query_one("#queue-state", Static)
+        summary = app.query_one("#queue-summary", Static)
+        await until(pilot, lambda: "0 running · 2 pending · paused" in str(top.render()), "top")
+        assert "2 pending" in str(summary.render()) and "PAUSED" in str(summary.render())
+        # The filter: `f` shows only pending jobs, and the Select says so.
+        await pilot.press("f")
+        select = app.query_one("#queue-filter", Select)
+        assert (app.queue.filter, select.value) == ("pending", "pending")
+        assert app.queue.table.row_count == 2
+        # Resumed elsewhere: the `queue` event unpauses both lines; the jobs run and leave
+        # the pending filter's rows.
+        await harness.api.post("/api/v1/queue/resume")
+        await until(pilot, lambda: "paused" not in str(top.render()), "the top bar resumed")
+        assert "PAUSED" not in str(summary.render())
+        await until(pilot, lambda: all(status_of(app, i) == "completed" for i in ids), "runs")
+        await until(pilot, lambda: app.queue.table.row_count == 0, "no pending rows")
+        assert "0 running · 0 pending" in str(top.render())
+        # The Select changes the filter as the key does.
+        select.value = "completed"
+        await until(pilot, lambda: app.queue.table.row_count == 2, "the completed rows")
+        assert app.queue.filter == "completed"
+        # `p` pauses through the core; both lines say so.
+        await pilot.press("p")
+        await until(pilot, lambda: "paused" in str(top.render()), "paused again")
+        assert "PAUSED" in str(summary.render())
+        assert (await harness.api.get("/api/v1/queue")).json()["paused"] is True
 
 
 async def test_add_and_edit_a_server(harness: Harness, tmp_path: Path) -> None:

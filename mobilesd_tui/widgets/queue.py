@@ -74,6 +74,8 @@ class QueuePane(Vertical):
     filter: var[str] = var("all", init=False)
     # Dispatching paused: the summary line says so.
     paused: var[bool] = var(False, init=False)
+    # Jobs per status, as the summary line counts them (the app's top bar follows it).
+    counts: var[dict[str, int] | None] = var(None, init=False)
 
     def __init__(self, clock: Callable[[], datetime], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -256,6 +258,7 @@ class QueuePane(Vertical):
         if self.paused:
             parts.append("[bold yellow]PAUSED[/]")
         self.query_one("#queue-summary", Static).update(" · ".join(parts))
+        self.counts = counts
 
     # -- detail -------------------------------------------------------------------------------
 
