@@ -239,7 +239,7 @@ class MobileSDApp(App[None]):
         snap = message.snapshot
         self.paused = snap.paused
         self.servers = snap.servers
-        self.queue.load(snap.jobs, snap.paused)
+        self.queue.load(snap.jobs)
         self.servers_pane.load(snap.servers)
         self.gallery.load(snap.images, snap.images_total)
         self.generator.set_servers([s["alias"] for s in snap.servers])

@@ -72,7 +72,7 @@ class QueuePane(Vertical):
 
     # The status shown ("all" or one status): the table is rebuilt when it changes.
     filter: var[str] = var("all", init=False)
-    # Dispatching paused: the summary line says so.
+    # Dispatching paused (set by the app, which owns the state): the summary line says so.
     paused: var[bool] = var(False, init=False)
     # Jobs per status, as the summary line counts them (the app's top bar follows it).
     counts: var[dict[str, int] | None] = var(None, init=False)
@@ -129,11 +129,10 @@ class QueuePane(Vertical):
     def shows(self, job: dict[str, Any]) -> bool:
         return self.filter == "all" or job["status"] == self.filter
 
-    def load(self, jobs: list[dict[str, Any]], paused: bool) -> None:
+    def load(self, jobs: list[dict[str, Any]]) -> None:
         """Replace everything (start, reconnect, `reset`): one clear and one add_rows."""
         selected = self.selected_id()
         self.jobs = {job["mobilesd_job_id"]: job for job in jobs}
-        self.paused = paused
         self._rebuild(selected)
 
     def _rebuild(self, selected: str | None) -> None:
