@@ -1,9 +1,10 @@
 """MobileSDApp: four tabs over one API client and one event stream.
 
-Workers do the I/O (named, grouped, `exit_on_error=False`); message handlers change the UI. One
-`on_worker_state_changed` turns an unexpected worker error into a notification, so nothing is
-swallowed and nothing kills the app. `make_app()` is the one factory for the CLI, the demo, the
-tests and the benchmark.
+Workers do the I/O (named, grouped, `exit_on_error=False`); message handlers change the UI. A
+refused or failed call to the core is toasted by one handler (`errors.core_errors`), worded the
+same at every call site; one `on_worker_state_changed` turns an unexpected worker error into a
+notification, so nothing is swallowed and nothing kills the app. `make_app()` is the one factory
+for the CLI, the demo, the tests and the benchmark.
 """
 
 from __future__ import annotations
@@ -11,20 +12,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, assert_never
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.notifications import SeverityLevel
+from textual.reactive import var
 from textual.screen import Screen
-from textual.widget import Widget
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from .api_client import ApiError, CoreApi, Unauthorized, Unreachable
+from .api_client import ApiError, CoreApi, Unreachable
+from .errors import CORE_ERRORS, core_errors, error_text
 from .events import GALLERY_PAGE, EventConsumer
 from .jobtext import one_line
 from .messages import (
@@ -40,11 +43,11 @@ from .messages import (
 from .prefs import Prefs
 from .screens.civitai_import import CivitaiImport, MissingModels
 from .screens.confirm import Confirm
-from .screens.image_view import ImageView
+from .screens.image_view import Choice, ImageView
 from .screens.lora_picker import LoraPicker
 from .screens.server_form import ServerForm
-from .thumbs import ImageLoader, halfcell_widget
-from .widgets.gallery import GalleryPane, ImageAction, MoreImagesWanted
+from .thumbs import ImageLoader, ImageWidget, halfcell_widget
+from .widgets.gallery import GalleryPane, ImageAction, ImageVerb, MoreImagesWanted
 from .widgets.generator import (
     GeneratorPane,
     LoraPickRequested,
@@ -86,6 +89,11 @@ class MobileSDApp(App[None]):
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
 
+    # The event stream's state (CONNECTION_LABEL's keys): the top bar's indicator follows it.
+    connection: var[str] = var("connecting", init=False)
+    # Dispatching paused: the top bar and the Queue tab's summary say so.
+    paused: var[bool] = var(False, init=False)
+
     def __init__(
         self,
         api_client: CoreApi,
@@ -93,7 +101,7 @@ class MobileSDApp(App[None]):
         clock: Callable[[], datetime] = utc_now,
         prefs: Prefs | None = None,
         initial_tab: str = "generator",
-        image_widget: type[Widget] | None = None,
+        image_widget: ImageWidget | None = None,
         follow_events: bool = True,
         age_refresh: float | None = 10.0,
         gallery_page: int = GALLERY_PAGE,
@@ -109,9 +117,7 @@ class MobileSDApp(App[None]):
         self.gallery_page = gallery_page
         self.thumbs = ImageLoader(api_client, size=300)
         self.previews = ImageLoader(api_client, size=4, parallel=1)
-        self.connection = "connecting"
         self.loaded = False  # the first snapshot arrived (tests wait for it)
-        self.paused = False
         self.servers: list[dict[str, Any]] = []
         self._models: dict[str | None, dict[str, Any]] = {}
         # Finished jobs are announced in batches: twenty quick jobs make one toast, not twenty.
@@ -162,6 +168,7 @@ class MobileSDApp(App[None]):
             self.follow()
         if self.age_refresh:
             self.set_interval(self.age_refresh, self.queue.refresh_ages)
+        self.watch(self.queue, "counts", self._show_queue_state, init=False)
         self.call_after_refresh(self._focus_tab, self.initial_tab)
 
     @property
@@ -206,11 +213,9 @@ class MobileSDApp(App[None]):
         await EventConsumer(self.api, self.post_message, gallery_page=self.gallery_page).run()
 
     def on_connection_changed(self, message: ConnectionChanged) -> None:
-        before, self.connection = self.connection, message.state
-        label = CONNECTION_LABEL.get(message.state, message.state)
-        widget = self.query_one("#connection", Static)
-        widget.update(label)
-        widget.tooltip = message.detail or None
+        before = self.connection
+        self.query_one("#connection", Static).tooltip = message.detail or None
+        self.connection = message.state
         if message.state == "offline" and before != "offline":
             self.notify(
                 f"{message.detail}. Your input is kept; reconnecting by itself.",
@@ -227,16 +232,18 @@ class MobileSDApp(App[None]):
                 timeout=30,
             )
 
+    def watch_connection(self, state: str) -> None:
+        self.query_one("#connection", Static).update(CONNECTION_LABEL.get(state, state))
+
     def on_reloaded(self, message: Reloaded) -> None:
         snap = message.snapshot
         self.paused = snap.paused
         self.servers = snap.servers
-        self.queue.load(snap.jobs, snap.paused)
+        self.queue.load(snap.jobs)
         self.servers_pane.load(snap.servers)
         self.gallery.load(snap.images, snap.images_total)
         self.generator.set_servers([s["alias"] for s in snap.servers])
         self.generator.last_seed = self._last_seed(snap.jobs)
-        self._update_queue_state()
         if not self.loaded:
             self.loaded = True
             self.want_models(self._model_target)
@@ -257,7 +264,6 @@ class MobileSDApp(App[None]):
             elif status == "failed":
                 error = (job.get("result_details") or {}).get("error", "no reason given")
                 self._announce(self._failed, f"{prompt}: {error}")
-        self._update_queue_state()
 
     def _announce(self, batch: list[str], text: str) -> None:
         if not self._done and not self._failed:
@@ -282,8 +288,7 @@ class MobileSDApp(App[None]):
             )
 
     def on_job_removed(self, message: JobRemoved) -> None:
-        self.queue.remove(message.job_id)
-        self._update_queue_state()
+        self.queue.remove_job(message.job_id)
 
     def on_server_changed(self, message: ServerChanged) -> None:
         self.servers_pane.apply_status(message.data)
@@ -322,17 +327,14 @@ class MobileSDApp(App[None]):
     def _download_missing(self, chosen: list[dict[str, Any]] | None) -> None:
         for item in chosen or []:
             if item.get("model_version_id"):
-                self._start_download(int(item["model_version_id"]))
+                self.start_download(int(item["model_version_id"]))
 
-    @work(group="civitai", exit_on_error=False)
-    async def _start_download(self, model_version_id: int) -> None:
-        try:
+    @work(group="civitai", exit_on_error=False, name="download")
+    async def start_download(self, model_version_id: int) -> None:
+        with core_errors(self, "Cannot download", timeout=10):
             answer = await self.api.civitai_download(model_version_id)
-        except (ApiError, Unreachable) as exc:
-            self.notify(exc.message, title="Cannot download", severity="error", timeout=10)
-            return
-        self.servers_pane.show_download(answer["download"])
-        self.notify("Downloading; F4 shows the progress.", title="Download started")
+            self.servers_pane.show_download(answer["download"])
+            self.notify("Downloading; F4 shows the progress.", title="Download started")
 
     @on(CancelDownload)
     def _cancel_download(self, message: CancelDownload) -> None:
@@ -351,13 +353,10 @@ class MobileSDApp(App[None]):
 
     @work(group="civitai", exit_on_error=False, name="cancel-download")
     async def cancel_download(self, download_id: str, name: str) -> None:
-        try:
+        with core_errors(self, f"Cannot cancel {name}"):
             download = await self.api.civitai_cancel(download_id)
-        except (ApiError, Unreachable) as exc:
-            self.notify(exc.message, title=f"Cannot cancel {name}", severity="error")
-            return
-        self.servers_pane.show_download(download)
-        self.notify(f"{name}: cancelled, its partial file deleted.", title="Download cancelled")
+            self.servers_pane.show_download(download)
+            self.notify(f"{name}: cancelled, its partial file deleted.", title="Download cancelled")
 
     def on_image_changed(self, message: ImageChanged) -> None:
         if isinstance(message.data.get("added"), dict):
@@ -367,14 +366,15 @@ class MobileSDApp(App[None]):
 
     def on_queue_changed(self, message: QueueChanged) -> None:
         self.paused = bool(message.data.get("paused"))
-        self.queue.set_paused(self.paused)
-        self._update_queue_state()
 
-    def _update_queue_state(self) -> None:
-        jobs = self.queue.jobs.values()
-        running = sum(1 for j in jobs if j["status"] == "processing")
-        pending = sum(1 for j in jobs if j["status"] == "pending")
-        text = f"{running} running · {pending} pending"
+    def watch_paused(self, paused: bool) -> None:
+        self.queue.paused = paused
+        self._show_queue_state()
+
+    def _show_queue_state(self) -> None:
+        """The top bar's line, from the Queue tab's counts and the paused state."""
+        counts = self.queue.counts or {}
+        text = f"{counts.get('processing', 0)} running · {counts.get('pending', 0)} pending"
         if self.paused:
             text += " · [bold yellow]paused[/]"
         self.query_one("#queue-state", Static).update(text)
@@ -416,10 +416,10 @@ class MobileSDApp(App[None]):
                     severity="error",
                 )
                 return
-            generator.show_errors(exc.field_problems(), exc.message)
+            generator.show_errors(exc.field_problems(), error_text(exc))
             return
         except Unreachable as exc:
-            generator.show_errors([], f"{exc.message}. Nothing was changed; try again.")
+            generator.show_errors([], f"{error_text(exc)}. Nothing was changed; try again.")
             return
         generator.clear_errors()
         generator.stop_editing(f"[green]saved[/] job {job_id[-8:]}")
@@ -454,9 +454,9 @@ class MobileSDApp(App[None]):
         try:
             return await request
         except ApiError as exc:
-            self.generator.show_errors(exc.field_problems(), exc.message)
+            self.generator.show_errors(exc.field_problems(), error_text(exc))
         except Unreachable as exc:
-            self.generator.show_errors([], f"{exc.message}. Nothing was queued; try again.")
+            self.generator.show_errors([], f"{error_text(exc)}. Nothing was queued; try again.")
         return None
 
     @work(exclusive=True, group="submit", exit_on_error=False, name="submit")
@@ -470,7 +470,6 @@ class MobileSDApp(App[None]):
         self.prefs.save(generator.form())
         self.queue.apply(job)
         self.queue.select(job["mobilesd_job_id"])
-        self._update_queue_state()
 
     @on(ModelsWanted)
     def _models_wanted(self, message: ModelsWanted) -> None:
@@ -496,19 +495,13 @@ class MobileSDApp(App[None]):
             ]
         merged: dict[str, Any] = {"checkpoints": [], "loras": [], "samplers": [], "schedulers": []}
         for alias in aliases:
-            try:
+            # One server not answering leaves the others' lists: a warning, and on.
+            with core_errors(self, f"Cannot read the model lists of {alias}", severity="warning"):
                 models = await self.api.server_models(alias)
-            except (ApiError, Unreachable) as exc:
-                message = exc.message
-                self.notify(
-                    f"Cannot read the model lists of {alias}: {message}",
-                    severity="warning",
-                )
-                continue
-            for key in merged:
-                for item in models.get(key) or []:
-                    if item not in merged[key]:
-                        merged[key].append(item)
+                for key in merged:
+                    for item in models.get(key) or []:
+                        if item not in merged[key]:
+                            merged[key].append(item)
         if aliases and any(merged.values()):
             self._models[target] = merged
         if self._model_target == target:
@@ -529,24 +522,31 @@ class MobileSDApp(App[None]):
 
     @on(QueueAction)
     def _queue_action(self, message: QueueAction) -> None:
-        if message.action == "clear":
-
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.job_action("clear", None)
-
-            self.push_screen(Confirm("Remove every finished job from the list?", "Clear"), answered)
+        verb, job_id = message.action, message.job_id
+        if verb == "clear":
+            self.ask_clear_finished()
             return
-        if message.action == "pause":
-            self.job_action("pause", None)
+        if verb == "pause":
+            self.toggle_pause()
             return
-        if message.job_id is None:
+        if job_id is None:
             self.notify("No job selected.", severity="warning")
             return
-        if message.action == "edit":
-            self.edit_job(message.job_id)
-            return
-        self.job_action(message.action, message.job_id)
+        match verb:
+            case "edit":
+                self.edit_job(job_id)
+            case "cancel":
+                self.cancel_job(job_id)
+            case "cancel_batch":
+                self.cancel_batch_of(job_id)
+            case "retry":
+                self.retry_job(job_id)
+            case "up" | "down" | "top":
+                self.move_job(job_id, verb)
+            case "delete":
+                self.delete_job(job_id)
+            case _:
+                assert_never(verb)
 
     def edit_job(self, job_id: str) -> None:
         """Open a pending job in the generator form; saving there PATCHes it."""
@@ -560,63 +560,93 @@ class MobileSDApp(App[None]):
         self.generator.start_editing(job)
         self.action_show_tab("generator")
 
-    @work(group="queue-actions", exit_on_error=False, name="queue-action")
-    async def job_action(self, action: str, job_id: str | None) -> None:
-        api = self.api
-        try:
-            if action == "cancel" and job_id:
-                self.queue.apply(await api.cancel(job_id))
-            elif action == "cancel_batch" and job_id:
-                batch = (self.queue.jobs.get(job_id) or {}).get("batch_id")
-                if batch:
-                    done = await api.cancel_batch(batch)
-                    self.notify(f"Cancelled {done['cancelled']} job(s) of batch {batch[-4:]}.")
-            elif action == "retry" and job_id:
-                job = await api.retry(job_id)
-                self.queue.apply(job)
-                self.notify(f"Queued again as {job['mobilesd_job_id'][-8:]}.")
-            elif action in ("up", "down", "top", "bottom") and job_id:
-                self.queue.apply(await api.move(job_id, action))
-            elif action == "delete" and job_id:
-                await api.delete_job(job_id)
-                self.queue.remove(job_id)
-            elif action == "clear":
-                removed = await api.clear_finished()
-                self.notify(f"Removed {removed} finished job{'s' if removed != 1 else ''}.")
-            elif action == "pause":
-                state = await api.set_paused(not self.paused)
-                self.paused = bool(state.get("paused"))
-                self.queue.set_paused(self.paused)
-                self.notify("Dispatching paused." if self.paused else "Dispatching resumed.")
-        except ApiError as exc:
-            self.notify(exc.message, title=f"Cannot {action} this job", severity="error")
-        except Unreachable as exc:
-            self.notify(exc.message, title=f"Cannot {action}", severity="error")
-        self._update_queue_state()
+    @work(group="queue-actions", exit_on_error=False, name="cancel-job")
+    async def cancel_job(self, job_id: str) -> None:
+        with core_errors(self, "Cannot cancel this job"):
+            self.queue.apply(await self.api.cancel(job_id))
+
+    @work(group="queue-actions", exit_on_error=False, name="cancel-batch")
+    async def cancel_batch_of(self, job_id: str) -> None:
+        """Cancel every job still to run in `job_id`'s batch."""
+        batch = (self.queue.jobs.get(job_id) or {}).get("batch_id")
+        if not batch:
+            return
+        with core_errors(self, "Cannot cancel this batch"):
+            done = await self.api.cancel_batch(batch)
+            self.notify(f"Cancelled {done['cancelled']} job(s) of batch {batch[-4:]}.")
+
+    @work(group="queue-actions", exit_on_error=False, name="retry-job")
+    async def retry_job(self, job_id: str) -> None:
+        with core_errors(self, "Cannot retry this job"):
+            job = await self.api.retry(job_id)
+            self.queue.apply(job)
+            self.notify(f"Queued again as {job['mobilesd_job_id'][-8:]}.")
+
+    @work(group="queue-actions", exit_on_error=False, name="move-job")
+    async def move_job(self, job_id: str, to: str) -> None:
+        """`to`: top, bottom, up or down (the core judges it)."""
+        with core_errors(self, "Cannot move this job"):
+            self.queue.apply(await self.api.move(job_id, to))
+
+    @work(group="queue-actions", exit_on_error=False, name="delete-job")
+    async def delete_job(self, job_id: str) -> None:
+        with core_errors(self, "Cannot delete this job"):
+            await self.api.delete_job(job_id)
+            self.queue.remove_job(job_id)
+
+    def ask_clear_finished(self) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.clear_finished()
+
+        self.push_screen(Confirm("Remove every finished job from the list?", "Clear"), answered)
+
+    @work(group="queue-actions", exit_on_error=False, name="clear-finished")
+    async def clear_finished(self) -> None:
+        with core_errors(self, "Cannot clear finished jobs"):
+            removed = await self.api.clear_finished()
+            self.notify(f"Removed {removed} finished job{'s' if removed != 1 else ''}.")
+
+    @work(group="queue-actions", exit_on_error=False, name="pause")
+    async def toggle_pause(self) -> None:
+        pause = not self.paused
+        with core_errors(self, f"Cannot {'pause' if pause else 'resume'} dispatching"):
+            state = await self.api.set_paused(pause)
+            self.paused = bool(state.get("paused"))
+            self.notify("Dispatching paused." if self.paused else "Dispatching resumed.")
 
     # -- gallery ------------------------------------------------------------------------------
 
     @on(ImageAction)
     def _image_action(self, message: ImageAction) -> None:
-        entry = message.entry
-        if message.action == "open":
+        self.image_action(message.action, message.entry)
 
-            def closed(what: str | None) -> None:
-                if what:
-                    self.post_message(ImageAction(what, entry))
+    def image_action(self, verb: ImageVerb, entry: dict[str, Any]) -> None:
+        match verb:
+            case "open":
+                self.open_image(entry)
+            case "delete":
+                self.ask_delete_image(entry)
+            case "reuse":
+                self.reuse(entry)
+            case _:
+                assert_never(verb)
 
-            self.push_screen(ImageView(entry, self.previews, self.image_widget), closed)
-        elif message.action == "delete":
+    def open_image(self, entry: dict[str, Any]) -> None:
+        def closed(choice: Choice | None) -> None:
+            if choice is not None:
+                self.image_action(choice, entry)
 
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.delete_image(entry)
+        self.push_screen(ImageView(entry, self.previews, self.image_widget), closed)
 
-            self.push_screen(
-                Confirm(f"Delete {entry['filename']} (image, sidecar and thumbnail)?"), answered
-            )
-        elif message.action == "reuse":
-            self.reuse(entry)
+    def ask_delete_image(self, entry: dict[str, Any]) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.delete_image(entry)
+
+        self.push_screen(
+            Confirm(f"Delete {entry['filename']} (image, sidecar and thumbnail)?"), answered
+        )
 
     @on(MoreImagesWanted)
     def _more_images_wanted(self, message: MoreImagesWanted) -> None:
@@ -624,23 +654,17 @@ class MobileSDApp(App[None]):
 
     @work(group="gallery", exit_on_error=False, name="older-images")
     async def load_older_images(self, generation: int, offset: int, limit: int) -> None:
-        try:
+        failed = partial(self.gallery.more_failed, generation)
+        with core_errors(self, "Cannot load older images", then=failed):
             page = await self.api.images(limit=limit, offset=offset)
-        except (ApiError, Unreachable) as exc:
-            self.gallery.more_failed(generation)
-            self.notify(exc.message, title="Cannot load older images", severity="error")
-            return
-        self.gallery.extend(generation, page.images, page.total)
+            self.gallery.extend(generation, page.images, page.total)
 
     @work(group="gallery", exit_on_error=False, name="delete-image")
     async def delete_image(self, entry: dict[str, Any]) -> None:
-        try:
+        with core_errors(self, "Cannot delete the image"):
             await self.api.delete_image(entry["filename"])
-        except (ApiError, Unreachable) as exc:
-            self.notify(exc.message, title="Cannot delete the image", severity="error")
-            return
-        self.gallery.discard(entry["filename"])
-        self.notify(f"Deleted {entry['filename']}.")
+            self.gallery.discard(entry["filename"])
+            self.notify(f"Deleted {entry['filename']}.")
 
     @work(group="gallery", exit_on_error=False, name="reuse")
     async def reuse(self, entry: dict[str, Any]) -> None:
@@ -665,55 +689,59 @@ class MobileSDApp(App[None]):
 
     @on(ServerAction)
     def _server_action(self, message: ServerAction) -> None:
-        server = message.server
-        if message.action in ("add", "edit"):
-            old_alias = server["alias"] if server and message.action == "edit" else None
+        verb, server = message.action, message.server
+        match verb:
+            case "add":
+                self.open_server_form(None)
+            case "edit" if server is not None:
+                self.open_server_form(server)
+            case "remove" if server is not None:
+                self.ask_remove_server(server)
+            case "test" if server is not None:
+                self.test_server(server["alias"])
 
-            def saved(result: dict[str, Any] | None) -> None:
-                if result:
-                    self.servers_pane.upsert(result, old_alias)
-                    self.servers = list(self.servers_pane.servers.values())
-                    self.generator.set_servers(sorted(self.servers_pane.servers))
-                    self.notify(f"Saved server {result['alias']}.")
+    def open_server_form(self, server: dict[str, Any] | None) -> None:
+        """Add a server (`None`) or edit one; the form saves it through the core."""
+        old_alias = server["alias"] if server else None
 
-            self.push_screen(
-                ServerForm(self.api, server if message.action == "edit" else None), saved
-            )
-        elif message.action == "remove" and server:
+        def saved(result: dict[str, Any] | None) -> None:
+            if result:
+                self.servers_pane.upsert(result, old_alias)
+                self.servers = list(self.servers_pane.servers.values())
+                self.generator.set_servers(sorted(self.servers_pane.servers))
+                self.notify(f"Saved server {result['alias']}.")
 
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.remove_server(server["alias"])
+        self.push_screen(ServerForm(self.api, server), saved)
 
-            self.push_screen(
-                Confirm(
-                    f"Remove server {server['alias']}? Pending jobs aimed at it stay pending.",
-                    "Remove",
-                ),
-                answered,
-            )
-        elif message.action == "test" and server:
-            self.test_server(server["alias"])
+    def ask_remove_server(self, server: dict[str, Any]) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.remove_server(server["alias"])
+
+        self.push_screen(
+            Confirm(
+                f"Remove server {server['alias']}? Pending jobs aimed at it stay pending.",
+                "Remove",
+            ),
+            answered,
+        )
 
     @work(group="servers", exit_on_error=False, name="remove-server")
     async def remove_server(self, alias: str) -> None:
-        try:
+        with core_errors(self, f"Cannot remove {alias}"):
             await self.api.remove_server(alias)
-        except (ApiError, Unreachable) as exc:
-            self.notify(exc.message, title=f"Cannot remove {alias}", severity="error")
-            return
-        self.servers_pane.apply_status({"alias": alias, "removed": True})
-        self.generator.set_servers(sorted(self.servers_pane.servers))
-        self.notify(f"Removed server {alias}.")
+            self.servers_pane.apply_status({"alias": alias, "removed": True})
+            self.generator.set_servers(sorted(self.servers_pane.servers))
+            self.notify(f"Removed server {alias}.")
 
     @work(group="servers", exit_on_error=False, name="test-server")
     async def test_server(self, alias: str) -> None:
         self.notify(f"Testing {alias}…", timeout=2)
-        try:
+        with core_errors(self, f"Cannot test {alias}"):
             status = await self.api.server_status(alias)
-        except (ApiError, Unreachable) as exc:
-            self.notify(exc.message, title=f"Cannot test {alias}", severity="error")
-            return
+            self._tested(alias, status)
+
+    def _tested(self, alias: str, status: dict[str, Any]) -> None:
         if status.get("online"):
             latency = status.get("latency_ms")
             latency_text = f"{latency:.0f} ms" if isinstance(latency, int | float) else "?"
@@ -731,11 +759,12 @@ class MobileSDApp(App[None]):
     # -- everything else ----------------------------------------------------------------------
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """Unexpected errors from any worker: say so (expected ones are handled in place)."""
+        """Unexpected errors from any worker: say so (the core's refusals are toasted where
+        the call is, by `core_errors`)."""
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             error = event.worker.error
-            if isinstance(error, (Unauthorized, ApiError | Unreachable)):
-                message = error.message
+            if isinstance(error, CORE_ERRORS):
+                message = error_text(error)
             else:
                 message = f"{type(error).__name__}: {error}"
             self.notify(message, title=f"{event.worker.name or 'task'} failed", severity="error")
@@ -758,21 +787,21 @@ class MobileSDApp(App[None]):
             yield SystemCommand(
                 f"Go to {TAB_TITLES[tab].split(' ', 1)[1]}",
                 f"Show the {tab} tab",
-                lambda tab=tab: self.action_show_tab(tab),  # type: ignore[misc]
+                partial(self.action_show_tab, tab),
             )
 
     def _cmd_submit(self) -> None:
         self.generator.action_submit()
 
     def _cmd_pause(self) -> None:
-        self.job_action("pause", None)
+        self.toggle_pause()
 
     def _cmd_clear(self) -> None:
-        self.post_message(QueueAction("clear", None))
+        self.ask_clear_finished()
 
     def _cmd_add_server(self) -> None:
         self.action_show_tab("servers")
-        self.post_message(ServerAction("add", None))
+        self.open_server_form(None)
 
     def _cmd_reload(self) -> None:
         self.follow()  # exclusive: the old stream stops, the new one reloads everything
@@ -792,7 +821,7 @@ def make_app(
     clock: Callable[[], datetime] = utc_now,
     prefs_path: Path | None = None,
     initial_tab: str = "generator",
-    image_widget: type[Widget] | None = None,
+    image_widget: ImageWidget | None = None,
     follow_events: bool = True,
     age_refresh: float | None = 10.0,
     animations: bool = True,

@@ -20,28 +20,29 @@ class Snapshot:
     paused: bool = False
 
 
+@dataclass
 class ConnectionChanged(Message):
     """The event stream's state: connecting, online, offline or unauthorized."""
 
-    def __init__(self, state: str, detail: str = "") -> None:
-        super().__init__()
-        self.state = state
-        self.detail = detail
+    state: str
+    detail: str = ""
 
 
+@dataclass
 class Reloaded(Message):
-    def __init__(self, snapshot: Snapshot) -> None:
-        super().__init__()
-        self.snapshot = snapshot
+    snapshot: Snapshot
 
 
+@dataclass
 class JobChanged(Message):
     """A job's new state. A burst of progress for one job collapses to its newest."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
-        super().__init__()
-        self.job = job
-        self.job_id: str = job["mobilesd_job_id"]
+    job: dict[str, Any]
+    job_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.job_id = self.job["mobilesd_job_id"]
 
     def can_replace(self, message: Message) -> bool:
         # Only progress may be dropped: a status change must be seen (it may notify).
@@ -52,40 +53,35 @@ class JobChanged(Message):
         )
 
 
+@dataclass
 class JobRemoved(Message):
-    def __init__(self, job_id: str) -> None:
-        super().__init__()
-        self.job_id = job_id
+    job_id: str
 
 
+@dataclass
 class ServerChanged(Message):
     """A server's status (`removed: True` when it is gone)."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        super().__init__()
-        self.data = data
+    data: dict[str, Any]
 
 
+@dataclass
 class ImageChanged(Message):
     """`added` or `removed` gallery entry."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        super().__init__()
-        self.data = data
+    data: dict[str, Any]
 
 
+@dataclass
 class QueueChanged(Message):
-    def __init__(self, data: dict[str, Any]) -> None:
-        super().__init__()
-        self.data = data
+    data: dict[str, Any]
 
 
+@dataclass
 class DownloadChanged(Message):
     """A Civitai download's progress or end (the core's `download` event)."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        super().__init__()
-        self.data = data
+    data: dict[str, Any]
 
     def can_replace(self, message: Message) -> bool:
         # Progress of one download arrives several times a second: only the latest counts.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image as PILImage
 from textual.widget import Widget
@@ -21,7 +21,13 @@ THUMB_PIXELS = 192  # enough for a Sixel/Kitty tile; half-blocks scale further d
 PREVIEW_PIXELS = 1024
 
 
-def pick_image_widget() -> type[Widget]:
+class ImageWidget(Protocol):
+    """What draws a picture: textual-image's widget classes (`HalfcellImage`, `Image`)."""
+
+    def __call__(self, image: PILImage.Image, *, id: str | None = None) -> Widget: ...
+
+
+def pick_image_widget() -> ImageWidget:
     """The best image widget for this terminal. Call before `App.run()` (it queries the tty)."""
     from textual_image.renderable import Image as Renderable
     from textual_image.renderable.unicode import Image as UnicodeRenderable
@@ -32,7 +38,7 @@ def pick_image_widget() -> type[Widget]:
     return Image
 
 
-def halfcell_widget() -> type[Widget]:
+def halfcell_widget() -> ImageWidget:
     """Forced half-blocks: deterministic output for tests and snapshots."""
     from textual_image.widget import HalfcellImage
 
@@ -40,9 +46,9 @@ def halfcell_widget() -> type[Widget]:
 
 
 def decode(data: bytes, pixels: int) -> PILImage.Image:
-    image = PILImage.open(io.BytesIO(data))
-    image.draft("RGB", (pixels, pixels))  # JPEGs decode smaller for free
-    image = image.convert("RGB")
+    opened = PILImage.open(io.BytesIO(data))
+    opened.draft("RGB", (pixels, pixels))  # JPEGs decode smaller for free
+    image = opened.convert("RGB")
     image.thumbnail((pixels, pixels))
     return image
 

@@ -14,15 +14,18 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from textual.widgets import Input, Static
+from textual.notifications import Notification
+from textual.widgets import Input, Select, Static
 
 from mobilesd_core.api.app import create_app
-from mobilesd_tui.api_client import CoreClient
+from mobilesd_tui.api_client import ApiError, CoreClient, Unreachable
 from mobilesd_tui.app import MobileSDApp, make_app
+from mobilesd_tui.errors import error_text
 from mobilesd_tui.thumbs import halfcell_widget
 from mobilesd_tui.widgets.gallery import Tile
 
 from .conftest import TOKEN, Harness, fast_settings, start_harness, stop_harness
+from .test_notify import closed_port
 
 
 @pytest.fixture
@@ -175,6 +178,44 @@ async def test_cancel_and_move_from_the_queue(harness: Harness, tmp_path: Path) 
             await until(pilot, lambda j=job_id: status_of(app, j) == "completed", "completion")
 
 
+async def test_paused_state_and_filter_redraw_from_their_values(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The top bar and the Queue summary follow the paused state, whoever changes it (a key
+    here, the API elsewhere); the filter key and the filter Select show the same rows."""
+    await harness.api.post("/api/v1/queue/pause")
+    ids = [await harness.submit(prompt=f"job {n}") for n in range(2)]
+    app = tui(harness, tmp_path, tab="queue")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: all(i in app.queue.jobs for i in ids), "the jobs")
+        top = app.query_one("#queue-state", Static)
+        summary = app.query_one("#queue-summary", Static)
+        await until(pilot, lambda: "0 running · 2 pending · paused" in str(top.render()), "top")
+        assert "2 pending" in str(summary.render()) and "PAUSED" in str(summary.render())
+        # The filter: `f` shows only pending jobs, and the Select says so.
+        await pilot.press("f")
+        select = app.query_one("#queue-filter", Select)
+        assert (app.queue.filter, select.value) == ("pending", "pending")
+        assert app.queue.table.row_count == 2
+        # Resumed elsewhere: the `queue` event unpauses both lines; the jobs run and leave
+        # the pending filter's rows.
+        await harness.api.post("/api/v1/queue/resume")
+        await until(pilot, lambda: "paused" not in str(top.render()), "the top bar resumed")
+        assert "PAUSED" not in str(summary.render())
+        await until(pilot, lambda: all(status_of(app, i) == "completed" for i in ids), "runs")
+        await until(pilot, lambda: app.queue.table.row_count == 0, "no pending rows")
+        assert "0 running · 0 pending" in str(top.render())
+        # The Select changes the filter as the key does.
+        select.value = "completed"
+        await until(pilot, lambda: app.queue.table.row_count == 2, "the completed rows")
+        assert app.queue.filter == "completed"
+        # `p` pauses through the core; both lines say so.
+        await pilot.press("p")
+        await until(pilot, lambda: "paused" in str(top.render()), "paused again")
+        assert "PAUSED" in str(summary.render())
+        assert (await harness.api.get("/api/v1/queue")).json()["paused"] is True
+
+
 async def test_add_and_edit_a_server(harness: Harness, tmp_path: Path) -> None:
     from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 
@@ -293,3 +334,75 @@ async def test_survives_the_core_restarting(tmp_path: Path) -> None:
     finally:
         if second is not None:
             await stop_harness(second)
+
+
+def error_toasts(app: MobileSDApp) -> list[Notification]:
+    return [n for n in app._notifications if n.severity == "error"]
+
+
+async def test_core_refusals_toast_alike_at_every_call_site(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Two call sites, two real 422s over HTTP (a move, a Civitai download): each is one toast,
+    `Cannot …` over the core's own message, which names the field, through the one handler."""
+    await harness.api.post("/api/v1/queue/pause")
+    job_id = await harness.submit(prompt="stays put")
+    app = tui(harness, tmp_path, tab="queue")
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: app.loaded and job_id in app.queue.jobs, "first load")
+        app.move_job(job_id, "sideways")
+        await until(pilot, lambda: len(error_toasts(app)) == 1, "the move's toast")
+        app.start_download(0)
+        await until(pilot, lambda: len(error_toasts(app)) == 2, "the download's toast")
+        moved, download = error_toasts(app)
+        assert app.is_running
+    # The same requests straight to the core: the toasts carry its words.
+    answers = [
+        await harness.api.post(f"/api/v1/queue/jobs/{job_id}/move", json={"to": "sideways"}),
+        await harness.api.post("/api/v1/civitai/download-model", json={"model_version_id": 0}),
+    ]
+    for toast, answer, title, field in zip(
+        (moved, download),
+        answers,
+        ("Cannot move this job", "Cannot download"),
+        ("to", "model_version_id"),
+        strict=True,
+    ):
+        assert answer.status_code == 422
+        error = answer.json()["error"]
+        assert error["details"][0]["path"] == field
+        assert toast.title == title
+        assert toast.message == error["message"]
+        assert toast.message.startswith(f"invalid fields: {field}: ")
+    assert (await harness.job(job_id))["status"] == "pending"
+
+
+async def test_an_unreachable_core_toasts_alike_at_every_call_site(tmp_path: Path) -> None:
+    """No core at all (a closed port): a queue action and a server action each say which
+    action failed in the title and why in the same words."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    app = make_app(
+        CoreClient(url, TOKEN),
+        image_widget=halfcell_widget(),
+        follow_events=False,
+        animations=False,
+        age_refresh=None,
+    )
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.delete_job("01JD3NOSUCHJOB0000000000")
+        await until(pilot, lambda: len(error_toasts(app)) == 1, "the queue action's toast")
+        app.remove_server("gpu1")
+        await until(pilot, lambda: len(error_toasts(app)) == 2, "the server action's toast")
+        deleted, removed = error_toasts(app)
+    why = f"cannot reach the core at {url}: connection refused or host unreachable"
+    assert (deleted.title, deleted.message) == ("Cannot delete this job", why)
+    assert (removed.title, removed.message) == ("Cannot remove gpu1", why)
+
+
+def test_error_text_names_a_field_the_message_leaves_out() -> None:
+    """A core that words a 422 without the field still gets the field named in the toast."""
+    terse = ApiError(422, "invalid_fields", "invalid input", [{"path": "to", "message": "bad"}])
+    assert error_text(terse) == "invalid input (to: bad)"
+    full = ApiError(422, "invalid_fields", "invalid fields: to: bad", [{"path": "to"}])
+    assert error_text(full) == "invalid fields: to: bad"
+    assert error_text(Unreachable("cannot reach the core")) == "cannot reach the core"

@@ -18,6 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
 from ..api_client import ApiError, CoreApi, Unreachable
+from ..errors import error_text
 
 
 class CivitaiImport(ModalScreen[dict[str, Any] | None]):
@@ -67,10 +68,10 @@ class CivitaiImport(ModalScreen[dict[str, Any] | None]):
             answer = await self.api.civitai_image_info(body)
         except ApiError as exc:
             problems = exc.field_problems()
-            self._error(problems[0][1] if problems else exc.message)
+            self._error(problems[0][1] if problems else error_text(exc))
             return
         except Unreachable as exc:
-            self._error(exc.message)
+            self._error(error_text(exc))
             return
         self.dismiss(answer)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from rich.text import Text
 from textual import work
@@ -10,10 +10,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widget import Widget
 from textual.widgets import Static
 
-from ..thumbs import PREVIEW_PIXELS, ImageLoader
+from ..thumbs import PREVIEW_PIXELS, ImageLoader, ImageWidget
 
 
 def entry_text(entry: dict[str, Any]) -> Text:
@@ -35,7 +34,11 @@ def entry_text(entry: dict[str, Any]) -> Text:
     return text
 
 
-class ImageView(ModalScreen[str | None]):
+# What the person chose to do with the image; the app carries it out.
+Choice = Literal["reuse", "delete"]
+
+
+class ImageView(ModalScreen[Choice | None]):
     """Result: None (closed), "reuse" or "delete" for the app to carry out."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -45,7 +48,7 @@ class ImageView(ModalScreen[str | None]):
     ]
 
     def __init__(
-        self, entry: dict[str, Any], loader: ImageLoader, image_widget: type[Widget]
+        self, entry: dict[str, Any], loader: ImageLoader, image_widget: ImageWidget
     ) -> None:
         super().__init__(classes="dialog-screen")
         self.entry = entry
@@ -80,5 +83,5 @@ class ImageView(ModalScreen[str | None]):
     def action_close(self) -> None:
         self.dismiss(None)
 
-    def action_choose(self, what: str) -> None:
+    def action_choose(self, what: Choice) -> None:
         self.dismiss(what)

@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, Switch
 
 from ..api_client import ApiError, CoreApi, Unreachable
+from ..errors import error_text
 
 FIELDS = (
     ("alias", "Alias", "gpu1"),
@@ -96,8 +97,8 @@ class ServerForm(ModalScreen[dict[str, Any] | None]):
         return changed
 
     def show_errors(self, problems: list[tuple[str, str]], fallback: str) -> None:
-        for widget in self.query(".field-error"):
-            widget.update("")  # type: ignore[attr-defined]
+        for widget in self.query(".field-error").results(Static):
+            widget.update("")
             widget.remove_class("shown")
         general = []
         for path, message in problems:
@@ -127,10 +128,10 @@ class ServerForm(ModalScreen[dict[str, Any] | None]):
             else:
                 saved = await self.api.update_server(self.server["alias"], body)
         except ApiError as exc:
-            self.show_errors(exc.field_problems(), exc.message)
+            self.show_errors(exc.field_problems(), error_text(exc))
             return
         except Unreachable as exc:
-            self.show_errors([], f"{exc.message}; your input is kept, try again")
+            self.show_errors([], f"{error_text(exc)}; your input is kept, try again")
             return
         self.dismiss(saved)
 

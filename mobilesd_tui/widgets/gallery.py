@@ -8,7 +8,8 @@ shown once.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from rich.text import Text
 from textual import work
@@ -22,29 +23,30 @@ from textual.widgets import Static
 
 from ..events import GALLERY_PAGE
 from ..jobtext import one_line, short_model
-from ..thumbs import ImageLoader
+from ..thumbs import ImageLoader, ImageWidget
 
 # The API's largest page.
 MAX_LIMIT = 1000
 
 
+ImageVerb = Literal["open", "delete", "reuse"]
+
+
+@dataclass
 class ImageAction(Message):
     """open / delete / reuse one gallery entry (the app does the I/O and the dialogs)."""
 
-    def __init__(self, action: str, entry: dict[str, Any]) -> None:
-        super().__init__()
-        self.action = action
-        self.entry = entry
+    action: ImageVerb
+    entry: dict[str, Any]
 
 
+@dataclass
 class MoreImagesWanted(Message):
     """Older gallery entries, please: `limit` from `offset`; answer with `GalleryPane.extend`."""
 
-    def __init__(self, generation: int, offset: int, limit: int) -> None:
-        super().__init__()
-        self.generation = generation
-        self.offset = offset
-        self.limit = limit
+    generation: int
+    offset: int
+    limit: int
 
 
 class Tile(Vertical, can_focus=True):
@@ -108,7 +110,7 @@ class GalleryPane(Vertical):
     def __init__(
         self,
         loader: ImageLoader,
-        image_widget: type[Widget],
+        image_widget: ImageWidget,
         *,
         page_size: int = GALLERY_PAGE,
         **kwargs: Any,
@@ -297,7 +299,7 @@ class GalleryPane(Vertical):
         focused = self.screen.focused
         return focused if isinstance(focused, Tile) else None
 
-    def action_entry(self, action: str) -> None:
+    def action_entry(self, action: ImageVerb) -> None:
         tile = self.focused_tile()
         if tile is None:
             tiles = list(self.query(Tile))

@@ -8,6 +8,7 @@ schema in the core is the only judge.
 from __future__ import annotations
 
 import re
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -16,6 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.reactive import var
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
@@ -61,34 +63,27 @@ ROW_ERRORS = {
 }
 
 
+@dataclass
 class SubmitRequested(Message):
     """Queue the form: as one job, as one job per checkpoint, or as an edit of `edit_of`."""
 
-    def __init__(
-        self,
-        params: dict[str, Any],
-        target: str | None,
-        *,
-        edit_of: str | None = None,
-        every_checkpoint: bool = False,
-    ) -> None:
-        super().__init__()
-        self.params = params
-        self.target = target
-        self.edit_of = edit_of
-        self.every_checkpoint = every_checkpoint
+    params: dict[str, Any]
+    target: str | None
+    _: KW_ONLY
+    edit_of: str | None = None
+    every_checkpoint: bool = False
 
 
+@dataclass
 class ModelsWanted(Message):
     """The target changed: the app fetches that server's lists (checkpoints, LoRAs, ...)."""
 
-    def __init__(self, target: str | None) -> None:
-        super().__init__()
-        self.target = target
+    target: str | None
 
 
+@dataclass
 class LoraPickRequested(Message):
-    pass
+    """The LoRA button or ctrl+l: the app opens the picker with the target's LoRAs."""
 
 
 class Field(Vertical):
@@ -142,11 +137,14 @@ class GeneratorPane(Vertical):
         Binding("f5", "app.civitai_import", "Civitai link", id="generator.civitai"),
     ]
 
+    # The pending job the form edits (saving PATCHes it): the button says so, and the form
+    # wears the `editing` class.
+    editing: var[str | None] = var(None, init=False, toggle_class="editing")
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.models: dict[str, Any] = {}
         self.last_seed: int | None = None
-        self.editing: str | None = None  # the pending job the form edits (saving PATCHes it)
         # Each Select's options as we set them (Select keeps its own list private).
         self._options: dict[str, list[tuple[str, Any]]] = {
             "target": [("any server", ANY)],
@@ -394,8 +392,8 @@ class GeneratorPane(Vertical):
     # -- errors -------------------------------------------------------------------------------
 
     def clear_errors(self) -> None:
-        for widget in self.query(".field-error"):
-            widget.update("")  # type: ignore[attr-defined]
+        for widget in self.query(".field-error").results(Static):
+            widget.update("")
             widget.remove_class("shown")
         for field in self.query(Field):
             field.remove_class("invalid")
@@ -463,22 +461,24 @@ class GeneratorPane(Vertical):
     def start_editing(self, job: dict[str, Any]) -> None:
         """Load a pending job into the form; Save sends only the form's fields (PATCH), so what
         the form does not show (hires, extra, styles) stays as it is."""
-        self.editing = job["mobilesd_job_id"]
+        job_id: str = job["mobilesd_job_id"]
+        self.editing = job_id
         params = job.get("generation_params") or {}
         self.fill({**params, "target": job.get("target_server_alias")})
         self.clear_errors()
         self.query_one("#every-checkpoint", Checkbox).value = False
-        self.query_one("#submit", Button).label = "Save changes"
-        self.add_class("editing")
         self.query_one("#submit-status", Static).update(
-            f"[yellow]editing[/] pending job {self.editing[-8:]}"
+            f"[yellow]editing[/] pending job {job_id[-8:]}"
         )
 
     def stop_editing(self, status: str = "") -> None:
         self.editing = None
-        self.query_one("#submit", Button).label = "Add to queue"
-        self.remove_class("editing")
         self.query_one("#submit-status", Static).update(status)
+
+    def watch_editing(self, editing: str | None) -> None:
+        self.query_one("#submit", Button).label = (
+            "Add to queue" if editing is None else "Save changes"
+        )
 
     @on(Button.Pressed, "#stop-editing")
     def _stop_editing_pressed(self) -> None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.reactive import var
 from textual.widgets import DataTable, Select, Static
 from textual.widgets.data_table import RowDoesNotExist
 
@@ -35,13 +37,18 @@ FIXED_WIDTH = sum(width for key, _, width in COLUMNS if key != "prompt")
 FILTERS = ("all", *STATUSES)
 
 
+# What a key in the Queue tab asks for; the app runs one method per verb.
+JobVerb = Literal[
+    "cancel", "edit", "cancel_batch", "retry", "up", "down", "top", "delete", "clear", "pause"
+]
+
+
+@dataclass
 class QueueAction(Message):
     """Asks the app to run an API action on a job (the app owns the client and workers)."""
 
-    def __init__(self, action: str, job_id: str | None) -> None:
-        super().__init__()
-        self.action = action
-        self.job_id = job_id
+    action: JobVerb
+    job_id: str | None
 
 
 class JobTable(DataTable[Any]):
@@ -63,12 +70,17 @@ class QueuePane(Vertical):
         Binding("f", "cycle_filter", "Filter", id="queue.filter"),
     ]
 
+    # The status shown ("all" or one status): the table is rebuilt when it changes.
+    filter: var[str] = var("all", init=False)
+    # Dispatching paused (set by the app, which owns the state): the summary line says so.
+    paused: var[bool] = var(False, init=False)
+    # Jobs per status, as the summary line counts them (the app's top bar follows it).
+    counts: var[dict[str, int] | None] = var(None, init=False)
+
     def __init__(self, clock: Callable[[], datetime], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clock = clock
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.filter = "all"
-        self.paused = False
         self._rank: dict[str, tuple[Any, ...]] = {}
         self._shown: dict[str, tuple[Any, ...]] = {}  # job id -> cells on screen
         self._sort_pending = False
@@ -114,20 +126,19 @@ class QueuePane(Vertical):
             return None
         return key.value
 
-    def visible(self, job: dict[str, Any]) -> bool:
+    def shows(self, job: dict[str, Any]) -> bool:
         return self.filter == "all" or job["status"] == self.filter
 
-    def load(self, jobs: list[dict[str, Any]], paused: bool) -> None:
+    def load(self, jobs: list[dict[str, Any]]) -> None:
         """Replace everything (start, reconnect, `reset`): one clear and one add_rows."""
         selected = self.selected_id()
         self.jobs = {job["mobilesd_job_id"]: job for job in jobs}
-        self.paused = paused
         self._rebuild(selected)
 
     def _rebuild(self, selected: str | None) -> None:
         table = self.table
         now = self.clock()
-        shown = sorted((j for j in self.jobs.values() if self.visible(j)), key=rank)
+        shown = sorted((j for j in self.jobs.values() if self.shows(j)), key=rank)
         self._rank = {j["mobilesd_job_id"]: rank(j) for j in self.jobs.values()}
         self._shown = {}
         rows = []
@@ -153,7 +164,7 @@ class QueuePane(Vertical):
         moved = self._rank.get(job_id) != new_rank
         self._rank[job_id] = new_rank
         table = self.table
-        if self.visible(job):
+        if self.shows(job):
             cells = row_cells(job, self.clock(), self._prompt_width)
             old = self._shown.get(job_id)
             if old is None:
@@ -174,7 +185,7 @@ class QueuePane(Vertical):
             self.show_detail()
         self._update_summary()
 
-    def remove(self, job_id: str) -> None:
+    def remove_job(self, job_id: str) -> None:
         self.jobs.pop(job_id, None)
         self._rank.pop(job_id, None)
         if job_id in self._shown:
@@ -229,8 +240,7 @@ class QueuePane(Vertical):
                     if job_id == selected:
                         self.show_detail()  # its "… ago" line says the same as the column
 
-    def set_paused(self, paused: bool) -> None:
-        self.paused = paused
+    def watch_paused(self) -> None:
         self._update_summary()
 
     def _update_summary(self) -> None:
@@ -247,6 +257,7 @@ class QueuePane(Vertical):
         if self.paused:
             parts.append("[bold yellow]PAUSED[/]")
         self.query_one("#queue-summary", Static).update(" · ".join(parts))
+        self.counts = counts
 
     # -- detail -------------------------------------------------------------------------------
 
@@ -279,16 +290,19 @@ class QueuePane(Vertical):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def action_job(self, action: str) -> None:
+    def action_job(self, action: JobVerb) -> None:
         self.post_message(QueueAction(action, self.selected_id()))
 
     def action_cycle_filter(self) -> None:
-        index = (FILTERS.index(self.filter) + 1) % len(FILTERS)
-        self.query_one("#queue-filter", Select).value = FILTERS[index]
+        self.filter = FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)]
+
+    def watch_filter(self, value: str) -> None:
+        select = self.query_one("#queue-filter", Select)
+        if select.value != value:
+            with select.prevent(Select.Changed):
+                select.value = value
+        self._rebuild(self.selected_id())
 
     @on(Select.Changed, "#queue-filter")
     def _filter_changed(self, event: Select.Changed) -> None:
-        value = str(event.value)
-        if value != self.filter:
-            self.filter = value
-            self._rebuild(self.selected_id())
+        self.filter = str(event.value)

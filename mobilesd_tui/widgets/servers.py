@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from rich.text import Text
 from textual import on
@@ -10,6 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.message import Message
+from textual.reactive import var
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import RowDoesNotExist
 
@@ -26,21 +28,22 @@ COLUMNS = (
 FIXED_WIDTH = sum(width for key, _, width in COLUMNS if key != "url")
 
 
+ServerVerb = Literal["add", "edit", "remove", "test"]
+
+
+@dataclass
 class ServerAction(Message):
     """add / edit / remove / test, handled by the app (it owns the client and dialogs)."""
 
-    def __init__(self, action: str, server: dict[str, Any] | None) -> None:
-        super().__init__()
-        self.action = action
-        self.server = server
+    action: ServerVerb
+    server: dict[str, Any] | None
 
 
+@dataclass
 class CancelDownload(Message):
     """Cancel this Civitai download, handled by the app (it asks first, then calls the core)."""
 
-    def __init__(self, download: dict[str, Any]) -> None:
-        super().__init__()
-        self.download = download
+    download: dict[str, Any]
 
 
 def state_cell(server: dict[str, Any]) -> Text:
@@ -78,11 +81,13 @@ class ServersPane(Vertical):
         Binding("d", "next_download", "Next download", id="servers.download.next"),
     ]
 
+    # The active download that `c` cancels (marked ▸); `d` moves it to the next one. The list
+    # is drawn again and the footer's keys follow (`c` only while there is one to cancel).
+    marked_download: var[str | None] = var(None, init=False, bindings=True)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.downloads: dict[str, dict[str, Any]] = {}
-        # The active download that `c` cancels (marked ▸); `d` moves it to the next one.
-        self.marked_download: str | None = None
         self.servers: dict[str, dict[str, Any]] = {}
         self._url_width = COLUMNS[-1][2]
 
@@ -187,6 +192,8 @@ class ServersPane(Vertical):
             return
         index = active.index(self.marked_download) if self.marked_download in active else -1
         self.marked_download = active[(index + 1) % len(active)]
+
+    def watch_marked_download(self) -> None:
         self._render_downloads()
 
     def action_cancel_download(self) -> None:
@@ -248,7 +255,7 @@ class ServersPane(Vertical):
     def _selected(self) -> None:
         self.action_server("edit")
 
-    def action_server(self, action: str) -> None:
+    def action_server(self, action: ServerVerb) -> None:
         server = self.selected()
         if action != "add" and server is None:
             self.notify("No server selected; press a to add one.", severity="warning")
