@@ -1,4 +1,4 @@
-"""A local stand-in for Civitai's REST API (CIVITAI.md), for tests, benchmarks and demos.
+"""A local stand-in for Civitai's REST API (docs/civitai.md), for tests, benchmarks and demos.
 
 Real HTTP on loopback: images (with meta, browsingLevel filtering, flat or nested meta), models,
 model versions, by-hash lookups, and `/api/download/models/<v>` answering 307 to a signed

@@ -71,7 +71,7 @@ VALIDATOR_RULES: dict[tuple[str, str], JSONSchema] = {
     ("ServerUpdate", "api_url"): {"pattern": _URL_PATTERN, "format": "uri"},
 }
 
-# Field descriptions (CONTRACT.md's table). Kept here rather than in schema.py; every key must name
+# Field descriptions (each field's rule). Kept here rather than in schema.py; every key must name
 # an existing field, or generating fails.
 DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("GenerationParams", "prompt"): "What to generate. Must not be blank.",

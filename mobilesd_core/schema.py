@@ -63,7 +63,7 @@ class HiresParams(_Strict):
 
 
 class GenerationParams(_Strict):
-    """What to generate. Names follow Forge's txt2img fields (see CONTRACT.md)."""
+    """What to generate. Names follow Forge's txt2img fields (see docs/forge-api.md)."""
 
     prompt: str = Field(min_length=1, max_length=20_000)
     negative_prompt: str = Field(default="", max_length=20_000)
@@ -300,7 +300,7 @@ def new_job(
     position: int = 0,
     batch_id: str | None = None,
 ) -> dict[str, Any]:
-    """A fresh pending job record, in the shape of CONTRACT.md."""
+    """A fresh pending job record, in the shape the API serves."""
     return {
         "mobilesd_job_id": new_job_id(),
         "batch_id": batch_id or new_batch_id(),

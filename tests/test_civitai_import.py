@@ -155,7 +155,7 @@ async def test_real_image_maps_to_params_matching_by_hash_then_name(
         "LORA",
         True,
     )
-    # Through the fake: images with the parameters CIVITAI.md asks for, the key as Bearer.
+    # Through the fake: images with the parameters docs/civitai.md names, the key as Bearer.
     images = [r for r in fake.requests if r.path == "/api/v1/images"]
     assert images[0].query == {
         "imageId": str(image_id),

@@ -1,4 +1,4 @@
-"""The shipped Forge simulator, over real loopback HTTP, against FORGE_API.md.
+"""The shipped Forge simulator, over real loopback HTTP, against docs/forge-api.md.
 
 Waiting is by polling with a deadline; timings are short (a few ms per step) to keep this fast.
 """

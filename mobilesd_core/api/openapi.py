@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the core's HTTP API: the machine-readable copy of CONTRACT.md.
+"""The OpenAPI 3.1 document of the core's HTTP API: the reference beside docs/http-api.md.
 
 Request bodies come from the pydantic models (the same ones the routes validate with); responses
 are described here by hand. tests/test_openapi.py keeps both honest: every registered route must be

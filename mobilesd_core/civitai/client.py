@@ -6,7 +6,7 @@ second client that has never seen the key, so the signed storage URL gets no cre
 Our own User-Agent keeps Civitai's answers JSON (a browser-like one gets HTML and redirects).
 
 Every failure becomes a CivitaiError carrying the status our API answers, a stable code, a
-message saying what to do (CIVITAI.md's table), and whether retrying may help.
+message saying what to do (docs/civitai.md's table), and whether retrying may help.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _said(body: dict[str, Any]) -> str:
 
 
 def download_error(response: httpx.Response, *, has_key: bool) -> CivitaiError:
-    """CIVITAI.md's download table, as messages that say what to do."""
+    """docs/civitai.md's download error table, as messages that say what to do."""
     status = response.status_code
     body = _body(response)
     said = _said(body)

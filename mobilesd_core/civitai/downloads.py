@@ -15,7 +15,7 @@ when it is a 206 whose Content-Range starts where the part file ends, and a 200 
 part file's size, not the persisted counter, is the truth on resume. The SHA-256 is computed while
 writing (in the same worker-thread call as the write) and checked against Civitai's before the
 final rename; a mismatch deletes the part file. 429, 5xx and dropped connections back off and
-retry (Retry-After wins); 401/403/404/410 fail at once with CIVITAI.md's message.
+retry (Retry-After wins); 401/403/404/410 fail at once with the message of docs/civitai.md's table.
 
 After the file is in place: a `.civitai.info` sidecar (the model-version JSON, the format
 library.py reads) and a `.preview.<ext>` image, the hash cache learns the file, and every server

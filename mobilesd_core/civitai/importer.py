@@ -1,6 +1,6 @@
 """A Civitai image's generation data turned into `generation_params` for a local Forge.
 
-Civitai's flat `meta` (CIVITAI.md, "Image meta") follows A1111's infotext with looser types:
+Civitai's flat `meta` (docs/civitai.md, "Image import") follows A1111's infotext with looser types:
 numbers may be strings, the sampler may carry the scheduler ("DPM++ 2M Karras"), LoRAs sit in
 the prompt as `<lora:name:weight>` tags, hashes name the files used. The mapping never fails on
 a value that is merely out of range: it clamps, rounds to what our schema accepts, and says so

@@ -1,6 +1,6 @@
 """Civitai links and ids as people paste them, turned into the numbers the REST API takes.
 
-Accepted forms (CIVITAI.md): `https://civitai.com/images/<id>`,
+Accepted forms (docs/civitai.md): `https://civitai.com/images/<id>`,
 `https://civitai.com/models/<id>[/<slug>][?modelVersionId=<v>]`, `.../model-versions/<v>`,
 `.../api/download/models/<v>[?fileId=<f>]` and bare numeric ids. The scheme may be missing (a
 link copied from a share sheet often lacks it); the host must be Civitai's or the configured

@@ -1,7 +1,7 @@
 """Which names in the inbox are job files, and which belong to the tools that drop them.
 
 The list comes from what SMB clients, sync tools and editors leave behind while they write
-(WATCH_FOLDER.md): their temporary names must never be read as a job, and must not be reported
+(docs/inbox.md): their temporary names must never be read as a job, and must not be reported
 as "not a job file" either.
 """
 

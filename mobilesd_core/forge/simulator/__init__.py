@@ -1,6 +1,6 @@
 """The Forge simulator that ships with MobileSD (`mobilesd forge-sim`, `mobilesd demo`).
 
-A real HTTP server speaking Forge's `/sdapi/v1` as described in `FORGE_API.md`: time per step and
+A real HTTP server speaking Forge's `/sdapi/v1` (see `docs/forge-api.md`): time per step and
 per checkpoint switch, global progress, interrupt and skip, Basic auth, silent fallbacks, real
 PNGs with infotext, img2img and inpaint, extras upscaling, VAE/text-encoder modules, scripts with
 the ControlNet and ADetailer request shapes, and faults switchable at run time
