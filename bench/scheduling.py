@@ -29,6 +29,7 @@ from mobilesd_core.config import Settings
 from mobilesd_core.core import Core
 from mobilesd_core.schema import GenerationParams
 
+from . import sched_model
 from .report import Row, percent, say, times
 from .simproc import start_simulators
 
@@ -171,6 +172,46 @@ async def run_mix(root: Path, *, jobs: int = 60, seed: int = 7) -> list[Row]:
             ratio=times(ours.worst_wait / fifo.worst_wait),
         ),
     ]
+
+
+def model_rows(seeds: int = 50) -> list[Row]:
+    """Many seeded mixes on the model clock (sched_model.py), against the bound and the best."""
+    rows = []
+    say(f"scheduling model: {seeds} seeded mixes, a load = 4 jobs, the real Scheduler deciding")
+    cases = [("3×60 jobs, 4 models", 3, 60, 4), ("2×12 jobs, 3 models", 2, 12, 3)]
+    for label, servers, jobs, groups in cases:
+        to_bound, to_best = sched_model.ratios(
+            servers=servers, jobs=jobs, groups=groups, switch=4.0, seeds=range(seeds), exact=True
+        )
+        _, greedy_best = sched_model.ratios(
+            servers=servers,
+            jobs=jobs,
+            groups=groups,
+            switch=4.0,
+            seeds=range(seeds),
+            exact=True,
+            lookahead_jobs=0,
+        )
+        best_bound = [b / r for b, r in zip(to_bound, to_best, strict=True)]
+        med, worst = statistics.median(to_best), max(to_best)
+        say(
+            f"  {label}: ours {statistics.median(to_bound):.3f}× bound (median), "
+            f"{med:.3f}× best (median), {worst:.3f}× (worst); the best itself "
+            f"{statistics.median(best_bound):.3f}× bound; one greedy step "
+            f"{statistics.median(greedy_best):.3f}× / {max(greedy_best):.3f}× best"
+        )
+        rows.append(
+            Row(
+                f"scheduling model, {label}, {seeds} mixes: makespan vs the best schedule",
+                f"median {times(med)}, worst {times(worst)} (one greedy step: "
+                f"{times(statistics.median(greedy_best))}, {times(max(greedy_best))})",
+                "median ≤ 1.03×",
+                f"{times(statistics.median(to_bound))} the bound; the best is "
+                f"{times(statistics.median(best_bound))} it",
+                med <= 1.03,
+            )
+        )
+    return rows
 
 
 async def _scale_round(root: Path, servers: int, jobs: int) -> tuple[float, float, float, float]:

@@ -53,6 +53,7 @@ class _Run:
     cancelled: bool = False
     slot_released: bool = False
     switches: bool = False  # the server had another checkpoint loaded when it was assigned
+    claimed_at: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
     owner: ProgressOwner | None = None  # set when the request is sent
     seen: Owner | None = None  # whose generation Forge showed at the last poll
@@ -232,7 +233,8 @@ class Dispatcher:
         if unroutable:
             await self._unroutable(unroutable)
         slots = [
-            ServerSlot(r.alias, r.free_slots, r.loaded, r.available) for r in runtimes.values()
+            ServerSlot(r.alias, r.free_slots, r.loaded, r.available, self._busy_for(r))
+            for r in runtimes.values()
         ]
         for cand, slot in self.scheduler.plan(candidates, slots, now):
             runtime = runtimes.get(slot.alias)
@@ -246,6 +248,19 @@ class Dispatcher:
         self.scheduler.prune(pending)
         self._arm_retry_timer(window, now)
         self._update_idle()
+
+    def _busy_for(self, runtime: ServerRuntime) -> float | None:
+        """Job lengths until the first of this server's running jobs should end."""
+        if runtime.free_slots > 0:
+            return None
+        now = time.monotonic()
+        left = [
+            self.scheduler.cost.remaining(now - run.claimed_at, switched=run.switches)
+            for run in self._runs.values()
+            if run.runtime is runtime and not run.slot_released
+        ]
+        known = [x for x in left if x is not None]
+        return min(known) if known else None
 
     async def _unroutable(self, problems: list[Unroutable]) -> None:
         """No server lists the checkpoint: refresh the lists once, then fail the job at once

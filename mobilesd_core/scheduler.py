@@ -18,8 +18,11 @@ title each would load) and the servers' state, and applies what it returns.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from . import lookahead
 
 Policy = Literal["checkpoint", "fifo"]
 POLICIES: tuple[Policy, ...] = ("checkpoint", "fifo")
@@ -45,6 +48,8 @@ class ServerSlot:
     free: int
     loaded: str | None  # the title it has (or will have once its running jobs are done)
     available: bool = True
+    # When its next slot frees, in job lengths from now (None: unknown, or a slot is free).
+    busy_for: float | None = None
 
 
 @dataclass
@@ -62,6 +67,13 @@ class SwitchCost:
         elif self.job_seconds is not None:
             extra = max(0.0, seconds - self.job_seconds)
             self.switch_seconds = _ewma(self.switch_seconds, extra, self.weight)
+
+    def remaining(self, elapsed: float, *, switched: bool) -> float | None:
+        """How many job lengths a run that started `elapsed` seconds ago still needs."""
+        if not self.job_seconds:
+            return None
+        expected = self.job_seconds * (1.0 + (self.ratio if switched else 0.0))
+        return max(0.0, expected - elapsed) / self.job_seconds
 
     @property
     def ratio(self) -> float:
@@ -82,6 +94,10 @@ class Scheduler:
     # Only this many jobs at the head of the queue are looked at per pass: keeps a pass cheap
     # with a deep queue; jobs further back move into view as the head drains.
     window: int = 256
+    # Moves are played forward (see lookahead.py) while the head holds at most this many jobs:
+    # the end of a queue is where one greedy step goes wrong, and a forecast of a long head
+    # would cost more than it saves.
+    lookahead_jobs: int = 128
     cost: SwitchCost = field(default_factory=SwitchCost)
     overtaken: dict[str, int] = field(default_factory=dict)
 
@@ -167,6 +183,18 @@ class Scheduler:
         servers: list[ServerSlot],
         now: float,
     ) -> tuple[Candidate, ServerSlot] | None:
+        choice = self._greedy_switch(head, free, servers, now)
+        if len(head) <= self.lookahead_jobs:
+            return self._look_ahead(head, free, servers, now, choice)
+        return choice
+
+    def _greedy_switch(
+        self,
+        head: list[Candidate],
+        free: list[ServerSlot],
+        servers: list[ServerSlot],
+        now: float,
+    ) -> tuple[Candidate, ServerSlot] | None:
         joins: list[tuple[float, int, Candidate, ServerSlot]] = []
         for slot in free:
             groups: dict[str | None, list[Candidate]] = {}
@@ -185,6 +213,69 @@ class Scheduler:
             return None
         _, _, cand, slot = max(joins, key=lambda j: (j[0], j[1]))
         return cand, slot
+
+    def _look_ahead(
+        self,
+        head: list[Candidate],
+        free: list[ServerSlot],
+        servers: list[ServerSlot],
+        now: float,
+        greedy: tuple[Candidate, ServerSlot] | None,
+    ) -> tuple[Candidate, ServerSlot] | None:
+        """The move among join/switch/wait after which the forecast queue ends soonest."""
+        if any(
+            c.group is None or c.job.get("target_server_alias") or not eligible_later(c, now)
+            for c in head
+        ):
+            return greedy
+        firsts: dict[str, Candidate] = {}
+        for cand in head:
+            firsts.setdefault(cand.group or "", cand)
+        may_run = {g: frozenset(c.titles) for g, c in firsts.items()}
+        backlog = Counter(c.group or "" for c in head)
+        slot = free[0] if greedy is None else greedy[1]
+        busy = [s.busy_for for s in servers if s.available and s.free <= 0]
+        # A server that waits looks again when the next busy one frees up.
+        next_change = min((lookahead.BUSY_REMAINS if b is None else b for b in busy), default=None)
+
+        def group_of(server: ServerSlot) -> str | None:
+            for g, c in firsts.items():
+                if server.loaded is not None and c.titles.get(server.alias) == server.loaded:
+                    return g
+            return None
+
+        def state(chosen: str | None, wait: bool) -> list[lookahead.Server]:
+            out = []
+            for s in servers:
+                if not s.available:
+                    continue
+                loaded, at = group_of(s), 0.0
+                if s.free <= 0:
+                    at = lookahead.BUSY_REMAINS if s.busy_for is None else s.busy_for
+                if s is slot and chosen is not None:
+                    at = 1.0 + (0.0 if loaded == chosen else self.cost.ratio)
+                    loaded = chosen
+                elif s.free > 0 and wait and next_change is not None:
+                    at = next_change
+                out.append(lookahead.Server(s.alias, loaded, at))
+            return out
+
+        ratio = self.cost.ratio
+        options: list[tuple[float, int, tuple[Candidate, ServerSlot] | None]] = []
+        if next_change is not None:  # waiting only helps if something will change
+            left = lookahead.forecast(state(None, True), backlog, may_run, ratio)
+            options.append((left, 1, None))
+        for g, cand in firsts.items():
+            if not eligible(cand, slot, now):
+                continue
+            rest = Counter(backlog)
+            rest[g] -= 1
+            left = lookahead.forecast(state(g, False), rest, may_run, ratio)
+            is_greedy = greedy is not None and greedy[0] is cand and greedy[1] is slot
+            options.append((left, 0 if is_greedy else 2, (cand, slot)))
+        if not options:
+            return greedy
+        return min(options, key=lambda o: (o[0], o[1]))[2]
 
     def _assign(self, cand: Candidate, slot: ServerSlot, head: list[Candidate], now: float) -> None:
         index = head.index(cand)
@@ -206,6 +297,10 @@ def eligible(cand: Candidate, slot: ServerSlot, now: float) -> bool:
     if slot.alias not in cand.titles:
         return False
     return (job.get("retry_at") or 0) <= now
+
+
+def eligible_later(cand: Candidate, now: float) -> bool:
+    return (cand.job.get("retry_at") or 0) <= now
 
 
 def matches(cand: Candidate, slot: ServerSlot) -> bool:

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from bench import sched_model
+from mobilesd_core import lookahead
 from mobilesd_core.forge.simulator import SimulatorConfig
 from mobilesd_core.scheduler import Candidate, Scheduler, ServerSlot, SwitchCost
 
@@ -227,3 +229,56 @@ async def test_pending_jobs_flow_to_the_other_server_when_one_goes_offline(
     for job_id in job_ids:
         done = await harness.wait_status(job_id, "completed", "failed")
         assert (done["status"], done["assigned_server_alias"]) == ("completed", "gpu-b")
+
+
+# -- lookahead: moves played forward ---------------------------------------------------------
+
+
+def measured(ratio: float) -> Scheduler:
+    """A scheduler that has measured jobs of 1 s and switches of `ratio` s."""
+    return Scheduler(cost=SwitchCost(job_seconds=1.0, switch_seconds=ratio))
+
+
+def test_a_free_server_joins_a_backlog_when_sharing_it_ends_the_queue_sooner() -> None:
+    # a has just started loading x for the first of five x jobs (busy for 5 more job lengths);
+    # b is free. Alone, a ends at 5 + 4 = 9; with b joining (4 to load, then 1 a job) both
+    # end by 7. A single greedy rule (backlog 4 is not more than 1 server x ratio 4) waited.
+    queue = [job(n, "x") for n in range(4)]
+    slots = [ServerSlot("a", 0, "x", busy_for=5.0), ServerSlot("b", 1, "y")]
+    plan = measured(4.0).plan(queue, slots, NOW)
+    assert ids(plan) == [("J000", "b")]
+
+
+def test_a_free_server_waits_when_its_peer_ends_the_backlog_sooner_alone() -> None:
+    queue = [job(n, "x") for n in range(2)]
+    slots = [ServerSlot("a", 0, "x", busy_for=0.2), ServerSlot("b", 1, "y")]
+    assert measured(4.0).plan(queue, slots, NOW) == []
+
+
+def test_a_deep_queue_is_planned_by_the_rules_alone() -> None:
+    # Past `lookahead_jobs` the forecast is skipped: the same case as above then waits.
+    queue = [job(n, "x") for n in range(4)]
+    slots = [ServerSlot("a", 0, "x", busy_for=5.0), ServerSlot("b", 1, "y")]
+    scheduler = measured(4.0)
+    scheduler.lookahead_jobs = 3
+    assert scheduler.plan(queue, slots, NOW) == []
+
+
+def test_forecast_counts_loads_and_jobs() -> None:
+    servers = [lookahead.Server("a", "x", 0.0), lookahead.Server("b", None, 0.0)]
+    anywhere = frozenset({"a", "b"})
+    # a keeps x (3 jobs); b loads y (2 + its 2 jobs): both end at 4... b at 4, a at 3.
+    end = lookahead.forecast(servers, {"x": 3, "y": 2}, {"x": anywhere, "y": anywhere}, 2.0)
+    assert end == 4.0
+    # Nobody may run z: the queue never ends.
+    assert lookahead.forecast(servers, {"z": 1}, {"z": frozenset()}, 2.0) == float("inf")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_small_queues_end_as_soon_as_the_best_schedule(seed: int) -> None:
+    # 2 servers, 12 jobs over 3 checkpoints, a load costing 4 jobs, on the model clock of
+    # bench/sched_model.py (the real Scheduler deciding whenever a server frees up), against
+    # an exhaustive search over every split of every checkpoint's jobs.
+    order = sched_model.mix(12, 3, seed)
+    run = sched_model.simulate(order, 2, 4.0, Scheduler())
+    assert run.makespan == sched_model.best_makespan(order, 2, 4.0)
