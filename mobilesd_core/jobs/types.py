@@ -7,8 +7,6 @@ Pydantic is kept for data that crosses a boundary (requests: schema.py).
 This module imports nothing of the project, so every module (schema.py included) can use it.
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal, NotRequired, Required, TypedDict
 
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
