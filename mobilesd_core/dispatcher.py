@@ -254,10 +254,11 @@ class Dispatcher:
                 continue
             self._refreshed.discard(job_id)
             log.warning("job %s failed: %s", job_id, problem.message)
+            job = self._store.get_live(job_id)  # as it is now: an earlier write may have awaited
+            if job is None:
+                continue
             with contextlib.suppress(Conflict, JobNotFound):
-                await self._store.apply(
-                    job_id, transitions.fail(problem.candidate.job, problem.message)
-                )
+                await self._store.apply(job_id, transitions.fail(job, problem.message))
         if fresh and (self._refresh_task is None or self._refresh_task.done()):
             self._refresh_task = asyncio.create_task(self._refresh_lists(fresh))
 
