@@ -161,3 +161,32 @@ def test_each_transition_writes_the_fields_of_its_type(status: str) -> None:
     assert cancel.expect == {"pending", "processing"}
     assert transitions.claim(job, "gpu1").expect == {"pending"}
     assert transitions.claim(job, "gpu1").changes["attempts"] == 2
+
+
+async def test_retry_of_a_job_and_of_its_batch_make_the_same_job(harness: Harness) -> None:
+    """One code path: both retries keep the batch, the target, the origin and the webhook."""
+    bad = await harness.add_sim("bad")
+    bad.sim.set_fault("422", path="txt2img")
+    response = await harness.api.post(
+        "/api/v1/generate",
+        json={
+            "generation_params": {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64},
+            "target_server_alias": "bad",
+            "webhook_url": "http://127.0.0.1:9/hook",
+        },
+    )
+    assert response.status_code == 202, response.text
+    original, batch_id = response.json()["mobilesd_job_id"], response.json()["batch_id"]
+    await harness.wait_status(original, "failed")
+    await harness.api.post("/api/v1/queue/pause")  # the retries stay pending, as made
+    by_batch = await harness.api.post(f"/api/v1/queue/batches/{batch_id}/retry")
+    (from_batch,) = by_batch.json()["mobilesd_job_ids"]
+    by_job = await harness.api.post(f"/api/v1/queue/jobs/{original}/retry")
+    from_job = by_job.json()["mobilesd_job_id"]
+    retries = [await harness.job(from_batch), await harness.job(from_job)]
+    assert set(retries[0]) == set(retries[1])
+    for job in retries:
+        assert job["retry_of"] == original
+        assert job["batch_id"] == batch_id
+        assert job["target_server_alias"] == "bad"
+        assert job["webhook_url"] == "http://127.0.0.1:9/hook"
