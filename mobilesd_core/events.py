@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
-from .jobs.types import JobEvent, JobRemovedEvent
+from .jobs.types import JobEvent, JobRemovedEvent, QueueState
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,10 @@ class EventBus:
     @overload
     def publish(self, name: Literal["job_removed"], data: JobRemovedEvent) -> Event: ...
     @overload
+    def publish(self, name: Literal["queue"], data: QueueState) -> Event: ...
+    @overload
     def publish(
-        self, name: Literal["server", "image", "download", "sync", "reset", "queue"], data: Any
+        self, name: Literal["server", "image", "download", "sync", "reset"], data: Any
     ) -> Event: ...
 
     def publish(self, name: str, data: Any) -> Event:

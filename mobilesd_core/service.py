@@ -22,7 +22,17 @@ from .expansion import JobSpec
 from .gallery import Gallery
 from .jobs import transitions
 from .jobs.store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError
-from .jobs.types import Job, JobExtras, JobSource, JobView
+from .jobs.types import (
+    BatchCancelled,
+    BatchDeleted,
+    BatchMoved,
+    BatchRetried,
+    Job,
+    JobExtras,
+    JobSource,
+    JobView,
+    QueueState,
+)
 from .jobs.view import JobViews
 from .progress import ProgressBoard
 from .prompt_variants import PromptExpander
@@ -395,7 +405,7 @@ class QueueService:
     async def batch(self, batch_id: str) -> builtins.list[JobView]:
         return [self.view(j) for j in await self.store.batch_jobs(batch_id)]
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+    async def cancel_batch(self, batch_id: str) -> BatchCancelled:
         """Cancel every pending or running job of the batch; finished ones stay as they are."""
         active = [
             j["mobilesd_job_id"]
@@ -414,7 +424,7 @@ class QueueService:
         log.info("batch %s: %d job(s) cancelled", batch_id, len(cancelled))
         return {"batch_id": batch_id, "cancelled": len(cancelled), "mobilesd_job_ids": cancelled}
 
-    async def retry_batch(self, batch_id: str, *, source: JobSource = "api") -> dict[str, Any]:
+    async def retry_batch(self, batch_id: str, *, source: JobSource = "api") -> BatchRetried:
         """Queue again every failed or cancelled job of the batch not retried yet, in one write.
 
         The new jobs join the batch; a job that already has a retry in it is skipped, so asking
@@ -434,7 +444,7 @@ class QueueService:
 
     async def move_batch(
         self, batch_id: str, *, to: str | None = None, before: str | None = None
-    ) -> dict[str, Any]:
+    ) -> BatchMoved:
         """Move the batch's pending jobs as one block (their own order kept)."""
         await self.store.batch_jobs(batch_id)  # BatchNotFound for an unknown id
         order = [j["mobilesd_job_id"] for j in self.store.pending_in_order()]
@@ -449,7 +459,7 @@ class QueueService:
         await self._move_block(order, block, to=to, before=before, same="is in this batch")
         return {"batch_id": batch_id, "moved": len(block), "mobilesd_job_ids": block}
 
-    async def delete_batch(self, batch_id: str) -> dict[str, Any]:
+    async def delete_batch(self, batch_id: str) -> BatchDeleted:
         """Remove every job of a finished batch from the list (images stay); all or none."""
         jobs = await self.store.batch_jobs(batch_id)
         active = [j for j in jobs if j["status"] not in TERMINAL_STATUSES]
@@ -481,7 +491,7 @@ class QueueService:
         removed = await self.store.remove_finished(self.store.finished_ids(statuses))
         return len(removed)
 
-    async def set_paused(self, paused: bool) -> dict[str, Any]:
+    async def set_paused(self, paused: bool) -> QueueState:
         path = self.store.data_path / QUEUE_STATE_FILE
         try:
             await asyncio.to_thread(
@@ -493,7 +503,7 @@ class QueueService:
         self.bus.publish("queue", self.queue_state())
         return self.queue_state()
 
-    def queue_state(self) -> dict[str, Any]:
+    def queue_state(self) -> QueueState:
         return {"paused": self.dispatcher.paused, "counts": self.store.count()}
 
     # -- servers ----------------------------------------------------------------------------

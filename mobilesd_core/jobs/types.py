@@ -137,9 +137,44 @@ class JobRemovedEvent(TypedDict):
 # Payload of a `job` event: the public view, the same as GET /api/v1/queue/jobs/{id} returns.
 JobEvent = JobView
 
+
+class QueueState(TypedDict):
+    """GET /api/v1/queue, and the payload of a `queue` event."""
+
+    paused: bool
+    counts: dict[str, int]  # jobs per status, every status present
+
+
+class BatchCancelled(TypedDict):
+    batch_id: str
+    cancelled: int
+    mobilesd_job_ids: list[str]  # the jobs this call cancelled
+
+
+class BatchRetried(TypedDict):
+    batch_id: str
+    retried: int
+    mobilesd_job_ids: list[str]  # the new jobs
+
+
+class BatchMoved(TypedDict):
+    batch_id: str
+    moved: int
+    mobilesd_job_ids: list[str]  # the moved block, in its order
+
+
+class BatchDeleted(TypedDict):
+    batch_id: str
+    removed: int
+
+
 __all__ = [
     "ActiveStatus",
     "AttemptError",
+    "BatchCancelled",
+    "BatchDeleted",
+    "BatchMoved",
+    "BatchRetried",
     "EndStatus",
     "Job",
     "JobEvent",
@@ -152,5 +187,6 @@ __all__ = [
     "JobStatus",
     "JobView",
     "PromptExpand",
+    "QueueState",
     "RunInfo",
 ]
