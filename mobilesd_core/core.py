@@ -25,6 +25,7 @@ from .events import EventBus
 from .gallery import Gallery, ImageNotFound
 from .inbox import InboxWatcher
 from .jobs.store import JobStore, ServerStore
+from .jobs.types import Job
 from .model_sync import LibraryIndex, ModelSync
 from .notify import Notifier
 from .progress import ProgressBoard
@@ -112,14 +113,14 @@ class Core:
         await self.registry.refresh_models(kind)
         self.dispatcher.wake()
 
-    def _on_job_change(self, kind: str, payload: object) -> None:
-        if kind == "job_removed":
+    def _on_job_change(self, kind: str, payload: Job | str) -> None:
+        if isinstance(payload, str):  # "job_removed": the id
             self.bus.publish("job_removed", {"mobilesd_job_id": payload})
             if payload in self.pins:
                 # A deleted job's pin goes with it (in the background: listeners never wait).
-                self._in_background(self.pins.forget([payload]))  # type: ignore[list-item]
+                self._in_background(self.pins.forget([payload]))
         else:
-            view = self.service.view(payload)  # type: ignore[arg-type]
+            view = self.service.view(payload)
             self.bus.publish("job", view)
             self.notifier.on_job(view)
             job_id = view["mobilesd_job_id"]

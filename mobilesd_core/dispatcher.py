@@ -29,11 +29,14 @@ from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint
 from .forge.ownership import Owner, ProgressOwner
 from .forge.payload import build_txt2img_payload, check_loras, resolve_sampler
 from .gallery import Gallery, GalleryError
+from .jobs import transitions
 from .jobs.store import Conflict, JobNotFound, JobStore, StoreWriteError
+from .jobs.transitions import Transition
+from .jobs.types import AttemptError, Job, JobProgress, JobResult, JobView
+from .jobs.view import JobViews
 from .progress import ProgressBoard
 from .routing import Router, Unroutable
 from .scheduler import Scheduler, ServerSlot, eligible
-from .schema import utc_now_iso
 from .servers import ServerRegistry, ServerRuntime
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,7 @@ class _JobCancelled(Exception):
 # A step awaited after a job is claimed, before its checkpoint is resolved: (job, its server,
 # a progress callback). Model sync copies missing models here; a ForgeError fails or retries
 # the job like any Forge failure.
-BeforeRun = Callable[
-    [dict[str, Any], ServerRuntime, Callable[[dict[str, Any]], None]], Awaitable[None]
-]
+BeforeRun = Callable[[Job, ServerRuntime, Callable[[JobProgress], None]], Awaitable[None]]
 
 
 class Dispatcher:
@@ -109,6 +110,9 @@ class Dispatcher:
         self._refreshed: set[str] = set()  # jobs whose missing checkpoint got a list refresh
         self._refresh_task: asyncio.Task[None] | None = None
         self.before_run: list[BeforeRun] = []
+        # How progress events show the job: the service sets its view, so they carry every
+        # field its other `job` events carry (waiting_reason, pinned, archived, ...).
+        self.view: Callable[[Job], JobView] = JobViews(board)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -122,15 +126,7 @@ class Dispatcher:
                     "it was failed so it cannot stop the core again (retry it if that was chance)"
                 )
                 log.error("job %s: %s", job_id, message)
-                await self._store.update(
-                    job_id,
-                    {
-                        "status": "failed",
-                        "completion_timestamp": utc_now_iso(),
-                        "result_details": {"error": message, "errors": job.get("errors") or []},
-                    },
-                    expect={"pending"},
-                )
+                await self._store.apply(job_id, transitions.fail(job, message))
                 continue
             log.info("job %s was processing when the core stopped; queued again first", job_id)
         self._loop_task = asyncio.create_task(self._loop(), name="dispatcher")
@@ -273,16 +269,11 @@ class Dispatcher:
                 continue
             self._refreshed.discard(job_id)
             log.warning("job %s failed: %s", job_id, problem.message)
+            job = self._store.get_live(job_id)  # as it is now: an earlier write may have awaited
+            if job is None:
+                continue
             with contextlib.suppress(Conflict, JobNotFound):
-                await self._store.update(
-                    job_id,
-                    {
-                        "status": "failed",
-                        "completion_timestamp": utc_now_iso(),
-                        "result_details": {"error": problem.message},
-                    },
-                    expect={"pending"},
-                )
+                await self._store.apply(job_id, transitions.fail(job, problem.message))
         if fresh and (self._refresh_task is None or self._refresh_task.done()):
             self._refresh_task = asyncio.create_task(self._refresh_lists(fresh))
 
@@ -295,9 +286,9 @@ class Dispatcher:
         self._refreshed.update(job_ids)
         self.wake()
 
-    def _arm_retry_timer(self, window: list[dict[str, Any]], now: float) -> None:
+    def _arm_retry_timer(self, window: list[Job], now: float) -> None:
         # Only jobs in the scheduling window can be assigned; later ones get their turn there.
-        waits = [j["retry_at"] for j in window if (j.get("retry_at") or 0) > now]
+        waits = [at for j in window if (at := j.get("retry_at") or 0.0) > now]
         if self._timer:
             self._timer.cancel()
             self._timer = None
@@ -326,25 +317,16 @@ class Dispatcher:
         else:
             self.idle.set()
 
-    async def _claim(
-        self, job: dict[str, Any], runtime: ServerRuntime, *, switches: bool = False
-    ) -> None:
+    async def _claim(self, job: Job, runtime: ServerRuntime, *, switches: bool = False) -> None:
         job_id = job["mobilesd_job_id"]
         runtime.active += 1
         self._registry.slots_changed(runtime)
         run = _Run(job_id, runtime, runtime.client, switches=switches)
         self._runs[job_id] = run
         try:
-            claimed = await self._store.update(
+            claimed = await self._store.apply(
                 job_id,
-                {
-                    "status": "processing",
-                    "assigned_server_alias": runtime.alias,
-                    "attempts": job.get("attempts", 0) + 1,
-                    "started_timestamp": utc_now_iso(),
-                    "retry_at": None,
-                },
-                expect={"pending"},
+                transitions.claim(job, runtime.alias),
                 # On its way to the OS before the request leaves (a killed core keeps it); the
                 # group commit fsyncs it a moment later, off the GPU's critical path.
                 durable=False,
@@ -389,7 +371,7 @@ class Dispatcher:
             self._registry.slots_changed(run.runtime)
             self.wake()
 
-    async def _run(self, job: dict[str, Any], run: _Run) -> None:
+    async def _run(self, job: Job, run: _Run) -> None:
         try:
             await self._execute(job, run)
         except _JobCancelled:
@@ -410,7 +392,7 @@ class Dispatcher:
             del self._runs[run.job_id]
         self.wake()
 
-    async def _execute(self, job: dict[str, Any], run: _Run) -> None:
+    async def _execute(self, job: Job, run: _Run) -> None:
         if run.cancelled:  # cancelled between its claim and its first step: nothing to send
             raise _JobCancelled
         runtime = run.runtime
@@ -641,7 +623,7 @@ class Dispatcher:
     def _set_progress(
         self,
         run: _Run,
-        progress: dict[str, Any],
+        progress: JobProgress,
         *,
         preview: bytes | None = None,
         force: bool = False,
@@ -649,13 +631,13 @@ class Dispatcher:
         if self._board.set(run.job_id, progress, preview) or force:
             job = self._store.get_live(run.job_id)
             if job is not None and job["status"] == "processing":
-                self._bus.publish("job", self._board.overlay(job))
+                self._bus.publish("job", self.view(job))
 
     # -- endings ----------------------------------------------------------------------------
 
     async def _complete(
         self,
-        job: dict[str, Any],
+        job: Job,
         run: _Run,
         images: list[bytes],
         info: dict[str, Any],
@@ -664,7 +646,7 @@ class Dispatcher:
         job_id = job["mobilesd_job_id"]
         try:
             saved = await self._gallery.save_job_images(
-                job,
+                dict(job),  # a plain dict, as the gallery's signature says (it copies it anyway)
                 images,
                 info,
                 server_alias=run.runtime.alias,
@@ -681,28 +663,21 @@ class Dispatcher:
                 f"(gallery {self._gallery.root})"
             ) from None
         filenames = [s.filename for s in saved]
+        result: JobResult = {
+            "images": filenames,
+            "info": {
+                "seed": info.get("seed"),
+                "all_seeds": info.get("all_seeds"),
+                "subseed": info.get("subseed"),
+                "sd_model_name": info.get("sd_model_name"),
+                "sd_model_hash": info.get("sd_model_hash"),
+                "checkpoint_title": checkpoint.title if checkpoint else None,
+                "version": info.get("version"),
+            },
+            "timings": {k: round(v, 3) for k, v in run.timings.items()},
+        }
         try:
-            await self._write(
-                job_id,
-                {
-                    "status": "completed",
-                    "completion_timestamp": utc_now_iso(),
-                    "result_details": {
-                        "images": filenames,
-                        "info": {
-                            "seed": info.get("seed"),
-                            "all_seeds": info.get("all_seeds"),
-                            "subseed": info.get("subseed"),
-                            "sd_model_name": info.get("sd_model_name"),
-                            "sd_model_hash": info.get("sd_model_hash"),
-                            "checkpoint_title": checkpoint.title if checkpoint else None,
-                            "version": info.get("version"),
-                        },
-                        "timings": {k: round(v, 3) for k, v in run.timings.items()},
-                    },
-                },
-                expect={"processing"},
-            )
+            await self._write(job_id, transitions.complete(job, result))
         except Conflict:
             # Cancelled while the images were being saved: the job stays cancelled, no orphans.
             for name in filenames:
@@ -716,22 +691,14 @@ class Dispatcher:
             except Exception:  # the job is complete; only the live notice is lost
                 log.exception("job %s: could not announce image %s", job_id, name)
 
-    async def _after_failure(self, job: dict[str, Any], run: _Run, exc: ForgeError) -> None:
+    async def _after_failure(self, job: Job, run: _Run, exc: ForgeError) -> None:
         runtime = run.runtime
         if exc.offline:
             self._registry.mark_offline(runtime, exc.message)
         attempts = job["attempts"]
         # Runs cut short by the core itself stopping do not use up the retry budget.
         tries = attempts - job.get("interruptions", 0)
-        errors = [
-            *(job.get("errors") or []),
-            {
-                "attempt": attempts,
-                "server": runtime.alias,
-                "error": exc.message,
-                "at": utc_now_iso(),
-            },
-        ]
+        errors = transitions.with_attempt_error(job, runtime.alias, exc.message)
         if exc.transient and tries < self._settings.max_attempts:
             delay = min(
                 self._settings.retry_backoff * 2 ** (attempts - 1), self._settings.retry_backoff_max
@@ -748,14 +715,7 @@ class Dispatcher:
             with contextlib.suppress(Conflict, JobNotFound):
                 await self._write(
                     job["mobilesd_job_id"],
-                    {
-                        "status": "pending",
-                        "assigned_server_alias": None,
-                        "started_timestamp": None,
-                        "retry_at": time.time() + delay,
-                        "errors": errors,
-                    },
-                    expect={"processing"},
+                    transitions.retry_later(job, errors, time.time() + delay),
                 )
             return
         if exc.transient:
@@ -766,33 +726,18 @@ class Dispatcher:
 
     async def _finish_failed(
         self,
-        job: dict[str, Any],
+        job: Job,
         run: _Run,
         message: str,
         *,
-        errors: list[dict[str, Any]] | None = None,
+        errors: list[AttemptError] | None = None,
     ) -> None:
         log.warning("job %s failed on %s: %s", job["mobilesd_job_id"], run.runtime.alias, message)
         self._release_slot(run)
         with contextlib.suppress(Conflict, JobNotFound):
-            await self._write(
-                job["mobilesd_job_id"],
-                {
-                    "status": "failed",
-                    "completion_timestamp": utc_now_iso(),
-                    "errors": errors or job.get("errors") or [],
-                    "result_details": {
-                        "error": message,
-                        "server": run.runtime.alias,
-                        "errors": errors or job.get("errors") or [],
-                    },
-                },
-                expect={"processing"},
-            )
+            await self._write(job["mobilesd_job_id"], transitions.fail(job, message, errors=errors))
 
-    async def _write(
-        self, job_id: str, changes: dict[str, Any], *, expect: set[str]
-    ) -> dict[str, Any]:
+    async def _write(self, job_id: str, transition: Transition) -> Job:
         """A job's outcome, written until it sticks. A disk that is full, read-only or gone
         fails the write without changing anything; the job then stays `processing` (in memory
         and on disk) and the write is tried again every few seconds, so the job ends once the
@@ -800,7 +745,7 @@ class Dispatcher:
         delay = 0.25
         while True:
             try:
-                return await self._store.update(job_id, changes, expect=expect)
+                return await self._store.apply(job_id, transition)
             except StoreWriteError as exc:
                 log.error(
                     "job %s: %s; writing its outcome again in %.1f s", job_id, exc.strerror, delay

@@ -14,7 +14,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
+
+from .jobs.types import JobEvent, JobRemovedEvent, QueueState
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,18 @@ class EventBus:
     @property
     def last_id(self) -> int:
         return self._next_id - 1
+
+    # A `job` event is the public view (jobs/view.py), never a bare record: the type says so.
+    @overload
+    def publish(self, name: Literal["job"], data: JobEvent) -> Event: ...
+    @overload
+    def publish(self, name: Literal["job_removed"], data: JobRemovedEvent) -> Event: ...
+    @overload
+    def publish(self, name: Literal["queue"], data: QueueState) -> Event: ...
+    @overload
+    def publish(
+        self, name: Literal["server", "image", "download", "sync", "reset"], data: Any
+    ) -> Event: ...
 
     def publish(self, name: str, data: Any) -> Event:
         event = Event(self._next_id, name, data)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+
+from .jobs.types import JobProgress
 
 
 @dataclass
 class _Live:
-    progress: dict[str, Any]
+    progress: JobProgress
     published_at: float = 0.0
     preview: bytes | None = None
 
@@ -19,7 +20,7 @@ class ProgressBoard:
         self._live: dict[str, _Live] = {}
         self._min_interval = min_interval
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> JobProgress | None:
         live = self._live.get(job_id)
         return live.progress if live else None
 
@@ -27,7 +28,7 @@ class ProgressBoard:
         live = self._live.get(job_id)
         return live.preview if live else None
 
-    def set(self, job_id: str, progress: dict[str, Any], preview: bytes | None = None) -> bool:
+    def set(self, job_id: str, progress: JobProgress, preview: bytes | None = None) -> bool:
         """Record progress; True when it is time to publish it (throttled per job)."""
         live = self._live.setdefault(job_id, _Live(progress))
         live.progress = progress
@@ -41,10 +42,3 @@ class ProgressBoard:
 
     def clear(self, job_id: str) -> None:
         self._live.pop(job_id, None)
-
-    def overlay(self, job: dict[str, Any]) -> dict[str, Any]:
-        """The job as clients see it: stored record plus live progress."""
-        if job.get("status") != "processing":
-            return job
-        progress = self.get(job["mobilesd_job_id"])
-        return {**job, "progress": progress} if progress is not None else job

@@ -10,7 +10,6 @@ from __future__ import annotations
 import calendar
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from .forge.errors import ForgePermanentError
 from .forge.models import (
@@ -19,6 +18,7 @@ from .forge.models import (
     model_key,
     resolve_checkpoint,
 )
+from .jobs.types import Job
 from .model_sync.index import LibraryIndex
 from .scheduler import Candidate
 from .servers import ServerRegistry, ServerRuntime
@@ -49,7 +49,7 @@ class Router:
         self.library = library
         # A pending job's candidate, valid while the job record (replaced on every change) and
         # the servers' lists stay the same objects: a pass over a deep queue reuses them.
-        self._candidates: dict[str, tuple[dict[str, Any], tuple[object, ...], Routed]] = {}
+        self._candidates: dict[str, tuple[Job, tuple[object, ...], Routed]] = {}
 
     async def refresh_library(self) -> None:
         if self.library is not None:
@@ -77,12 +77,12 @@ class Router:
         )
         return (servers, id(self.library.files) if self.library is not None else None)
 
-    def candidates(self, jobs: list[dict[str, Any]]) -> list[Routed]:
+    def candidates(self, jobs: list[Job]) -> list[Routed]:
         """Candidates for a pass (with the reason a job cannot go anywhere, if so), reusing
         those whose job and server lists did not change since the last pass."""
         stamp = self._lists_stamp()
         out = []
-        fresh: dict[str, tuple[dict[str, Any], tuple[object, ...], Routed]] = {}
+        fresh: dict[str, tuple[Job, tuple[object, ...], Routed]] = {}
         for job in jobs:
             job_id = job["mobilesd_job_id"]
             cached = self._candidates.get(job_id)
@@ -112,7 +112,7 @@ class Router:
         self._cache[(name, runtime.alias)] = (stamp, found)
         return found
 
-    def candidate(self, job: dict[str, Any]) -> Candidate:
+    def candidate(self, job: Job) -> Candidate:
         params = job["generation_params"]
         name = params.get("checkpoint_name")
         loras = [lora["name"] for lora in params.get("loras") or []]
@@ -171,7 +171,7 @@ class Router:
         hint = f"; closest: {', '.join(closest)}" if closest else ""
         return Unroutable(cand, f"checkpoint '{name}' is not on {where}{hint}")
 
-    def waiting_reason(self, job: dict[str, Any]) -> str | None:
+    def waiting_reason(self, job: Job) -> str | None:
         """Why a job no available server may take waits, when its models are the reason."""
         name = job["generation_params"].get("checkpoint_name")
         if not name or job.get("target_server_alias"):

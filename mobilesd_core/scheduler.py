@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from . import lookahead
+from .jobs.types import Job
 
 Policy = Literal["checkpoint", "fifo"]
 POLICIES: tuple[Policy, ...] = ("checkpoint", "fifo")
@@ -32,7 +33,7 @@ POLICIES: tuple[Policy, ...] = ("checkpoint", "fifo")
 class Candidate:
     """A pending job as the scheduler sees it."""
 
-    job: dict[str, Any]
+    job: Job
     group: str | None  # canonical checkpoint name; None: the job keeps whatever is loaded
     titles: dict[str, str | None]  # alias -> title that server would load; absent: cannot run
     created: float = 0.0  # epoch seconds
@@ -104,7 +105,7 @@ class Scheduler:
     def window_size(self, servers: int) -> int:
         return max(self.window, 16 * servers)
 
-    def prune(self, pending: list[dict[str, Any]]) -> None:
+    def prune(self, pending: list[Job]) -> None:
         """Drop counters of jobs that left the queue (ran elsewhere, cancelled, removed)."""
         if len(self.overtaken) > len(pending):
             ids = {j["mobilesd_job_id"] for j in pending}

@@ -10,7 +10,7 @@ import difflib
 import posixpath
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -25,11 +25,12 @@ from pydantic import (
 )
 from ulid import ULID
 
-JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
-JobSource = Literal["tui", "web", "api", "inbox", "cli"]
+from .jobs.types import Job, JobSource, JobStatus
+
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "processing"})
-ALL_STATUSES: tuple[str, ...] = ("pending", "processing", "completed", "failed", "cancelled")
+ALL_STATUSES: tuple[JobStatus, ...] = ("pending", "processing", "completed", "failed", "cancelled")
+JOB_SOURCES: tuple[JobSource, ...] = ("tui", "web", "api", "inbox", "cli")
 
 SEED_MAX = 4_294_967_295
 
@@ -294,13 +295,14 @@ def utc_now_iso() -> str:
 def new_job(
     params: GenerationParams,
     *,
-    source: str,
+    source: JobSource,
     target_server_alias: str | None = None,
     source_ref: str | None = None,
     position: int = 0,
     batch_id: str | None = None,
-) -> dict[str, Any]:
-    """A fresh pending job record, in the shape the API serves."""
+) -> Job:
+    """A fresh pending job record, in the shape the API serves (the job's other fields are
+    written by its transitions: jobs/transitions.py)."""
     return {
         "mobilesd_job_id": new_job_id(),
         "batch_id": batch_id or new_batch_id(),

@@ -7,10 +7,11 @@ or Forge themselves.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import ValidationError
 
@@ -19,7 +20,20 @@ from .durable import atomic_write_bytes
 from .events import EventBus
 from .expansion import JobSpec
 from .gallery import Gallery
-from .jobs.store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError, finish_time
+from .jobs import transitions
+from .jobs.store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError
+from .jobs.types import (
+    BatchCancelled,
+    BatchDeleted,
+    BatchMoved,
+    BatchRetried,
+    Job,
+    JobExtras,
+    JobSource,
+    JobView,
+    QueueState,
+)
+from .jobs.view import JobViews
 from .progress import ProgressBoard
 from .prompt_variants import PromptExpander
 from .schema import (
@@ -33,7 +47,6 @@ from .schema import (
     new_job,
     parse_params,
     problems_from_error,
-    utc_now_iso,
 )
 from .servers import ServerRegistry, password_stays_problem
 
@@ -81,25 +94,14 @@ class QueueService:
         self.bus = bus
         self.board = board
         self.model_sync = model_sync
+        # A job as clients see it: live progress, why a pending job waits, retention. The
+        # dispatcher's progress events use the same view as every route and other event.
+        self.view = JobViews(board, waiting_reason=self._waiting_reason, retention=retention)
+        dispatcher.view = self.view
 
     # -- views ------------------------------------------------------------------------------
 
-    def view(self, job: dict[str, Any]) -> dict[str, Any]:
-        """A job as clients see it: live progress, and why a pending job waits."""
-        job = self.board.overlay(job)
-        if job["status"] == "pending":
-            reason = self._waiting_reason(job)
-            if reason != job.get("waiting_reason"):
-                job = {**job, "waiting_reason": reason}
-        if self.retention is not None:
-            archived = job["status"] in TERMINAL_STATUSES and self.retention.is_archived(
-                finish_time(job)
-            )
-            pinned = job["mobilesd_job_id"] in self.retention.pins
-            job = {**job, "pinned": pinned, "archived": archived}
-        return job
-
-    def _waiting_reason(self, job: dict[str, Any]) -> str | None:
+    def _waiting_reason(self, job: Job) -> str | None:
         target = job.get("target_server_alias")
         if self.dispatcher.paused:
             return "queue paused"
@@ -136,15 +138,15 @@ class QueueService:
         self,
         params_list: list[GenerationParams],
         *,
-        source: str,
+        source: JobSource,
         target_server_alias: str | None = None,
         source_ref: str | None = None,
-        extra_fields: dict[str, Any] | None = None,
+        extra_fields: JobExtras | None = None,
         batch_id: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobView]:
         """Queue jobs, all or none, in one durable write, as one batch."""
         batch_id = batch_id or new_batch_id()
-        jobs = [
+        jobs: list[Job] = [
             {
                 **new_job(
                     p,
@@ -163,11 +165,11 @@ class QueueService:
         self,
         specs: list[JobSpec],
         *,
-        source: str,
+        source: JobSource,
         target_server_alias: str | None = None,
         source_ref: str | None = None,
-        extra_fields: dict[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
+        extra_fields: JobExtras | None = None,
+    ) -> list[JobView]:
         """Queue what one request or job file defines (expanded), all or none, as one batch.
 
         A job's own `server` wins over `target_server_alias`; unknown servers are named by the
@@ -182,7 +184,7 @@ class QueueService:
         if problems:
             raise InvalidInput(list({p.path: p for p in problems}.values()))
         batch_id = new_batch_id()
-        jobs = [
+        jobs: list[Job] = [
             {
                 **new_job(
                     spec.params,
@@ -191,14 +193,14 @@ class QueueService:
                     source_ref=source_ref,
                     batch_id=batch_id,
                 ),
-                **spec.job_fields(),
+                **cast(JobExtras, spec.job_fields()),  # expansion's dict: checked there
                 **(extra_fields or {}),
             }
             for spec in specs
         ]
         return await self.submit_prepared(jobs)
 
-    async def submit_prepared(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def submit_prepared(self, jobs: list[Job]) -> list[JobView]:
         """Queue job records built with `new_job` (the inbox fixes their ids in advance)."""
         problems = [
             problem
@@ -221,7 +223,7 @@ class QueueService:
             return False
         return True
 
-    async def get(self, job_id: str) -> dict[str, Any]:
+    async def get(self, job_id: str) -> JobView:
         return self.view(await self.store.get(job_id))
 
     async def list(
@@ -233,7 +235,7 @@ class QueueService:
         offset: int = 0,
         batch_id: str | None = None,
         archived: Literal["exclude", "include", "only"] = "exclude",
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[JobView], int]:
         """`archived`: "exclude" leaves out jobs finished longer ago than
         RETENTION_ARCHIVE_DAYS, "include" lists them too, "only" lists nothing else."""
         cutoff = self.retention.archive_cutoff() if self.retention is not None else None
@@ -259,7 +261,7 @@ class QueueService:
         *,
         target: str | None = None,
         set_target: bool = False,
-    ) -> dict[str, Any]:
+    ) -> JobView:
         """Change a pending job: `params_changes` merged onto its params, then validated whole.
 
         Conflict once it left `pending`. The status check and the write happen in one step of
@@ -295,7 +297,7 @@ class QueueService:
         self.dispatcher.wake()
         return self.view(edited)
 
-    async def pin(self, job_id: str, pinned: bool) -> dict[str, Any]:
+    async def pin(self, job_id: str, pinned: bool) -> JobView:
         """Pin a job (kept when old jobs are pruned) or unpin it."""
         job = await self.store.get(job_id)
         if self.retention is None:
@@ -306,30 +308,28 @@ class QueueService:
         self.bus.publish("job", view)  # lists show the pin at once
         return view
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str) -> JobView:
         job = await self.store.get(job_id)
         if job["status"] in TERMINAL_STATUSES:
             raise Conflict(f"job is already {job['status']}", job["status"])
         was_running = job["status"] == "processing"
-        cancelled = await self.store.update(
-            job_id,
-            {
-                "status": "cancelled",
-                "completion_timestamp": utc_now_iso(),
-                "result_details": {"error": "cancelled by user"},
-            },
-            expect={"pending", "processing"},
-        )
+        cancelled = await self.store.apply(job_id, transitions.cancel(job))
         log.info("job %s cancelled", job_id)
         if was_running:
             await self.dispatcher.interrupt(job_id)
         self.dispatcher.wake()
         return self.view(cancelled)
 
-    async def retry(self, job_id: str, *, source: str = "api") -> dict[str, Any]:
+    async def retry(self, job_id: str, *, source: JobSource = "api") -> JobView:
+        """Queue a finished job again as a new job in its batch (`retry_of` names the old)."""
         job = await self.store.get(job_id)
         if job["status"] not in TERMINAL_STATUSES:
             raise Conflict(f"job is {job['status']}; only finished jobs can be retried")
+        (created,) = await self.submit_prepared([self._retry_of(job, source)])
+        return created
+
+    def _retry_of(self, job: Job, source: JobSource) -> Job:
+        """The new pending job that retries `job`: same params, batch, origin and webhook."""
         try:
             params = GenerationParams.model_validate(job["generation_params"])
         except ValidationError as exc:
@@ -337,134 +337,49 @@ class QueueService:
         target = job.get("target_server_alias")
         if target is not None and target not in self.registry.runtimes:
             target = None  # the server is gone: any server may take the retry
-        (created,) = await self.submit(
-            [params],
+        fresh = new_job(
+            params,
             source=source,
             target_server_alias=target,
             source_ref=job.get("source_ref"),
-            # A webhook asked for with the original is told about its retry too.
-            extra_fields={
-                "retry_of": job_id,
-                **_prompt_origin(job),
-                **({"webhook_url": job["webhook_url"]} if job.get("webhook_url") else {}),
-            },
             batch_id=job.get("batch_id"),  # a retry stays in its batch
         )
-        return created
+        fresh["retry_of"] = job["mobilesd_job_id"]
+        if job.get("prompt_template") is not None:  # the template its prompt came from
+            fresh["prompt_template"] = job.get("prompt_template")
+            fresh["prompt_expand"] = job.get("prompt_expand")
+        if job.get("webhook_url"):  # a webhook asked for with the original hears of its retry
+            fresh["webhook_url"] = job["webhook_url"]
+        return fresh
 
-    async def move(self, job_id: str, *, to: str | None = None, before: str | None = None) -> dict:
+    async def move(
+        self, job_id: str, *, to: str | None = None, before: str | None = None
+    ) -> JobView:
         order = [j["mobilesd_job_id"] for j in self.store.pending_in_order()]
         if job_id not in order:
             job = await self.store.get(job_id)
             raise Conflict(f"job is {job['status']}; only pending jobs can be moved")
-        index = order.index(job_id)
-        order.pop(index)
-        if before is not None:
-            if before == job_id:
-                raise InvalidInput([FieldProblem(path="before", message="must be another job")])
-            if before not in order:
-                raise InvalidInput(
-                    [FieldProblem(path="before", message=f"'{before}' is not a pending job")]
-                )
-            order.insert(order.index(before), job_id)
-        elif to == "top":
-            order.insert(0, job_id)
-        elif to == "bottom":
-            order.append(job_id)
-        elif to == "up":
-            order.insert(max(0, index - 1), job_id)
-        elif to == "down":
-            order.insert(min(len(order), index + 1), job_id)
-        else:
-            raise InvalidInput(
-                [FieldProblem(path="to", message="must be one of top, bottom, up, down")]
-            )
-        await self.store.reorder(order)
-        self.dispatcher.wake()
+        await self._move_block(order, [job_id], to=to, before=before, same="must be another job")
         return self.view(await self.store.get(job_id))
 
-    # -- batches ----------------------------------------------------------------------------
-
-    async def batch(self, batch_id: str) -> list[dict[str, Any]]:
-        return [self.view(j) for j in await self.store.batch_jobs(batch_id)]
-
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
-        """Cancel every pending or running job of the batch; finished ones stay as they are."""
-        active = [
-            j["mobilesd_job_id"]
-            for j in await self.store.batch_jobs(batch_id)
-            if j["status"] not in TERMINAL_STATUSES
-        ]
-        # Concurrently: the store's group commit then shares fsyncs among them.
-        outcomes = await asyncio.gather(*(self.cancel(j) for j in active), return_exceptions=True)
-        cancelled = []
-        for outcome in outcomes:
-            if isinstance(outcome, Conflict | JobNotFound):
-                continue  # finished meanwhile
-            if isinstance(outcome, BaseException):
-                raise outcome
-            cancelled.append(outcome["mobilesd_job_id"])
-        log.info("batch %s: %d job(s) cancelled", batch_id, len(cancelled))
-        return {"batch_id": batch_id, "cancelled": len(cancelled), "mobilesd_job_ids": cancelled}
-
-    async def retry_batch(self, batch_id: str, *, source: str = "api") -> dict[str, Any]:
-        """Queue again every failed or cancelled job of the batch not retried yet, in one write.
-
-        The new jobs join the batch; a job that already has a retry in it is skipped, so asking
-        twice does not queue twice.
-        """
-        jobs = await self.store.batch_jobs(batch_id)
-        retried = {j.get("retry_of") for j in jobs}
-        todo = [
-            j
-            for j in jobs
-            if j["status"] in ("failed", "cancelled") and j["mobilesd_job_id"] not in retried
-        ]
-        fresh = []
-        for job in todo:
-            try:
-                params = GenerationParams.model_validate(job["generation_params"])
-            except ValidationError as exc:
-                raise InvalidInput(problems_from_error(exc, prefix="generation_params")) from None
-            target = job.get("target_server_alias")
-            if target is not None and target not in self.registry.runtimes:
-                target = None
-            fresh.append(
-                {
-                    **new_job(
-                        params,
-                        source=source,
-                        target_server_alias=target,
-                        source_ref=job.get("source_ref"),
-                        batch_id=batch_id,
-                    ),
-                    "retry_of": job["mobilesd_job_id"],
-                    **_prompt_origin(job),
-                }
-            )
-        created = await self.submit_prepared(fresh) if fresh else []
-        ids = [j["mobilesd_job_id"] for j in created]
-        return {"batch_id": batch_id, "retried": len(ids), "mobilesd_job_ids": ids}
-
-    async def move_batch(
-        self, batch_id: str, *, to: str | None = None, before: str | None = None
-    ) -> dict[str, Any]:
-        """Move the batch's pending jobs as one block (their own order kept)."""
-        await self.store.batch_jobs(batch_id)  # BatchNotFound for an unknown id
-        order = [j["mobilesd_job_id"] for j in self.store.pending_in_order()]
-        pending = {
-            j["mobilesd_job_id"]
-            for j in self.store.pending_in_order()
-            if j.get("batch_id") == batch_id
-        }
-        if not pending:
-            raise Conflict("the batch has no pending jobs to move")
-        block = [j for j in order if j in pending]
-        rest = [j for j in order if j not in pending]
-        at = next(i for i, j in enumerate(order) if j in pending)  # rest jobs before the block
+    async def _move_block(
+        self,
+        order: builtins.list[str],
+        block: builtins.list[str],
+        *,
+        to: str | None,
+        before: str | None,
+        same: str,
+    ) -> None:
+        """Move `block` (pending ids, in queue order, from `order`, the run order) as one
+        block: `to` top/bottom/up/down, or `before` another pending job (`same`: what is wrong
+        when that job is in the block)."""
+        inside = set(block)
+        rest = [j for j in order if j not in inside]
+        at = next(i for i, j in enumerate(order) if j in inside)  # rest jobs before the block
         if before is not None:
-            if before in pending:
-                raise InvalidInput([FieldProblem(path="before", message="is in this batch")])
+            if before in inside:
+                raise InvalidInput([FieldProblem(path="before", message=same)])
             if before not in rest:
                 raise InvalidInput(
                     [FieldProblem(path="before", message=f"'{before}' is not a pending job")]
@@ -484,9 +399,67 @@ class QueueService:
             )
         await self.store.reorder(rest[:at] + block + rest[at:])
         self.dispatcher.wake()
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def batch(self, batch_id: str) -> builtins.list[JobView]:
+        return [self.view(j) for j in await self.store.batch_jobs(batch_id)]
+
+    async def cancel_batch(self, batch_id: str) -> BatchCancelled:
+        """Cancel every pending or running job of the batch; finished ones stay as they are."""
+        active = [
+            j["mobilesd_job_id"]
+            for j in await self.store.batch_jobs(batch_id)
+            if j["status"] not in TERMINAL_STATUSES
+        ]
+        # Concurrently: the store's group commit then shares fsyncs among them.
+        outcomes = await asyncio.gather(*(self.cancel(j) for j in active), return_exceptions=True)
+        cancelled = []
+        for outcome in outcomes:
+            if isinstance(outcome, Conflict | JobNotFound):
+                continue  # finished meanwhile
+            if isinstance(outcome, BaseException):
+                raise outcome
+            cancelled.append(outcome["mobilesd_job_id"])
+        log.info("batch %s: %d job(s) cancelled", batch_id, len(cancelled))
+        return {"batch_id": batch_id, "cancelled": len(cancelled), "mobilesd_job_ids": cancelled}
+
+    async def retry_batch(self, batch_id: str, *, source: JobSource = "api") -> BatchRetried:
+        """Queue again every failed or cancelled job of the batch not retried yet, in one write.
+
+        The new jobs join the batch; a job that already has a retry in it is skipped, so asking
+        twice does not queue twice.
+        """
+        jobs = await self.store.batch_jobs(batch_id)
+        retried = {j.get("retry_of") for j in jobs}
+        todo = [
+            j
+            for j in jobs
+            if j["status"] in ("failed", "cancelled") and j["mobilesd_job_id"] not in retried
+        ]
+        fresh = [self._retry_of(job, source) for job in todo]
+        created = await self.submit_prepared(fresh) if fresh else []
+        ids = [j["mobilesd_job_id"] for j in created]
+        return {"batch_id": batch_id, "retried": len(ids), "mobilesd_job_ids": ids}
+
+    async def move_batch(
+        self, batch_id: str, *, to: str | None = None, before: str | None = None
+    ) -> BatchMoved:
+        """Move the batch's pending jobs as one block (their own order kept)."""
+        await self.store.batch_jobs(batch_id)  # BatchNotFound for an unknown id
+        order = [j["mobilesd_job_id"] for j in self.store.pending_in_order()]
+        pending = {
+            j["mobilesd_job_id"]
+            for j in self.store.pending_in_order()
+            if j.get("batch_id") == batch_id
+        }
+        if not pending:
+            raise Conflict("the batch has no pending jobs to move")
+        block = [j for j in order if j in pending]
+        await self._move_block(order, block, to=to, before=before, same="is in this batch")
         return {"batch_id": batch_id, "moved": len(block), "mobilesd_job_ids": block}
 
-    async def delete_batch(self, batch_id: str) -> dict[str, Any]:
+    async def delete_batch(self, batch_id: str) -> BatchDeleted:
         """Remove every job of a finished batch from the list (images stay); all or none."""
         jobs = await self.store.batch_jobs(batch_id)
         active = [j for j in jobs if j["status"] not in TERMINAL_STATUSES]
@@ -518,7 +491,7 @@ class QueueService:
         removed = await self.store.remove_finished(self.store.finished_ids(statuses))
         return len(removed)
 
-    async def set_paused(self, paused: bool) -> dict[str, Any]:
+    async def set_paused(self, paused: bool) -> QueueState:
         path = self.store.data_path / QUEUE_STATE_FILE
         try:
             await asyncio.to_thread(
@@ -530,12 +503,12 @@ class QueueService:
         self.bus.publish("queue", self.queue_state())
         return self.queue_state()
 
-    def queue_state(self) -> dict[str, Any]:
+    def queue_state(self) -> QueueState:
         return {"paused": self.dispatcher.paused, "counts": self.store.count()}
 
     # -- servers ----------------------------------------------------------------------------
 
-    def servers(self) -> list[dict[str, Any]]:
+    def servers(self) -> builtins.list[dict[str, Any]]:
         out = []
         for runtime in sorted(self.registry.runtimes.values(), key=lambda r: r.alias):
             out.append({**runtime.config.public(), "status": runtime.status()})
@@ -595,13 +568,6 @@ class QueueService:
 
     async def check_server(self, alias: str) -> dict[str, Any]:
         return await self.registry.check(self.registry.get(alias))
-
-
-def _prompt_origin(job: dict[str, Any]) -> dict[str, Any]:
-    """The template a job's prompt came from, carried over to its retry."""
-    if job.get("prompt_template") is None:
-        return {}
-    return {"prompt_template": job["prompt_template"], "prompt_expand": job.get("prompt_expand")}
 
 
 __all__ = ["BatchNotFound", "Conflict", "JobNotFound", "QueueService"]

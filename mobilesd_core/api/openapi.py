@@ -137,7 +137,10 @@ def _response_schemas() -> dict[str, Schema]:
         "JobFailure": _obj(
             {
                 "error": {"type": "string", "description": "Human readable reason."},
-                "server": STR,
+                "server": {
+                    "type": ["string", "null"],
+                    "description": "The server it last ran on; null: it never ran.",
+                },
                 "errors": {"type": "array", "items": _ref("AttemptError")},
             },
             ["error"],

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
+from ..jobs.types import JobSource
 from ..schema import FieldProblem, InvalidInput, check_webhook_url
 from .bodies import read_object
 from .generate_body import expand_body
@@ -16,9 +17,10 @@ from .params import int_param, status_param
 routes = web.RouteTableDef()
 
 
-def _source(request: web.Request) -> str:
+def _source(request: web.Request) -> JobSource:
     source = request.headers.get("X-MobileSD-Source", "api")
-    return source if source in ("tui", "web", "api", "cli") else "api"
+    # (not "inbox": only the inbox makes those)
+    return cast(JobSource, source) if source in ("tui", "web", "api", "cli") else "api"
 
 
 @routes.post("/api/v1/generate")

@@ -15,8 +15,10 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import cast
 
 from ..jobfiles import MAX_FILE_BYTES, JobFileResult, parse_job_text
+from ..jobs.types import Job, JobExtras
 from ..schema import FieldProblem, InvalidInput, new_batch_id, new_job, utc_now_iso
 from ..service import QueueService
 from .inside import LinkOnPath, first_link, open_inside
@@ -183,7 +185,7 @@ class Ingestor:
                     seen.moved_to,
                 )
             batch_id = new_batch_id()  # one batch per file
-            jobs = [
+            jobs: list[Job] = [
                 {
                     **new_job(
                         spec.params,
@@ -192,7 +194,7 @@ class Ingestor:
                         source_ref=key.name,
                         batch_id=batch_id,
                     ),
-                    **spec.job_fields(),
+                    **cast(JobExtras, spec.job_fields()),  # checked by expansion
                 }
                 for spec in result.jobs
             ]

@@ -29,12 +29,12 @@ import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -51,11 +51,13 @@ from ..durable import (
     fsync_path,
 )
 from ..schema import ACTIVE_STATUSES, TERMINAL_STATUSES, ServerConfig, utc_now_iso
+from . import transitions
+from .transitions import Transition
+from .types import Job
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Job = dict[str, Any]
 JobListener = Callable[[str, Job | str], None]  # ("job", job) or ("job_removed", job_id)
 
 COMPACT_EVERY = 4000  # journal lines before they are folded into a new snapshot
@@ -133,6 +135,16 @@ class _ArchiveEntry:
     search: str  # lower-cased prompt, checkpoint, server, file: what `q` looks in
     batch: str | None  # batch_id: batch routes find finished jobs without reading files
     finished: float  # completion time, unix seconds: retention ages are measured from it
+
+
+def checked(record: dict[str, Any]) -> Job:
+    """A record read from the files, once `job_problem` passed it (or for the archive, whose
+    records were checked when the index was built)."""
+    return cast(Job, record)
+
+
+def _records(jobs: list[Job]) -> list[dict[str, Any]]:
+    return cast(list[dict[str, Any]], jobs)
 
 
 def finish_time(job: Job) -> float:
@@ -252,7 +264,7 @@ class _Archive:
             job_id = record["mobilesd_job_id"]
             if job_id in self.index:
                 dead += 1  # an older copy of a re-archived job; the newest wins
-            self.index[job_id] = self.entry(month, offset, length, record)
+            self.index[job_id] = self.entry(month, offset, length, checked(record))
             self.order.append(job_id)
         if lines and dead * 2 > lines:
             self._compact(month)
@@ -319,11 +331,11 @@ class _Archive:
         records = [log_.read_at(e.offset, e.length) for _, e in live]
         spans = log_.rewrite(records)
         for (job_id, _), (offset, length), record in zip(live, spans, records, strict=True):
-            self.index[job_id] = self.entry(month, offset, length, record)
+            self.index[job_id] = self.entry(month, offset, length, checked(record))
         log.info("archive %s compacted to %d jobs", month, len(records))
 
     def read_entry(self, entry: _ArchiveEntry) -> Job:
-        return self.log_for(entry.month).read_at(entry.offset, entry.length)
+        return checked(self.log_for(entry.month).read_at(entry.offset, entry.length))
 
     def commit_append(self, job: Job, entry: _ArchiveEntry) -> None:
         job_id = job["mobilesd_job_id"]
@@ -448,7 +460,7 @@ class _Writer:
             if problem is not None:
                 log.error("%s: job %s skipped: %s", self.snapshot_path, key, problem)
                 continue
-            self.jobs[doc["mobilesd_job_id"]] = dict(doc)
+            self.jobs[doc["mobilesd_job_id"]] = checked(dict(doc))
         skipped: list[str] = []
         for number, _, _, record in self.journal.iter_numbered(
             lambda number, _: skipped.append(f"line {number}: not a whole record")
@@ -499,13 +511,15 @@ class _Writer:
         self.done.clear()
         self.archive.removed.clear()
         self._compact()
-        return {k: dict(v) for k, v in self.jobs.items()}
+        return {k: v.copy() for k, v in self.jobs.items()}
 
     def _archive_now(self, jobs: list[Job]) -> None:
         for month, group in _by_month(jobs).items():
             log_ = self.archive.log_for(month)
             self._note_archive_file(log_.path, self._archive_written)
-            for job, (offset, length) in zip(group, log_.append(group, sync=True), strict=True):
+            for job, (offset, length) in zip(
+                group, log_.append(_records(group), sync=True), strict=True
+            ):
                 self.archive.commit_append(job, _Archive.entry(month, offset, length, job))
         log.info("re-archived %d finished job(s) found only in the journal", len(jobs))
 
@@ -596,7 +610,7 @@ class _Writer:
                 touched.add(self.journal.path)
         except OSError as exc:
             log.error("job store write failed: %s", exc)
-            failure = _WriteFailed(exc, {k: dict(v) for k, v in self.jobs.items()})
+            failure = _WriteFailed(exc, {k: v.copy() for k, v in self.jobs.items()})
             for op in batch:
                 _resolve(op, failure)
             return
@@ -642,7 +656,7 @@ class _Writer:
         for month, jobs in _by_month(op.archive).items():
             log_ = self.archive.log_for(month)
             self._note_archive_file(log_.path, touched)
-            spans = log_.append(jobs, sync=False)
+            spans = log_.append(_records(jobs), sync=False)
             touched.add(log_.path)
             entries.extend(
                 _Archive.entry(month, offset, length, job)
@@ -932,7 +946,7 @@ class JobStore:
     async def add(self, jobs: list[Job]) -> list[Job]:
         """Insert new pending jobs, all or none, durably, in one journal write."""
         base = self.next_position()
-        prepared = [{**job, "position": base + i} for i, job in enumerate(jobs)]
+        prepared: list[Job] = [{**job, "position": base + i} for i, job in enumerate(jobs)]
         ids = {job["mobilesd_job_id"] for job in prepared}
         for job in prepared:
             self._live[job["mobilesd_job_id"]] = job
@@ -946,15 +960,23 @@ class JobStore:
             self._notify("job", job)
         return prepared
 
+    async def apply(self, job_id: str, transition: Transition, *, durable: bool = True) -> Job:
+        """Move a live job through a status change (jobs/transitions.py); Conflict when the
+        job is no longer in a status it applies from."""
+        return await self.update(
+            job_id, transition.changes, expect=transition.expect, durable=durable
+        )
+
     async def update(
         self,
         job_id: str,
-        changes: dict[str, Any],
+        changes: Mapping[str, object],
         *,
         expect: Iterable[str] | None = None,
         durable: bool = True,
     ) -> Job:
-        """Change a live job, optionally only if its status is one of `expect`.
+        """Change a live job, optionally only if its status is one of `expect`. Status changes
+        come through `apply`; this is for the fields a pending job may have edited.
 
         A terminal status archives the job: appended to the archive first, then dropped from the
         journal, so a crash in between leaves it in both and `open` keeps the archived copy.
@@ -969,7 +991,7 @@ class JobStore:
             raise JobNotFound(job_id)
         if expect is not None and current["status"] not in set(expect):
             raise Conflict(f"job is {current['status']}", current["status"])
-        job = {**current, **changes}
+        job = cast(Job, {**current, **changes})
         kept = self._patch_pending_cache(current, job)
         if job["status"] in TERMINAL_STATUSES:
             job["progress"] = None
@@ -1044,15 +1066,10 @@ class JobStore:
             return []
         front = min((j["position"] for j in self.pending_in_order()), default=1)
         requeued = []
-        for i, job in enumerate(stuck):
-            job = {
-                **job,
-                "status": "pending",
-                "assigned_server_alias": None,
-                "progress": None,
-                "position": front - len(stuck) + i,
-                # Not the server's fault: counted apart from the retry budget.
-                "interruptions": job.get("interruptions", 0) + 1,
+        for i, stopped in enumerate(stuck):
+            job: Job = {
+                **stopped,
+                **transitions.requeue_interrupted(stopped, front - len(stuck) + i),
             }
             self._live[job["mobilesd_job_id"]] = job
             requeued.append(job)

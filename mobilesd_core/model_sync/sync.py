@@ -39,6 +39,7 @@ from ..forge.models import (
     resolve_checkpoint,
 )
 from ..jobs.store import JobStore
+from ..jobs.types import Job, JobProgress
 from ..schema import FieldProblem, ServerConfig, utc_now_iso
 from ..servers import ServerRegistry, ServerRuntime
 from .copier import PART_SUFFIX, CopyCancelled, CopyFailed, copy_verified, sha256_file
@@ -48,7 +49,7 @@ from .ledger import SyncedFile, SyncLedger
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[dict[str, Any]], None]
+ProgressFn = Callable[[JobProgress], None]
 EVENT_EVERY = 0.25  # seconds between `sync` progress events of one copy
 GB = 1_000_000_000
 
@@ -136,9 +137,7 @@ class ModelSync:
 
     # -- the dispatcher's hook ----------------------------------------------------------------
 
-    async def prepare(
-        self, job: dict[str, Any], runtime: ServerRuntime, progress: ProgressFn
-    ) -> None:
+    async def prepare(self, job: Job, runtime: ServerRuntime, progress: ProgressFn) -> None:
         """Make the job's library models present on its server (copy, refresh), or raise a
         ForgeError saying why not. Does nothing for a server without sync folders."""
         config = runtime.config
@@ -156,9 +155,7 @@ class ModelSync:
         await self._refresh(runtime, {need.file.kind for need in needs})
         self._check_listed(job, runtime, needs)
 
-    async def _needs(
-        self, job: dict[str, Any], runtime: ServerRuntime
-    ) -> tuple[list[Need], list[str]]:
+    async def _needs(self, job: Job, runtime: ServerRuntime) -> tuple[list[Need], list[str]]:
         """(what must be copied, copies already there that the job will use)."""
         config = runtime.config
         params = job["generation_params"]
@@ -318,7 +315,7 @@ class ModelSync:
         self._publish(alias, need, "done", file.size)
 
     def _on_progress(self, alias: str, need: Need, done: int, total: int, phase: str) -> None:
-        job_progress = {
+        job_progress: JobProgress = {
             "fraction": round(done / total, 4) if total else 1.0,
             "phase": "syncing model" if phase == "copying" else "verifying model copy",
             "file": need.file.relpath,
@@ -358,7 +355,7 @@ class ModelSync:
         if "lora" in kinds:
             await self._registry.catalog(runtime, refresh=True)
 
-    def _check_listed(self, job: dict[str, Any], runtime: ServerRuntime, needs: list[Need]) -> None:
+    def _check_listed(self, job: Job, runtime: ServerRuntime, needs: list[Need]) -> None:
         """A copy the server still does not list went to a folder Forge does not read."""
         params = job["generation_params"]
         for need in needs:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings, load_or_create_webhook_secret
+from ..jobs.types import Job, JobView
 from ..phone_link import link_host
 from .batches import BatchTracker
 from .redact import RedactingFilter, Redactor, install_filter, remove_filter
@@ -39,7 +40,7 @@ class Notifier:
         self,
         settings: Settings,
         *,
-        live_jobs: Callable[[], list[dict[str, Any]]],
+        live_jobs: Callable[[], list[Job]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -105,7 +106,7 @@ class Notifier:
             remove_filter(self._filter)
             self._filter = None
 
-    def on_job(self, job: dict[str, Any]) -> None:
+    def on_job(self, job: JobView) -> None:
         if self.rules is not None:
             self.rules.on_job(job)
 

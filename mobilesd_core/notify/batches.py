@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..durable import atomic_write_bytes
+from ..jobs.types import Job, JobView
 from ..schema import TERMINAL_STATUSES
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "notify_batches.json"
 
 
-def batch_key(job: dict[str, Any]) -> str:
+def batch_key(job: Job | JobView) -> str:
     return job.get("batch_id") or job["mobilesd_job_id"]
 
 
@@ -52,7 +53,7 @@ class BatchTracker:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, live_jobs: list[dict[str, Any]]) -> None:
+    async def start(self, live_jobs: list[Job]) -> None:
         saved = await asyncio.to_thread(self._read)
         for job in live_jobs:
             self.observe(job)
@@ -105,7 +106,7 @@ class BatchTracker:
             self._dirty.clear()
             await asyncio.to_thread(self._write, self._snapshot())
 
-    def observe(self, job: dict[str, Any]) -> Batch | None:
+    def observe(self, job: Job | JobView) -> Batch | None:
         """Take note of a job's new state; returns its batch when this job finished it."""
         key = batch_key(job)
         job_id = job["mobilesd_job_id"]

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from ..jobs.types import JobView
 from ..schema import TERMINAL_STATUSES
 from .batches import Batch, BatchTracker
 from .sender import AppriseSender, Notice
@@ -18,7 +19,7 @@ from .webhooks import WebhookOutbox
 PROMPT_CHARS = 80
 
 
-def _prompt(job: dict[str, Any]) -> str:
+def _prompt(job: JobView) -> str:
     prompt = str((job.get("generation_params") or {}).get("prompt") or "").strip()
     prompt = " ".join(prompt.split())
     return prompt if len(prompt) <= PROMPT_CHARS else prompt[: PROMPT_CHARS - 1] + "…"
@@ -53,7 +54,7 @@ class NotificationRules:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def on_job(self, job: dict[str, Any]) -> None:
+    def on_job(self, job: JobView) -> None:
         status = job["status"]
         if status not in TERMINAL_STATUSES:
             self._busy = True
@@ -77,18 +78,20 @@ class NotificationRules:
                 Notice("queue_empty", "MobileSD: queue is empty", "Nothing is pending or running.")
             )
 
-    def _job_failed(self, job: dict[str, Any]) -> Notice:
-        details = job.get("result_details") or {}
-        server = job.get("assigned_server_alias") or details.get("server")
+    def _job_failed(self, job: JobView) -> Notice:
+        details = job.get("result_details")
+        failure = details if details is not None and "error" in details else None
+        server = job.get("assigned_server_alias") or (failure.get("server") if failure else None)
         where = f" on {server}" if server else ""
+        error = (failure["error"] if failure else "") or "failed"
         lines = [
-            f"Job {job['mobilesd_job_id']}{where}: {details.get('error') or 'failed'}",
+            f"Job {job['mobilesd_job_id']}{where}: {error}",
             f"Prompt: {_prompt(job)}",
             f"Queue: {self.base_url}/#queue",
         ]
         return Notice("job_failed", "MobileSD: job failed", "\n".join(lines), "failure")
 
-    def _batch_finished(self, batch: Batch, last: dict[str, Any]) -> Notice:
+    def _batch_finished(self, batch: Batch, last: JobView) -> Notice:
         counts = batch.counts
         summary = (
             f"{counts['completed']} completed, {counts['failed']} failed, "
