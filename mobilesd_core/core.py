@@ -112,14 +112,14 @@ class Core:
         await self.registry.refresh_models(kind)
         self.dispatcher.wake()
 
-    def _on_job_change(self, kind: str, payload: object) -> None:
-        if kind == "job_removed":
+    def _on_job_change(self, kind: str, payload: dict[str, Any] | str) -> None:
+        if isinstance(payload, str):  # ("job_removed", job_id); else ("job", job)
             self.bus.publish("job_removed", {"mobilesd_job_id": payload})
             if payload in self.pins:
                 # A deleted job's pin goes with it (in the background: listeners never wait).
-                self._in_background(self.pins.forget([payload]))  # type: ignore[list-item]
+                self._in_background(self.pins.forget([payload]))
         else:
-            view = self.service.view(payload)  # type: ignore[arg-type]
+            view = self.service.view(payload)
             self.bus.publish("job", view)
             self.notifier.on_job(view)
             job_id = view["mobilesd_job_id"]
@@ -131,7 +131,8 @@ class Core:
             try:
                 await work
             except Exception:  # nobody awaits it to see the error: say it here
-                log.exception("background work %s failed", work.__qualname__)
+                # A Coroutine need not be a native one with a __qualname__.
+                log.exception("background work %s failed", getattr(work, "__qualname__", work))
 
         task = asyncio.create_task(logged())
         self._background.add(task)

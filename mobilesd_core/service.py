@@ -7,6 +7,7 @@ or Forge themselves.
 from __future__ import annotations
 
 import asyncio
+import builtins  # `list` is a method of QueueService: its annotations need the type
 import json
 import logging
 from pathlib import Path
@@ -385,7 +386,7 @@ class QueueService:
 
     # -- batches ----------------------------------------------------------------------------
 
-    async def batch(self, batch_id: str) -> list[dict[str, Any]]:
+    async def batch(self, batch_id: str) -> builtins.list[dict[str, Any]]:
         return [self.view(j) for j in await self.store.batch_jobs(batch_id)]
 
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
@@ -535,7 +536,7 @@ class QueueService:
 
     # -- servers ----------------------------------------------------------------------------
 
-    def servers(self) -> list[dict[str, Any]]:
+    def servers(self) -> builtins.list[dict[str, Any]]:
         out = []
         for runtime in sorted(self.registry.runtimes.values(), key=lambda r: r.alias):
             out.append({**runtime.config.public(), "status": runtime.status()})

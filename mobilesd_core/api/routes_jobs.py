@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -52,7 +52,7 @@ async def generate(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
-_ARCHIVED = {
+_ARCHIVED: dict[str, Literal["exclude", "include", "only"]] = {
     "0": "exclude",
     "false": "exclude",
     "no": "exclude",
@@ -77,7 +77,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit=int_param(request, "limit", 100, lo=1, hi=1000),
         offset=int_param(request, "offset", 0, lo=0, hi=10**9),
         batch_id=request.query.get("batch_id") or None,
-        archived=archived,  # type: ignore[arg-type]
+        archived=archived,
     )
     return web.json_response({"jobs": jobs, "total": total})
 

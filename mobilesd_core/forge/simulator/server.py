@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -190,7 +191,7 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}  # argparse values are untyped; given ones override defaults
     if getattr(args, "checkpoints", None) is not None:  # "" lists only --models-dir
         kwargs["checkpoints"] = args.checkpoints
     if getattr(args, "loras", None) is not None:
@@ -206,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         lora_dir=getattr(args, "lora_dir", None),
         vae_dir=getattr(args, "vae_dir", None),
         styles_files=list(getattr(args, "styles_file", None) or []),
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
