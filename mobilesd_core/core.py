@@ -132,7 +132,8 @@ class Core:
             try:
                 await work
             except Exception:  # nobody awaits it to see the error: say it here
-                log.exception("background work %s failed", work.__qualname__)
+                # A Coroutine need not be a native one with a __qualname__.
+                log.exception("background work %s failed", getattr(work, "__qualname__", work))
 
         task = asyncio.create_task(logged())
         self._background.add(task)

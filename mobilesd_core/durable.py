@@ -8,7 +8,7 @@ complete database.
 
 Every call that changes a file goes through a `FileSystem`, so that a test can put one in that
 records what each call made durable and rebuild the files as a power cut after any of them
-would leave them (tests/powercut.py). `OS` is the real one.
+would leave them (tests/helpers/powercut.py). `OS` is the real one.
 """
 
 from __future__ import annotations

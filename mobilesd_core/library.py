@@ -100,7 +100,8 @@ def _sidecar(
         meta_path = os.path.join(folder, meta_name)
         if _inside(os.path.realpath(meta_path), root):
             data = _read_metadata(meta_path) or {}
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    raw_model = data.get("model")
+    model = raw_model if isinstance(raw_model, dict) else {}
     return {
         "file": prefix + meta_name if meta_name else None,
         # Civitai's model-version JSON: model.name is the model, name is the version.

@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from ulid import ULID
 
 from .jobs.types import Job, JobSource, JobStatus
@@ -373,7 +374,7 @@ def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
+def _describe(err: ErrorDetails, model: type[BaseModel] | None) -> str:
     kind = err.get("type", "")
     loc = tuple(err.get("loc", ()))
     found = err.get("input")

@@ -40,10 +40,10 @@ from mobilesd_tui.jobtext import detail_text, row_cells
 from mobilesd_tui.widgets.servers import server_cells
 
 from .conftest import TOKEN, Harness, fast_settings, wait_for
-from .test_auth import anonymous, cookie_header, login
-from .test_gallery import blank_png, png_bytes
-from .test_soak import rss_mib
-from .tui_fakes import NOW, sample_servers
+from .helpers.auth import anonymous, cookie_header, login
+from .helpers.images import blank_png, png_bytes
+from .helpers.processes import rss_mib
+from .helpers.tui_fakes import NOW, sample_servers
 
 PROTECTED = ("/api/", "/gallery_files/")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -272,7 +272,8 @@ def test_civitai_file_names_always_land_inside_the_folder(raw: str) -> None:
 
 
 async def test_inbox_symlink_to_a_file_outside_is_not_followed(tmp_path: Path) -> None:
-    from .test_inbox import inbox_settings, settled, start_paused, stop_harness
+    from .conftest import stop_harness
+    from .helpers.inbox import inbox_settings, settled, start_paused
 
     settings = inbox_settings(tmp_path, "polling")
     outside = tmp_path / "elsewhere"
@@ -329,9 +330,9 @@ def test_tui_shows_user_text_literally_in_tables_and_details() -> None:
 
 
 async def test_tui_notifications_and_queue_render_markup_literally() -> None:
-    from .tui_fakes import FakeApi, _job, fake_app, settle
+    from .helpers.tui_fakes import FakeApi, fake_app, fake_job, settle
 
-    job = _job(1, "failed", result_details={"error": MARKUP})
+    job = fake_job(1, "failed", result_details={"error": MARKUP})
     job["generation_params"]["prompt"] = MARKUP
     app = fake_app("queue", api=FakeApi(jobs=[job]))
     async with app.run_test(size=(160, 32)) as pilot:

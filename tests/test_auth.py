@@ -21,52 +21,26 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from mobilesd_core.api.auth import SESSION_COOKIE, SESSIONS, THROTTLE, address_key
+from mobilesd_core.api.auth import SESSIONS, THROTTLE, address_key
 from mobilesd_core.api.sessions import SESSION_LIFETIME, SESSIONS_FILE, SessionStore
 from mobilesd_core.api.throttle import FailureLimiter
 from mobilesd_core.config import split_networks
 from mobilesd_core.phone_link import phone_url, print_phone_link
 
 from .conftest import TOKEN, Harness, fast_settings, start_harness, stop_harness
+from .helpers.auth import anonymous, cookie_header, login, parse_set_cookie
 
 WRONG = "wrong-guess-SECRET-4711"
 GENERATE = {"generation_params": {"prompt": "a fox", "steps": 4, "width": 64, "height": 64}}
 
 
-def anonymous(harness: Harness, **kwargs: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=str(harness.api.base_url), timeout=30, **kwargs)
-
-
 def own_origin(harness: Harness) -> str:
     return str(harness.api.base_url).rstrip("/")
-
-
-def parse_set_cookie(response: httpx.Response) -> Any:
-    headers = response.headers.get_list("set-cookie")
-    assert len(headers) == 1, headers
-    jar = SimpleCookie()
-    jar.load(headers[0])
-    return jar[SESSION_COOKIE], headers[0]
-
-
-async def login(harness: Harness) -> str:
-    """The session cookie's value, as a browser would get it from the login link."""
-    async with anonymous(harness) as http:
-        response = await http.get("/login", params={"token": TOKEN})
-    assert response.status_code == 303
-    morsel, _ = parse_set_cookie(response)
-    return morsel.value
-
-
-def cookie_header(value: str) -> dict[str, str]:
-    return {"Cookie": f"{SESSION_COOKIE}={value}"}
 
 
 # -- login ----------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from mobilesd_core.jobfiles import parse_job_text
 from mobilesd_core.schema import GenerationParams, InvalidInput, parse_params
 
 from .conftest import TOKEN, fast_settings, start_harness, stop_harness
-from .schema_fuzz import JSON_VALUES, SchemaStrategies
+from .helpers.schema_fuzz import JSON_VALUES, SchemaStrategies
 
 FAST = settings(
     max_examples=150,

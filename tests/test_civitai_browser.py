@@ -11,9 +11,9 @@ from playwright.async_api import expect
 
 from fakes.civitai import FakeCivitaiServer, autov3, safetensors_bytes
 
-from .civitai_fixtures import civitai_fixture, core_fixture  # noqa: F401 - fixtures
 from .conftest import Harness
-from .test_page_browser import PHONE, Phone, browser  # noqa: F401 - fixture
+from .helpers.browser import PHONE, Phone, browser  # noqa: F401 - fixtures
+from .helpers.civitai import civitai_fixture, core_fixture  # noqa: F401 - fixtures
 
 
 @pytest.fixture

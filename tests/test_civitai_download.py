@@ -16,7 +16,8 @@ from fakes.civitai import FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.api.openapi import openapi_document
 from mobilesd_core.forge.simulator import SimulatorConfig
 
-from .civitai_fixtures import (
+from .conftest import Harness, start_harness, stop_harness, wait_for
+from .helpers.civitai import (
     KEY,
     civitai_fixture,  # noqa: F401 - fixture
     civitai_settings,
@@ -25,8 +26,7 @@ from .civitai_fixtures import (
     start_download,
     wait_download,
 )
-from .conftest import Harness, start_harness, stop_harness, wait_for
-from .test_openapi import ResponseChecker
+from .helpers.openapi import ResponseChecker
 
 MB = 1024 * 1024
 

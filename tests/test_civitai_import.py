@@ -13,9 +13,9 @@ from fakes.civitai import FakeCivitaiServer, autov3, safetensors_bytes
 from mobilesd_core.api.openapi import openapi_document
 from mobilesd_core.civitai.importer import split_sampler, take_lora_tags
 
-from .civitai_fixtures import KEY, civitai_fixture, core_fixture  # noqa: F401 - fixtures
 from .conftest import Harness
-from .test_openapi import ResponseChecker
+from .helpers.civitai import KEY, REAL_META_TEMPLATE, civitai_fixture, core_fixture  # noqa: F401 - fixtures
+from .helpers.openapi import ResponseChecker
 
 
 def _place(folder: Path, relative: str, data: bytes) -> Path:
@@ -59,27 +59,6 @@ def test_lora_tags_leave_the_prompt_clean() -> None:
     )
     assert prompt == "masterpiece, a lighthouse at dusk"
     assert tags == [("add_detail", 0.6), ("ink wash", 1.0), ("grain", None), ("x", None)]
-
-
-REAL_META_TEMPLATE: dict[str, Any] = {
-    # The shape Civitai's API returns for an A1111/Forge image (flatMeta=true): numbers as
-    # strings, the scheduler inside the sampler name, LoRAs as prompt tags plus hashes.
-    "prompt": (
-        "masterpiece, best quality, a lighthouse at dusk, oil painting, "
-        "<lora:add_detail:0.6>, <lora:inkwash_v2:0.8> <lora:grainy_style:1.2>"
-    ),
-    "negativePrompt": "blurry, lowres, text, watermark",
-    "seed": "1234567890",
-    "steps": "30",
-    "cfgScale": "6.5",
-    "sampler": "DPM++ 2M Karras",
-    "clipSkip": "2",
-    "Size": "832x1216",
-    "Model": "juggernautXL_v9Rundiffusionphoto2",
-    "Version": "f2.0.1v1.10.1-previous-313-g8a042934",
-    "ADetailer model": "face_yolov8n.pt",
-    "resources": [],
-}
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.forge.simulator.server import free_port
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
-from .test_crash import TOKEN, CoreProcess, read_archive
-from .test_gallery import png_bytes
+from .helpers.images import png_bytes
+from .helpers.processes import TOKEN, CoreProcess, read_archive
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

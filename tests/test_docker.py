@@ -1,7 +1,7 @@
 """The Docker image, built from the real Dockerfile and run as the README runs it.
 
-The image is built once (tests/docker_lane.py: daemon, base image, build). Each container runs
-with the README's volumes and variables, as user 1234:1234 (PUID/PGID) so that ownership means
+The image is built once (tests/helpers/docker_lane.py: daemon, base image, build). Each container
+runs with the README's volumes and variables, as user 1234:1234 (PUID/PGID) so that ownership means
 something, on the host's network (the daemon here has no bridge): the Forge simulator
 (`mobilesd forge-sim`, a subprocess) and the fake Civitai listen on the host's loopback and the
 core in the container reaches them there. Checked: the health check, the sign-in link, jobs from
@@ -37,9 +37,9 @@ from mobilesd_core.forge.simulator.server import free_port
 from mobilesd_core.jobs.store import read_live_jobs
 
 from .conftest import wait_for
-from .docker_lane import IMAGE, Lane, base_image, build, choose_cli, daemon
-from .test_model_sync import put
-from .test_tui_tmux import Tmux, tmux
+from .helpers.docker_lane import IMAGE, Lane, base_image, build, choose_cli, daemon
+from .helpers.model_files import put
+from .helpers.tmux import Tmux, tmux
 
 __all__ = ["tmux"]  # the fixture
 

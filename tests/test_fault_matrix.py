@@ -14,11 +14,8 @@ things:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +23,13 @@ from typing import Any
 import httpx
 import pytest
 
-from mobilesd_core.forge import client as forge_client
 from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.forge.simulator.faults import FAULT_KINDS
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
+from .helpers.net import full_accept_queue, short_connect_timeout
+
+__all__ = ["short_connect_timeout"]  # the fixture, from tests/helpers/net.py
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -48,29 +47,6 @@ class Tally:
             if event is not None and event.name == "job" and event.data["status"] in TERMINAL:
                 self.terminal[event.data["mobilesd_job_id"]] += 1
         return self.terminal
-
-
-@contextlib.contextmanager
-def full_accept_queue(port: int = 0) -> Iterator[int]:
-    """A loopback port (`port`, or a free one) whose listener takes no more connections:
-    connect() hangs."""
-    blackhole = socket.socket()
-    blackhole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    blackhole.bind(("127.0.0.1", port))
-    blackhole.listen(0)
-    port = blackhole.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
-        yield port
-    finally:
-        for sock in (*fillers, blackhole):
-            sock.close()
 
 
 @dataclass
@@ -389,17 +365,6 @@ def test_the_matrix_covers_every_fault_kind() -> None:
         "hang",
     }
     assert covered == set(FAULT_KINDS)
-
-
-@pytest.fixture
-async def short_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    """Forge clients with a 0.5 s connect timeout (the product's is 5 s): fast connect cases."""
-    from mobilesd_core import servers
-
-    monkeypatch.setattr(
-        servers, "ForgeClient", functools.partial(forge_client.ForgeClient, connect_timeout=0.5)
-    )
-    yield
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.fault for c in CASES])

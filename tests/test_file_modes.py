@@ -21,10 +21,10 @@ import pytest
 from fakes.civitai import FakeCivitaiServer, safetensors_bytes
 from mobilesd_core.forge.simulator import SimulatorConfig
 
-from .civitai_fixtures import civitai_fixture, civitai_settings, start_download, wait_download
 from .conftest import start_harness, stop_harness, wait_for
-from .test_inbox import settled
-from .test_model_sync import put
+from .helpers.civitai import civitai_fixture, civitai_settings, start_download, wait_download
+from .helpers.inbox import settled
+from .helpers.model_files import put
 
 __all__ = ["civitai_fixture"]  # the `civitai` fixture
 

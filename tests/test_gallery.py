@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from mobilesd_core.gallery import (
     _make_record,
 )
 from mobilesd_core.schema import GenerationParams, new_job
+
+from .helpers.images import blank_png, png_bytes
 
 ENTRY_KEYS = {
     "filename",
@@ -59,50 +60,10 @@ class Clock:
         return self.now
 
 
-def png_bytes(
-    width: int = 64,
-    height: int = 72,
-    color: tuple[int, int, int] = (200, 40, 40),
-    parameters: str | None = None,
-    mode: str = "RGB",
-) -> bytes:
-    im = Image.new(mode, (width, height), color if mode == "RGB" else (*color, 128))
-    pnginfo = None
-    if parameters is not None:
-        pnginfo = PngImagePlugin.PngInfo()
-        pnginfo.add_text("parameters", parameters)
-    out = io.BytesIO()
-    im.save(out, format="PNG", pnginfo=pnginfo)
-    return out.getvalue()
-
-
 def jpeg_bytes(width: int = 64, height: int = 72) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), (10, 120, 200)).save(out, format="JPEG", quality=90)
     return out.getvalue()
-
-
-def blank_png(width: int, height: int) -> bytes:
-    """A grey-scale PNG of zeros: a few hundred KB on disk, width x height bytes once decoded
-    (a decompression bomb). Built without decoding or holding those bytes: the same deflate
-    block repeated (a full flush resets the compressor, so each block stands alone)."""
-    row = bytes(1 + width)  # filter byte 0, then zeros
-    per_block = max(1, (1 << 20) // len(row))
-    blocks, rest = divmod(height, per_block)
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
-    block = deflate.compress(row * per_block) + deflate.flush(zlib.Z_FULL_FLUSH)
-    tail = zlib.compressobj(9, zlib.DEFLATED, -15)
-    end = tail.compress(row * rest) + tail.flush()
-    total = len(row) * height
-    adler = (total % 65521) << 16 | 1  # of all-zero bytes: a = 1, b = their count
-    idat = b"\x78\x01" + block * blocks + end + adler.to_bytes(4, "big")
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(body, zlib.crc32(kind))
-        return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def make_job(created: str = "2026-03-01T10:00:00.000Z", **params: Any) -> dict[str, Any]:

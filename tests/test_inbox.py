@@ -20,30 +20,12 @@ import pytest
 from mobilesd_core.inbox.ingest import Outcome
 from mobilesd_core.jobfiles import MAX_FILE_BYTES, load_job_file
 
-from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
+from .conftest import Harness, stop_harness, wait_for
+from .helpers.inbox import inbox_settings, jobs_of, settled, start_paused
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "jobs"
 MODES = ["events", "polling"]
 PWNED = Path("/tmp/mobilesd-inbox-pwned")  # what a constructed object would create
-
-
-def inbox_settings(root: Path, mode: str, **overrides: Any) -> Any:
-    (root / "inbox").mkdir(parents=True, exist_ok=True)
-    values: dict[str, Any] = {
-        "inbox_settle_seconds": 0.25,
-        "inbox_rescan_seconds": 30.0,  # long: the tests prove events/polling, not the rescan
-        "inbox_poll_seconds": 0.1 if mode == "polling" else None,
-    }
-    values.update(overrides)
-    return fast_settings(root, **values)
-
-
-async def start_paused(settings: Any) -> Harness:
-    h = await start_harness(settings)
-    response = await h.api.post("/api/v1/queue/pause")
-    assert response.status_code == 200, response.text
-    await wait_for(lambda: h.core.inbox.watching.is_set(), what="the watcher to start")
-    return h
 
 
 @pytest.fixture(params=MODES)
@@ -53,19 +35,6 @@ async def inbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield h
     finally:
         await stop_harness(h)
-
-
-def jobs_of(h: Harness, name: str) -> list[dict[str, Any]]:
-    jobs = [j for j in h.core.store.live_jobs() if j["source_ref"] == name]
-    return sorted(jobs, key=lambda j: j["position"])
-
-
-def settled(h: Harness, *names: str) -> bool:
-    """Every named file has left the inbox for processed/ or failed/."""
-    root = h.settings.inbox_path
-    return all(not (root / n).exists() for n in names) and all(
-        (root / "processed" / n).exists() or (root / "failed" / n).exists() for n in names
-    )
 
 
 def hostile_tag_ran() -> bool:

@@ -19,8 +19,8 @@ import httpx
 from mobilesd_core.forge.simulator.server import free_port
 
 from .conftest import wait_for
-from .test_crash import TOKEN, CoreProcess
-from .test_jobfiles import nested_matrix_yaml
+from .helpers.jobfiles import nested_matrix_yaml
+from .helpers.processes import TOKEN, CoreProcess
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "jobs"
 

@@ -23,7 +23,7 @@ import pytest
 from mobilesd_core.forge.simulator.server import free_port
 
 from .conftest import Harness, stop_harness, wait_for
-from .test_inbox import inbox_settings, jobs_of, settled, start_paused
+from .helpers.inbox import inbox_settings, jobs_of, settled, start_paused
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="smbd needs root to start here")
 

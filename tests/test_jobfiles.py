@@ -12,6 +12,8 @@ import yaml
 from mobilesd_core.expansion import MAX_DOCUMENT_TEXT, MAX_FILLED_TEXT, expand_document
 from mobilesd_core.jobfiles import MAX_JOBS, load_job_file, parse_job_text
 
+from .helpers.jobfiles import nested_matrix_yaml
+
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "jobs").glob("*.yaml"))
 
 
@@ -110,22 +112,6 @@ def test_alias_bomb_is_refused_before_expansion() -> None:
 def test_too_many_jobs() -> None:
     result = parse_job_text("prompt: x\nmatrix:\n  seed: " + str(list(range(MAX_JOBS + 1))) + "\n")
     assert result.jobs == [] and "at most" in result.problems[0].message
-
-
-# A 9 KB sweep whose placeholder values hold placeholders, three levels deep: filled in one name
-# after the other it asked for 1000 x 1000 x 1000 characters (and 3 GB on the way).
-NESTED_MATRIX = {
-    "prompt": "{a}" * 1000,
-    "matrix": {"a": ["{b}" * 1000], "b": ["{c}" * 1000], "c": ["x"]},
-}
-
-
-def nested_matrix_yaml() -> str:
-    matrix = NESTED_MATRIX["matrix"]
-    assert isinstance(matrix, dict)
-    lines = [f'prompt: "{NESTED_MATRIX["prompt"]}"', "matrix:"]
-    lines += [f'  {name}: ["{values[0]}"]' for name, values in matrix.items()]
-    return "\n".join(lines) + "\n"
 
 
 def _peak_mib(run: Any) -> tuple[Any, float]:

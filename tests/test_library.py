@@ -15,7 +15,7 @@ from mobilesd_core.api.openapi import openapi_document
 from mobilesd_core.library import LORAS, scan_folder
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness
-from .test_openapi import ResponseChecker
+from .helpers.openapi import ResponseChecker
 
 
 def _write(path: Path, data: bytes | str = b"x") -> Path:

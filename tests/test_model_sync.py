@@ -29,24 +29,8 @@ from mobilesd_core.forge.simulator import SimulatedForge, SimulatorConfig
 from mobilesd_core.model_sync.copier import PART_SUFFIX
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
-from .test_openapi import ResponseChecker, _closed
-
-KB = 1024
-
-
-def model_bytes(name: str, size: int) -> bytes:
-    """A small safetensors-shaped file: header length, JSON header, deterministic data."""
-    header = json.dumps({"__metadata__": {"name": name}}).encode()
-    data = hashlib.shake_256(name.encode()).digest(size)
-    return len(header).to_bytes(8, "little") + header + data
-
-
-def put(root: Path, relpath: str, size: int = 64 * KB) -> bytes:
-    data = model_bytes(relpath, size)
-    path = root / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return data
+from .helpers.model_files import KB, model_bytes, put
+from .helpers.openapi import ResponseChecker, closed_schemas
 
 
 @dataclass
@@ -103,7 +87,7 @@ def drain(events: Subscription, name: str) -> list[dict[str, Any]]:
 def event_validator(name: str) -> Draft202012Validator:
     doc = openapi_document()
     strict = copy.deepcopy(doc)
-    strict["components"]["schemas"] = _closed(strict["components"]["schemas"])
+    strict["components"]["schemas"] = closed_schemas(strict["components"]["schemas"])
     registry = Registry().with_resource("urn:doc", Resource(strict, specification=DRAFT202012))
     return Draft202012Validator(
         {"$ref": f"urn:doc#/components/schemas/{EVENT_DATA[name]}"}, registry=registry

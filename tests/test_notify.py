@@ -9,7 +9,6 @@ import hmac
 import io
 import json
 import logging
-import socket
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from mobilesd_core.notify.webhooks import NOT_DELIVERED, OUTBOX_FILE, sign
 from mobilesd_core.schema import GenerationParams, new_job
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
+from .helpers.net import closed_port
 
 WEBHOOK_SECRET = "whsec-0123456789-do-not-leak"
 APPRISE_PASSWORD = "appr1se-PASSWORD-x9"
@@ -101,13 +101,6 @@ class Receiver:
 
 def _job(hit: Hit) -> str | None:
     return json.loads(hit.body).get("mobilesd_job_id")
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

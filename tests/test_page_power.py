@@ -9,9 +9,9 @@ import zipfile
 from playwright.async_api import expect
 
 from .conftest import Harness
-from .test_page_browser import Phone, browser, phone
+from .helpers.browser import Phone, browser, phone
 
-__all__ = ["browser", "phone"]  # fixtures, shared with test_page_browser
+__all__ = ["browser", "phone"]  # fixtures, from tests/helpers/browser.py
 
 
 async def test_edit_a_pending_job_and_queue_every_checkpoint(

@@ -23,7 +23,7 @@ from mobilesd_core.jobfiles import parse_job_text
 from mobilesd_core.prompt_variants import MAX_VARIANTS, PromptExpander
 
 from .conftest import TOKEN, Harness, fast_settings, start_harness, stop_harness, wait_for
-from .test_jobfiles import NESTED_MATRIX
+from .helpers.jobfiles import NESTED_MATRIX
 
 SWEEP_YAML = """\
 prompt: "portrait of an old sailor, {style}"

@@ -34,6 +34,7 @@ from mobilesd_core.forge.simulator import SimServer, SimulatorConfig
 from mobilesd_core.forge.simulator.server import free_port
 
 from .conftest import Harness, fast_settings, start_harness, wait_for
+from .helpers.processes import rss_mib
 
 TERMINAL = {"completed", "failed", "cancelled"}
 TRANSIENT = ["500", "502", "503", "drop", "truncated", "nonjson", "reset"]
@@ -61,14 +62,6 @@ def plan_report(harness: Harness) -> str:
     shown = [(c.job_id, c.group, c.titles, c.job.get("retry_at")) for c in cands]
     plan = d.scheduler.plan(cands, slots, time.time())
     return f"{shown}; slots {slots}; plan {[(c.job_id, s.alias) for c, s in plan]}"
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def open_fds() -> int:

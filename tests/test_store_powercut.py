@@ -4,7 +4,7 @@ The store runs a realistic sequence (submits, claims as the dispatcher makes the
 move jobs to the archive, retries, cancels, moves, removals from the history, finishes in another
 month, and compactions of the journal), is then killed with finishes written but not yet
 fsynced, and is started again on what the kill left. All of it runs on a `PowerCutFS`
-(tests/powercut.py), which records what each call made durable. Then, for every call k, the
+(tests/helpers/powercut.py), which records what each call made durable. Then, for every call k, the
 folder is rebuilt as a power cut right after call k would leave it (only what was fsynced: file
 data as of its last fsync, names as of their folder's last fsync), the store is opened on it,
 and what the store then holds is compared with what it had acknowledged before call k:
@@ -30,7 +30,7 @@ import mobilesd_core.jobs.store as store_module
 from mobilesd_core.jobs.store import JobStore
 from mobilesd_core.schema import GenerationParams, new_job, utc_now_iso
 
-from .powercut import Durable, NoSyncFS, PowerCutFS
+from .helpers.powercut import Durable, NoSyncFS, PowerCutFS
 
 REMOVED = -1  # the version a job has once removed from the history
 

@@ -15,15 +15,15 @@ from fakes.civitai import FakeCivitaiServer, autov3, safetensors_bytes
 from mobilesd_tui.screens.civitai_import import CivitaiImport, MissingModels
 from mobilesd_tui.screens.confirm import Confirm
 
-from .civitai_fixtures import (
+from .conftest import Harness
+from .helpers.civitai import (
+    REAL_META_TEMPLATE,
     civitai_fixture,  # noqa: F401 - fixture
     core_fixture,  # noqa: F401 - fixture
     download_view,
     start_download,
 )
-from .conftest import Harness
-from .test_civitai_import import REAL_META_TEMPLATE
-from .test_tui_live import tui, type_text, until
+from .helpers.tui import tui, type_text, until
 
 
 def _value(app: Any, selector: str) -> str:

@@ -14,8 +14,8 @@ from mobilesd_tui.app import MobileSDApp
 from mobilesd_tui.widgets.gallery import GalleryPane, Tile
 
 from .conftest import Harness
-from .test_tui_live import harness, tui, until
-from .tui_fakes import picture
+from .helpers.tui import harness, tui, until
+from .helpers.tui_fakes import picture
 
 __all__ = ["harness"]  # the fixture, shared with test_tui_live
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from textual.widgets import Checkbox, Static
 
 from .conftest import Harness
-from .test_tui_live import cell, harness, set_input, tui, type_text, until
+from .helpers.tui import cell, harness, set_input, tui, type_text, until
 
 __all__ = ["harness"]  # the fixture, shared with test_tui_live
 

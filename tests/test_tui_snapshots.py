@@ -1,7 +1,7 @@
 """SVG snapshots of every tab at 100x32 and at 80x24 (a small SSH window), from fixed data.
 
-The app is built by the same factory as the CLI, with a fake core (tests/tui_fakes.py), a fixed
-clock, no animations, no cursor blink and forced half-block images. Review the SVGs before
+The app is built by the same factory as the CLI, with a fake core (tests/helpers/tui_fakes.py), a
+fixed clock, no animations, no cursor blink and forced half-block images. Review the SVGs before
 accepting a change: `./dev test tests/test_tui_snapshots.py --snapshot-update`.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .tui_fakes import FakeApi, fake_app, settle
+from .helpers.tui_fakes import FakeApi, fake_app, settle
 
 SIZES = [(100, 32), (80, 24)]
 TABS = ["generator", "queue", "gallery", "servers"]

@@ -3,21 +3,17 @@ screen comes back with capture-pane. The core runs in this test's loop on a real
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from .conftest import TOKEN, Harness
-from .test_tui_live import harness
+from .helpers.tmux import TMUX, Tmux, tmux
+from .helpers.tui import harness
 
-__all__ = ["harness"]  # the fixture, shared with test_tui_live
+__all__ = ["harness", "tmux"]  # fixtures, from tests/helpers/
 
-TMUX = shutil.which("tmux")
 # `./dev test` installs tmux (as .ci/run does): missing, this fails rather than proving nothing.
 pytestmark = pytest.mark.usefixtures("tmux_installed")
 
@@ -25,54 +21,6 @@ pytestmark = pytest.mark.usefixtures("tmux_installed")
 @pytest.fixture
 def tmux_installed() -> None:
     assert TMUX is not None, "tmux is not installed (apt-get install tmux)"
-
-
-class Tmux:
-    """One private tmux server (its own socket), so nothing else of the user's is touched."""
-
-    def __init__(self, socket: str) -> None:
-        self.socket = socket
-
-    async def run(self, *args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            TMUX or "tmux",
-            "-L",
-            self.socket,
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        if proc.returncode != 0:
-            raise AssertionError(f"tmux {' '.join(args)}: {err.decode()}")
-        return out.decode()
-
-    async def screen(self) -> str:
-        return await self.run("capture-pane", "-p", "-t", "tui")
-
-    async def wait_for(self, *texts: str, timeout: float = 30.0) -> str:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            screen = await self.screen()
-            if all(text in screen for text in texts):
-                return screen
-            if loop.time() > deadline:
-                raise AssertionError(f"never saw {texts} on the screen:\n{screen}")
-            await asyncio.sleep(0.1)
-
-
-@pytest.fixture
-async def tmux() -> AsyncIterator[Tmux]:
-    t = Tmux(f"mobilesd-test-{os.getpid()}")
-    try:
-        yield t
-    finally:
-        # Our own server only (its private socket).
-        proc = await asyncio.create_subprocess_exec(
-            TMUX or "tmux", "-L", t.socket, "kill-server", stderr=asyncio.subprocess.DEVNULL
-        )
-        await proc.wait()
 
 
 async def test_tui_in_tmux_shows_the_submitted_job(

@@ -22,11 +22,11 @@ from mobilesd_core.notify.webhooks import NOT_DELIVERED
 from mobilesd_core.servers import not_forge_yet
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
-from .test_fault_matrix import (
+from .helpers.net import (
+    closed_port,
     full_accept_queue,
     short_connect_timeout,  # noqa: F401 - fixture
 )
-from .test_notify import closed_port
 
 
 async def not_forge(request: web.Request) -> web.StreamResponse:

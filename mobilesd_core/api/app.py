@@ -56,7 +56,8 @@ async def compress_json(
     if (
         isinstance(response, web.Response)
         and response.content_type == "application/json"
-        and len(response.body or b"") >= GZIP_MIN_BYTES  # type: ignore[arg-type]
+        and isinstance(response.body, bytes | bytearray)  # not a streamed Payload
+        and len(response.body) >= GZIP_MIN_BYTES
         and "gzip" in request.headers.get("Accept-Encoding", "").lower()
     ):
         response.enable_compression(ContentCoding.gzip)

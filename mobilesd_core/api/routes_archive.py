@@ -108,6 +108,11 @@ class _Sink:
             self._send(chunk)
             self.sent += len(chunk)
 
+    def close(self) -> None:
+        """Part of the file protocol zipfile's types ask for; zipfile never closes a file it
+        was handed (it flushes at the end), so this only flushes too."""
+        self.flush()
+
 
 def _zip_info(arcname: str, st: os.stat_result) -> zipfile.ZipInfo:
     moment = time.localtime(st.st_mtime)[:6]
@@ -132,7 +137,7 @@ def _write_zip(
 ) -> tuple[int, int]:
     """Thread side: every file into the zip, in order. Returns (files written, skipped)."""
     written = skipped = 0
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for path, arcname, sidecar in files:
             if stop.is_set():
                 raise _Gone

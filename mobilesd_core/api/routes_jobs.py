@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from aiohttp import web
 
@@ -54,7 +54,7 @@ async def generate(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
-_ARCHIVED = {
+_ARCHIVED: dict[str, Literal["exclude", "include", "only"]] = {
     "0": "exclude",
     "false": "exclude",
     "no": "exclude",
@@ -79,7 +79,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit=int_param(request, "limit", 100, lo=1, hi=1000),
         offset=int_param(request, "offset", 0, lo=0, hi=10**9),
         batch_id=request.query.get("batch_id") or None,
-        archived=archived,  # type: ignore[arg-type]
+        archived=archived,
     )
     return web.json_response({"jobs": jobs, "total": total})
 

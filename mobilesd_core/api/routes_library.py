@@ -7,12 +7,13 @@ from typing import Any
 from aiohttp import web
 
 from ..library import CHECKPOINTS, LORAS, scan_library
+from ..model_sync.index import Kind
 from .keys import CORE, SETTINGS
 
 routes = web.RouteTableDef()
 
 
-def _with_servers(request: web.Request, answer: dict[str, Any], kind: str) -> dict[str, Any]:
+def _with_servers(request: web.Request, answer: dict[str, Any], kind: Kind) -> dict[str, Any]:
     """Each item gains `on_servers`: the servers whose (cached) lists include it."""
     sync = request.app[CORE].model_sync
     for item in answer["items"]:

@@ -166,7 +166,7 @@ def _pick_file(version: dict[str, Any], file_id: int | None) -> dict[str, Any]:
             status=404,
         )
     models = [f for f in files if f.get("type") in (None, "Model", "Pruned Model")]
-    chosen = next((f for f in models if f.get("primary")), None) or (models or [None])[0]
+    chosen = next((f for f in models if f.get("primary")), None) or (models[0] if models else None)
     if chosen is None:
         raise CivitaiError(
             f"model version {version.get('id')} lists no model file to download",
@@ -395,7 +395,8 @@ class DownloadManager:
             version_id = versions[0]["id"]
         assert version_id is not None
         version = await self.client.model_version(version_id)
-        model = version.get("model") if isinstance(version.get("model"), dict) else {}
+        raw_model = version.get("model")
+        model = raw_model if isinstance(raw_model, dict) else {}
         model_type = str(model.get("type") or "")
         if model_type.lower() not in MODEL_TYPES:
             raise CivitaiError(
@@ -424,7 +425,8 @@ class DownloadManager:
                     inside(root, folder)
                 except UnsafePath:
                     folder = ""  # e.g. a symlink there leading elsewhere: use the root
-            hashes = chosen.get("hashes") if isinstance(chosen.get("hashes"), dict) else {}
+            raw_hashes = chosen.get("hashes")
+            hashes = raw_hashes if isinstance(raw_hashes, dict) else {}
             size_kb = chosen.get("sizeKB")
             download = Download(
                 download_id=str(ULID()),

@@ -143,7 +143,8 @@ class Resource:
     matched_by: str | None = None
 
     def apply_version(self, version: dict[str, Any]) -> None:
-        model = version.get("model") if isinstance(version.get("model"), dict) else {}
+        raw_model = version.get("model")
+        model = raw_model if isinstance(raw_model, dict) else {}
         self.model_version_id = _int(version.get("id")) or self.model_version_id
         self.model_id = _int(version.get("modelId")) or self.model_id
         self.model_name = model.get("name") or self.model_name
@@ -205,7 +206,8 @@ def wanted_resources(
     meta: dict[str, Any], tags: list[tuple[str, float | None]]
 ) -> tuple[Resource | None, list[Resource], list[Resource], list[int]]:
     """What the meta names: (checkpoint, LoRAs, others, model version ids still to look up)."""
-    hashes = meta.get("hashes") if isinstance(meta.get("hashes"), dict) else {}
+    raw_hashes = meta.get("hashes")
+    hashes = raw_hashes if isinstance(raw_hashes, dict) else {}
     checkpoint: Resource | None = None
     model_hash = meta.get("Model hash") or hashes.get("model")
     if meta.get("Model") or model_hash:
@@ -227,15 +229,15 @@ def wanted_resources(
         if not isinstance(item, dict):
             continue
         kind = _kind(str(item.get("type") or ""))
-        name, h = _text(item.get("name")), _text(item.get("hash"))
-        if kind == "lora" and name:
-            lora = loras.setdefault(name.lower(), Resource("lora", name=name))
+        item_name, h = _text(item.get("name")), _text(item.get("hash"))
+        if kind == "lora" and item_name:
+            lora = loras.setdefault(item_name.lower(), Resource("lora", name=item_name))
             if lora.weight is None:
                 lora.weight = number(item.get("weight")) or 1.0
             if h and h.lower() not in lora.hashes:
                 lora.hashes.append(h.lower())
         elif kind == "checkpoint":
-            checkpoint = checkpoint or Resource("checkpoint", name=name)
+            checkpoint = checkpoint or Resource("checkpoint", name=item_name)
             if h and h.lower() not in checkpoint.hashes:
                 checkpoint.hashes.append(h.lower())
     version_ids = []
@@ -363,21 +365,21 @@ def build_params(
             ),
         }
     if checkpoint is not None:
-        name = (
+        checkpoint_name = (
             checkpoint.local_path
             or checkpoint.name
             or (_stem(checkpoint.file_names[0]) if checkpoint.file_names else None)
         )
-        if name:
-            params["checkpoint_name"] = name[:512]
+        if checkpoint_name:
+            params["checkpoint_name"] = checkpoint_name[:512]
     specs = []
     for lora in loras[:32]:
-        name = (
+        lora_name = (
             lora.local_name or lora.name or (_stem(lora.file_names[0]) if lora.file_names else None)
         )
-        if not name:
+        if not lora_name:
             continue
-        name = re.sub(r"[<>:\n]", "_", name)[:255]
+        name = re.sub(r"[<>:\n]", "_", lora_name)[:255]
         weight = _clamp(lora.weight if lora.weight is not None else 1.0, -5, 5, "weight", warnings)
         specs.append({"name": name, "weight": weight})
     params["loras"] = specs

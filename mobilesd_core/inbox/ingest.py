@@ -172,7 +172,8 @@ class Ingestor:
             created_before = any([await self.service.exists(job_id) for job_id in ids])
         else:
             ids = None
-        if created_before and key not in self._stuck:
+        # (created_before implies ids; saying so lets the type checker see `ids` is a list below)
+        if ids is not None and created_before and key not in self._stuck:
             log.info("inbox: the jobs of %s were created before a restart; not again", key.name)
         else:
             if ids is None and (seen := self.ledger.seen_before(key.sha256)) is not None:

@@ -7,7 +7,7 @@ Pydantic is kept for data that crosses a boundary (requests: schema.py).
 This module imports nothing of the project, so every module (schema.py included) can use it.
 """
 
-from typing import Any, Literal, NotRequired, Required, TypedDict
+from typing import Any, Literal, NotRequired, Required, TypedDict, final
 
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 ActiveStatus = Literal["pending", "processing"]
@@ -53,6 +53,7 @@ class RunInfo(TypedDict):
     version: Any
 
 
+@final  # final: `"error" in details` tells a failure from a result (mypy narrows on it)
 class JobResult(TypedDict):
     """`result_details` of a completed job."""
 
@@ -61,6 +62,7 @@ class JobResult(TypedDict):
     timings: dict[str, float]  # seconds per phase
 
 
+@final
 class JobFailure(TypedDict):
     """`result_details` of a failed or cancelled job: one shape whoever ended it (transitions
     write all three; jobs that ended before they did may have `error` alone)."""

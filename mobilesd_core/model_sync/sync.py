@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import stat
 import threading
@@ -44,7 +45,7 @@ from ..schema import FieldProblem, ServerConfig, utc_now_iso
 from ..servers import ServerRegistry, ServerRuntime
 from .copier import PART_SUFFIX, CopyCancelled, CopyFailed, copy_verified, sha256_file
 from .dirs import check_dirs
-from .index import LibraryFile, LibraryIndex, listed_as
+from .index import Kind, LibraryFile, LibraryIndex, listed_as
 from .ledger import SyncedFile, SyncLedger
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class ModelSync:
                 self.ledger.remove(owner, key)
             task = asyncio.create_task(self._copy(need, runtime), name=f"sync-{key}")
             self._copies[key] = task
-            task.add_done_callback(lambda done, key=key: self._forget_copy(key, done))
+            task.add_done_callback(functools.partial(self._forget_copy, key))
         listeners = self._listeners.setdefault(key, {})
         listeners[job_id] = progress
         try:
@@ -499,9 +500,9 @@ class ModelSync:
             "loras": sorted({f.stem for f in self.index.files["lora"] if f.stem not in loras}),
         }
 
-    def on_servers(self, kind: str, relpath: str) -> list[str]:
+    def on_servers(self, kind: Kind, relpath: str) -> list[str]:
         """Aliases whose cached lists include this library file."""
-        file = LibraryFile(kind, relpath, Path(relpath), 0)  # type: ignore[arg-type]
+        file = LibraryFile(kind, relpath, Path(relpath), 0)
         out = []
         for alias, runtime in sorted(self._registry.runtimes.items()):
             if kind == "checkpoint":

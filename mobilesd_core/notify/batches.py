@@ -111,9 +111,9 @@ class BatchTracker:
         key = batch_key(job)
         job_id = job["mobilesd_job_id"]
         if job["status"] not in TERMINAL_STATUSES:
-            batch = self.batches.setdefault(key, Batch(key))
-            batch.live.add(job_id)
-            batch.see(job_id)
+            open_batch = self.batches.setdefault(key, Batch(key))
+            open_batch.live.add(job_id)
+            open_batch.see(job_id)
             return None
         batch = self.batches.get(key)
         if batch is None or job_id not in batch.live:

@@ -186,7 +186,7 @@ class WebhookOutbox:
                 pending[delivery_id].attempts = int(record["attempts"])
                 pending[delivery_id].next_at = float(record["next_at"])
                 pending[delivery_id].last_error = record.get("error")
-            elif op in ("done", "gave_up"):
+            elif op in ("done", "gave_up") and isinstance(delivery_id, str):
                 pending.pop(delivery_id, None)
         if self._log.path.exists():
             self._log.rewrite([d.record() for d in pending.values()])

@@ -334,7 +334,9 @@ async def png_info(request: web.Request) -> web.Response:
 
 async def cmd_flags(request: web.Request) -> web.Response:
     sim = _sim(request)
-    host, port = (request.transport.get_extra_info("sockname") or ("127.0.0.1", 0))[:2]
+    transport = request.transport  # None once the client has gone
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    host, port = (sockname or ("127.0.0.1", 0))[:2]
     return _json(
         {
             "api": True,

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -201,7 +202,7 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}  # argparse values are untyped; given ones override defaults
     if getattr(args, "checkpoints", None) is not None:  # "" lists only --models-dir
         kwargs["checkpoints"] = args.checkpoints
     if getattr(args, "loras", None) is not None:
@@ -220,7 +221,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         adetailer=getattr(args, "adetailer", False),
         controlnet=not getattr(args, "no_controlnet", False),
         sd_vae_route=getattr(args, "sd_vae", False),
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

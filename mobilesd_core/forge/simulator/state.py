@@ -174,7 +174,8 @@ class SimulatedForge:
         self.extras_count = 0
         self.request_counts: Counter[str] = Counter()
         self.faults = FaultBook()
-        self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
+        # The API's generations (an answer) and the web UI's (None): abort_all cancels both.
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()
         self._boot()
         self.options: dict[str, Any] = self._default_options()
@@ -508,8 +509,8 @@ class SimulatedForge:
                 report("done", outcome)
 
         task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return task
 
     async def abort_all(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 from fakes.civitai import FakeCivitai, FakeCivitaiServer
 from mobilesd_core.config import Settings
 
-from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
+from ..conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
 
 KEY = "civitai-key-SECRET-0123456789abcdef"
 
@@ -78,3 +78,24 @@ async def start_download(harness: Harness, **body: Any) -> str:
     response = await harness.api.post("/api/v1/civitai/download-model", json=body)
     assert response.status_code == 202, response.text
     return response.json()["download_id"]
+
+
+REAL_META_TEMPLATE: dict[str, Any] = {
+    # The shape Civitai's API returns for an A1111/Forge image (flatMeta=true): numbers as
+    # strings, the scheduler inside the sampler name, LoRAs as prompt tags plus hashes.
+    "prompt": (
+        "masterpiece, best quality, a lighthouse at dusk, oil painting, "
+        "<lora:add_detail:0.6>, <lora:inkwash_v2:0.8> <lora:grainy_style:1.2>"
+    ),
+    "negativePrompt": "blurry, lowres, text, watermark",
+    "seed": "1234567890",
+    "steps": "30",
+    "cfgScale": "6.5",
+    "sampler": "DPM++ 2M Karras",
+    "clipSkip": "2",
+    "Size": "832x1216",
+    "Model": "juggernautXL_v9Rundiffusionphoto2",
+    "Version": "f2.0.1v1.10.1-previous-313-g8a042934",
+    "ADetailer model": "face_yolov8n.pt",
+    "resources": [],
+}

@@ -31,7 +31,7 @@ def fixed_clock() -> datetime:
     return NOW
 
 
-def _job(n: int, status: str, **extra: Any) -> dict[str, Any]:
+def fake_job(n: int, status: str, **extra: Any) -> dict[str, Any]:
     minute = 59 - n
     job = {
         "mobilesd_job_id": f"01JD3FAKE{n:017d}",
@@ -68,7 +68,7 @@ def _job(n: int, status: str, **extra: Any) -> dict[str, Any]:
 
 def sample_jobs() -> list[dict[str, Any]]:
     return [
-        _job(
+        fake_job(
             1,
             "processing",
             assigned_server_alias="gpu1",
@@ -76,17 +76,17 @@ def sample_jobs() -> list[dict[str, Any]]:
             attempts=1,
             progress={"fraction": 0.45, "step": 9, "steps": 20, "eta_seconds": 6.0},
         ),
-        _job(2, "pending", position=0),
-        _job(3, "pending", position=1, target_server_alias="gpu2"),
-        _job(4, "pending", position=2),
-        _job(
+        fake_job(2, "pending", position=0),
+        fake_job(3, "pending", position=1, target_server_alias="gpu2"),
+        fake_job(4, "pending", position=2),
+        fake_job(
             5,
             "completed",
             assigned_server_alias="gpu1",
             completion_timestamp="2026-11-24T11:56:00.000Z",
             result_details={"images": ["a.png", "b.png"], "info": {"seed": 1234567}},
         ),
-        _job(
+        fake_job(
             6,
             "failed",
             assigned_server_alias="gpu2",
@@ -94,7 +94,7 @@ def sample_jobs() -> list[dict[str, Any]]:
             attempts=3,
             result_details={"error": "gpu2: checkpoint 'flux1-dev' is not on this server"},
         ),
-        _job(
+        fake_job(
             7,
             "cancelled",
             completion_timestamp="2026-11-24T11:54:00.000Z",
@@ -231,7 +231,7 @@ class FakeApi:
         self.calls.append(("submit", params))
         if self.fail_submit is not None:
             raise ApiError(422, "invalid_fields", "invalid fields", self.fail_submit)
-        return _job(99, "pending", position=3, generation_params=params)
+        return fake_job(99, "pending", position=3, generation_params=params)
 
     async def submit_sweep(
         self, params: dict[str, Any], matrix: dict[str, list[Any]], target: str | None
@@ -258,7 +258,7 @@ class FakeApi:
 
     async def retry(self, job_id: str) -> dict[str, Any]:
         self.calls.append(("retry", job_id))
-        return _job(98, "pending", position=3)
+        return fake_job(98, "pending", position=3)
 
     async def move(self, job_id: str, to: str) -> dict[str, Any]:
         self.calls.append(("move", (job_id, to)))
