@@ -76,3 +76,29 @@ def test_demo_does_not_import_cli() -> None:
     assert not {n for n in demo if n == "mobilesd_core.cli" or n.startswith("mobilesd_core.cli.")}
     cli = _imported_modules(_core_module("cli"), "mobilesd_core", top_level_only=True)
     assert not {n for n in cli if n == "mobilesd_core.demo" or n.startswith("mobilesd_core.demo.")}
+
+
+def _calls(tree: ast.AST) -> set[str]:
+    """The names of the functions and methods `tree` calls (`f(...)`, `x.f(...)`)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                names.add(node.func.id)
+            elif isinstance(node.func, ast.Attribute):
+                names.add(node.func.attr)
+    return names
+
+
+def test_job_records_are_built_only_by_the_queue_service() -> None:
+    """Every entry point (API, TUI through the API, inbox) queues through QueueService, so a job
+    is built one way: the inbox hands its specs to submit_specs, as the jobs route does."""
+    builders = []
+    for path in sorted(CORE.rglob("*.py")):
+        if path.name in ("service.py", "schema.py") and path.parent == CORE:
+            continue
+        if "new_job" in _calls(ast.parse(path.read_text(encoding="utf-8"))):
+            builders.append(str(path.relative_to(CORE.parent)))
+    assert builders == []
+    for entry in ("inbox/ingest.py", "api/routes_jobs.py"):
+        assert "submit_specs" in _calls(ast.parse((CORE / entry).read_text(encoding="utf-8")))
