@@ -4,6 +4,7 @@ the entry-point modules do not depend on each other in a circle."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,34 @@ def test_job_records_are_built_only_by_the_queue_service() -> None:
     assert builders == []
     for entry in ("inbox/ingest.py", "api/routes_jobs.py"):
         assert "submit_specs" in _calls(ast.parse((CORE / entry).read_text(encoding="utf-8")))
+
+
+def test_the_checkout_inbox_is_the_default_and_git_keeps_only_its_readme() -> None:
+    """A source checkout's inbox/ is INBOX_PATH's default (run from the repository root); what
+    is dropped there, moved to processed/ or failed/, or reported never lands in a commit."""
+    from mobilesd_core.config import Settings
+    from mobilesd_core.inbox.names import Kind, classify
+
+    repo = CORE.parent
+    assert Settings.inbox_path == Path("inbox")
+    assert (repo / "inbox" / "README.md").is_file()
+    assert classify("README.md") is Kind.TEMPORARY  # left alone without a log line
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    dropped = [
+        "inbox/job.yaml",
+        "inbox/portraits/job.yml",
+        "inbox/processed/job.yaml",
+        "inbox/failed/typo.yaml",
+        "inbox/failed/typo.yaml.error.txt",
+        "inbox/notes.txt",
+    ]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *dropped, "inbox/README.md"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert ignored.stdout.split() == dropped
