@@ -7,15 +7,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import socket
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from . import __version__, logflood
 from .config import DEFAULT_PORT, TOKEN_FILE, ConfigError, Settings, prepare, settings_from_env
+from .runner import bind_listener, run_until_signalled
 
 log = logging.getLogger("mobilesd")
 
@@ -60,36 +58,6 @@ def _settings(args: argparse.Namespace, **fallbacks: Any) -> Settings:
         if flags.get(key) is None:
             flags[key] = value
     return settings_from_env(**flags)
-
-
-async def _run_until_signalled(
-    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
-) -> None:
-    """Run until SIGINT/SIGTERM, then stop cleanly (Docker sends SIGTERM)."""
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stopping.set)
-    await start()
-    try:
-        await stopping.wait()
-    finally:
-        print("\nstopping…", file=sys.stderr)
-        await stop()
-
-
-def bind_listener(host: str, port: int) -> socket.socket:
-    """Take the port before the core touches its data: a second instance fails here, cleanly."""
-    from .listener import guarded
-
-    try:
-        return guarded(socket.create_server((host, port)))
-    except OSError as exc:
-        raise ConfigError(
-            f"PORT: cannot listen on {host}:{port} ({exc.strerror}); "
-            "is MobileSD already running? Choose another with PORT or --port"
-        ) from None
 
 
 def token_is_new(settings: Settings) -> bool:
@@ -142,7 +110,7 @@ async def serve(settings: Settings, *, qr: bool = True) -> None:
         else:
             print(f"Phone sign-in link and its QR code: {LINK_AGAIN}.", flush=True)
 
-    await _run_until_signalled(start, runner.cleanup)
+    await run_until_signalled(start, runner.cleanup)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

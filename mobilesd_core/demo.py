@@ -21,11 +21,11 @@ from aiohttp import web
 
 from .api.app import create_app, runner_options
 from .api.keys import CORE, TOKEN
-from .cli import _run_until_signalled, bind_listener
 from .config import Settings
 from .forge.simulator import SimServer, SimulatorConfig
 from .jobfiles import load_job_file
 from .phone_link import phone_url
+from .runner import bind_listener, run_until_signalled
 
 # The repository's examples; an installed copy (Docker) names its own with MOBILESD_EXAMPLES.
 EXAMPLES = Path(
@@ -209,7 +209,7 @@ async def run_demo(
         print(f"demo: {completed} example jobs completed, {other} did not")
         return other == 0
     if not tui:
-        await _run_until_signalled(start, stop)
+        await run_until_signalled(start, stop)
         return True
 
     from mobilesd_tui.api_client import CoreClient

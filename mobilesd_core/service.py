@@ -169,11 +169,13 @@ class QueueService:
         target_server_alias: str | None = None,
         source_ref: str | None = None,
         extra_fields: JobExtras | None = None,
-    ) -> list[JobView]:
+        job_ids: builtins.list[str] | None = None,
+    ) -> builtins.list[JobView]:
         """Queue what one request or job file defines (expanded), all or none, as one batch.
 
         A job's own `server` wins over `target_server_alias`; unknown servers are named by the
-        field they came from.
+        field they came from. `job_ids`: the ids the jobs get, one per spec (the inbox notes
+        them durably before the jobs exist, so a crash cannot create a file's jobs twice).
         """
         problems = []
         for spec in specs:
@@ -198,6 +200,9 @@ class QueueService:
             }
             for spec in specs
         ]
+        if job_ids is not None:
+            for job, job_id in zip(jobs, job_ids, strict=True):
+                job["mobilesd_job_id"] = job_id
         return await self.submit_prepared(jobs)
 
     async def submit_prepared(self, jobs: list[Job]) -> list[JobView]:

@@ -25,8 +25,8 @@ from mobilesd_core.gallery import (
     ImageNotFound,
     SavedImage,
     UnsafeName,
-    _make_record,
 )
+from mobilesd_core.gallery.index import make_record
 from mobilesd_core.schema import GenerationParams, new_job
 
 from .helpers.images import blank_png, png_bytes
@@ -488,7 +488,7 @@ async def test_listing_100k_entries_pages_and_filters(gallery: Gallery) -> None:
     for i in range(100_000):
         name = f"{i:08d}.png"
         created = (start + timedelta(seconds=i)).isoformat(timespec="milliseconds")
-        records[name] = _make_record(
+        records[name] = make_record(
             name,
             created=created.replace("+00:00", "Z"),
             width=512,
@@ -499,7 +499,7 @@ async def test_listing_100k_entries_pages_and_filters(gallery: Gallery) -> None:
             seed=i,
             checkpoint="model",
         )
-    gallery._install(records)
+    gallery._index.install(records)
 
     page, total = await gallery.list_images(limit=50, offset=5000)
     assert total == 100_000
@@ -797,7 +797,7 @@ def test_kill_mid_save_leaves_no_partial_image(tmp_path: Path) -> None:
 
 
 def test_png_chunks_are_read_without_decoding_and_checked() -> None:
-    from mobilesd_core.gallery import _png_facts
+    from mobilesd_core.gallery.png import png_facts
 
     for text in ("a fox, Steps: 20", "ein Fuchs im Schnee, 狐"):  # tEXt, then iTXt
         info = PngImagePlugin.PngInfo()
@@ -808,12 +808,12 @@ def test_png_chunks_are_read_without_decoding_and_checked() -> None:
         out = io.BytesIO()
         Image.new("RGB", (40, 24), "red").save(out, format="PNG", pnginfo=info)
         data = out.getvalue()
-        assert _png_facts(data) == (40, 24, text)
+        assert png_facts(data) == (40, 24, text)
         broken = bytearray(data)
         broken[60] ^= 0xFF  # one flipped byte: a CRC no longer matches
-        assert _png_facts(bytes(broken)) is None
-        assert _png_facts(data[:-20]) is None  # cut short
-    assert _png_facts(b"GIF89a...") is None
+        assert png_facts(bytes(broken)) is None
+        assert png_facts(data[:-20]) is None  # cut short
+    assert png_facts(b"GIF89a...") is None
 
 
 # --- the pixel cap ----------------------------------------------------------------------------

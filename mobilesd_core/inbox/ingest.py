@@ -15,11 +15,9 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import cast
 
 from ..jobfiles import MAX_FILE_BYTES, JobFileResult, parse_job_text
-from ..jobs.types import Job, JobExtras
-from ..schema import FieldProblem, InvalidInput, new_batch_id, new_job, utc_now_iso
+from ..schema import FieldProblem, InvalidInput, new_job_id, utc_now_iso
 from ..service import QueueService
 from .inside import LinkOnPath, first_link, open_inside
 from .ledger import FileKey, IngestLedger
@@ -166,17 +164,18 @@ class Ingestor:
 
     async def _queue(self, path: Path, key: FileKey, result: JobFileResult) -> Outcome:
         intent = self.ledger.open_intent(key)
-        ids: list[str] | None = intent.job_ids if intent else None
+        # The ids noted before a crash, if they still fit the file's jobs.
+        noted = intent.job_ids if intent and len(intent.job_ids) == len(result.jobs) else None
         created_before = False
-        if ids is not None and len(ids) == len(result.jobs):
-            created_before = any([await self.service.exists(job_id) for job_id in ids])
-        else:
-            ids = None
-        # (created_before implies ids; saying so lets the type checker see `ids` is a list below)
-        if ids is not None and created_before and key not in self._stuck:
+        if noted is not None:
+            created_before = any([await self.service.exists(job_id) for job_id in noted])
+        # Chosen and noted before the jobs exist: a crash after the store write finds them by
+        # these ids and does not create them again.
+        ids = noted if noted is not None else [new_job_id() for _ in result.jobs]
+        if created_before and key not in self._stuck:
             log.info("inbox: the jobs of %s were created before a restart; not again", key.name)
         else:
-            if ids is None and (seen := self.ledger.seen_before(key.sha256)) is not None:
+            if noted is None and (seen := self.ledger.seen_before(key.sha256)) is not None:
                 log.info(
                     "inbox: %s has the same content as %s, processed at %s (kept as %s); "
                     "queuing it again as asked",
@@ -185,27 +184,11 @@ class Ingestor:
                     seen.at,
                     seen.moved_to,
                 )
-            batch_id = new_batch_id()  # one batch per file
-            jobs: list[Job] = [
-                {
-                    **new_job(
-                        spec.params,
-                        source="inbox",
-                        target_server_alias=spec.server,
-                        source_ref=key.name,
-                        batch_id=batch_id,
-                    ),
-                    **cast(JobExtras, spec.job_fields()),  # checked by expansion
-                }
-                for spec in result.jobs
-            ]
-            if ids is not None:  # recovering: the ids noted before the crash
-                for job, job_id in zip(jobs, ids, strict=True):
-                    job["mobilesd_job_id"] = job_id
-            ids = [job["mobilesd_job_id"] for job in jobs]
             try:
                 await asyncio.to_thread(self.ledger.record_intent, key, ids)
-                await self.service.submit_prepared(jobs)
+                await self.service.submit_specs(
+                    result.jobs, source="inbox", source_ref=key.name, job_ids=ids
+                )
             except InvalidInput as exc:  # a target server was removed meanwhile
                 return await self._fail(path, key.name, exc.problems)
             except OSError as exc:

@@ -35,13 +35,14 @@ _TEMPORARY_PATTERNS = (
     "*~",  # editor backups
     "thumbs.db",
     "desktop.ini",
+    "readme.md",  # the source checkout's inbox/README.md: it says what to drop, it is no job
 )
 _TEMPORARY = re.compile("|".join(fnmatch.translate(p) for p in _TEMPORARY_PATTERNS), re.IGNORECASE)
 
 
 class Kind(Enum):
     JOB = "job"  # a .yaml/.yml file to read once it is complete
-    TEMPORARY = "temporary"  # hidden or a tool's temporary name: left alone, silently
+    TEMPORARY = "temporary"  # hidden, a tool's temporary name, the README: left alone, silently
     OTHER = "other"  # some other file: left where it is, logged once
 
 
