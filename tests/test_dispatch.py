@@ -16,6 +16,7 @@ from mobilesd_core.forge.infotext import parse_infotext
 from mobilesd_core.forge.simulator import SimulatorConfig
 
 from .conftest import Harness, wait_for
+from .helpers.jobs import leave_job_processing
 
 
 async def test_job_runs_to_completion_with_metadata(harness: Harness) -> None:
@@ -338,29 +339,11 @@ async def test_editing_a_server_while_it_runs_a_job(harness: Harness) -> None:
     assert harness.core.registry.runtimes["renamed"].active == 0
 
 
-async def _leave_job_processing(settings, *, interruptions: int = 0) -> str:
-    """Write a job as a killed core leaves it: processing, one attempt counted."""
-    from mobilesd_core.jobs.store import JobStore
-    from mobilesd_core.schema import GenerationParams, new_job
-
-    store = JobStore(settings.data_path)
-    await store.open()
-    (job,) = await store.add(
-        [new_job(GenerationParams(prompt="x", steps=2, width=64, height=64), source="api")]
-    )
-    await store.update(
-        job["mobilesd_job_id"],
-        {"status": "processing", "attempts": 1, "interruptions": interruptions},
-    )
-    await store.close()
-    return job["mobilesd_job_id"]
-
-
 async def test_core_restarts_do_not_use_up_the_retry_budget(tmp_path: Path) -> None:
     from .conftest import fast_settings, start_harness, stop_harness
 
     settings = fast_settings(tmp_path)
-    job_id = await _leave_job_processing(settings)
+    job_id = await leave_job_processing(settings)
     harness = await start_harness(settings)
     try:
         await harness.api.post("/api/v1/queue/pause")
@@ -379,7 +362,7 @@ async def test_job_that_keeps_stopping_the_core_is_failed(tmp_path: Path) -> Non
     from .conftest import fast_settings, start_harness, stop_harness
 
     settings = fast_settings(tmp_path, max_interruptions=3)
-    job_id = await _leave_job_processing(settings, interruptions=3)
+    job_id = await leave_job_processing(settings, interruptions=3)
     harness = await start_harness(settings)
     try:
         job = await harness.job(job_id)

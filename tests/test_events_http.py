@@ -18,7 +18,7 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from httpx_sse import EventSource, ServerSentEvent, SSEError, aconnect_sse
+from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from mobilesd_core.api.app import create_app
 from mobilesd_core.api.routes_events import (
@@ -29,6 +29,7 @@ from mobilesd_core.api.routes_events import (
 from mobilesd_core.events import EventBus
 
 from .conftest import TOKEN, Harness, fast_settings, stop_harness, wait_for
+from .helpers.events import Reader, connected
 
 URL = "/api/v1/events"
 FAST = {"heartbeat": 5.0, "write_timeout": 1.0, "liveness_check": 0.05}
@@ -68,39 +69,6 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     yield make
     for harness in made:
         await stop_harness(harness)
-
-
-class Reader:
-    """Events from one stream, each awaited under a deadline; the bare `retry:` block is kept
-    apart (httpx-sse yields it as an empty message)."""
-
-    def __init__(self, source: EventSource) -> None:
-        self._events = source.aiter_sse()
-        self.retry: int | None = None
-
-    async def next(self, timeout: float = 5.0) -> ServerSentEvent:
-        async with asyncio.timeout(timeout):
-            while True:
-                sse = await anext(self._events)
-                if sse.data == "" and sse.retry is not None:
-                    self.retry = sse.retry
-                    continue
-                return sse
-
-    async def take(self, count: int, timeout: float = 5.0) -> list[ServerSentEvent]:
-        return [await self.next(timeout) for _ in range(count)]
-
-    async def rest(self) -> int:
-        """Read to the end of the stream; how many events came."""
-        count = 0
-        async for _ in self._events:
-            count += 1
-        return count
-
-
-async def connected(bus: EventBus, before: int) -> None:
-    """The stream is subscribed (the bus counts it)."""
-    await wait_for(lambda: bus.subscriber_count > before, timeout=5, what="the subscription")
 
 
 def publish(bus: EventBus, count: int, start: int = 0) -> list[int]:

@@ -21,8 +21,8 @@ from mobilesd_core.jobs.types import JobFailure, JobView
 from mobilesd_core.schema import GenerationParams, new_job
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
-from .test_dispatch import _leave_job_processing
-from .test_events_http import Reader, connected
+from .helpers.events import Reader, connected
+from .helpers.jobs import leave_job_processing
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -96,7 +96,7 @@ async def test_every_failure_has_the_same_failure_fields(tmp_path: Path) -> None
     """A Forge error, a lost server that exhausts the retries, plain retry exhaustion, a
     checkpoint no server lists and a job that kept stopping the core: one failure shape."""
     settings = fast_settings(tmp_path, max_interruptions=0)
-    stopped = await _leave_job_processing(settings)
+    stopped = await leave_job_processing(settings)
     harness = await start_harness(settings)
     try:
         rejected = await harness.add_sim("rejects")
