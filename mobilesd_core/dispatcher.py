@@ -35,6 +35,7 @@ from .routing import Router, Unroutable
 from .scheduler import Scheduler, ServerSlot, eligible
 from .schema import utc_now_iso
 from .servers import ServerRegistry, ServerRuntime
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -142,22 +143,15 @@ class Dispatcher:
         saved under the same names)."""
         if self._timer:
             self._timer.cancel()
-        if self._loop_task:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await cancel_and_wait(self._loop_task)
         for future in self._waiting_for_pass:  # no pass will come to release them
             if not future.done():
                 future.set_result(None)
         finishing = [r.task for r in self._runs.values() if r.task and r.slot_released]
         if finishing:
             await asyncio.wait(finishing, timeout=FINISH_GRACE_SECONDS)
-        tasks = [r.task for r in self._runs.values() if r.task and not r.task.done()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        with contextlib.suppress(Exception):  # each run logs its own failure
+            await cancel_and_wait(*(r.task for r in self._runs.values() if r.task))
 
     def wake(self) -> None:
         self.idle.clear()
@@ -441,9 +435,8 @@ class Dispatcher:
             result = await self._follow(request, run)
         finally:
             if not request.done():
-                request.cancel()
-                with contextlib.suppress(BaseException):
-                    await request
+                with contextlib.suppress(Exception):  # _follow saw its outcome, or the run ends
+                    await cancel_and_wait(request)
         if not run.slot_released:
             await self._hand_over(run)
         if run.cancelled:

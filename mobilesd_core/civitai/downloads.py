@@ -45,6 +45,7 @@ from ..events import EventBus
 from ..jobs.store import Conflict
 from ..library import CHECKPOINTS, LORAS, PREVIEW_SUFFIXES, LibraryKind
 from ..schema import utc_now_iso
+from ..tasks import cancel_and_wait
 from .client import CivitaiClient, CivitaiError, retry_after_seconds, transport_error
 from .filenames import (
     UnsafePath,
@@ -315,12 +316,7 @@ class DownloadManager:
             self._schedule(download)
 
     async def stop(self) -> None:
-        tasks = [*self._tasks.values(), *self._side_tasks]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks.values(), *self._side_tasks)
         self._tasks.clear()
         self._side_tasks.clear()
         await self._save()
