@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backoff import backoff_delay
 from .config import Settings
 from .events import EventBus
 from .forge.client import ForgeClient, generated_images
@@ -711,8 +712,8 @@ class Dispatcher:
             },
         ]
         if exc.transient and tries < self._settings.max_attempts:
-            delay = min(
-                self._settings.retry_backoff * 2 ** (attempts - 1), self._settings.retry_backoff_max
+            delay = backoff_delay(
+                attempts, self._settings.retry_backoff, self._settings.retry_backoff_max
             )
             log.warning(
                 "job %s attempt %d on %s failed (%s); retrying in %.1f s",
@@ -775,16 +776,17 @@ class Dispatcher:
         fails the write without changing anything; the job then stays `processing` (in memory
         and on disk) and the write is tried again every few seconds, so the job ends once the
         disk takes it. A core stopped meanwhile queues the job again at its next start."""
-        delay = 0.25
+        failures = 0
         while True:
             try:
                 return await self._store.update(job_id, changes, expect=expect)
             except StoreWriteError as exc:
+                failures += 1
+                delay = backoff_delay(failures, 0.25, 5.0)
                 log.error(
                     "job %s: %s; writing its outcome again in %.1f s", job_id, exc.strerror, delay
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
     # -- cancel -----------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from pydantic import (
 )
 from ulid import ULID
 
+from .errors import MobileSDError
+
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 JobSource = Literal["tui", "web", "api", "inbox", "cli"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -406,13 +408,24 @@ def problems_from_error(
     return problems
 
 
-class InvalidInput(Exception):
+class InvalidInput(MobileSDError):
     """Raised by services when input fails validation; carries every problem found."""
+
+    status = 422
+    code = "invalid_fields"
 
     def __init__(self, problems: list[FieldProblem], message: str = "invalid input") -> None:
         super().__init__(message)
         self.problems = problems
         self.message = message
+
+    @property
+    def public_message(self) -> str:
+        return f"invalid fields: {'; '.join(p.render() for p in self.problems[:5])}"
+
+    @property
+    def details(self) -> Any:
+        return [p.model_dump(exclude_none=True) for p in self.problems]
 
 
 def parse_params(data: Any, *, prefix: str = "generation_params") -> GenerationParams:

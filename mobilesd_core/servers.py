@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from .errors import MobileSDError, NotFound
 from .events import EventBus
 from .forge.client import ForgeClient
 from .forge.errors import ForgeError
@@ -98,12 +99,21 @@ def not_forge_yet(alias: str) -> str:
     )
 
 
-class ServerNotFound(Exception):
-    pass
+class ServerNotFound(NotFound):
+    code = "server_not_found"
+
+    @property
+    def public_message(self) -> str:
+        return f"no server named '{self.args[0]}'"
 
 
-class ServerExists(Exception):
-    pass
+class ServerExists(MobileSDError):
+    status = 409
+    code = "server_exists"
+
+    @property
+    def public_message(self) -> str:
+        return f"a server named '{self.args[0]}' exists"
 
 
 ClientFactory = Callable[[ServerConfig], ForgeClient]

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import __version__
+from ..backoff import backoff_delay
 from ..durable import AppendLog
 from ..schema import new_job_id, utc_now_iso
 from ..tasks import cancel_and_wait, wait_ended
@@ -265,7 +266,7 @@ class WebhookOutbox:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     def _delay(self, attempts: int) -> float:
-        return min(self.backoff * 2 ** (attempts - 1), self.backoff_max)
+        return backoff_delay(attempts, self.backoff, self.backoff_max)
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:
