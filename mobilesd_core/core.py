@@ -105,7 +105,8 @@ class Core:
         self.store.set_listener(self._on_job_change)
         self.bus.add_listener(self.notifier.on_event)
         self.registry.set_on_available(self.dispatcher.wake)
-        self._started = False
+        self._parts: contextlib.AsyncExitStack | None = None  # the parts started, to stop
+        self._stop_errors: list[Exception] = []
         self._background: set[asyncio.Task[None]] = set()
 
     async def _on_downloaded(self, kind: str) -> None:
@@ -159,21 +160,47 @@ class Core:
                 self.bus.publish("image", {"removed": entries[name]})
 
     async def start(self) -> None:
-        await self.notifier.prepare()  # configuration errors before any file is taken
-        await self.store.open()
-        await self.server_store.open()
-        await self.pins.load()
-        await self.gallery.start()
-        self.dispatcher.paused = await asyncio.to_thread(load_paused, self.settings.data_path)
-        # Before servers and jobs move: it must see their first states.
-        await self.notifier.start()
-        await self.registry.start()
-        await self.model_sync.start()
-        await self.dispatcher.start()
-        await self.inbox.start()
-        await self.downloads.start()  # unfinished downloads resume
-        self.retention.start()  # prunes once now, then every RETENTION interval
-        self._started = True
+        """Start every part in order. Each part that started is stopped again, in reverse
+        order, by `stop()`, or at once if a later part fails to start (the error is raised as
+        it came: the store's threads and lock, health loops and tasks are not left behind)."""
+        errors: list[Exception] = []
+        async with contextlib.AsyncExitStack() as parts:
+
+            def started(name: str, stop: Callable[[], Awaitable[object]]) -> None:
+                parts.push_async_callback(_stop_part, name, stop, errors)
+
+            # Built in __init__, so it is closed whatever else fails.
+            started("civitai client", self.civitai.aclose)
+            await self.notifier.prepare()  # configuration errors before any file is taken
+            # Undoes prepare (its log filter) if the start ends before the notifier starts.
+            stop_notifier = _once(self.notifier.stop)
+            started("notifications", stop_notifier)
+            await self.store.open()
+            started("job store", self.store.close)
+            await self.server_store.open()
+            started("server list", self.server_store.close)
+            started("event stream", self._close_streams)
+            started("background tasks", self._await_background)
+            await self.pins.load()
+            await self.gallery.start()
+            self.dispatcher.paused = await asyncio.to_thread(load_paused, self.settings.data_path)
+            # Before servers and jobs move: it must see their first states. It stops after
+            # the dispatcher, once the last terminal jobs are queued.
+            await self.notifier.start()
+            started("notifications", stop_notifier)
+            await self.registry.start()
+            started("servers", self.registry.stop)
+            await self.model_sync.start()
+            started("model sync", self.model_sync.stop)
+            await self.dispatcher.start()
+            started("dispatcher", self.dispatcher.stop)
+            await self.inbox.start()
+            started("inbox", self.inbox.stop)
+            await self.downloads.start()  # unfinished downloads resume
+            started("downloads", self.downloads.stop)
+            self.retention.start()  # prunes once now, then every RETENTION interval
+            started("retention", self.retention.stop)
+            self._parts, self._stop_errors = parts.pop_all(), errors
         counts = self.store.count()
         log.info(
             "core started: %d pending, %d servers%s",
@@ -183,36 +210,18 @@ class Core:
         )
 
     async def stop(self) -> None:
-        if not self._started:
+        """Stop every part that started, in reverse order. Each part stops even if one before
+        it fails (a full disk at shutdown must still release the store's lock and close the
+        sockets); the first failure is raised last. A cancelled stop still stops the rest, then
+        raises its CancelledError."""
+        parts, self._parts = self._parts, None
+        if parts is None:
             return
-        self._started = False
-        # Each part stops even if one before it fails (a full disk at shutdown must still
-        # release the store's lock and close the sockets); the first failure is raised last.
-        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-            ("inbox", self.inbox.stop),
-            ("downloads", self.downloads.stop),
-            ("retention", self.retention.stop),
-            ("dispatcher", self.dispatcher.stop),
-            ("model sync", self.model_sync.stop),
-            ("servers", self.registry.stop),
-            # After the dispatcher: the last terminal jobs are queued.
-            ("notifications", self.notifier.stop),
-            ("background tasks", self._await_background),
-            ("event stream", self._close_streams),
-            ("job store", self.store.close),
-            ("server list", self.server_store.close),
-            ("civitai client", self.civitai.aclose),
-        ]
-        first_error: BaseException | None = None
-        for name, step in steps:
-            try:
-                await step()
-            except Exception as exc:
-                log.error("stopping the %s failed: %s", name, exc)
-                first_error = first_error or exc
+        errors = self._stop_errors
+        await parts.aclose()
         log.info("core stopped")
-        if first_error is not None:
-            raise first_error
+        if errors:
+            raise errors[0]
 
     async def _await_background(self) -> None:
         for task in list(self._background):
@@ -233,3 +242,28 @@ class Core:
             await self.dispatcher.idle.wait()
             while self._background:  # clean-ups that follow a job's end
                 await asyncio.wait(list(self._background))
+
+
+async def _stop_part(
+    name: str, stop: Callable[[], Awaitable[object]], errors: list[Exception]
+) -> None:
+    """Stop one part; an error is logged and kept, so the parts after it stop too (a
+    cancellation is not an error: it goes on, and the stack still stops the rest)."""
+    try:
+        await stop()
+    except Exception as exc:
+        log.error("stopping the %s failed: %s", name, exc)
+        errors.append(exc)
+
+
+def _once(stop: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+    """`stop` on the first call only (a part registered at two places of the start)."""
+    called = False
+
+    async def once() -> None:
+        nonlocal called
+        if not called:
+            called = True
+            await stop()
+
+    return once

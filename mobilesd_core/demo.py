@@ -8,7 +8,6 @@ history and gallery as they were.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ from .forge.simulator import SimServer, SimulatorConfig
 from .jobfiles import load_job_file
 from .phone_link import phone_url
 from .runner import bind_listener, run_until_signalled
+from .tasks import cancel_and_wait
 
 # The repository's examples; an installed copy (Docker) names its own with MOBILESD_EXAMPLES.
 EXAMPLES = Path(
@@ -192,10 +192,7 @@ async def run_demo(
         sys.stdout.flush()
 
     async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         await runner.cleanup()
         for sim in sims.values():
             await sim.stop()

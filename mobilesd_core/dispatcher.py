@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backoff import backoff_delay
 from .config import Settings
 from .events import EventBus
 from .forge.client import ForgeClient, generated_images
@@ -38,6 +39,7 @@ from .progress import ProgressBoard
 from .routing import Router, Unroutable
 from .scheduler import Scheduler, ServerSlot, eligible
 from .servers import ServerRegistry, ServerRuntime
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +141,15 @@ class Dispatcher:
         saved under the same names)."""
         if self._timer:
             self._timer.cancel()
-        if self._loop_task:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await cancel_and_wait(self._loop_task)
         for future in self._waiting_for_pass:  # no pass will come to release them
             if not future.done():
                 future.set_result(None)
         finishing = [r.task for r in self._runs.values() if r.task and r.slot_released]
         if finishing:
             await asyncio.wait(finishing, timeout=FINISH_GRACE_SECONDS)
-        tasks = [r.task for r in self._runs.values() if r.task and not r.task.done()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        with contextlib.suppress(Exception):  # each run logs its own failure
+            await cancel_and_wait(*(r.task for r in self._runs.values() if r.task))
 
     def wake(self) -> None:
         self.idle.clear()
@@ -438,9 +433,8 @@ class Dispatcher:
             result = await self._follow(request, run)
         finally:
             if not request.done():
-                request.cancel()
-                with contextlib.suppress(BaseException):
-                    await request
+                with contextlib.suppress(Exception):  # _follow saw its outcome, or the run ends
+                    await cancel_and_wait(request)
         if not run.slot_released:
             await self._hand_over(run)
         if run.cancelled:
@@ -700,8 +694,8 @@ class Dispatcher:
         tries = attempts - job.get("interruptions", 0)
         errors = transitions.with_attempt_error(job, runtime.alias, exc.message)
         if exc.transient and tries < self._settings.max_attempts:
-            delay = min(
-                self._settings.retry_backoff * 2 ** (attempts - 1), self._settings.retry_backoff_max
+            delay = backoff_delay(
+                attempts, self._settings.retry_backoff, self._settings.retry_backoff_max
             )
             log.warning(
                 "job %s attempt %d on %s failed (%s); retrying in %.1f s",
@@ -742,16 +736,17 @@ class Dispatcher:
         fails the write without changing anything; the job then stays `processing` (in memory
         and on disk) and the write is tried again every few seconds, so the job ends once the
         disk takes it. A core stopped meanwhile queues the job again at its next start."""
-        delay = 0.25
+        failures = 0
         while True:
             try:
                 return await self._store.apply(job_id, transition)
             except StoreWriteError as exc:
+                failures += 1
+                delay = backoff_delay(failures, 0.25, 5.0)
                 log.error(
                     "job %s: %s; writing its outcome again in %.1f s", job_id, exc.strerror, delay
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
     # -- cancel -----------------------------------------------------------------------------
 

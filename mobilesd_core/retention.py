@@ -15,7 +15,6 @@ top of the finished list).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from .config import Settings
 from .durable import atomic_write_bytes
 from .jobs.store import JobStore
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,8 @@ class Retention:
             self._task = asyncio.create_task(self._loop(), name="retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

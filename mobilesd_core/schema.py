@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from ulid import ULID
 
+from .errors import MobileSDError
 from .jobs.types import Job, JobSource, JobStatus
 
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -409,13 +410,24 @@ def problems_from_error(
     return problems
 
 
-class InvalidInput(Exception):
+class InvalidInput(MobileSDError):
     """Raised by services when input fails validation; carries every problem found."""
+
+    status = 422
+    code = "invalid_fields"
 
     def __init__(self, problems: list[FieldProblem], message: str = "invalid input") -> None:
         super().__init__(message)
         self.problems = problems
         self.message = message
+
+    @property
+    def public_message(self) -> str:
+        return f"invalid fields: {'; '.join(p.render() for p in self.problems[:5])}"
+
+    @property
+    def details(self) -> Any:
+        return [p.model_dump(exclude_none=True) for p in self.problems]
 
 
 def parse_params(data: Any, *, prefix: str = "generation_params") -> GenerationParams:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from .errors import MobileSDError, NotFound
 from .events import EventBus
 from .forge.client import ForgeClient
 from .forge.errors import ForgeError
@@ -24,6 +25,7 @@ from .forge.models import CheckpointInfo, model_key
 from .forge.payload import ServerCatalog
 from .jobs.store import ServerStore
 from .schema import FieldProblem, ServerConfig
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +99,21 @@ def not_forge_yet(alias: str) -> str:
     )
 
 
-class ServerNotFound(Exception):
-    pass
+class ServerNotFound(NotFound):
+    code = "server_not_found"
+
+    @property
+    def public_message(self) -> str:
+        return f"no server named '{self.args[0]}'"
 
 
-class ServerExists(Exception):
-    pass
+class ServerExists(MobileSDError):
+    status = 409
+    code = "server_exists"
+
+    @property
+    def public_message(self) -> str:
+        return f"a server named '{self.args[0]}' exists"
 
 
 ClientFactory = Callable[[ServerConfig], ForgeClient]
@@ -186,12 +197,7 @@ class ServerRegistry:
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks.values())
         self._tasks.clear()
         for client in [*(r.client for r in self.runtimes.values()), *self._retired]:
             await client.aclose()
@@ -210,11 +216,7 @@ class ServerRegistry:
         )
 
     async def _stop_health_loop(self, runtime: ServerRuntime) -> None:
-        task = self._tasks.pop(id(runtime), None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks.pop(id(runtime), None))
 
     async def _retire_client(self, runtime: ServerRuntime) -> None:
         # A running job keeps using the client it started with; close it later if so.

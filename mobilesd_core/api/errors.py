@@ -1,6 +1,7 @@
 """One error shape for every route: {"error": {"code", "message", "details"}}.
 
-Domain exceptions are raised by services and mapped here, so routes stay free of try/except.
+Domain exceptions (the MobileSDError family, errors.py) are raised by services and answered
+here, so routes stay free of try/except.
 """
 
 from __future__ import annotations
@@ -12,20 +13,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ..civitai.client import CivitaiError
-from ..civitai.downloads import DownloadNotFound
-from ..gallery import ImageNotFound, NoThumbnail, UnsafeName
-from ..jobs.store import BatchNotFound, Conflict, JobNotFound, StoreWriteError
-from ..schema import FieldProblem, InvalidInput
-from ..servers import ServerExists, ServerNotFound
-from .sessions import SessionWriteError
+from ..errors import MobileSDError
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An answer in the error shape. `hang_up`: close the connection after it (the rest of a
-    body may still be trickling in, and aiohttp would linger reading it)."""
+class ApiError(MobileSDError):
+    """An answer in the error shape, raised by the API itself. `hang_up`: close the connection
+    after it (the rest of a body may still be trickling in, and aiohttp would linger reading
+    it)."""
 
     def __init__(
         self,
@@ -41,9 +37,13 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
-        self.details = details
+        self._details = details
         self.hang_up = hang_up
         self.headers = headers or {}
+
+    @property
+    def details(self) -> Any:
+        return self._details
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
@@ -53,47 +53,14 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
     return web.json_response({"error": body}, status=status)
 
 
-def problems_details(problems: list[FieldProblem]) -> list[dict[str, Any]]:
-    return [p.model_dump(exclude_none=True) for p in problems]
-
-
 def _map(exc: Exception) -> web.Response | None:
+    """Every error of the family answers the same way; anything else is left to the caller."""
+    if not isinstance(exc, MobileSDError):
+        return None
+    response = error_response(exc.status, exc.code, exc.public_message, exc.details)
     if isinstance(exc, ApiError):
-        response = error_response(exc.status, exc.code, exc.message, exc.details)
         response.headers.update(exc.headers)
-        return response
-    if isinstance(exc, InvalidInput):
-        summary = "; ".join(p.render() for p in exc.problems[:5])
-        return error_response(
-            422, "invalid_fields", f"invalid fields: {summary}", problems_details(exc.problems)
-        )
-    if isinstance(exc, JobNotFound):
-        return error_response(404, "job_not_found", f"no job with id '{exc.args[0]}'")
-    if isinstance(exc, BatchNotFound):
-        return error_response(404, "batch_not_found", f"no job has batch_id '{exc.args[0]}'")
-    if isinstance(exc, ServerNotFound):
-        return error_response(404, "server_not_found", f"no server named '{exc.args[0]}'")
-    if isinstance(exc, ServerExists):
-        return error_response(409, "server_exists", f"a server named '{exc.args[0]}' exists")
-    if isinstance(exc, Conflict):
-        return error_response(409, "wrong_state", str(exc), {"status": exc.status})
-    if isinstance(exc, DownloadNotFound):
-        return error_response(404, "download_not_found", f"no download with id '{exc.args[0]}'")
-    if isinstance(exc, ImageNotFound):
-        return error_response(404, "image_not_found", "no such image in the gallery")
-    if isinstance(exc, NoThumbnail):
-        # The image itself is still served; only its thumbnail is missing (the page shows none).
-        return error_response(404, "no_thumbnail", str(exc))
-    if isinstance(exc, CivitaiError):
-        return error_response(exc.status, exc.code, exc.message)
-    if isinstance(exc, StoreWriteError):
-        # Disk full or read-only: nothing was changed; the same request works once it has room.
-        return error_response(503, "storage_unavailable", f"{exc.strerror}; nothing was changed")
-    if isinstance(exc, SessionWriteError):
-        return error_response(503, "storage_unavailable", f"{exc.strerror}; nothing was changed")
-    if isinstance(exc, UnsafeName):
-        return error_response(400, "bad_filename", "not a gallery file name")
-    return None
+    return response
 
 
 @web.middleware

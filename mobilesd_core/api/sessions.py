@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..durable import atomic_write_bytes
+from ..errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ MAX_SESSIONS = 200  # the oldest go first; a person has a few browsers, not hund
 _FORMAT = 1
 
 
-class SessionWriteError(OSError):
+class SessionWriteError(StorageUnavailable):
     """The sessions file could not be written; nothing was changed."""
 
 

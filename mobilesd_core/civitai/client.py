@@ -23,6 +23,8 @@ from urllib.parse import urljoin
 import httpx
 
 from .. import __version__
+from ..backoff import backoff_delay
+from ..errors import MobileSDError
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,8 @@ def _signed(url: httpx.URL) -> bool:
 logging.getLogger("httpx").addFilter(_RedactSignedUrls())
 
 
-class CivitaiError(Exception):
-    """A Civitai request failed. `status` is what our API answers for it."""
+class CivitaiError(MobileSDError):
+    """A Civitai request failed. `status` and `code` are what our API answers for it."""
 
     def __init__(
         self,
@@ -276,7 +278,11 @@ class CivitaiClient:
                     error = self._lookup_error(response)
             if not error.transient or attempt >= self.retries:
                 raise error
-            delay = min(error.retry_after or self.backoff * 2**attempt, self.backoff_max)
+            delay = (
+                min(error.retry_after, self.backoff_max)
+                if error.retry_after
+                else backoff_delay(attempt + 1, self.backoff, self.backoff_max)
+            )
             attempt += 1
             log.info("civitai: %s; retry %d in %.1f s", error.message, attempt, delay)
             await asyncio.sleep(delay)

@@ -39,12 +39,14 @@ from typing import Any, BinaryIO
 import httpx
 from ulid import ULID
 
+from ..backoff import backoff_delay
 from ..config import Settings
 from ..durable import FOR_PEOPLE, atomic_write_bytes, fsync_dir, write_temp_beside
+from ..errors import Conflict, NotFound
 from ..events import EventBus
-from ..jobs.store import Conflict
 from ..library import CHECKPOINTS, LORAS, PREVIEW_SUFFIXES, LibraryKind
 from ..schema import utc_now_iso
+from ..tasks import cancel_and_wait
 from .client import CivitaiClient, CivitaiError, retry_after_seconds, transport_error
 from .filenames import (
     UnsafePath,
@@ -143,8 +145,14 @@ class Download:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class DownloadNotFound(Exception):
+class DownloadNotFound(NotFound):
     """No download with this id (or it was finished long enough ago to be forgotten)."""
+
+    code = "download_not_found"
+
+    @property
+    def public_message(self) -> str:
+        return f"no download with id '{self.args[0]}'"
 
 
 class DownloadFailed(Exception):
@@ -315,12 +323,7 @@ class DownloadManager:
             self._schedule(download)
 
     async def stop(self) -> None:
-        tasks = [*self._tasks.values(), *self._side_tasks]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks.values(), *self._side_tasks)
         self._tasks.clear()
         self._side_tasks.clear()
         await self._save()
@@ -684,11 +687,14 @@ class DownloadManager:
                         f"{exc.message}; gave up after {failures} tries without progress",
                         code=exc.code,
                     ) from None
-                backoff = self.settings.civitai_retry_backoff * 2 ** max(failures - 1, 0)
                 delay = (
                     exc.retry_after
                     if exc.retry_after is not None
-                    else min(backoff, self.settings.civitai_retry_backoff_max)
+                    else backoff_delay(
+                        failures,
+                        self.settings.civitai_retry_backoff,
+                        self.settings.civitai_retry_backoff_max,
+                    )
                 )
                 log.info(
                     "civitai download %s: %s; retrying in %.1f s",

@@ -28,6 +28,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
+from ..backoff import backoff_delay
 from ..config import Settings
 from ..service import QueueService
 from .ingest import Ingestor, Outcome
@@ -303,7 +304,7 @@ class InboxWatcher:
             # A store or move that keeps failing (file locked, share read-only): back off up
             # to a minute, so a stuck file is retried without a warning every second.
             self._held[rel] = self._held.get(rel, 0) + 1
-            windows = min(2.0 ** self._held[rel], 60.0 / max(self.tracker.settle, 0.01))
+            windows = backoff_delay(self._held[rel], 2.0, 60.0 / max(self.tracker.settle, 0.01))
             self.tracker.back_off(rel, self.clock(), windows)
         else:  # CHANGED: wait for it to hold still again
             self.tracker.doubt(rel, self.clock())
@@ -383,7 +384,7 @@ class InboxWatcher:
 
 
 def _crash_delay(crashes: int) -> float:
-    return min(2.0 ** (crashes - 1), 60.0)
+    return backoff_delay(crashes, 1.0, 60.0)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -50,6 +50,8 @@ from ..durable import (
     fsync_dir,
     fsync_path,
 )
+from ..errors import Conflict as Conflict  # where the store's callers have imported it from
+from ..errors import NotFound, StorageUnavailable
 from ..schema import ACTIVE_STATUSES, TERMINAL_STATUSES, ServerConfig, utc_now_iso
 from . import transitions
 from .transitions import Transition
@@ -63,25 +65,26 @@ JobListener = Callable[[str, Job | str], None]  # ("job", job) or ("job_removed"
 COMPACT_EVERY = 4000  # journal lines before they are folded into a new snapshot
 
 
-class JobNotFound(Exception):
-    pass
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+    @property
+    def public_message(self) -> str:
+        return f"no job with id '{self.args[0]}'"
 
 
-class BatchNotFound(Exception):
+class BatchNotFound(NotFound):
     """No job (live or finished) carries this batch_id."""
 
+    code = "batch_not_found"
 
-class Conflict(Exception):
-    """The job (or Civitai download) is not in a state that allows the operation."""
-
-    def __init__(self, message: str, status: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+    @property
+    def public_message(self) -> str:
+        return f"no job has batch_id '{self.args[0]}'"
 
 
-class StoreWriteError(OSError):
-    """A store write did not reach the disk (full, read-only, gone): nothing changed. Still an
-    OSError, so callers that retry on I/O errors keep doing so."""
+class StoreWriteError(StorageUnavailable):
+    """A store write did not reach the disk (full, read-only, gone): nothing changed."""
 
     def __init__(self, data_path: Path, cause: OSError) -> None:
         reason = cause.strerror or str(cause)

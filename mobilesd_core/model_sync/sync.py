@@ -43,6 +43,7 @@ from ..jobs.store import JobStore
 from ..jobs.types import Job, JobProgress
 from ..schema import FieldProblem, ServerConfig, utc_now_iso
 from ..servers import ServerRegistry, ServerRuntime
+from ..tasks import wait_ended
 from .copier import PART_SUFFIX, CopyCancelled, CopyFailed, copy_verified, sha256_file
 from .dirs import check_dirs
 from .index import Kind, LibraryFile, LibraryIndex, listed_as
@@ -115,12 +116,9 @@ class ModelSync:
         """Stop copies in flight (their temp files are removed) and wait for their threads."""
         for event in self._cancel.values():
             event.set()
-        if self._sweep is not None:
-            with contextlib.suppress(BaseException):
-                await self._sweep
-        for task in list(self._copies.values()):
-            with contextlib.suppress(BaseException):
-                await task
+        # Their errors were logged where they happened; a cancellation of this stop propagates.
+        with contextlib.suppress(Exception):
+            await wait_ended(self._sweep, *self._copies.values())
 
     # -- configuration ----------------------------------------------------------------------
 

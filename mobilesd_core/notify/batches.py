@@ -9,7 +9,6 @@ the store at start; the counts of jobs already finished are kept in `notify_batc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from ..durable import atomic_write_bytes
 from ..jobs.types import Job, JobView
 from ..schema import TERMINAL_STATUSES
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,8 @@ class BatchTracker:
         self._task = asyncio.create_task(self._saver(), name="notify-batches")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await asyncio.to_thread(self._write, self._snapshot())
 
     def _read(self) -> dict[str, Any]:

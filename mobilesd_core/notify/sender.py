@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..schema import utc_now_iso
+from ..tasks import cancel_and_wait
 from .redact import Redactor, scheme_of
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,7 @@ class AppriseSender:
                 "notifications: %d notice(s) not sent before stopping",
                 len(self._queue) + len(self._retries),
             )
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
 
     def enqueue(self, notice: Notice) -> None:

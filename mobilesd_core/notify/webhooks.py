@@ -35,8 +35,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import __version__
+from ..backoff import backoff_delay
 from ..durable import AppendLog
 from ..schema import new_job_id, utc_now_iso
+from ..tasks import cancel_and_wait, wait_ended
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +150,10 @@ class WebhookOutbox:
         self._task = asyncio.create_task(self._run(), name="webhook-outbox")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._attempts) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._task, *self._attempts)
         self._task = None
-        for task in list(self._background):  # outbox writes already under way finish
-            with contextlib.suppress(Exception):
-                await task
+        with contextlib.suppress(Exception):  # outbox writes already under way finish
+            await wait_ended(*self._background)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -270,7 +266,7 @@ class WebhookOutbox:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     def _delay(self, attempts: int) -> float:
-        return min(self.backoff * 2 ** (attempts - 1), self.backoff_max)
+        return backoff_delay(attempts, self.backoff, self.backoff_max)
 
     async def _attempt(self, delivery: Delivery) -> None:
         try:
