@@ -205,6 +205,9 @@ class QueueService:
             for alias in dict.fromkeys(j["target_server_alias"] for j in jobs)
             if (problem := self.unknown_target(alias))
         ]
+        # Names no server has (modules, styles, extensions ...): refused now, closest named.
+        problems += [p for j in jobs for p in self.dispatcher.router.refused(j)]
+        problems = list({(p.path, p.message): p for p in problems}.values())
         if problems:
             raise InvalidInput(problems)
         created = await self.store.add(jobs)
@@ -288,6 +291,9 @@ class QueueService:
             if (problem := self.unknown_target(target)) is not None:
                 problems.append(problem)
             changes["target_server_alias"] = target
+        if not problems:
+            edited_job = {**job, **changes}
+            problems += self.dispatcher.router.refused(edited_job)
         if problems:
             raise InvalidInput(problems)
         edited = await self.store.update(job_id, changes, expect={"pending"})

@@ -237,39 +237,53 @@ class ForgeClient:
                 catalog.loras.add(lora["alias"])
         catalog.loras.discard("")
         catalog.upscalers = [u["name"] for u in [*upscalers, *latent] if u.get("name")]
+        await self._extension_lists(catalog)
         return catalog
+
+    async def _extension_lists(self, catalog: ServerCatalog) -> None:
+        """Modules, styles, scripts and the extensions' own model lists (None where a route
+        is missing: that list is unknown)."""
+        for path, option in (("/sd-modules", "forge_additional_modules"), ("/sd-vae", "sd_vae")):
+            items = await self._optional("GET", path)
+            if items is not None:
+                catalog.modules = _names(items, "model_name")
+                catalog.module_option = option
+                break
+        styles = await self._optional("GET", "/prompt-styles")
+        if styles is not None:
+            catalog.styles = _style_names(styles)
+        scripts = await self._optional("GET", "/scripts")
+        if isinstance(scripts, dict):
+            catalog.scripts = [str(n).lower() for n in scripts.get("txt2img") or []]
+        if catalog.scripts is None or "adetailer" in catalog.scripts:
+            found = await self._optional("GET", "/adetailer/v1/ad_model", prefix="")
+            if isinstance(found, dict):
+                catalog.adetailer_models = [str(m) for m in found.get("ad_model") or []]
+        if catalog.scripts is None or "controlnet" in catalog.scripts:
+            models = await self._optional("GET", "/controlnet/model_list", prefix="")
+            if isinstance(models, dict):
+                listed = [str(m) for m in models.get("model_list") or []]
+                catalog.controlnet_models = [m for m in listed if m != "None"]
+            modules = await self._optional("GET", "/controlnet/module_list", prefix="")
+            if isinstance(modules, dict):
+                catalog.controlnet_modules = [str(m) for m in modules.get("module_list") or []]
 
     async def modules(self) -> list[str]:
         """VAE and text-encoder files Forge can add to a checkpoint (`/sd-modules`); A1111,
         which has no such list, offers its VAEs (`/sd-vae`)."""
         for path in ("/sd-modules", "/sd-vae"):
-            try:
-                items = await self._call("GET", path) or []
-            except ForgePermanentError as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            return [
-                str(i["model_name"]) for i in items if isinstance(i, dict) and i.get("model_name")
-            ]
+            items = await self._optional("GET", path)
+            if items is not None:
+                return _names(items, "model_name")
         return []
 
     async def styles(self) -> list[str]:
-        """Style names. Forge puts a divider entry per styles file in the list (a name of dashes,
-        no prompt at all): it is not a style, and a job naming it makes Forge fail."""
-        items = await self._call("GET", "/prompt-styles") or []
-        return [
-            str(s["name"])
-            for s in items
-            if isinstance(s, dict)
-            and s.get("name")
-            and (s.get("prompt") is not None or s.get("negative_prompt") is not None)
-        ]
+        return _style_names(await self._call("GET", "/prompt-styles") or [])
 
-    async def _optional(self, method: str, path: str) -> Any:
+    async def _optional(self, method: str, path: str, *, prefix: str = API) -> Any:
         """A call whose route may be missing: None on a 404."""
         try:
-            return await self._call(method, path) or []
+            return await self._call(method, path, prefix=prefix) or []
         except ForgePermanentError as exc:
             if exc.status != 404:
                 raise
@@ -342,6 +356,22 @@ class ForgeClient:
                 info = {}
         result["info"] = info if isinstance(info, dict) else {}
         return result
+
+
+def _names(items: Any, key: str) -> list[str]:
+    return [str(i[key]) for i in items or [] if isinstance(i, dict) and i.get(key)]
+
+
+def _style_names(items: Any) -> list[str]:
+    """Style names. Forge puts a divider entry per styles file in the list (a name of dashes,
+    no prompt at all): it is not a style, and a job naming it makes Forge fail."""
+    return [
+        str(s["name"])
+        for s in items or []
+        if isinstance(s, dict)
+        and s.get("name")
+        and (s.get("prompt") is not None or s.get("negative_prompt") is not None)
+    ]
 
 
 def generated_images(result: dict[str, Any]) -> list[bytes]:
