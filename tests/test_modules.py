@@ -300,3 +300,24 @@ async def test_editing_a_job_to_an_unknown_style_is_refused(harness: Harness) ->
     )
     assert "closest: 'watercolor'" in problems(response)["generation_params.styles[0]"]
     assert (await harness.job(job_id))["generation_params"]["styles"] == ["watercolor"]
+
+
+async def test_needs_spread_over_servers_fail_naming_what_each_lacks(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Each name is on some server (so submit accepts it), but no server has them all: the
+    job fails at once, without being sent anywhere, saying what each server lacks."""
+    empty = tmp_path / "no-modules"
+    empty.mkdir()
+    one = await add(harness, "gpu1", adetailer=True, vae_dir=str(empty))
+    two = await add(harness, "gpu2")
+    job_id = await harness.submit(
+        modules=["ae.safetensors"], adetailer=[{"model": "face_yolov8n.pt"}]
+    )
+    job = await harness.wait_status(job_id, "failed", "completed")
+    assert job["status"] == "failed"
+    assert job["result_details"]["error"] == (
+        "no server has everything the job needs: 'gpu1' lacks module 'ae.safetensors'; "
+        "'gpu2' lacks extension 'ADetailer'"
+    )
+    assert one.sim.generations == [] == two.sim.generations
