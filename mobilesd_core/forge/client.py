@@ -21,6 +21,7 @@ from .models import CheckpointInfo
 from .payload import ServerCatalog
 
 API = "/sdapi/v1"
+MODULES_OPTION = "forge_additional_modules"
 
 
 def _detail(body: Any) -> str:
@@ -242,31 +243,31 @@ class ForgeClient:
 
     async def _extension_lists(self, catalog: ServerCatalog) -> None:
         """Modules, styles, scripts and the extensions' own model lists (None where a route
-        is missing: that list is unknown)."""
-        for path, option in (("/sd-modules", "forge_additional_modules"), ("/sd-vae", "sd_vae")):
-            items = await self._optional("GET", path)
-            if items is not None:
-                catalog.modules = _names(items, "model_name")
-                catalog.module_option = option
-                break
-        styles = await self._optional("GET", "/prompt-styles")
+        is missing: that list is unknown). Independent reads go out together."""
+        modules, vaes, styles, scripts, ad_models, cn_models, cn_modules = await asyncio.gather(
+            self._optional("GET", "/sd-modules"),
+            self._optional("GET", "/sd-vae"),
+            self._optional("GET", "/prompt-styles"),
+            self._optional("GET", "/scripts"),
+            self._optional("GET", "/adetailer/v1/ad_model", prefix=""),
+            self._optional("GET", "/controlnet/model_list", prefix=""),
+            self._optional("GET", "/controlnet/module_list", prefix=""),
+        )
+        if modules is not None:
+            catalog.modules, catalog.module_option = _names(modules, "model_name"), MODULES_OPTION
+        elif vaes is not None:  # A1111 (or a Forge older than /sd-modules): its VAEs
+            catalog.modules, catalog.module_option = _names(vaes, "model_name"), "sd_vae"
         if styles is not None:
             catalog.styles = _style_names(styles)
-        scripts = await self._optional("GET", "/scripts")
         if isinstance(scripts, dict):
             catalog.scripts = [str(n).lower() for n in scripts.get("txt2img") or []]
-        if catalog.scripts is None or "adetailer" in catalog.scripts:
-            found = await self._optional("GET", "/adetailer/v1/ad_model", prefix="")
-            if isinstance(found, dict):
-                catalog.adetailer_models = [str(m) for m in found.get("ad_model") or []]
-        if catalog.scripts is None or "controlnet" in catalog.scripts:
-            models = await self._optional("GET", "/controlnet/model_list", prefix="")
-            if isinstance(models, dict):
-                listed = [str(m) for m in models.get("model_list") or []]
-                catalog.controlnet_models = [m for m in listed if m != "None"]
-            modules = await self._optional("GET", "/controlnet/module_list", prefix="")
-            if isinstance(modules, dict):
-                catalog.controlnet_modules = [str(m) for m in modules.get("module_list") or []]
+        if isinstance(ad_models, dict):
+            catalog.adetailer_models = [str(m) for m in ad_models.get("ad_model") or []]
+        if isinstance(cn_models, dict):
+            listed = [str(m) for m in cn_models.get("model_list") or []]
+            catalog.controlnet_models = [m for m in listed if m != "None"]
+        if isinstance(cn_modules, dict):
+            catalog.controlnet_modules = [str(m) for m in cn_modules.get("module_list") or []]
 
     async def modules(self) -> list[str]:
         """VAE and text-encoder files Forge can add to a checkpoint (`/sd-modules`); A1111,
