@@ -24,6 +24,7 @@ from typing import Any
 from .backoff import backoff_delay
 from .config import Settings
 from .events import EventBus
+from .forge import requirements
 from .forge.client import ForgeClient, generated_images
 from .forge.errors import ForgeError, ForgePermanentError, ForgeStalled, ForgeTransientError
 from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint, title_matches_info
@@ -278,6 +279,7 @@ class Dispatcher:
             if runtime.online:
                 with contextlib.suppress(ForgeError):
                     await self._registry.checkpoints(runtime, refresh=True)
+                    await self._registry.catalog(runtime, refresh=True)  # modules, styles...
         self._refreshed.update(job_ids)
         self.wake()
 
@@ -491,6 +493,9 @@ class Dispatcher:
                     params["sampler_name"], params.get("scheduler"), catalog, runtime.alias
                 )
                 check_loras(params.get("loras") or [], catalog, runtime.alias)
+                checkpoints = await self._registry.checkpoints(runtime)
+                requirements.check(params, catalog, checkpoints, runtime.alias)
+                refiner = params.get("refiner_checkpoint")
                 return build_txt2img_payload(
                     params,
                     checkpoint_title=checkpoint.title if checkpoint else None,
@@ -498,6 +503,9 @@ class Dispatcher:
                     scheduler=scheduler,
                     catalog=catalog,
                     server=runtime.alias,
+                    refiner_title=resolve_checkpoint(refiner, checkpoints).title
+                    if refiner
+                    else None,
                 )
             except ForgeError:  # a name missing, or the LoRA list: ask the server again once
                 if refresh:

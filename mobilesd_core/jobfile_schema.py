@@ -95,13 +95,53 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ),
     ("GenerationParams", "batch_size"): "Images per batch, 1..8.",
     ("GenerationParams", "n_iter"): "Number of batches, 1..100.",
-    ("GenerationParams", "styles"): "Forge style presets, by name.",
     ("GenerationParams", "clip_skip"): "CLIP skip, 1..12; null: the server's setting.",
     ("GenerationParams", "hires"): "Hires fix (Forge's enable_hr fields); null: off.",
-    ("GenerationParams", "extra"): (
-        "Passed into Forge's txt2img payload unchanged: anything else Forge accepts. The only "
-        "place where unknown keys are allowed."
+    ("GenerationParams", "styles"): (
+        "Forge style presets, by name; checked against the server's /sdapi/v1/prompt-styles."
     ),
+    ("GenerationParams", "modules"): (
+        "VAE and text encoders (Forge's forge_additional_modules; A1111: one VAE) by file name "
+        "as /sdapi/v1/sd-modules lists it, e.g. ae.safetensors. Jobs go only to servers that "
+        "have them."
+    ),
+    ("GenerationParams", "refiner_checkpoint"): (
+        "Checkpoint to switch to for the last steps, matched like checkpoint_name."
+    ),
+    ("GenerationParams", "refiner_switch_at"): (
+        "Fraction of the steps after which the refiner takes over, 0..1 (exclusive); default 0.8."
+    ),
+    ("GenerationParams", "adetailer"): (
+        "ADetailer passes (the extension must be installed on the server), one per tab, 1..4."
+    ),
+    ("GenerationParams", "controlnet"): ("ControlNet units (Forge's built-in ControlNet), 1..3."),
+    ("GenerationParams", "extra"): (
+        "Passed into Forge's txt2img payload: anything else Forge accepts. The only place where "
+        "unknown keys are allowed. override_settings and alwayson_scripts are merged with the "
+        "job's own; a key the job's fields set is refused."
+    ),
+    ("ADetailerUnit", "model"): "Detection model as /adetailer/v1/ad_model lists it.",
+    ("ADetailerUnit", "prompt"): "Inpainting prompt; empty: the job's prompt.",
+    ("ADetailerUnit", "negative_prompt"): "Inpainting negative prompt; empty: the job's.",
+    ("ADetailerUnit", "confidence"): "Detection confidence threshold, 0..1.",
+    ("ADetailerUnit", "denoising_strength"): "Inpainting denoising strength, 0..1.",
+    ("ADetailerUnit", "mask_blur"): "Mask blur in pixels.",
+    ("ADetailerUnit", "inpaint_only_masked"): "Inpaint only the detected area.",
+    ("ADetailerUnit", "inpaint_padding"): "Padding around the detected area, in pixels.",
+    ("ControlNetUnit", "module"): (
+        "Preprocessor as /controlnet/module_list lists it; 'None' for a ready control image."
+    ),
+    ("ControlNetUnit", "model"): (
+        "Control model as /controlnet/model_list lists it (with its [hash]); only the "
+        "reference_* modules run without one."
+    ),
+    ("ControlNetUnit", "weight"): "Control weight, 0..2.",
+    ("ControlNetUnit", "image"): "Control image, base64 (PNG or JPEG).",
+    ("ControlNetUnit", "guidance_start"): "Fraction of the steps where control starts, 0..1.",
+    ("ControlNetUnit", "guidance_end"): "Fraction of the steps where control ends, 0..1.",
+    ("ControlNetUnit", "control_mode"): "Balance between the prompt and the control.",
+    ("ControlNetUnit", "resize_mode"): "How the control image is fitted to the picture.",
+    ("ControlNetUnit", "pixel_perfect"): "Let ControlNet pick the preprocessor resolution.",
     ("LoraSpec", "name"): "LoRA name as the server lists it, without <, >, : or line breaks.",
     ("LoraSpec", "weight"): "Weight, -5..5.",
     ("HiresParams", "upscaler"): "Forge's hr_upscaler.",

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import calendar
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from .forge import requirements
 from .forge.errors import ForgePermanentError
 from .forge.models import (
     CheckpointInfo,
@@ -21,6 +24,7 @@ from .forge.models import (
 from .jobs.types import Job
 from .model_sync.index import LibraryIndex
 from .scheduler import Candidate
+from .schema import FieldProblem
 from .servers import ServerRegistry, ServerRuntime
 
 _NOT_LISTED = object()
@@ -119,7 +123,10 @@ class Router:
         titles: dict[str, str | None] = {}
         with_loras: dict[str, str | None] = {}
         resolved: str | None = None
+        wanted = requirements.needs(params)
         for alias, runtime in self._registry.runtimes.items():
+            if wanted and requirements.missing(wanted, runtime.catalog, runtime.checkpoints):
+                continue  # it lacks a module, style, extension or refiner the job names
             if name:
                 found = self._resolve(name, runtime)
                 if found is _NOT_LISTED:
@@ -150,26 +157,80 @@ class Router:
         )
 
     def unroutable(self, cand: Candidate) -> Unroutable | None:
-        """A job naming a checkpoint that no server (or not its target) lists, when every
-        server concerned has a known list."""
-        name = cand.job["generation_params"].get("checkpoint_name")
+        """A job naming a checkpoint that no server (or not its target) lists, or a module,
+        style, extension or refiner that none has, when every server concerned has a known
+        list."""
+        params = cand.job["generation_params"]
+        name = params.get("checkpoint_name")
+        wanted = requirements.needs(params)
         target = cand.job.get("target_server_alias")
-        if not name or not self._registry.runtimes:
+        if not (name or wanted) or not self._registry.runtimes:
             return None
         if (target is None and cand.titles) or (target is not None and target in cand.titles):
             return None  # the common case, decided without looking at every server
         concerned = [
             r for r in self._registry.runtimes.values() if target is None or r.alias == target
         ]
-        if not concerned or any(r.checkpoints is None for r in concerned):
+        if not concerned or any(r.alias in cand.titles for r in concerned):
             return None
-        if any(r.alias in cand.titles for r in concerned):
-            return None
-        models: list[CheckpointInfo] = [m for r in concerned for m in r.checkpoints or []]
         where = f"server '{target}'" if target else "any server"
+        if wanted:
+            lacking = [requirements.missing(wanted, r.catalog, r.checkpoints) for r in concerned]
+            if all(lacking):
+                return Unroutable(cand, _lacking_message(wanted, concerned, lacking, where))
+        if not name or any(r.checkpoints is None for r in concerned):
+            return None
+        holders = {
+            r.alias: found
+            for r in concerned
+            if (self._resolve(name, r) is not _NOT_LISTED or self._synced_title(name, r))
+            and (found := requirements.missing(wanted, r.catalog, r.checkpoints))
+        }
+        if holders:  # the checkpoint is there, but not with the rest
+            return Unroutable(
+                cand,
+                f"checkpoint '{name}' is only on servers that lack what else the job needs: "
+                + "; ".join(
+                    f"'{alias}' lacks " + ", ".join(f"{m.need.kind} '{m.need.name}'" for m in found)
+                    for alias, found in holders.items()
+                ),
+            )
+        models: list[CheckpointInfo] = [m for r in concerned for m in r.checkpoints or []]
         closest = closest_titles(name, models)
         hint = f"; closest: {', '.join(closest)}" if closest else ""
         return Unroutable(cand, f"checkpoint '{name}' is not on {where}{hint}")
+
+    def refused(
+        self,
+        params: Mapping[str, Any],
+        target: str | None,
+        prefix: str = "generation_params",
+    ) -> list[FieldProblem]:
+        """At submit: each module, style, extension, extension model or refiner of the job
+        that no server concerned has, by field, with the closest names. Only servers whose
+        lists are known count; with none known nothing is refused (the job waits, and routing
+        decides once the lists are in)."""
+        concerned = [
+            r for r in self._registry.runtimes.values() if target is None or r.alias == target
+        ]
+        wanted = requirements.needs(params)
+        if not wanted or not concerned:
+            return []
+        problems = []
+        where = f"server '{target}'" if target else "any server"
+        for need in wanted:
+            misses = []
+            for r in concerned:
+                if need.kind == "refiner checkpoint" and r.checkpoints is None:
+                    return []  # unknown there: it may have it
+                if need.kind != "refiner checkpoint" and r.catalog is None:
+                    return []
+                misses += requirements.missing([need], r.catalog, r.checkpoints)
+            if len(misses) == len(concerned):
+                offered = tuple(dict.fromkeys(o for m in misses for o in m.options))
+                message = requirements.Missing(need, offered).message(where)
+                problems.append(FieldProblem(path=f"{prefix}.{need.path}", message=message))
+        return problems
 
     def waiting_reason(self, job: Job) -> str | None:
         """Why a job no available server may take waits, when its models are the reason."""
@@ -189,6 +250,28 @@ class Router:
             return None
         names = ", ".join(f"'{r.alias}' ({_state(r)})" for r in holders)
         return f"checkpoint '{name}' is only on {names}"
+
+
+def _lacking_message(
+    wanted: list[requirements.Need],
+    concerned: list[ServerRuntime],
+    lacking: list[list[requirements.Missing]],
+    where: str,
+) -> str:
+    """What no server has (with the closest names over all of them); where each need is on
+    some server but none has them all, what each one lacks."""
+    everywhere = []
+    for need in wanted:
+        misses = [m for found in lacking for m in found if m.need == need]
+        if len(misses) == len(concerned):
+            offered = tuple(dict.fromkeys(o for m in misses for o in m.options))
+            everywhere.append(requirements.Missing(need, offered).message(where))
+    if everywhere:
+        return "; ".join(everywhere)
+    return "no server has everything the job needs: " + "; ".join(
+        f"'{r.alias}' lacks " + ", ".join(f"{m.need.kind} '{m.need.name}'" for m in found)
+        for r, found in zip(concerned, lacking, strict=True)
+    )
 
 
 def _state(runtime: ServerRuntime) -> str:

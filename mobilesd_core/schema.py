@@ -10,7 +10,7 @@ import difflib
 import posixpath
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -65,6 +66,143 @@ class HiresParams(_Strict):
     denoising_strength: float = Field(default=0.7, ge=0, le=1)
 
 
+MODEL_NAME_MAX = 512
+IMAGE_B64_MAX = 16_000_000  # characters of a base64 control image (about 12 MB of PNG)
+
+
+class ADetailerUnit(_Strict):
+    """One ADetailer pass (a tab of the extension): detect with `model`, then inpaint there."""
+
+    model: str = Field(min_length=1, max_length=MODEL_NAME_MAX)
+    prompt: str = Field(default="", max_length=20_000)
+    negative_prompt: str = Field(default="", max_length=20_000)
+    confidence: float = Field(default=0.3, ge=0, le=1)
+    denoising_strength: float = Field(default=0.4, ge=0, le=1)
+    mask_blur: int = Field(default=4, ge=0, le=256)
+    inpaint_only_masked: bool = True
+    inpaint_padding: int = Field(default=32, ge=0, le=1024)
+
+    @field_validator("model")
+    @classmethod
+    def _not_none(cls, value: str) -> str:
+        if value.strip().lower() == "none":
+            raise ValueError("must name a detection model (leave the unit out for none)")
+        return value.strip()
+
+
+ControlMode = Literal["Balanced", "My prompt is more important", "ControlNet is more important"]
+ResizeMode = Literal["Just Resize", "Crop and Resize", "Resize and Fill"]
+
+
+class ControlNetUnit(_Strict):
+    """One ControlNet unit: a preprocessor (`module`), a control model and its input image."""
+
+    module: str = Field(default="None", min_length=1, max_length=MODEL_NAME_MAX)
+    model: str = Field(default="None", min_length=1, max_length=MODEL_NAME_MAX)
+    weight: float = Field(default=1.0, ge=0, le=2)
+    image: str | None = Field(default=None, min_length=1, max_length=IMAGE_B64_MAX)
+    guidance_start: float = Field(default=0.0, ge=0, le=1)
+    guidance_end: float = Field(default=1.0, ge=0, le=1)
+    control_mode: ControlMode = "Balanced"
+    resize_mode: ResizeMode = "Crop and Resize"
+    pixel_perfect: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ControlNetUnit:
+        if self.guidance_end < self.guidance_start:
+            raise ValueError("guidance_end must not be below guidance_start")
+        # reference_* preprocessors need no model; everything else does (Forge skips the unit).
+        if self.model == "None" and not self.module.startswith("reference"):
+            raise ValueError("model is required (only the reference_* modules run without one)")
+        return self
+
+
+# override_settings keys a job field owns, and the field that owns each: a job that sets the
+# field and the same key in `extra.override_settings` would lose the latter, so it is refused.
+OVERRIDE_OWNERS: dict[str, tuple[str, ...]] = {
+    "sd_model_checkpoint": ("checkpoint_name",),
+    "CLIP_stop_at_last_layers": ("clip_skip",),
+    "forge_additional_modules": ("modules", "checkpoint_name"),
+    "sd_vae": ("modules", "checkpoint_name"),
+}
+# Request keys the payload always sets from the job's fields.
+PAYLOAD_KEYS: frozenset[str] = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "styles",
+        "seed",
+        "subseed",
+        "subseed_strength",
+        "sampler_name",
+        "scheduler",
+        "steps",
+        "cfg_scale",
+        "width",
+        "height",
+        "batch_size",
+        "n_iter",
+        "send_images",
+        "save_images",
+        "enable_hr",
+    }
+)
+HIRES_KEYS: frozenset[str] = frozenset(
+    {
+        "hr_scale",
+        "hr_upscaler",
+        "hr_second_pass_steps",
+        "denoising_strength",
+        "hr_cfg",
+        "hr_additional_modules",
+    }
+)
+# alwayson_scripts entries the extension blocks own (names match case-insensitively in Forge).
+SCRIPT_OWNERS: dict[str, str] = {"adetailer": "adetailer", "controlnet": "controlnet"}
+
+
+def _is_set(fields: dict[str, Any], name: str) -> bool:
+    value = fields.get(name)
+    return bool(value) if isinstance(value, list) else value is not None
+
+
+def dropped_extra(extra: dict[str, Any], fields: dict[str, Any]) -> list[str]:
+    """What in `extra` the job's own fields (`fields`, by name) would replace when the request
+    is built: refused rather than silently dropped."""
+    out = []
+    owned = set(PAYLOAD_KEYS)
+    if fields.get("hires") is not None:
+        owned |= HIRES_KEYS
+    for name in ("distilled_cfg_scale", "refiner_checkpoint", "refiner_switch_at"):
+        if fields.get(name) is not None:
+            owned.add(name)
+    if any(_is_set(fields, f) for f in ("checkpoint_name", "clip_skip", "modules")):
+        owned.add("override_settings_restore_afterwards")
+    for key in sorted(owned & set(extra)):
+        out.append(f"'{key}' is set from the job's own fields; remove it from extra")
+    overrides = extra.get("override_settings")
+    if overrides is not None and not isinstance(overrides, dict):
+        out.append("override_settings must be an object")
+    for key in sorted(overrides) if isinstance(overrides, dict) else []:
+        owners = [f for f in OVERRIDE_OWNERS.get(key, ()) if _is_set(fields, f)]
+        if owners:
+            out.append(
+                f"override_settings.{key} would be replaced by the job's {owners[0]}; "
+                f"use {OVERRIDE_OWNERS[key][0]} alone"
+            )
+    scripts = extra.get("alwayson_scripts")
+    if scripts is not None and not isinstance(scripts, dict):
+        out.append("alwayson_scripts must be an object")
+    for key in sorted(scripts) if isinstance(scripts, dict) else []:
+        owner = SCRIPT_OWNERS.get(str(key).lower())
+        if owner is not None and _is_set(fields, owner):
+            out.append(
+                f"alwayson_scripts.{key} would be replaced by the job's {owner}; "
+                "keep only one of them"
+            )
+    return out
+
+
 class GenerationParams(_Strict):
     """What to generate. Names follow Forge's txt2img fields (see docs/forge-api.md)."""
 
@@ -87,6 +225,12 @@ class GenerationParams(_Strict):
     styles: list[str] = Field(default_factory=list, max_length=32)
     clip_skip: int | None = Field(default=None, ge=1, le=12)
     hires: HiresParams | None = None
+    modules: list[str] = Field(default_factory=list, max_length=8)
+    """VAE and text encoders (Forge's `forge_additional_modules`) by file name."""
+    refiner_checkpoint: str | None = Field(default=None, min_length=1, max_length=512)
+    refiner_switch_at: float | None = Field(default=None, gt=0, lt=1)
+    adetailer: list[ADetailerUnit] | None = Field(default=None, min_length=1, max_length=4)
+    controlnet: list[ControlNetUnit] | None = Field(default=None, min_length=1, max_length=3)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("prompt")
@@ -101,6 +245,37 @@ class GenerationParams(_Strict):
     def _multiple_of_8(cls, value: int) -> int:
         if value % 8:
             raise ValueError(f"must be a multiple of 8 (nearest: {round(value / 8) * 8})")
+        return value
+
+    @field_validator("modules")
+    @classmethod
+    def _module_file_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.strip() or len(name) > 255:
+                raise ValueError("each module must be a file name of 1-255 characters")
+            if "/" in name or "\\" in name:
+                raise ValueError(
+                    f"'{name}' is a path; give the file name as /sdapi/v1/sd-modules lists it "
+                    "(e.g. 'ae.safetensors')"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("lists a module twice")
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _nothing_dropped(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # `extra` is the last field: every other one is in info.data (when it was valid).
+        problems = dropped_extra(value, info.data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("refiner_switch_at")
+    @classmethod
+    def _refiner_pair(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("refiner_checkpoint") is None:
+            raise ValueError("needs refiner_checkpoint (the model to switch to)")
         return value
 
     @property

@@ -212,6 +212,15 @@ class QueueService:
             for alias in dict.fromkeys(j["target_server_alias"] for j in jobs)
             if (problem := self.unknown_target(alias))
         ]
+        # Names no server has (modules, styles, extensions ...): refused now, closest named.
+        problems += [
+            p
+            for j in jobs
+            for p in self.dispatcher.router.refused(
+                j["generation_params"], j["target_server_alias"]
+            )
+        ]
+        problems = list({(p.path, p.message): p for p in problems}.values())
         if problems:
             raise InvalidInput(problems)
         created = await self.store.add(jobs)
@@ -295,6 +304,11 @@ class QueueService:
             if (problem := self.unknown_target(target)) is not None:
                 problems.append(problem)
             changes["target_server_alias"] = target
+        if not problems:
+            problems += self.dispatcher.router.refused(
+                {**job["generation_params"], **changes.get("generation_params", {})},
+                changes.get("target_server_alias", job["target_server_alias"]),
+            )
         if problems:
             raise InvalidInput(problems)
         edited = await self.store.update(job_id, changes, expect={"pending"})

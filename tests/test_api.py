@@ -480,7 +480,7 @@ async def test_submit_command_queues_job_files(harness: Harness, tmp_path) -> No
     queued = [line for line in out.decode().splitlines() if ": queued " in line]
     jobs = harness.core.store.live_jobs()
     assert len(queued) == len(examples)  # one request, and one batch, per file
-    assert len(jobs) == 16
+    assert len(jobs) == 17  # flux.yaml: 1
     assert len({j["batch_id"] for j in jobs}) == len(examples)
     assert {j["source"] for j in jobs} == {"cli"}
 

@@ -475,6 +475,8 @@ async def test_a_runnable_job_no_wake_up_announced_starts_at_the_periodic_check(
     soak under load once left a job pending for good with every server free), the periodic
     check starts it and logs the missed wake-up."""
     await harness.add_sim("gpu1")
+    # Its lists read: their arrival wakes the dispatcher, which would hide the missed wake-up.
+    await wait_for(lambda: harness.core.registry.runtimes["gpu1"].catalog is not None)
     dispatcher = harness.core.dispatcher
     dispatcher.recheck_seconds = 0.3
     dispatcher.set_paused(True)

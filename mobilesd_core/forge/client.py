@@ -21,6 +21,7 @@ from .models import CheckpointInfo
 from .payload import ServerCatalog
 
 API = "/sdapi/v1"
+MODULES_OPTION = "forge_additional_modules"
 
 
 def _detail(body: Any) -> str:
@@ -237,39 +238,53 @@ class ForgeClient:
                 catalog.loras.add(lora["alias"])
         catalog.loras.discard("")
         catalog.upscalers = [u["name"] for u in [*upscalers, *latent] if u.get("name")]
+        await self._extension_lists(catalog)
         return catalog
+
+    async def _extension_lists(self, catalog: ServerCatalog) -> None:
+        """Modules, styles, scripts and the extensions' own model lists (None where a route
+        is missing: that list is unknown). Independent reads go out together."""
+        modules, vaes, styles, scripts, ad_models, cn_models, cn_modules = await asyncio.gather(
+            self._optional("GET", "/sd-modules"),
+            self._optional("GET", "/sd-vae"),
+            self._optional("GET", "/prompt-styles"),
+            self._optional("GET", "/scripts"),
+            self._optional("GET", "/adetailer/v1/ad_model", prefix=""),
+            self._optional("GET", "/controlnet/model_list", prefix=""),
+            self._optional("GET", "/controlnet/module_list", prefix=""),
+        )
+        if modules is not None:
+            catalog.modules, catalog.module_option = _names(modules, "model_name"), MODULES_OPTION
+        elif vaes is not None:  # A1111 (or a Forge older than /sd-modules): its VAEs
+            catalog.modules, catalog.module_option = _names(vaes, "model_name"), "sd_vae"
+        if styles is not None:
+            catalog.styles = _style_names(styles)
+        if isinstance(scripts, dict):
+            catalog.scripts = [str(n).lower() for n in scripts.get("txt2img") or []]
+        if isinstance(ad_models, dict):
+            catalog.adetailer_models = [str(m) for m in ad_models.get("ad_model") or []]
+        if isinstance(cn_models, dict):
+            listed = [str(m) for m in cn_models.get("model_list") or []]
+            catalog.controlnet_models = [m for m in listed if m != "None"]
+        if isinstance(cn_modules, dict):
+            catalog.controlnet_modules = [str(m) for m in cn_modules.get("module_list") or []]
 
     async def modules(self) -> list[str]:
         """VAE and text-encoder files Forge can add to a checkpoint (`/sd-modules`); A1111,
         which has no such list, offers its VAEs (`/sd-vae`)."""
         for path in ("/sd-modules", "/sd-vae"):
-            try:
-                items = await self._call("GET", path) or []
-            except ForgePermanentError as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            return [
-                str(i["model_name"]) for i in items if isinstance(i, dict) and i.get("model_name")
-            ]
+            items = await self._optional("GET", path)
+            if items is not None:
+                return _names(items, "model_name")
         return []
 
     async def styles(self) -> list[str]:
-        """Style names. Forge puts a divider entry per styles file in the list (a name of dashes,
-        no prompt at all): it is not a style, and a job naming it makes Forge fail."""
-        items = await self._call("GET", "/prompt-styles") or []
-        return [
-            str(s["name"])
-            for s in items
-            if isinstance(s, dict)
-            and s.get("name")
-            and (s.get("prompt") is not None or s.get("negative_prompt") is not None)
-        ]
+        return _style_names(await self._call("GET", "/prompt-styles") or [])
 
-    async def _optional(self, method: str, path: str) -> Any:
+    async def _optional(self, method: str, path: str, *, prefix: str = API) -> Any:
         """A call whose route may be missing: None on a 404."""
         try:
-            return await self._call(method, path) or []
+            return await self._call(method, path, prefix=prefix) or []
         except ForgePermanentError as exc:
             if exc.status != 404:
                 raise
@@ -342,6 +357,22 @@ class ForgeClient:
                 info = {}
         result["info"] = info if isinstance(info, dict) else {}
         return result
+
+
+def _names(items: Any, key: str) -> list[str]:
+    return [str(i[key]) for i in items or [] if isinstance(i, dict) and i.get(key)]
+
+
+def _style_names(items: Any) -> list[str]:
+    """Style names. Forge puts a divider entry per styles file in the list (a name of dashes,
+    no prompt at all): it is not a style, and a job naming it makes Forge fail."""
+    return [
+        str(s["name"])
+        for s in items or []
+        if isinstance(s, dict)
+        and s.get("name")
+        and (s.get("prompt") is not None or s.get("negative_prompt") is not None)
+    ]
 
 
 def generated_images(result: dict[str, Any]) -> list[bytes]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 _NEEDS_QUOTE = re.compile(r"[,:\n]")
@@ -48,6 +49,7 @@ def build_infotext(
     hires: Mapping[str, Any] | None = None,
     lora_hashes: Mapping[str, str] | None = None,
     version: str | None = None,
+    modules: Sequence[str] | None = None,
 ) -> str:
     """The infotext for one image, in Forge's key order; unset keys are left out."""
     pairs: list[tuple[str, Any]] = [("Steps", steps), ("Sampler", sampler_name)]
@@ -79,6 +81,8 @@ def build_infotext(
         pairs.append(("Lora hashes", ", ".join(f"{k}: {v}" for k, v in lora_hashes.items())))
     if version:
         pairs.append(("Version", version))
+    # Forge: each of forge_additional_modules by its file name without extension, last.
+    pairs += [(f"Module {i + 1}", PurePath(m).stem) for i, m in enumerate(modules or [])]
 
     lines = [prompt]
     if negative_prompt:

@@ -28,6 +28,18 @@ class ServerCatalog:
     loras_listed: bool = True
     """False when the server had no LoRA list (`/loras` answered 404): Forge still starting (its
     LoRA extension adds the route last) or the extension off."""
+    # The lists below are None where the server had no route for them: unknown, not checked
+    # (an old build, an extension without its list route).
+    modules: list[str] | None = None
+    """VAE and text-encoder file names (`/sd-modules`; A1111: its VAEs, `/sd-vae`)."""
+    module_option: str | None = None
+    """How the server takes them: `forge_additional_modules` (Forge) or `sd_vae` (A1111)."""
+    styles: list[str] | None = None
+    scripts: list[str] | None = None
+    """txt2img script names, lower case, as `/sdapi/v1/scripts` lists them."""
+    adetailer_models: list[str] | None = None
+    controlnet_models: list[str] | None = None
+    controlnet_modules: list[str] | None = None
 
 
 def _suggest(name: str, options: Sequence[str]) -> str:
@@ -83,6 +95,48 @@ def check_loras(loras: list[dict[str, Any]], catalog: ServerCatalog, server: str
         raise ForgePermanentError(f"LoRA not found on server '{server}': {hints}")
 
 
+REFINER_SWITCH_AT = 0.8  # A1111's default, when a job names a refiner without a switch point
+
+
+def adetailer_script(units: list[dict[str, Any]]) -> dict[str, Any]:
+    """ADetailer's always-on args: [enable, skip img2img, one dict per tab]."""
+    tabs = [
+        {
+            "ad_model": u["model"],
+            "ad_prompt": u["prompt"],
+            "ad_negative_prompt": u["negative_prompt"],
+            "ad_confidence": u["confidence"],
+            "ad_denoising_strength": u["denoising_strength"],
+            "ad_mask_blur": u["mask_blur"],
+            "ad_inpaint_only_masked": u["inpaint_only_masked"],
+            "ad_inpaint_only_masked_padding": u["inpaint_padding"],
+        }
+        for u in units
+    ]
+    return {"args": [True, False, *tabs]}
+
+
+def controlnet_script(units: list[dict[str, Any]]) -> dict[str, Any]:
+    """ControlNet's always-on args: one unit object per slot."""
+    args = []
+    for u in units:
+        unit = {
+            "enabled": True,
+            "module": u["module"],
+            "model": u["model"],
+            "weight": u["weight"],
+            "guidance_start": u["guidance_start"],
+            "guidance_end": u["guidance_end"],
+            "control_mode": u["control_mode"],
+            "resize_mode": u["resize_mode"],
+            "pixel_perfect": u["pixel_perfect"],
+        }
+        if u.get("image") is not None:
+            unit["image"] = u["image"]
+        args.append(unit)
+    return {"args": args}
+
+
 def build_txt2img_payload(
     params: dict[str, Any],
     *,
@@ -91,6 +145,7 @@ def build_txt2img_payload(
     scheduler: str | None,
     catalog: ServerCatalog,
     server: str,
+    refiner_title: str | None = None,
 ) -> dict[str, Any]:
     """Every field explicit (Forge's own defaults differ: steps 50, hr_cfg 1.0)."""
     payload: dict[str, Any] = {
@@ -130,14 +185,36 @@ def build_txt2img_payload(
             hr_cfg=params["cfg_scale"],
             hr_additional_modules=["Use same choices"],
         )
+    if refiner_title:
+        payload["refiner_checkpoint"] = refiner_title
+        payload["refiner_switch_at"] = params.get("refiner_switch_at") or REFINER_SWITCH_AT
+    extra = dict(params.get("extra") or {})
     overrides: dict[str, Any] = {}
     if checkpoint_title:
         overrides["sd_model_checkpoint"] = checkpoint_title
     if params.get("clip_skip"):
         overrides["CLIP_stop_at_last_layers"] = params["clip_skip"]
+    modules = list(params.get("modules") or [])
+    if catalog.module_option == "sd_vae":
+        if modules:  # A1111: one VAE, no text encoders
+            overrides["sd_vae"] = modules[0]
+    elif modules or (checkpoint_title and catalog.module_option is not None):
+        # On Forge a checkpoint comes with its modules: a job naming one sets them (none: the
+        # checkpoint's own), else an earlier job's modules (kept selected, as the model is)
+        # would be loaded with it: a Flux VAE and text encoders under an SDXL model.
+        overrides["forge_additional_modules"] = modules
     if overrides:
-        payload["override_settings"] = overrides
+        # The job's fields win on the keys they own; the user's other settings stay (the
+        # schema refuses an `extra` key a field would replace).
+        payload["override_settings"] = {**(extra.pop("override_settings", None) or {}), **overrides}
         # Keep the model selected afterwards: restoring would make the next job switch back.
         payload["override_settings_restore_afterwards"] = False
+    scripts: dict[str, Any] = {}
+    if params.get("adetailer"):
+        scripts["ADetailer"] = adetailer_script(params["adetailer"])
+    if params.get("controlnet"):
+        scripts["ControlNet"] = controlnet_script(params["controlnet"])
+    if scripts:
+        payload["alwayson_scripts"] = {**(extra.pop("alwayson_scripts", None) or {}), **scripts}
     # `extra` passes anything else Forge accepts, but never overrides a schema field.
-    return {**(params.get("extra") or {}), **payload}
+    return {**extra, **payload}

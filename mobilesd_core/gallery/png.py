@@ -173,6 +173,7 @@ def _built_infotext(
         height=params.get("height", 512),
         model_name=model_name,
         model_hash=info.get("sd_model_hash") or None,
+        modules=params.get("modules") or None,
         subseed=subseed,
         subseed_strength=params.get("subseed_strength") or 0.0,
         clip_skip=params.get("clip_skip"),
