@@ -358,6 +358,18 @@ async def test_real_responses_match_the_document(harness: Harness, doc: dict[str
         ({"generation_params": {"prompt": "a fox"}, "target": "gpu1"}, False),
         ({"generation_params": {"prompt": "a fox", "sampler": "Euler"}}, False),
         ({}, False),
+        ({"jobs": [{"prompt": "a fox"}]}, True),
+        ({"defaults": {"prompt": "a fox"}, "jobs": [{}]}, True),
+        ({"jobs": [{}]}, False),
+        ({"jobs": [{"prompt": "a fox", "expand": "random"}], "expand": 5}, False),
+        ({"defaults": {"prompt": "a", "expand": "random"}, "jobs": [{}], "expand": {}}, False),
+        (
+            {
+                "generation_params": {"prompt": "a {b|c}"},
+                "expand": {"mode": "random", "seed": None},
+            },
+            True,
+        ),
     ],
 )
 async def test_request_schema_agrees_with_the_core(

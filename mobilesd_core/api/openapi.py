@@ -20,6 +20,7 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from .. import __version__
 from ..civitai.schema import DownloadRequest, ImageInfoRequest
+from ..events import EVENT_NAMES
 from ..jobfile_schema import SERVER_DESCRIPTION, expand_schema, model_schemas
 from ..jobfiles import MAX_JOBS
 from ..schema import ALL_STATUSES
@@ -94,7 +95,10 @@ def _request_schema(model: type[BaseModel], *one_of: str) -> Schema:
     """A request body from its pydantic model, with the exactly-one-of rule its validator adds."""
     schema = model.model_json_schema()
     schema.pop("title", None)
-    schema["oneOf"] = [{"required": [name]} for name in one_of]
+    # Present and not null: a null counts as not given.
+    schema["oneOf"] = [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in one_of
+    ]
     return schema
 
 
@@ -145,6 +149,14 @@ def _generate_request(params: Schema) -> Schema:
             {
                 "required": ["jobs"],
                 "not": {"anyOf": [{"required": ["generation_params"]}, {"required": ["matrix"]}]},
+                # Each job's prompt comes from `defaults` or from the job itself.
+                "anyOf": [
+                    {
+                        "required": ["defaults"],
+                        "properties": {"defaults": {"required": ["prompt"]}},
+                    },
+                    {"properties": {"jobs": {"items": {"required": ["prompt"]}}}},
+                ],
             },
         ],
         "description": "One job, a sweep (generation_params + matrix) or defaults + jobs.",
@@ -174,12 +186,19 @@ _ERRORS: dict[str, tuple[str, str]] = {
     "502": ("ServerUnavailable", "The Forge server (or Civitai) did not answer."),
 }
 
-PATH_PARAMETERS = {
-    "alias": "The server's alias.",
-    "job_id": "The job's mobilesd_job_id.",
-    "filename": "A gallery image's file name (.png).",
-    "batch_id": "A batch_id (jobs created together).",
-    "download_id": "A Civitai download's download_id.",
+_STRING: Schema = {"type": "string"}
+# gallery.check_name: a bare, visible .png name (any other name is answered 400 bad_filename).
+_IMAGE_NAME: Schema = {
+    "type": "string",
+    "pattern": r"^[^./\\:\x00-\x1f\x7f\s][^/\\:\x00-\x1f\x7f]*\.[Pp][Nn][Gg]$",
+    "maxLength": 255,
+}
+PATH_PARAMETERS: dict[str, tuple[str, Schema]] = {
+    "alias": ("The server's alias.", _STRING),
+    "job_id": ("The job's mobilesd_job_id.", _STRING),
+    "filename": ("A gallery image's file name (.png).", _IMAGE_NAME),
+    "batch_id": ("A batch_id (jobs created together).", _STRING),
+    "download_id": ("A Civitai download's download_id.", _STRING),
 }
 
 # An answer: (schema or model name, description) for JSON; a description alone for no body; or a
@@ -223,7 +242,11 @@ def _page(limit_default: int) -> list[Schema]:
     limit = {"type": "integer", "minimum": 1, "maximum": 1000, "default": limit_default}
     return [
         _query("limit", limit, "Page size."),
-        _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "Entries to skip."),
+        _query(
+            "offset",
+            {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+            "Entries to skip.",
+        ),
     ]
 
 
@@ -366,10 +389,11 @@ def _paths() -> dict[str, Schema]:
                         "required": False,
                         "schema": {
                             "type": "string",
-                            "enum": ["tui", "web", "api", "cli"],
+                            "examples": ["tui", "web", "api", "cli"],
                             "default": "api",
                         },
-                        "description": "The job's `source`; anything else counts as api.",
+                        "description": "The job's `source`: tui, web, api or cli; anything else "
+                        "counts as api.",
                     }
                 ],
             ),
@@ -392,7 +416,11 @@ def _paths() -> dict[str, Schema]:
                 parameters=[
                     _query(
                         "status",
-                        {"type": "string", "examples": ["pending,processing"]},
+                        {
+                            "type": "string",
+                            "pattern": f"^\\s*{_STATUS}?\\s*(,\\s*{_STATUS}?\\s*)*$",
+                            "examples": ["pending,processing"],
+                        },
                         f"Comma-separated statuses ({', '.join(ALL_STATUSES)}).",
                     ),
                     *_page(100),
@@ -404,7 +432,11 @@ def _paths() -> dict[str, Schema]:
                     _query("batch_id", {"type": "string"}, "Only the jobs of this batch."),
                     _query(
                         "archived",
-                        {"type": "string", "enum": ["0", "1", "only"], "default": "0"},
+                        {
+                            "type": "string",
+                            "enum": ["0", "1", "only", "false", "true", "no", "yes"],
+                            "default": "0",
+                        },
                         "Finished jobs older than RETENTION_ARCHIVE_DAYS are archived: 0 leaves "
                         "them out, 1 lists them too (the whole history, `q` included), only "
                         "lists them alone.",
@@ -595,7 +627,8 @@ def _paths() -> dict[str, Schema]:
                         "jobs",
                         {
                             "type": "string",
-                            "pattern": "^[0-9A-HJKMNP-TV-Z]{26}(\\.\\.[0-9A-HJKMNP-TV-Z]{26})?$",
+                            # empty: no filter
+                            "pattern": "^([0-9A-HJKMNP-TV-Z]{26}(\\.\\.[0-9A-HJKMNP-TV-Z]{26})?)?$",
                         },
                         "Only the images of jobs whose ids lie between <first>..<last> (both "
                         "included), or of one job: a batch's jobs have consecutive ids. The links "
@@ -747,6 +780,7 @@ def _paths() -> dict[str, Schema]:
                         },
                     }
                 },
+                "400",
                 description=_EVENTS_DESCRIPTION,
                 parameters=[
                     {
@@ -766,7 +800,7 @@ def _paths() -> dict[str, Schema]:
                     ),
                     _query(
                         "events",
-                        {"type": "string", "pattern": "^[a-z_]+(,[a-z_]+)*$"},
+                        {"type": "string", "pattern": f"^({_NAMES})(,({_NAMES}))*$"},
                         "Only these event names, comma-separated (`reset` always comes).",
                     ),
                 ],
@@ -786,8 +820,8 @@ def _with_derived_parts(paths: dict[str, Schema]) -> dict[str, Schema]:
                     "name": n,
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string"},
-                    "description": PATH_PARAMETERS[n],
+                    "schema": PATH_PARAMETERS[n][1],
+                    "description": PATH_PARAMETERS[n][0],
                 }
                 for n in names
             ]
@@ -799,6 +833,8 @@ def _with_derived_parts(paths: dict[str, Schema]) -> dict[str, Schema]:
     return paths
 
 
+_NAMES = "|".join(EVENT_NAMES)
+_STATUS = f"({'|'.join(ALL_STATUSES)})"
 _EVENTS_DESCRIPTION = """\
 Each event has an `id` (increasing), an `event` name and JSON `data`; a comment line is sent as a
 heartbeat at least every 15 s. `x-event-data` maps each event name to the schema of its data:
