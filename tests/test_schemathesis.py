@@ -6,7 +6,9 @@ its schema, the one error shape, invalid input refused and valid input accepted.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,12 @@ class CoreThread:
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def job_count(self) -> int:
+        async def count() -> int:
+            return sum(self.harness.core.store.count().values())
+
+        return int(self.call(count()))
 
     def close(self) -> None:
         self.call(stop_harness(self.harness))
@@ -116,8 +124,70 @@ schema = schemathesis.pytest.from_fixture("served").exclude(path="/api/v1/events
 
 @schema.parametrize()
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_api(case: schemathesis.Case) -> None:
+def test_api(case: schemathesis.Case, core: CoreThread) -> None:
     excluded = []
     if case.path in NOT_EXPRESSIBLE:
         excluded.append(schemathesis.checks.positive_data_acceptance)
-    case.call_and_validate(additional_checks=[error_shape], excluded_checks=excluded)
+    before = core.job_count() if case.path == "/api/v1/generate" else None
+    response = case.call_and_validate(additional_checks=[error_shape], excluded_checks=excluded)
+    if before is not None:
+        # All or nothing: an accepted body queues every job it names, a refused one none.
+        created = core.job_count() - before
+        if response.status_code == 202:
+            assert created == len(response.json()["mobilesd_job_ids"]) >= 1
+        else:
+            assert created == 0, response.status_code
+
+
+# --- what Schemathesis does not send --------------------------------------------------------
+# It sends only well-formed JSON and values of the documented types; the core must also meet
+# bytes that are not JSON, bombs of nesting, and path parameters that try to leave their folder.
+
+RAW_BODIES = [
+    b"",
+    b"{",
+    b"null",
+    b"[]",
+    b'"x"',
+    b"1e999",
+    b"{" * 500 + b"}" * 500,
+    b'{"a":' * 40 + b"1" + b"}" * 40,
+    b"\xff\xfe",
+]
+PATH_VALUES = ["..", "../../etc/passwd", "%2e%2e%2fdata", "a" * 300, "x.png/..", "%00", " "]
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, op)
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+        if method in ("get", "post", "put", "patch", "delete") and path != "/api/v1/events"
+    ]
+
+
+def test_hostile_bytes_and_paths(core: CoreThread) -> None:
+    document = httpx.get(f"{core.url}/api/v1/openapi.json", headers=AUTH, timeout=10).json()
+    seen: set[int] = set()
+    with httpx.Client(base_url=core.url, headers=AUTH, timeout=10) as client:
+        for method, path, op in _operations(document):
+            requests: list[tuple[str, bytes | None]] = []
+            if "requestBody" in op:
+                filled = re.sub(r"\{[^}]+\}", "x", path)
+                requests += [(filled, body) for body in RAW_BODIES]
+            for value in PATH_VALUES if "{" in path else []:
+                filled = re.sub(r"\{[^}]+\}", urllib.parse.quote(value, safe="%"), path)
+                requests.append((filled, None))
+            for url, body in requests:
+                response = client.request(
+                    method,
+                    url,
+                    content=body,
+                    headers={"Content-Type": "application/json"} if body is not None else {},
+                )
+                seen.add(response.status_code)
+                assert response.status_code < 500, (method, url, body, response.text)
+                if response.status_code >= 400:
+                    error = response.json()["error"]
+                    assert error["code"] and error["message"].strip(), (method, url, error)
+    assert {400, 404} <= seen, seen
