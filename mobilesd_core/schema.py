@@ -201,16 +201,22 @@ class ServerConfig(_Strict):
         return data
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # a null default of a field whose schema does not allow null
+
+
 class ServerUpdate(_Strict):
     """A partial change of a server; absent fields keep their value."""
 
     # None: absent. An explicit null is refused (422) for these, so the schema does not offer it.
-    alias: str | SkipJsonSchema[None] = None
-    api_url: str | SkipJsonSchema[None] = None
+    alias: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    api_url: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
     username: str | None = Field(default=None, max_length=256)
     password: SecretStr | None = None
-    enabled: bool | SkipJsonSchema[None] = None
-    max_concurrent: Annotated[int, Field(ge=1, le=16)] | SkipJsonSchema[None] = None
+    enabled: bool | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    max_concurrent: Annotated[int, Field(ge=1, le=16)] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
     # null clears them (sync off); absent keeps them.
     checkpoint_dir: str | None = Field(default=None, max_length=4096)
     lora_dir: str | None = Field(default=None, max_length=4096)

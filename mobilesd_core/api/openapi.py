@@ -810,8 +810,34 @@ def _paths() -> dict[str, Schema]:
     }
 
 
+# Where a created job's id leads (OpenAPI links: clients and Schemathesis's stateful tests follow
+# them; the servers' `alias` and the batches' `batch_id` it finds by name).
+_JOB_OPERATIONS = (
+    "get_job",
+    "job_status",
+    "edit_job",
+    "cancel_job",
+    "retry_job",
+    "move_job",
+    "pin_job",
+    "unpin_job",
+    "delete_job",
+)
+_JOB_LINKS = {
+    name: {"operationId": name, "parameters": {"job_id": "$response.body#/mobilesd_job_id"}}
+    for name in _JOB_OPERATIONS
+}
+LINKS = {
+    ("/api/v1/generate", "post", "202"): _JOB_LINKS,
+    ("/api/v1/queue/jobs/{job_id}/retry", "post", "202"): _JOB_LINKS,
+}
+
+
 def _with_derived_parts(paths: dict[str, Schema]) -> dict[str, Schema]:
-    """Path parameters from the templates; 403 on protected changes (the cross-site check)."""
+    """Path parameters from the templates; 403 on protected changes (the cross-site check);
+    the links."""
+    for (path, method, status), links in LINKS.items():
+        paths[path][method]["responses"][status]["links"] = links
     for path, item in paths.items():
         names = re.findall(r"\{([^}]+)\}", path)
         if names:
