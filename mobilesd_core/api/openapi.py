@@ -9,7 +9,6 @@ documented one registered), and real responses must validate against it.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import re
@@ -21,11 +20,11 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from .. import __version__
 from ..civitai.schema import DownloadRequest, ImageInfoRequest
 from ..events import EVENT_NAMES
-from ..jobfile_schema import SERVER_DESCRIPTION, expand_schema, model_schemas
-from ..jobfiles import MAX_JOBS
+from ..jobfile_schema import model_schemas
 from ..schema import ALL_STATUSES
 from . import requests, responses
 from .auth import SESSION_COOKIE
+from .requests import generate_request_schema, one_of_schema
 
 Schema = dict[str, Any]
 
@@ -85,82 +84,10 @@ def component_schemas() -> dict[str, Schema]:
         if "description" in schema:  # a docstring: one paragraph
             schema["description"] = " ".join(schema["description"].split())
         schemas.setdefault(name, schema)  # a request model keeps its rules
-    schemas["CivitaiImageInfoRequest"] = _request_schema(ImageInfoRequest, "url", "image_id")
-    schemas["CivitaiDownloadRequest"] = _request_schema(DownloadRequest, "url", "model_version_id")
-    schemas["GenerateRequest"] = _generate_request(schemas["GenerationParams"])
+    schemas["CivitaiImageInfoRequest"] = one_of_schema(ImageInfoRequest, "url", "image_id")
+    schemas["CivitaiDownloadRequest"] = one_of_schema(DownloadRequest, "url", "model_version_id")
+    schemas["GenerateRequest"] = generate_request_schema(schemas["GenerationParams"], REF)
     return schemas
-
-
-def _request_schema(model: type[BaseModel], *one_of: str) -> Schema:
-    """A request body from its pydantic model, with the exactly-one-of rule its validator adds."""
-    schema = model.model_json_schema()
-    schema.pop("title", None)
-    # Present and not null: a null counts as not given.
-    schema["oneOf"] = [
-        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in one_of
-    ]
-    return schema
-
-
-def _generate_request(params: Schema) -> Schema:
-    """POST /api/v1/generate's body: generation_params [+ matrix], or defaults + jobs (the job
-    file shapes, expanded by the same code); `expand` with either."""
-    job_fields = {
-        "type": "object",
-        "properties": {
-            **copy.deepcopy(params["properties"]),
-            "server": {"type": ["string", "null"], "description": SERVER_DESCRIPTION},
-            "expand": expand_schema(),
-        },
-        "additionalProperties": False,
-        "description": "generation_params fields plus `server` and `expand`, as in job files.",
-    }
-    return {
-        "type": "object",
-        "properties": {
-            "target_server_alias": {
-                "type": ["string", "null"],
-                "description": "null: any enabled server; a job's own `server` wins.",
-            },
-            "generation_params": _ref("GenerationParams"),
-            "matrix": {
-                "type": "object",
-                "minProperties": 1,
-                "additionalProperties": {"type": "array", "minItems": 1},
-                "description": f"One job per combination (at most {MAX_JOBS}); a key that is a "
-                "generation_params field sets it, any other is a {placeholder} in strings.",
-            },
-            "defaults": {**job_fields, "description": "Fields every job starts from."},
-            "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_JOBS, "items": job_fields},
-            "expand": expand_schema(),
-            "webhook_url": {
-                "type": ["string", "null"],
-                "format": "uri",
-                "description": "http(s) URL that gets a signed JSON POST of each job the request "
-                "creates, on every terminal state (X-MobileSD-Signature: sha256=<HMAC>).",
-            },
-        },
-        "additionalProperties": False,
-        "oneOf": [
-            {
-                "required": ["generation_params"],
-                "not": {"anyOf": [{"required": ["defaults"]}, {"required": ["jobs"]}]},
-            },
-            {
-                "required": ["jobs"],
-                "not": {"anyOf": [{"required": ["generation_params"]}, {"required": ["matrix"]}]},
-                # Each job's prompt comes from `defaults` or from the job itself.
-                "anyOf": [
-                    {
-                        "required": ["defaults"],
-                        "properties": {"defaults": {"required": ["prompt"]}},
-                    },
-                    {"properties": {"jobs": {"items": {"required": ["prompt"]}}}},
-                ],
-            },
-        ],
-        "description": "One job, a sweep (generation_params + matrix) or defaults + jobs.",
-    }
 
 
 # --- the path table ---------------------------------------------------------------------------
