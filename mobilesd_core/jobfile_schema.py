@@ -257,7 +257,8 @@ def expand_schema() -> JSONSchema:
                 "properties": {
                     "mode": mode,
                     "count": {"type": "integer", "minimum": 1, "maximum": MAX_VARIANTS},
-                    "seed": {"type": "integer", "minimum": 0, "maximum": 4_294_967_295},
+                    # null: the job's seed, as when absent
+                    "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 4_294_967_295},
                 },
                 "required": ["mode"],
                 "additionalProperties": False,

@@ -10,7 +10,7 @@ import difflib
 import posixpath
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails
 from ulid import ULID
 
@@ -378,15 +379,22 @@ class ServerConfig(_Strict):
         return data
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # a null default of a field whose schema does not allow null
+
+
 class ServerUpdate(_Strict):
     """A partial change of a server; absent fields keep their value."""
 
-    alias: str | None = None
-    api_url: str | None = None
+    # None: absent. An explicit null is refused (422) for these, so the schema does not offer it.
+    alias: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    api_url: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
     username: str | None = Field(default=None, max_length=256)
     password: SecretStr | None = None
-    enabled: bool | None = None
-    max_concurrent: int | None = Field(default=None, ge=1, le=16)
+    enabled: bool | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    max_concurrent: Annotated[int, Field(ge=1, le=16)] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
     # null clears them (sync off); absent keeps them.
     checkpoint_dir: str | None = Field(default=None, max_length=4096)
     lora_dir: str | None = Field(default=None, max_length=4096)

@@ -75,6 +75,14 @@ def test_request_schemas_are_the_models(doc: dict[str, Any]) -> None:
     }
 
 
+async def test_a_wrong_method_is_told_the_allowed_ones(harness: Harness) -> None:
+    """405 names the methods the route has (RFC 9110), in the one error shape."""
+    response = await harness.api.request("TRACE", "/api/v1/servers")
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].split(",")) >= {"GET", "POST"}
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 # --- (b) documented routes == registered routes -------------------------------------------------
 
 
@@ -287,6 +295,18 @@ async def test_real_responses_match_the_document(harness: Harness, doc: dict[str
         ({"generation_params": {"prompt": "a fox"}, "target": "gpu1"}, False),
         ({"generation_params": {"prompt": "a fox", "sampler": "Euler"}}, False),
         ({}, False),
+        ({"jobs": [{"prompt": "a fox"}]}, True),
+        ({"defaults": {"prompt": "a fox"}, "jobs": [{}]}, True),
+        ({"jobs": [{}]}, False),
+        ({"jobs": [{"prompt": "a fox", "expand": "random"}], "expand": 5}, False),
+        ({"defaults": {"prompt": "a", "expand": "random"}, "jobs": [{}], "expand": {}}, False),
+        (
+            {
+                "generation_params": {"prompt": "a {b|c}"},
+                "expand": {"mode": "random", "seed": None},
+            },
+            True,
+        ),
     ],
 )
 async def test_request_schema_agrees_with_the_core(
@@ -299,3 +319,31 @@ async def test_request_schema_agrees_with_the_core(
     assert validator.is_valid(body) is accepted
     response = await harness.api.post("/api/v1/generate", json=body)
     assert response.status_code == (202 if accepted else 422), response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "accepted"),
+    [
+        ({"enabled": False}, True),
+        ({"username": None, "password": None}, True),
+        ({"alias": None}, False),
+        ({"api_url": None}, False),
+        ({"enabled": None}, False),
+        ({"max_concurrent": None}, False),
+        ({"max_concurrent": 0}, False),
+    ],
+)
+async def test_server_update_schema_agrees_with_the_core(
+    harness: Harness, doc: dict[str, Any], body: dict[str, Any], accepted: bool
+) -> None:
+    registry = Registry().with_resource(DOC_URI, Resource(doc, specification=DRAFT202012))
+    validator = Draft202012Validator(
+        {"$ref": f"{DOC_URI}#/components/schemas/ServerUpdate"}, registry=registry
+    )
+    assert validator.is_valid(body) is accepted
+    added = await harness.api.post(
+        "/api/v1/servers", json={"alias": "gpu1", "api_url": "http://127.0.0.1:9"}
+    )
+    assert added.status_code == 201, added.text
+    response = await harness.api.put("/api/v1/servers/gpu1", json=body)
+    assert response.status_code == (200 if accepted else 422), response.text

@@ -73,7 +73,10 @@ async def error_middleware(
         return error_response(413, "too_large", "request body is too large")
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+            response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+            if "Allow" in exc.headers:  # a 405 names the methods that are allowed (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         raise
     except Exception as exc:
         mapped = _map(exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..expansion import JobFileResult, expand_document
-from ..prompt_variants import PromptExpander
+from ..prompt_variants import PromptExpander, parse_expand
 from ..schema import FieldProblem, GenerationParams, InvalidInput
 
 # `webhook_url` is checked by the route; it applies to every job the body makes.
@@ -39,8 +39,12 @@ def _document(body: dict[str, Any]) -> tuple[Any, bool, list[FieldProblem]]:
         problems.append(FieldProblem(path="target_server_alias", message="must be a string"))
     if listed:
         defaults = body.get("defaults") or {}
-        if isinstance(defaults, dict) and "expand" in body:
-            defaults = {"expand": body["expand"], **defaults}
+        if "expand" in body:
+            # Checked here: where defaults or every job have their own, it would go unread.
+            bad = parse_expand(body["expand"])[1]
+            problems.extend(bad)
+            if isinstance(defaults, dict) and not bad:
+                defaults = {"expand": body["expand"], **defaults}
         return {"defaults": defaults, "jobs": body.get("jobs")}, False, problems
     params = body.get("generation_params")
     if "generation_params" not in body:

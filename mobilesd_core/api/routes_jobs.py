@@ -13,6 +13,7 @@ from .bodies import read_object
 from .generate_body import expand_body
 from .keys import CORE
 from .params import int_param, status_param
+from .requests import ClearRequest, JobEdit, parse_body, parse_move
 
 routes = web.RouteTableDef()
 
@@ -86,27 +87,13 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.patch("/api/v1/queue/jobs/{job_id}")
 async def edit_job(request: web.Request) -> web.Response:
-    body = await read_object(request)
-    problems = [
-        FieldProblem(
-            path=k, message="unknown field (expected generation_params, target_server_alias)"
-        )
-        for k in body
-        if k not in ("generation_params", "target_server_alias")
-    ]
-    changes = body.get("generation_params")
-    if changes is not None and not isinstance(changes, dict):
-        problems.append(FieldProblem(path="generation_params", message="must be an object"))
-    target = body.get("target_server_alias")
-    if target is not None and not isinstance(target, str):
-        problems.append(FieldProblem(path="target_server_alias", message="must be a string"))
-    if problems:
-        raise InvalidInput(problems)
+    raw = await read_object(request)
+    body = parse_body(JobEdit, raw)
     job = await request.app[CORE].service.edit(
         request.match_info["job_id"],
-        changes,
-        target=target or None,
-        set_target="target_server_alias" in body,
+        body.generation_params,
+        target=body.target_server_alias or None,
+        set_target="target_server_alias" in raw,
     )
     return web.json_response(job)
 
@@ -142,26 +129,11 @@ async def retry_job(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
-async def _move_body(request: web.Request) -> dict[str, Any]:
-    body = await read_object(request)
-    problems = [
-        FieldProblem(path=k, message="unknown field") for k in body if k not in ("to", "before")
-    ]
-    if ("to" in body) == ("before" in body):
-        problems.append(FieldProblem(path="to", message="give exactly one of 'to' or 'before'"))
-    if problems:
-        raise InvalidInput(problems)
-    for key in ("to", "before"):
-        if key in body and not isinstance(body[key], str):
-            raise InvalidInput([FieldProblem(path=key, message="must be a string")])
-    return body
-
-
 @routes.post("/api/v1/queue/jobs/{job_id}/move")
 async def move_job(request: web.Request) -> web.Response:
-    body = await _move_body(request)
+    body = parse_move(await read_object(request))
     job = await request.app[CORE].service.move(
-        request.match_info["job_id"], to=body.get("to"), before=body.get("before")
+        request.match_info["job_id"], to=body.to, before=body.before
     )
     return web.json_response(job)
 
@@ -181,9 +153,9 @@ async def retry_batch(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/queue/batches/{batch_id}/move")
 async def move_batch(request: web.Request) -> web.Response:
-    body = await _move_body(request)
+    body = parse_move(await read_object(request))
     answer = await request.app[CORE].service.move_batch(
-        request.match_info["batch_id"], to=body.get("to"), before=body.get("before")
+        request.match_info["batch_id"], to=body.to, before=body.before
     )
     return web.json_response(answer)
 
@@ -215,14 +187,9 @@ async def delete_job(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/queue/clear")
 async def clear_jobs(request: web.Request) -> web.Response:
-    body = await read_object(request) if request.body_exists else {}
-    unknown = [FieldProblem(path=k, message="unknown field") for k in body if k != "status"]
-    if unknown:
-        raise InvalidInput(unknown)  # a typo must not clear every finished job
-    statuses = body.get("status", ["completed", "failed", "cancelled"])
-    if not isinstance(statuses, list) or not all(isinstance(s, str) for s in statuses):
-        raise InvalidInput([FieldProblem(path="status", message="must be a list of statuses")])
-    removed = await request.app[CORE].service.clear(set(statuses))
+    # Unknown fields are refused: a typo must not clear every finished job.
+    body = parse_body(ClearRequest, await read_object(request) if request.body_exists else {})
+    removed = await request.app[CORE].service.clear(set(body.status))
     return web.json_response({"removed": removed})
 
 

@@ -1,11 +1,14 @@
-"""Hypothesis strategies built from JSON Schemas (the OpenAPI document's, or a model's).
+"""Hypothesis strategies built from a pydantic model's JSON Schema, for the property tests of
+test_bad_input.py that call the parsers in-process (parse_params, the job file reader on YAML).
 
-A small generator of our own (hypothesis-jsonschema does not follow current Hypothesis): enough
-of JSON Schema 2020-12 for the MobileSD documents: $ref into `components/schemas` (or `$defs`),
-anyOf/oneOf, enum/const, objects with required and optional properties, arrays, strings with
-lengths or a pattern, numbers with bounds and multipleOf. `wild=True` mixes in values of any JSON
-type at every level, unknown keys and out-of-range numbers: mostly-valid input with one thing
-wrong is what finds the gaps in a validator.
+The HTTP API is fuzzed by Schemathesis from its served document (test_schemathesis.py); this
+stays for what Schemathesis cannot do: generate values for a bare JSON Schema, not an API
+operation, and feed them to a function. A small generator of our own (hypothesis-jsonschema does
+not follow current Hypothesis): $ref into `$defs`, anyOf/oneOf, enum/const, objects with required
+and optional properties, arrays, strings with lengths or a pattern, numbers with bounds and
+multipleOf. `wild=True` mixes in values of any JSON type at every level, unknown keys and
+out-of-range numbers: mostly-valid input with one thing wrong is what finds the gaps in a
+validator.
 """
 
 from __future__ import annotations
