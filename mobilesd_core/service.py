@@ -21,6 +21,7 @@ from .events import EventBus
 from .expansion import JobSpec
 from .gallery import Gallery
 from .jobs import transitions
+from .jobs.images import JobImages
 from .jobs.store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError
 from .jobs.types import (
     BatchCancelled,
@@ -83,6 +84,7 @@ class QueueService:
         model_sync: ModelSync | None = None,
         wildcards_path: Path | None = None,
         retention: Retention | None = None,
+        images: JobImages | None = None,
     ) -> None:
         # Entry points expand job documents with it (in a thread: it reads wildcard files).
         self.expander = PromptExpander(wildcards_path)
@@ -94,6 +96,7 @@ class QueueService:
         self.bus = bus
         self.board = board
         self.model_sync = model_sync
+        self.images = images  # init images, masks, upscale sources: stored at creation
         # A job as clients see it: live progress, why a pending job waits, retention. The
         # dispatcher's progress events use the same view as every route and other event.
         self.view = JobViews(board, waiting_reason=self._waiting_reason, retention=retention)
@@ -209,11 +212,27 @@ class QueueService:
         ]
         if problems:
             raise InvalidInput(problems)
+        await self.resolve_images(jobs)
         created = await self.store.add(jobs)
         for job in created:
             log.info("job %s queued from %s", job["mobilesd_job_id"], job["source"])
         self.dispatcher.wake()
         return [self.view(j) for j in created]
+
+    async def resolve_images(
+        self, jobs: builtins.list[Job], *, inbox: tuple[Path, str] | None = None
+    ) -> None:
+        """Store the images the jobs read (jobs/images.py); InvalidInput naming each field."""
+        if self.images is None:
+            return
+        problems: builtins.list[FieldProblem] = []
+        for i, job in enumerate(jobs):
+            prefix = "generation_params" if len(jobs) == 1 else f"jobs[{i}].generation_params"
+            problems += await self.images.resolve(
+                job["generation_params"], prefix=prefix, inbox=inbox
+            )
+        if problems:
+            raise InvalidInput(problems)
 
     async def exists(self, job_id: str) -> bool:
         """Whether the job is live or archived (deleted ones are gone)."""
@@ -279,6 +298,8 @@ class QueueService:
             merged = {**job["generation_params"], **params_changes}
             try:
                 changes["generation_params"] = parse_params(merged).model_dump(mode="json")
+                if self.images is not None:
+                    problems += await self.images.resolve(changes["generation_params"])
             except InvalidInput as exc:
                 problems.extend(exc.problems)
             old_prompt = job["generation_params"].get("prompt")

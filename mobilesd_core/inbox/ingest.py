@@ -12,6 +12,7 @@ import errno
 import hashlib
 import logging
 import os
+import posixpath
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -203,6 +204,9 @@ class Ingestor:
                     job["mobilesd_job_id"] = job_id
             ids = [job["mobilesd_job_id"] for job in jobs]
             try:
+                # Images beside the file are read from its folder, never outside the inbox.
+                folder = posixpath.dirname(key.name)
+                await self.service.resolve_images(jobs, inbox=(self.root, folder))
                 await asyncio.to_thread(self.ledger.record_intent, key, ids)
                 await self.service.submit_prepared(jobs)
             except InvalidInput as exc:  # a target server was removed meanwhile
