@@ -80,6 +80,7 @@ class Core:
         self.pins = Pins(settings.data_path)
         self.retention = Retention(self.store, self.pins, settings, clock=clock)
         self.uploads = UploadStore(settings.data_path)
+        self.dispatcher.uploads = self.uploads
         self.service = QueueService(
             self.store,
             self.registry,

@@ -455,6 +455,25 @@ def _text_chunk(key: str, value: str) -> bytes:
     return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
 
 
+SOURCE_TEXT_KEY = "mobilesd_source"
+
+
+def source_images_text(params: Mapping[str, Any]) -> str | None:
+    """The images a job started from, by name and hash (`init: gallery:a.png sha256:...`), for
+    a PNG text chunk of their own beside Forge's infotext; None for txt2img."""
+    lines = []
+    for block, ref, sha in (
+        ("init", "image", "image_sha256"),
+        ("init", "mask", "mask_sha256"),
+        ("upscale", "image", "image_sha256"),
+    ):
+        part = params.get(block)
+        if isinstance(part, Mapping) and part.get(ref):
+            label = block if ref == "image" else f"{block} {ref}"
+            lines.append(f"{label}: {part[ref]} sha256:{part.get(sha)}")
+    return "\n".join(lines) or None
+
+
 def _with_text_after_ihdr(data: bytes, key: str, value: str) -> bytes:
     """The PNG `data` with a text chunk inserted after IHDR: no pixel is decoded."""
     ihdr_end = 8 + 12 + int.from_bytes(data[8:12], "big")
@@ -884,6 +903,8 @@ class Gallery:
             )
             if seed is None:
                 seed = _as_int(parse_infotext(infotext).get("Seed"))
+            if source := source_images_text(params):  # img2img, inpaint, upscale (issue 19)
+                png = _with_text_after_ihdr(png, SOURCE_TEXT_KEY, source)
             sidecar = {
                 "sidecar_version": SIDECAR_VERSION,
                 "filename": name,
