@@ -71,6 +71,11 @@ VALIDATOR_RULES: dict[tuple[str, str], JSONSchema] = {
     ("ServerUpdate", "api_url"): {"pattern": _URL_PATTERN, "format": "uri"},
 }
 
+_IMAGE_REF = (
+    "gallery:<file name> (a gallery image), upload:<sha256> (POST /api/v1/uploads), or in a job "
+    "file a path relative to the file's folder, inside the inbox. Copied when the job is created."
+)
+
 # Field descriptions (each field's rule). Kept here rather than in schema.py; every key must name
 # an existing field, or generating fails.
 DESCRIPTIONS: dict[tuple[str, str], str] = {
@@ -102,6 +107,39 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "Passed into Forge's txt2img payload unchanged: anything else Forge accepts. The only "
         "place where unknown keys are allowed."
     ),
+    # img2img, inpaint and upscale (issue 19)
+    ("GenerationParams", "init"): (
+        "img2img (Forge's /img2img): the picture to start from, and a mask to inpaint; null: "
+        "txt2img. Not with hires."
+    ),
+    ("GenerationParams", "upscale"): (
+        "An upscale job (Forge's Extras) instead of a generation; the prompt is its label. Not "
+        "with init or hires."
+    ),
+    ("InitImage", "image"): _IMAGE_REF,
+    ("InitImage", "image_sha256"): "Set by the core: the SHA-256 of the stored copy.",
+    ("InitImage", "mask"): (
+        "The inpaint mask (white: repaint), the image's size; a reference like image. null: "
+        "plain img2img."
+    ),
+    ("InitImage", "mask_sha256"): "Set by the core: the SHA-256 of the stored mask.",
+    ("InitImage", "denoising_strength"): "How much the picture changes, 0..1.",
+    ("InitImage", "resize_mode"): (
+        "0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)."
+    ),
+    ("InitImage", "mask_blur"): "Mask blur in pixels, 0..64.",
+    ("InitImage", "inpainting_fill"): (
+        "Masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing."
+    ),
+    ("InitImage", "inpaint_full_res"): (
+        "true: only the masked area is redone, at full resolution (Forge's 'Only masked')."
+    ),
+    ("InitImage", "inpaint_full_res_padding"): "Pixels around the masked area, 0..256.",
+    ("InitImage", "inpainting_mask_invert"): "true: repaint what the mask leaves black.",
+    ("UpscaleParams", "image"): _IMAGE_REF,
+    ("UpscaleParams", "image_sha256"): "Set by the core: the SHA-256 of the stored copy.",
+    ("UpscaleParams", "upscaler"): "Upscaler name, checked against the server's /upscalers.",
+    ("UpscaleParams", "scale"): "Upscale factor, 1..8.",
     ("LoraSpec", "name"): "LoRA name as the server lists it, without <, >, : or line breaks.",
     ("LoraSpec", "weight"): "Weight, -5..5.",
     ("HiresParams", "upscaler"): "Forge's hr_upscaler.",

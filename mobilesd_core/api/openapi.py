@@ -1491,6 +1491,105 @@ def _paths() -> dict[str, Schema]:
                 ],
             ),
         },
+        "/api/v1/uploads": {
+            "post": _op(
+                "upload_image",
+                "uploads",
+                (
+                    "Store an image for img2img, inpaint or upscale jobs: the raw body (PNG, "
+                    "JPEG, WebP ...; at most 32 MiB, 64 M pixels), EXIF orientation applied, "
+                    "kept as a PNG under its SHA-256. Refer to it as `upload:<sha256>`; kept "
+                    "while a job needs it, removed an hour after the last one ended."
+                ),
+                {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "sha256": STR,
+                                "ref": STR,
+                                "width": {"type": "integer"},
+                                "height": {"type": "integer"},
+                                "bytes": {"type": "integer"},
+                            },
+                            "required": ["sha256", "ref", "width", "height", "bytes"],
+                            "additionalProperties": False,
+                        },
+                        "Stored (the same picture again: the same sha256).",
+                    ),
+                    **_errors(400, 413, 422),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                        "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+            ),
+        },
+        "/api/v1/uploads/{sha256}/thumbnail": {
+            "parameters": [_path_param("sha256", "An upload's SHA-256.")],
+            "get": _op(
+                "upload_thumbnail",
+                "uploads",
+                "A JPEG thumbnail (256 px) of an upload.",
+                {
+                    "200": {
+                        "description": "The thumbnail.",
+                        "content": {
+                            "image/jpeg": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    **_errors(404),
+                },
+            ),
+        },
+        "/api/v1/gallery/upscale": {
+            "post": _op(
+                "upscale_images",
+                "gallery",
+                (
+                    "Upscale gallery images: one upscale job per name (Forge's Extras), all in "
+                    "one batch; each job's prompt is its image's."
+                ),
+                {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "batch_id": STR,
+                                "mobilesd_job_ids": {"type": "array", "items": STR},
+                            },
+                            "required": ["batch_id", "mobilesd_job_ids"],
+                            "additionalProperties": False,
+                        },
+                        "Queued.",
+                    ),
+                    **_errors(400, 413, 422),
+                },
+                requestBody=_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "names": {
+                                "type": "array",
+                                "items": STR,
+                                "minItems": 1,
+                                "maxItems": 100,
+                            },
+                            "upscaler": STR,
+                            "scale": {"type": "number", "minimum": 1, "maximum": 8, "default": 2},
+                            "target_server_alias": {"type": ["string", "null"]},
+                        },
+                        "required": ["names", "upscaler"],
+                        "additionalProperties": False,
+                    }
+                ),
+            ),
+        },
         "/api/v1/gallery/images/{filename}": {
             "parameters": [FILENAME],
             "delete": _op(
@@ -1715,6 +1814,7 @@ def build_openapi() -> Schema:
             {"name": "jobs", "description": "Generating and the job list"},
             {"name": "queue", "description": "The queue as a whole"},
             {"name": "gallery", "description": "Generated images"},
+            {"name": "uploads", "description": "Images for img2img, inpaint and upscale jobs"},
             {"name": "library", "description": "Local model folders"},
             {"name": "civitai", "description": "Civitai image import and model downloads"},
             {"name": "events", "description": "Live updates"},
