@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ForgePermanentError, ForgeTransientError
-from .infotext import prompt_with_loras
+from .infotext import prompt_with_loras, quote
 
 
 @dataclass
@@ -192,8 +192,14 @@ def build_extras_payload(
 
 
 def upscale_infotext(params: dict[str, Any]) -> str:
-    """What Forge's Extras tab writes as a saved image's text: the postprocessing keys."""
+    """What Forge's Extras tab writes as a saved image's text (the postprocessing keys), after
+    the job's prompt and with the source image by name and hash."""
     upscale = params["upscale"]
-    return (
-        f"Postprocess upscale by: {upscale['scale']:g}, Postprocess upscaler: {upscale['upscaler']}"
-    )
+    fields = {
+        "Postprocess upscale by": f"{upscale['scale']:g}",
+        "Postprocess upscaler": upscale["upscaler"],
+        "Source image": upscale["image"],
+        "Source image hash": upscale.get("image_sha256") or "",
+    }
+    line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items())
+    return f"{params['prompt']}\n{line}"
