@@ -190,7 +190,7 @@ async def test_a_job_file_image_must_stay_inside_the_inbox(sim_harness: Harness)
 
 async def test_api_refuses_paths_and_bad_combinations(sim_harness: Harness) -> None:
     h = sim_harness
-    cases = [
+    cases: list[tuple[dict[str, Any], str, str]] = [
         ({"init": {"image": "photo.png"}}, "generation_params.init.image", "only in job files"),
         ({"init": {"image": "upload:" + "0" * 64}}, "generation_params.init.image", "no such"),
         (
@@ -364,7 +364,7 @@ async def test_exif_orientation_is_applied(sim_harness: Harness) -> None:
     assert (await h.api.get(f"/api/v1/uploads/{'f' * 64}/thumbnail")).status_code == 404
 
 
-# ---- kept while a job needs it --------------------------------------------------------------------
+# ---- kept while a job needs it ---------------------------------------------------------------
 
 
 async def test_upload_survives_a_restart_and_goes_after_its_job(tmp_path: Path) -> None:
