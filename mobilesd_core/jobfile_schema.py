@@ -36,12 +36,16 @@ from .schema import (
     GenerateRequest,
     GenerationParams,
     HiresParams,
+    InitImage,
     LoraSpec,
     ServerConfig,
     ServerUpdate,
+    UpscaleParams,
 )
 
 JSONSchema = dict[str, Any]
+# The models nested in a job's fields, each a definition of the job-file schema.
+JOB_MODELS = ("LoraSpec", "HiresParams", "InitImage", "UpscaleParams")
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "mobilesd-job.schema.json"
 DRAFT_07 = "http://json-schema.org/draft-07/schema#"
@@ -50,6 +54,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     GenerationParams,
     LoraSpec,
     HiresParams,
+    InitImage,
+    UpscaleParams,
     GenerateRequest,
     ServerConfig,
     ServerUpdate,
@@ -380,7 +386,7 @@ def job_file_schema() -> JSONSchema:
             ],
         },
         "JobFields": job_fields,
-        **{name: s for name, s in models.items() if name in ("LoraSpec", "HiresParams")},
+        **{name: s for name, s in models.items() if name in JOB_MODELS},
     }
     schema: JSONSchema = {
         "$schema": DRAFT_07,

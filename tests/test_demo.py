@@ -22,9 +22,16 @@ def test_demo_once_runs_the_examples_through_the_inbox_and_exits_zero(tmp_path: 
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "demo: 16 example jobs completed, 0 did not" in result.stdout
+    assert "demo: 19 example jobs completed, 0 did not" in result.stdout
     # The examples went in as files and were processed by the watcher.
     processed = sorted(p.name for p in (demo / "inbox" / "processed").iterdir())
-    assert processed == ["batch.yaml", "single.yaml", "sweep.yaml"]
-    assert len(list((demo / "outputs").glob("*.png"))) == 17  # single.yaml makes 2 images
+    assert processed == [
+        "batch.yaml",
+        "img2img.yaml",
+        "inpaint.yaml",
+        "single.yaml",
+        "sweep.yaml",
+        "upscale.yaml",
+    ]
+    assert len(list((demo / "outputs").glob("*.png"))) == 20  # single.yaml makes 2 images
     assert "WARNING" not in result.stderr, result.stderr
