@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ..gallery import Gallery, GalleryError
-from ..inbox.inside import LinkOnPath, open_inside
 from ..schema import FieldProblem
 from ..uploads import MAX_UPLOAD_BYTES, UploadRejected, UploadStore
 
@@ -47,6 +46,9 @@ class _Inbox:
         self.folder = folder  # relative to root, posix, "" for the root itself
 
     def read(self, ref: str) -> bytes:
+        # Here, not at the top: the inbox package imports the service, which imports this.
+        from ..inbox.inside import LinkOnPath, open_inside
+
         rel = posixpath.normpath(posixpath.join(self.folder, ref.replace("\\", "/")))
         if rel.startswith("../") or rel == ".." or rel.startswith("/"):
             raise UploadRejected("must stay inside the inbox folder")
