@@ -56,6 +56,9 @@ ROUTES = [
     ("POST", "/api/v1/civitai/downloads/x/cancel"),
     ("GET", "/api/v1/sessions"),
     ("DELETE", "/api/v1/sessions"),
+    ("POST", "/api/v1/uploads"),
+    ("GET", "/api/v1/uploads/x/thumbnail"),
+    ("POST", "/api/v1/gallery/upscale"),
 ]
 
 

@@ -1128,6 +1128,24 @@ BATCH = _path_param("batch_id", "A batch_id (jobs created together).")
 DOWNLOAD = _path_param("download_id", "A Civitai download's download_id.")
 
 
+UPSCALE_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "names": {
+            "type": "array",
+            "items": STR,
+            "minItems": 1,
+            "maxItems": 100,
+        },
+        "upscaler": STR,
+        "scale": {"type": "number", "minimum": 1, "maximum": 8, "default": 2},
+        "target_server_alias": {"type": ["string", "null"]},
+    },
+    "required": ["names", "upscaler"],
+    "additionalProperties": False,
+}
+
+
 def _paths() -> dict[str, Schema]:
     job_ok = _json(_ref("Job"), "The job after the change.")
     accepted = _json(_ref("JobAccepted"), "Queued.")
@@ -1570,24 +1588,7 @@ def _paths() -> dict[str, Schema]:
                     ),
                     **_errors(400, 413, 422),
                 },
-                requestBody=_body(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "names": {
-                                "type": "array",
-                                "items": STR,
-                                "minItems": 1,
-                                "maxItems": 100,
-                            },
-                            "upscaler": STR,
-                            "scale": {"type": "number", "minimum": 1, "maximum": 8, "default": 2},
-                            "target_server_alias": {"type": ["string", "null"]},
-                        },
-                        "required": ["names", "upscaler"],
-                        "additionalProperties": False,
-                    }
-                ),
+                requestBody=_body(_ref("UpscaleRequest")),
             ),
         },
         "/api/v1/gallery/images/{filename}": {
@@ -1790,6 +1791,7 @@ def build_openapi() -> Schema:
     schemas = model_schemas("#/components/schemas/{model}")
     schemas.update(_response_schemas())
     schemas["GenerateRequest"] = _generate_request(schemas["GenerationParams"])
+    schemas["UpscaleRequest"] = UPSCALE_REQUEST
     responses = {name: _json(_ref("Error"), description) for name, description in _ERRORS.values()}
     paths = _paths()
     _add_cross_site(paths)
