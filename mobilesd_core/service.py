@@ -220,14 +220,24 @@ class QueueService:
         return [self.view(j) for j in created]
 
     async def resolve_images(
-        self, jobs: builtins.list[Job], *, inbox: tuple[Path, str] | None = None
+        self,
+        jobs: builtins.list[Job],
+        *,
+        inbox: tuple[Path, str] | None = None,
+        paths: builtins.list[str] | None = None,
     ) -> None:
-        """Store the images the jobs read (jobs/images.py); InvalidInput naming each field."""
+        """Store the images the jobs read (jobs/images.py); InvalidInput naming each field.
+        `paths`: where each job is in a job file (its problems are named so)."""
         if self.images is None:
             return
         problems: builtins.list[FieldProblem] = []
         for i, job in enumerate(jobs):
-            prefix = "generation_params" if len(jobs) == 1 else f"jobs[{i}].generation_params"
+            if paths is not None:
+                prefix = paths[i]
+            elif len(jobs) == 1:
+                prefix = "generation_params"
+            else:
+                prefix = f"jobs[{i}].generation_params"
             problems += await self.images.resolve(
                 job["generation_params"], prefix=prefix, inbox=inbox
             )

@@ -206,7 +206,9 @@ class Ingestor:
             try:
                 # Images beside the file are read from its folder, never outside the inbox.
                 folder = posixpath.dirname(key.name)
-                await self.service.resolve_images(jobs, inbox=(self.root, folder))
+                await self.service.resolve_images(
+                    jobs, inbox=(self.root, folder), paths=[spec.path for spec in result.jobs]
+                )
                 await asyncio.to_thread(self.ledger.record_intent, key, ids)
                 await self.service.submit_prepared(jobs)
             except InvalidInput as exc:  # a target server was removed meanwhile

@@ -88,7 +88,7 @@ class JobImages:
             part = params.get(block)
             if not isinstance(part, dict) or not isinstance(part.get(ref_field), str):
                 continue
-            path = f"{prefix}.{block}.{ref_field}"
+            path = ".".join(filter(None, (prefix, block, ref_field)))
             try:
                 part[hash_field] = await self._store(part[ref_field], part.get(hash_field), where)
             except UploadRejected as exc:
@@ -100,7 +100,7 @@ class JobImages:
             if image_size != mask_size:
                 problems.append(
                     FieldProblem(
-                        path=f"{prefix}.init.mask",
+                        path=".".join(filter(None, (prefix, "init", "mask"))),
                         message=(
                             f"is {mask_size[0]}x{mask_size[1]}, but the image is "
                             f"{image_size[0]}x{image_size[1]}; a mask must have the image's size"
