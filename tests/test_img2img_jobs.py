@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from mobilesd_core.forge.infotext import parse_infotext
+from mobilesd_core.forge.simulator import SimulatorConfig
 from mobilesd_core.gallery import SOURCE_TEXT_KEY
 from mobilesd_core.uploads import MAX_UPLOAD_BYTES
 
@@ -389,3 +390,21 @@ async def test_upload_survives_a_restart_and_goes_after_its_job(tmp_path: Path) 
         await wait_for(lambda: stored(h) == set(), what="the upload to be removed")
     finally:
         await stop_harness(h)
+
+
+async def test_an_upscale_job_goes_to_a_server_that_lists_its_upscaler(harness: Harness) -> None:
+    h = harness
+    assert (await h.api.post("/api/v1/queue/pause")).status_code == 200
+    await h.add_sim(
+        "gpu1", SimulatorConfig(step_ms=5, switch_ms=20, name="gpu1", upscalers=["Lanczos"])
+    )
+    await h.add_sim("gpu2")
+    up = await upload(h, png())
+    jobs = []
+    for _ in range(3):  # both servers free: without routing, gpu1 would take one
+        response = await generate(h, upscale={"image": up["ref"], "upscaler": UPSCALER})
+        jobs.append(response.json()["mobilesd_job_id"])
+    assert (await h.api.post("/api/v1/queue/resume")).status_code == 200
+    for job_id in jobs:
+        await completed_images(h, job_id)
+        assert (await h.job(job_id))["assigned_server_alias"] == "gpu2"
