@@ -408,3 +408,40 @@ async def test_an_upscale_job_goes_to_a_server_that_lists_its_upscaler(harness: 
     for job_id in jobs:
         await completed_images(h, job_id)
         assert (await h.job(job_id))["assigned_server_alias"] == "gpu2"
+
+
+async def test_hires_rerun_of_gallery_images(sim_harness: Harness) -> None:
+    h = sim_harness
+    first = await generate(h, seed=-1, n_iter=2)
+    names = await completed_images(h, first.json()["mobilesd_job_id"])
+    response = await h.api.post(
+        "/api/v1/gallery/upscale",
+        json={"names": names, "upscaler": "Latent", "scale": 2, "mode": "hires"},
+    )
+    assert response.status_code == 202, response.text
+    for job_id, source in zip(response.json()["mobilesd_job_ids"], names, strict=True):
+        [name] = await completed_images(h, job_id)
+        before, _ = await sidecar_and_text(h, source)
+        after, texts = await sidecar_and_text(h, name)
+        assert after["seed"] == before["seed"]  # the same picture, now with the hires fix
+        assert (after["width"], after["height"]) == (128, 128)
+        assert after["generation_params"]["hires"]["upscaler"] == "Latent"
+        assert parse_infotext(texts["parameters"])["Hires upscaler"] == "Latent"
+
+    # An upscaled image has no job of its own to run again; mode extras takes no denoising.
+    extras = await h.api.post(
+        "/api/v1/gallery/upscale", json={"names": names[:1], "upscaler": UPSCALER}
+    )
+    [upscaled] = await completed_images(h, extras.json()["mobilesd_job_ids"][0])
+    response = await h.api.post(
+        "/api/v1/gallery/upscale",
+        json={"names": [upscaled], "upscaler": "Latent", "mode": "hires"},
+    )
+    assert response.status_code == 422
+    [problem] = response.json()["error"]["details"]
+    assert problem["path"] == "names[0]" and "use mode extras" in problem["message"]
+    response = await h.api.post(
+        "/api/v1/gallery/upscale",
+        json={"names": names, "upscaler": UPSCALER, "denoising_strength": 0.5, "mode": "x"},
+    )
+    assert {p["path"] for p in response.json()["error"]["details"]} == {"mode"}

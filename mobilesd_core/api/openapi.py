@@ -1139,6 +1139,16 @@ UPSCALE_REQUEST: Schema = {
         },
         "upscaler": STR,
         "scale": {"type": "number", "minimum": 1, "maximum": 8, "default": 2},
+        "mode": {
+            "type": "string",
+            "enum": ["extras", "hires"],
+            "default": "extras",
+            "description": (
+                "extras: the picture through the upscaler (Forge's Extras); hires: the image's "
+                "own job again, one image at its seed, with the hires fix (scale at most 4)."
+            ),
+        },
+        "denoising_strength": {"type": "number", "minimum": 0, "maximum": 1},
         "target_server_alias": {"type": ["string", "null"]},
     },
     "required": ["names", "upscaler"],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from aiohttp import web
 
-from ..gallery import GalleryError
+from ..gallery import Gallery, GalleryError
 from ..schema import FieldProblem, InvalidInput, parse_params
 from ..uploads import UploadRejected
 from .bodies import UPLOAD_PATH, read_body, read_object
@@ -58,12 +60,21 @@ async def upload_thumbnail(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/gallery/upscale")
 async def upscale_images(request: web.Request) -> web.Response:
-    """`{names, upscaler, scale, target_server_alias}`: one upscale job per gallery image, all
-    in one batch."""
+    """`{names, upscaler, scale, mode, denoising_strength, target_server_alias}`: one job per
+    gallery image, all in one batch. `mode` "extras" (the default) upscales the picture (Forge's
+    Extras); "hires" runs the image's own job again with the hires fix, at its seed."""
     body = await read_object(request)
     core = request.app[CORE]
-    unknown = sorted(body.keys() - {"names", "upscaler", "scale", "target_server_alias"})
-    problems = [FieldProblem(path=key, message="unknown field") for key in unknown]
+    problems = [
+        FieldProblem(path=key, message="unknown field") for key in sorted(body.keys() - FIELDS)
+    ]
+    mode = body.get("mode", "extras")
+    if mode not in ("extras", "hires"):
+        problems.append(
+            FieldProblem(path="mode", message=f"must be extras or hires (found {mode!r})")
+        )
+    if mode == "extras" and "denoising_strength" in body:
+        problems.append(FieldProblem(path="denoising_strength", message="only with mode hires"))
     names = body.get("names")
     if (
         not isinstance(names, list)
@@ -81,24 +92,25 @@ async def upscale_images(request: web.Request) -> web.Response:
     for i, name in enumerate(dict.fromkeys(names)):
         try:
             entry = await core.gallery.get_entry(name)
-        except GalleryError as exc:
+            data = (
+                await _hires_rerun(core.gallery, name, body)
+                if mode == "hires"
+                else _extras(entry, name, body)
+            )
+        except (GalleryError, ValueError) as exc:
             problems.append(FieldProblem(path=f"names[{i}]", message=str(exc)))
             continue
-        data: dict[str, Any] = {
-            "prompt": _label(entry, name),
-            "upscale": {"image": f"gallery:{name}", "upscaler": body.get("upscaler")},
-        }
-        if "scale" in body:
-            data["upscale"]["scale"] = body["scale"]
         try:
             params_list.append(parse_params(data, prefix=""))
         except InvalidInput as exc:
-            # The same for every image: named by the body's fields (upscaler, scale).
-            problems += [
-                FieldProblem(path=p.path.removeprefix("upscale."), message=p.message)
-                for p in exc.problems
-                if p.path.startswith("upscale.")
-            ]
+            # Named by the body's fields (upscaler, scale, denoising_strength) where they are the
+            # cause; by the image otherwise (its stored parameters no longer validate).
+            for p in exc.problems:
+                field = p.path.rpartition(".")[2]
+                if p.path.startswith(("upscale.", "hires.")) and field in FIELDS | {"upscaler"}:
+                    problems.append(FieldProblem(path=field, message=p.message))
+                else:
+                    problems.append(FieldProblem(path=f"names[{i}]", message=p.render()))
     if problems:
         raise InvalidInput(list({p.path: p for p in problems}.values()))
     created = await core.service.submit(
@@ -113,6 +125,43 @@ async def upscale_images(request: web.Request) -> web.Response:
         },
         status=202,
     )
+
+
+FIELDS = frozenset(
+    {"names", "upscaler", "scale", "mode", "denoising_strength", "target_server_alias"}
+)
+
+
+def _extras(entry: dict[str, Any], name: str, body: dict[str, Any]) -> dict[str, Any]:
+    upscale: dict[str, Any] = {"image": f"gallery:{name}", "upscaler": body.get("upscaler")}
+    if "scale" in body:
+        upscale["scale"] = body["scale"]
+    return {"prompt": _label(entry, name), "upscale": upscale}
+
+
+async def _hires_rerun(gallery: Gallery, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The image's own parameters (its sidecar), one image at its seed, with the hires fix."""
+    path = gallery.sidecar_path(name)
+    if path is None:
+        raise ValueError("has no sidecar (its parameters are unknown): use mode extras")
+    sidecar = json.loads(await asyncio.to_thread(path.read_bytes))
+    params = sidecar.get("generation_params") if isinstance(sidecar, dict) else None
+    if not isinstance(params, dict) or not params.get("prompt"):
+        raise ValueError("its sidecar has no generation parameters: use mode extras")
+    if params.get("init") or params.get("upscale"):
+        raise ValueError("was not made by txt2img (no hires fix for it): use mode extras")
+    hires: dict[str, Any] = {"upscaler": body.get("upscaler")}
+    for field in ("scale", "denoising_strength"):
+        if field in body:
+            hires[field] = body[field]
+    seed = sidecar.get("seed")
+    return {
+        **params,
+        "seed": seed if isinstance(seed, int) else params.get("seed", -1),
+        "batch_size": 1,
+        "n_iter": 1,
+        "hires": hires,
+    }
 
 
 def _label(entry: dict[str, Any], name: str) -> str:
