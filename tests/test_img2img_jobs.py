@@ -445,3 +445,35 @@ async def test_hires_rerun_of_gallery_images(sim_harness: Harness) -> None:
         json={"names": names, "upscaler": UPSCALER, "denoising_strength": 0.5, "mode": "x"},
     )
     assert {p["path"] for p in response.json()["error"]["details"]} == {"mode"}
+
+
+async def test_editing_a_pending_job_stores_its_new_image(sim_harness: Harness) -> None:
+    h = sim_harness
+    assert (await h.api.post("/api/v1/queue/pause")).status_code == 200
+    red, blue = await upload(h, png()), await upload(h, png(colour=(0, 0, 255)))
+    response = await generate(h, init={"image": red["ref"]})
+    job_id = response.json()["mobilesd_job_id"]
+    job = await h.job(job_id)
+    init = dict(job["generation_params"]["init"])
+    assert init["image_sha256"] == red["sha256"]
+
+    # A client sends the block back with another image, and the old hash still in it.
+    changed = await h.api.patch(
+        f"/api/v1/queue/jobs/{job_id}",
+        json={"generation_params": {"init": {**init, "image": blue["ref"]}}},
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["generation_params"]["init"]["image_sha256"] == blue["sha256"]
+    # Other edits keep the image.
+    changed = await h.api.patch(
+        f"/api/v1/queue/jobs/{job_id}", json={"generation_params": {"steps": 5}}
+    )
+    assert changed.json()["generation_params"]["init"]["image_sha256"] == blue["sha256"]
+    wrong = await upload(h, left_half_mask((32, 32)))
+    refused = await h.api.patch(
+        f"/api/v1/queue/jobs/{job_id}",
+        json={"generation_params": {"init": {"image": blue["ref"], "mask": wrong["ref"]}}},
+    )
+    assert refused.status_code == 422
+    [problem] = refused.json()["error"]["details"]
+    assert problem["path"] == "generation_params.init.mask" and "32x32" in problem["message"]

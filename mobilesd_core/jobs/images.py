@@ -16,7 +16,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from ..gallery import Gallery, GalleryError
+from ..gallery import Gallery, GalleryError, ImageNotFound
 from ..schema import FieldProblem
 from ..uploads import MAX_UPLOAD_BYTES, UploadRejected, UploadStore
 
@@ -110,8 +110,11 @@ class JobImages:
         return problems
 
     async def _store(self, ref: str, known: Any, inbox: _Inbox | None) -> str:
-        if isinstance(known, str) and self.uploads.has(known):
-            return known  # resolved before (an edit, a retry, an inbox file read again)
+        """The hash of what `ref` names now. `known`, the hash a job already has, stands only
+        where the source cannot be read again (a gallery image deleted since, a job file's path
+        seen from the API: an edit, a retry, `mobilesd submit`'s upload), so an edit that names
+        another image never keeps the old one."""
+        kept = known if isinstance(known, str) and self.uploads.has(known) else None
         kind, _, rest = ref.partition(":")
         if kind == "upload" and rest:
             if not self.uploads.has(rest):
@@ -123,10 +126,16 @@ class JobImages:
         if kind == "gallery" and rest:
             try:
                 path = self.gallery.image_path(rest)
+            except ImageNotFound as exc:
+                if kept is not None:
+                    return kept
+                raise UploadRejected(str(exc)) from None
             except GalleryError as exc:
                 raise UploadRejected(str(exc)) from None
             data = await asyncio.to_thread(path.read_bytes)
         elif inbox is None:
+            if kept is not None:
+                return kept
             raise UploadRejected(
                 "a file path works only in job files; use gallery:<name> or upload:<sha256>"
             )
