@@ -30,7 +30,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .durable import FOR_PEOPLE, atomic_write_bytes
+from .durable import atomic_write_bytes
 from .images import ImageTooLarge, open_capped
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ class UploadStore:
             os.utime(path)  # used again: its grace starts over
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, png, mode=FOR_PEOPLE)
+        # Private (0600): photos from a phone are nobody else's; only the core reads them.
+        atomic_write_bytes(path, png)
 
     async def size(self, sha256: str) -> tuple[int, int]:
         def read() -> tuple[int, int]:

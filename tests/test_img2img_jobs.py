@@ -91,6 +91,7 @@ async def test_img2img_from_an_upload_through_the_api(sim_harness: Harness) -> N
     assert up["ref"] == f"upload:{up['sha256']}" and (up["width"], up["height"]) == (64, 64)
     again = await upload(h, png())  # the same picture: the same file
     assert again["sha256"] == up["sha256"] and stored(h) == {f"{up['sha256']}.png"}
+    assert (uploads_dir(h) / f"{up['sha256']}.png").stat().st_mode & 0o777 == 0o600
 
     response = await generate(h, init={"image": up["ref"], "denoising_strength": 0.4})
     assert response.status_code == 202, response.text
