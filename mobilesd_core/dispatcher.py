@@ -33,6 +33,7 @@ from .forge.payload import (
     build_txt2img_payload,
     check_loras,
     resolve_sampler,
+    sampler_steps,
     upscale_infotext,
 )
 from .gallery import Gallery, GalleryError
@@ -425,7 +426,7 @@ class Dispatcher:
         run.owner = ProgressOwner(
             task_id,
             job_count=int(params["n_iter"]) * (2 if hires else 1),
-            steps=int(params["steps"]),
+            steps=sampler_steps(params),
             hires_steps=int(payload.get("hr_second_pass_steps") or params["steps"]) if hires else 0,
         )
         run.submitted = True

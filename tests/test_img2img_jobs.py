@@ -478,3 +478,20 @@ async def test_editing_a_pending_job_stores_its_new_image(sim_harness: Harness) 
     assert refused.status_code == 422
     [problem] = refused.json()["error"]["details"]
     assert problem["path"] == "generation_params.init.mask" and "32x32" in problem["message"]
+
+
+async def test_img2img_progress_counts_the_steps_forge_runs(harness: Harness) -> None:
+    h = harness
+    await h.add_sim("gpu1", SimulatorConfig(step_ms=60, switch_ms=20, name="gpu1"))
+    up = await upload(h, png())
+    response = await generate(h, steps=20, init={"image": up["ref"], "denoising_strength": 0.5})
+    job_id = response.json()["mobilesd_job_id"]
+
+    async def sampling() -> dict[str, Any] | None:
+        progress = (await h.job(job_id))["progress"] or {}
+        return progress if progress.get("phase") == "sampling" and progress.get("step") else None
+
+    # 0.5 x 20 steps: Forge's sampler runs 11, and that is what the job shows as its own.
+    progress = await wait_for(sampling, timeout=10, what="the job's own sampling progress")
+    assert progress["steps"] == 11
+    await completed_images(h, job_id)

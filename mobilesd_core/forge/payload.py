@@ -203,3 +203,14 @@ def upscale_infotext(params: dict[str, Any]) -> str:
     }
     line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items())
     return f"{params['prompt']}\n{line}"
+
+
+def sampler_steps(params: dict[str, Any]) -> int:
+    """Steps Forge's sampler runs for the job (what its progress counts): img2img runs
+    `int(min(denoising, 0.999) * steps) + 1` (`setup_img2img_steps`); an upscale none (1)."""
+    if params.get("upscale"):
+        return 1
+    init = params.get("init")
+    if init:
+        return int(min(float(init["denoising_strength"]), 0.999) * int(params["steps"])) + 1
+    return int(params["steps"])
