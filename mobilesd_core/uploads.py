@@ -30,7 +30,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .durable import atomic_write_bytes
+from .durable import TMP_PREFIX, atomic_write_bytes
 from .images import ImageTooLarge, open_capped
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,14 @@ class UploadStore:
         for entry in entries:
             name = entry.name
             sha = name.removesuffix(".png")
-            if name.startswith(".") or not is_sha256(sha) or sha in needed:
-                continue  # temporary files of atomic writes belong to a write in progress
+            if name.startswith(TMP_PREFIX):
+                # A write the process did not finish (it died): no write runs during a sweep,
+                # both hold the store's lock.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                continue
+            if not is_sha256(sha) or sha in needed:
+                continue
             try:
                 if now - entry.stat(follow_symlinks=False).st_mtime < self.grace:
                     continue

@@ -14,9 +14,11 @@ import httpx
 import pytest
 from PIL import Image, PngImagePlugin
 
+from mobilesd_core.durable import TMP_PREFIX
 from mobilesd_core.forge.infotext import parse_infotext
 from mobilesd_core.forge.simulator import SimulatorConfig
 from mobilesd_core.gallery import SOURCE_TEXT_KEY
+from mobilesd_core.inbox.outcome import REPORT_SUFFIX
 from mobilesd_core.uploads import MAX_UPLOAD_BYTES
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness, wait_for
@@ -182,8 +184,14 @@ async def test_a_job_file_image_must_stay_inside_the_inbox(sim_harness: Harness)
     (h.settings.inbox_path / "missing.yaml").write_text("prompt: x\ninit:\n  image: nope.png\n")
     await h.core.inbox.rescan_now()
     failed = h.settings.inbox_path / "failed"
-    await wait_for(lambda: len(list(failed.glob("*.txt"))) == 3 if failed.is_dir() else False)
-    reports = " ".join(p.read_text() for p in failed.glob("*.txt"))
+
+    def written() -> list[Path]:
+        # Not the temporary files of the reports' atomic writes (their names end alike).
+        found = failed.glob("*.yaml" + REPORT_SUFFIX) if failed.is_dir() else []
+        return [p for p in found if not p.name.startswith(TMP_PREFIX)]
+
+    await wait_for(lambda: len(written()) == 3, what="three reports")
+    reports = " ".join(p.read_text() for p in written())
     assert "init.image: must not contain '..'" in reports
     assert "init.image: no file 'nope.png' in the inbox" in reports
     assert "init.image: is reached through a symbolic link; not followed" in reports
@@ -383,6 +391,8 @@ async def test_upload_survives_a_restart_and_goes_after_its_job(tmp_path: Path) 
     h = await start_harness(settings)
     try:
         h.core.uploads.grace = 0
+        half_written = uploads_dir(h) / f"{TMP_PREFIX}0123-{'a' * 64}.png"  # died mid-write
+        half_written.write_bytes(b"\x89PNG")
         await h.core.sweep_uploads()  # what start did, now without any grace
         assert stored(h) == {f"{up['sha256']}.png"}  # the pending job needs it
         await h.add_sim("gpu1")
