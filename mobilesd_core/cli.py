@@ -253,6 +253,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
             # (`expand`) are expanded by the core, which holds the wildcard files.
             body = {"jobs": [spec.request_job(args.server) for spec in result.jobs]}
             try:
+                refused = _upload_job_images(http, Path(name).parent, body["jobs"])
+                if refused:
+                    failures += 1
+                    for line in refused:
+                        print(f"{name}: {line}")
+                    continue
                 response = http.post("/api/v1/generate", json=body)
             except httpx.HTTPError as exc:
                 print(f"mobilesd: cannot reach the core at {url} ({type(exc).__name__})")
@@ -266,6 +272,35 @@ def cmd_submit(args: argparse.Namespace) -> int:
             count = len(answer["mobilesd_job_ids"])
             print(f"{name}: queued {count} job(s) as batch {answer['batch_id']}")
     return 1 if failures else 0
+
+
+def _upload_job_images(http: Any, folder: Path, jobs: list[dict[str, Any]]) -> list[str]:
+    """Images a job file names by path, relative to its folder, sent to the core's upload store
+    first: the job keeps the name and gets the stored copy's hash (the core cannot read files
+    on this machine). The problems, one line each."""
+    from .jobs.images import IMAGE_FIELDS
+
+    problems = []
+    for i, job in enumerate(jobs):
+        where = f"jobs[{i}]." if len(jobs) > 1 else ""
+        for block, ref_field, hash_field in IMAGE_FIELDS:
+            part = job.get(block)
+            ref = part.get(ref_field) if isinstance(part, dict) else None
+            if not isinstance(ref, str) or ref.startswith(("gallery:", "upload:")):
+                continue
+            field = f"{where}{block}.{ref_field}"
+            try:
+                data = (folder / ref).read_bytes()
+            except OSError as exc:
+                problems.append(f"{field}: cannot read {folder / ref} ({exc.strerror or exc})")
+                continue
+            response = http.post("/api/v1/uploads", content=data)
+            if response.status_code != 201:
+                message = response.json().get("error", {}).get("message", response.text)
+                problems.append(f"{field}: refused ({response.status_code}): {message}")
+                continue
+            part[hash_field] = response.json()["sha256"]  # type: ignore[index]
+    return problems
 
 
 def cmd_tui(args: argparse.Namespace) -> int:

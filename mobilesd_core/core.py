@@ -24,14 +24,17 @@ from .dispatcher import Dispatcher
 from .events import EventBus
 from .gallery import Gallery, ImageNotFound
 from .inbox import InboxWatcher
+from .jobs.images import JobImages, needed_uploads
 from .jobs.store import JobStore, ServerStore
 from .jobs.types import Job
 from .model_sync import LibraryIndex, ModelSync
 from .notify import Notifier
 from .progress import ProgressBoard
 from .retention import Pins, Retention
+from .schema import TERMINAL_STATUSES
 from .servers import ServerRegistry, default_client_factory
 from .service import QueueService, load_paused
+from .uploads import UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class Core:
         self.dispatcher.before_run.append(self.model_sync.prepare)
         self.pins = Pins(settings.data_path)
         self.retention = Retention(self.store, self.pins, settings, clock=clock)
+        self.uploads = UploadStore(settings.data_path)
+        self.dispatcher.uploads = self.uploads
         self.service = QueueService(
             self.store,
             self.registry,
@@ -86,6 +91,7 @@ class Core:
             model_sync=self.model_sync,
             wildcards_path=settings.wildcards_path,
             retention=self.retention,
+            images=JobImages(self.uploads, self.gallery),
         )
         self.notifier = Notifier(settings, live_jobs=self.store.live_jobs, clock=clock)
         self.inbox = InboxWatcher(settings, self.service)
@@ -127,6 +133,23 @@ class Core:
             job_id = view["mobilesd_job_id"]
             if view["status"] in UNFINISHED_ENDS and self.gallery.names_for_jobs([job_id]):
                 self._in_background(self._drop_attempt_images(job_id, view["status"]))
+            if view["status"] in TERMINAL_STATUSES:
+                used = needed_uploads(payload["generation_params"])
+                if used:
+                    self._in_background(self._uploads_released(used))
+
+    async def _uploads_released(self, used: set[str]) -> None:
+        """A job that read uploads ended: their grace starts now (time to retry it), and what
+        no job needs any more, past its grace, goes (uploads.py)."""
+        await self.uploads.touch(used)
+        await self.sweep_uploads()
+
+    async def sweep_uploads(self) -> None:
+        needed: set[str] = set()
+        for job in self.store.live_jobs():
+            if job["status"] not in TERMINAL_STATUSES:
+                needed |= needed_uploads(job["generation_params"])
+        await self.uploads.sweep(needed)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         async def logged() -> None:
@@ -200,6 +223,7 @@ class Core:
             started("downloads", self.downloads.stop)
             self.retention.start()  # prunes once now, then every RETENTION interval
             started("retention", self.retention.stop)
+            await self.sweep_uploads()  # uploads no job needs (a crash between store and job)
             self._parts, self._stop_errors = parts.pop_all(), errors
         counts = self.store.count()
         log.info(

@@ -102,6 +102,9 @@ async def _register_servers(http: httpx.AsyncClient, sims: dict[str, SimServer])
 def _drop_examples(inbox: Path) -> int:
     """Copy the example job files into the inbox, as a user would: the watcher queues them."""
     inbox.mkdir(parents=True, exist_ok=True)
+    images = EXAMPLES / "images"  # the init images the img2img examples name, first
+    if images.is_dir():
+        shutil.copytree(images, inbox / "images", dirs_exist_ok=True)
     jobs = 0
     for path in sorted(EXAMPLES.glob("*.yaml")):
         jobs += len(load_job_file(path).jobs)

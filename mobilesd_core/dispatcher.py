@@ -29,7 +29,15 @@ from .forge.client import ForgeClient, generated_images
 from .forge.errors import ForgeError, ForgePermanentError, ForgeStalled, ForgeTransientError
 from .forge.models import CheckpointInfo, CheckpointNotFound, resolve_checkpoint, title_matches_info
 from .forge.ownership import Owner, ProgressOwner
-from .forge.payload import build_txt2img_payload, check_loras, resolve_sampler
+from .forge.payload import (
+    build_extras_payload,
+    build_img2img_payload,
+    build_txt2img_payload,
+    check_loras,
+    resolve_sampler,
+    sampler_steps,
+    upscale_infotext,
+)
 from .gallery import Gallery, GalleryError
 from .jobs import transitions
 from .jobs.store import Conflict, JobNotFound, JobStore, StoreWriteError
@@ -41,6 +49,7 @@ from .routing import Router, Unroutable
 from .scheduler import Scheduler, ServerSlot, eligible
 from .servers import ServerRegistry, ServerRuntime
 from .tasks import cancel_and_wait
+from .uploads import UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +122,7 @@ class Dispatcher:
         self._refreshed: set[str] = set()  # jobs whose missing checkpoint got a list refresh
         self._refresh_task: asyncio.Task[None] | None = None
         self.before_run: list[BeforeRun] = []
+        self.uploads: UploadStore | None = None  # init images and upscale sources (the core's)
         # How progress events show the job: the service sets its view, so they carry every
         # field its other `job` events carry (waiting_reason, pinned, archived, ...).
         self.view: Callable[[Job], JobView] = JobViews(board)
@@ -398,7 +408,7 @@ class Dispatcher:
         for step in self.before_run:
             await step(job, runtime, lambda progress: self._set_progress(run, progress))
         checkpoint = await self._resolve_checkpoint(params.get("checkpoint_name"), runtime)
-        payload = await self._payload(params, checkpoint, runtime)
+        route, payload = await self._request(params, checkpoint, runtime)
         if job["attempts"] > 1:
             # A retry may follow a request Forge is still running (lost connection, crash):
             # Forge would queue ours behind it, and its progress would look like ours.
@@ -407,12 +417,13 @@ class Dispatcher:
         self._set_progress(run, {"fraction": 0.0, "phase": "starting"}, force=True)
         # Our own task id: Forge's web UI then tells this request's progress from anyone else's.
         task_id = f"task(mobilesd-{run.job_id}-{job['attempts']})"
-        payload["force_task_id"] = task_id
+        if route != "/extra-single-image":  # Extras takes no task id
+            payload["force_task_id"] = task_id
         hires = bool(payload.get("enable_hr"))
         run.owner = ProgressOwner(
             task_id,
             job_count=int(params["n_iter"]) * (2 if hires else 1),
-            steps=int(params["steps"]),
+            steps=sampler_steps(params),
             hires_steps=int(payload.get("hr_second_pass_steps") or params["steps"]) if hires else 0,
         )
         run.submitted = True
@@ -427,8 +438,8 @@ class Dispatcher:
             await self._hand_over(run)
 
         request = asyncio.create_task(
-            run.client.txt2img(
-                payload, on_answer=answered, body_timeout=self._settings.stall_timeout
+            run.client.generate(
+                route, payload, on_answer=answered, body_timeout=self._settings.stall_timeout
             )
         )
         try:
@@ -442,6 +453,8 @@ class Dispatcher:
         if run.cancelled:
             raise _JobCancelled
         info = result["info"]
+        if params.get("upscale"):  # Extras answers no infotext: the one it would save
+            info = {"infotexts": [upscale_infotext(params)]}
         if checkpoint is not None:
             self._registry.note_checkpoint(runtime, checkpoint.title)
             if not title_matches_info(checkpoint, info):
@@ -482,6 +495,45 @@ class Dispatcher:
                 f"checkpoint '{name}' disappeared from server '{runtime.alias}' while the job "
                 "was sent (it ran the loaded model instead; its images were dropped)"
             )
+
+    async def _request(
+        self, params: dict[str, Any], checkpoint: CheckpointInfo | None, runtime: ServerRuntime
+    ) -> tuple[str, dict[str, Any]]:
+        """The Forge route of the job's kind and its body; init images read from the upload
+        store (jobs/images.py stored them when the job was created)."""
+        upscale, init = params.get("upscale"), params.get("init")
+        if upscale is None and init is None:
+            return "/txt2img", await self._payload(params, checkpoint, runtime)
+        if self.uploads is None:
+            raise ForgePermanentError("this core keeps no uploads: cannot run an image job")
+        if upscale is not None:
+            image = await self._upload_b64(upscale.get("image_sha256"), upscale["image"])
+            for refresh in (False, True):
+                catalog = await self._registry.catalog(runtime, refresh=refresh)
+                try:
+                    return "/extra-single-image", build_extras_payload(
+                        params, image, catalog, runtime.alias
+                    )
+                except ForgeError:  # the list may predate a newly installed upscaler
+                    if refresh:
+                        raise
+        assert init is not None
+        image = await self._upload_b64(init.get("image_sha256"), init["image"])
+        mask = None
+        if init.get("mask") is not None:
+            mask = await self._upload_b64(init.get("mask_sha256"), init["mask"])
+        txt2img = await self._payload(params, checkpoint, runtime)
+        return "/img2img", build_img2img_payload(params, txt2img, image, mask)
+
+    async def _upload_b64(self, sha: Any, name: str) -> str:
+        assert self.uploads is not None
+        if not isinstance(sha, str) or not self.uploads.has(sha):
+            raise ForgePermanentError(
+                f"the image '{name}' is no longer stored (uploads are kept while a job needs "
+                "them); queue the job again with the image"
+            )
+        data = await self.uploads.read(sha)
+        return base64.b64encode(data).decode("ascii")
 
     async def _payload(
         self, params: dict[str, Any], checkpoint: CheckpointInfo | None, runtime: ServerRuntime

@@ -36,12 +36,16 @@ from .schema import (
     GenerateRequest,
     GenerationParams,
     HiresParams,
+    InitImage,
     LoraSpec,
     ServerConfig,
     ServerUpdate,
+    UpscaleParams,
 )
 
 JSONSchema = dict[str, Any]
+# The models nested in a job's fields, each a definition of the job-file schema.
+JOB_MODELS = ("LoraSpec", "HiresParams", "InitImage", "UpscaleParams")
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "mobilesd-job.schema.json"
 DRAFT_07 = "http://json-schema.org/draft-07/schema#"
@@ -50,6 +54,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     GenerationParams,
     LoraSpec,
     HiresParams,
+    InitImage,
+    UpscaleParams,
     GenerateRequest,
     ServerConfig,
     ServerUpdate,
@@ -70,6 +76,11 @@ VALIDATOR_RULES: dict[tuple[str, str], JSONSchema] = {
     ("GenerateRequest", "webhook_url"): {"pattern": _URL_PATTERN, "format": "uri"},
     ("ServerUpdate", "api_url"): {"pattern": _URL_PATTERN, "format": "uri"},
 }
+
+_IMAGE_REF = (
+    "gallery:<file name> (a gallery image), upload:<sha256> (POST /api/v1/uploads), or in a job "
+    "file a path relative to the file's folder, inside the inbox. Copied when the job is created."
+)
 
 # Field descriptions (each field's rule). Kept here rather than in schema.py; every key must name
 # an existing field, or generating fails.
@@ -142,6 +153,39 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("ControlNetUnit", "control_mode"): "Balance between the prompt and the control.",
     ("ControlNetUnit", "resize_mode"): "How the control image is fitted to the picture.",
     ("ControlNetUnit", "pixel_perfect"): "Let ControlNet pick the preprocessor resolution.",
+    # img2img, inpaint and upscale (issue 19)
+    ("GenerationParams", "init"): (
+        "img2img (Forge's /img2img): the picture to start from, and a mask to inpaint; null: "
+        "txt2img. Not with hires."
+    ),
+    ("GenerationParams", "upscale"): (
+        "An upscale job (Forge's Extras) instead of a generation; the prompt is its label. Not "
+        "with init or hires."
+    ),
+    ("InitImage", "image"): _IMAGE_REF,
+    ("InitImage", "image_sha256"): "Set by the core: the SHA-256 of the stored copy.",
+    ("InitImage", "mask"): (
+        "The inpaint mask (white: repaint), the image's size; a reference like image. null: "
+        "plain img2img."
+    ),
+    ("InitImage", "mask_sha256"): "Set by the core: the SHA-256 of the stored mask.",
+    ("InitImage", "denoising_strength"): "How much the picture changes, 0..1.",
+    ("InitImage", "resize_mode"): (
+        "0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)."
+    ),
+    ("InitImage", "mask_blur"): "Mask blur in pixels, 0..64.",
+    ("InitImage", "inpainting_fill"): (
+        "Masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing."
+    ),
+    ("InitImage", "inpaint_full_res"): (
+        "true: only the masked area is redone, at full resolution (Forge's 'Only masked')."
+    ),
+    ("InitImage", "inpaint_full_res_padding"): "Pixels around the masked area, 0..256.",
+    ("InitImage", "inpainting_mask_invert"): "true: repaint what the mask leaves black.",
+    ("UpscaleParams", "image"): _IMAGE_REF,
+    ("UpscaleParams", "image_sha256"): "Set by the core: the SHA-256 of the stored copy.",
+    ("UpscaleParams", "upscaler"): "Upscaler name, checked against the server's /upscalers.",
+    ("UpscaleParams", "scale"): "Upscale factor, 1..8.",
     ("LoraSpec", "name"): "LoRA name as the server lists it, without <, >, : or line breaks.",
     ("LoraSpec", "weight"): "Weight, -5..5.",
     ("HiresParams", "upscaler"): "Forge's hr_upscaler.",
@@ -383,7 +427,7 @@ def job_file_schema() -> JSONSchema:
             ],
         },
         "JobFields": job_fields,
-        **{name: s for name, s in models.items() if name in ("LoraSpec", "HiresParams")},
+        **{name: s for name, s in models.items() if name in JOB_MODELS},
     }
     schema: JSONSchema = {
         "$schema": DRAFT_07,

@@ -120,6 +120,7 @@ class Router:
         params = job["generation_params"]
         name = params.get("checkpoint_name")
         loras = [lora["name"] for lora in params.get("loras") or []]
+        upscaler = (params.get("upscale") or {}).get("upscaler")
         titles: dict[str, str | None] = {}
         with_loras: dict[str, str | None] = {}
         resolved: str | None = None
@@ -146,9 +147,12 @@ class Router:
             known = runtime.catalog.loras if runtime.catalog else set()
             missing = [lora for lora in loras if lora not in known] if known else []
             # Unknown lists don't exclude; nor do LoRAs model sync can copy there.
-            if all(self._lora_syncable(lora, runtime) for lora in missing):
+            if all(self._lora_syncable(lora, runtime) for lora in missing) and _lists_upscaler(
+                runtime, upscaler
+            ):
                 with_loras[alias] = titles[alias]
-        # Where no server has every LoRA, the job runs anyway and fails naming the closest ones.
+        # Where no server has every LoRA (or the upscaler), the job runs anyway and fails naming
+        # the closest ones.
         return Candidate(
             job=job,
             group=(resolved or model_key(name)) if name else None,
@@ -272,6 +276,12 @@ def _lacking_message(
         f"'{r.alias}' lacks " + ", ".join(f"{m.need.kind} '{m.need.name}'" for m in found)
         for r, found in zip(concerned, lacking, strict=True)
     )
+
+
+def _lists_upscaler(runtime: ServerRuntime, upscaler: str | None) -> bool:
+    """Whether an upscale job may go there: its list has the upscaler, or is unknown."""
+    known = runtime.catalog.upscalers if runtime.catalog else []
+    return upscaler is None or not known or upscaler in known
 
 
 def _state(runtime: ServerRuntime) -> str:

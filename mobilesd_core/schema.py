@@ -204,6 +204,80 @@ def dropped_extra(extra: dict[str, Any], fields: dict[str, Any]) -> list[str]:
     return out
 
 
+# --- img2img, inpaint, upscale (issue 19) -------------------------------------------------------
+
+_GALLERY_REF = re.compile(r"^gallery:[^/\\\0]{1,255}$")
+_UPLOAD_REF = re.compile(r"^upload:[0-9a-f]{64}$")
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+def check_image_ref(value: str) -> str:
+    """`gallery:<file name>`, `upload:<sha256>`, or a path relative to a job file's folder
+    (checked against the inbox when the file is read: jobs/images.py)."""
+    if value.startswith("gallery:"):
+        if not _GALLERY_REF.fullmatch(value):
+            raise ValueError("must be gallery:<file name> (a name, without folders)")
+        return value
+    if value.startswith("upload:"):
+        if not _UPLOAD_REF.fullmatch(value):
+            raise ValueError("must be upload:<sha256> (64 lower-case hex digits)")
+        return value
+    if "\0" in value or value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
+        raise ValueError(
+            "must be gallery:<name>, upload:<sha256>, or a path relative to the job file"
+        )
+    if ".." in re.split(r"[/\\]", value):
+        raise ValueError("must not contain '..' (the image must be inside the inbox)")
+    return value
+
+
+class InitImage(_Strict):
+    """img2img and inpaint (Forge's `/img2img`): the picture to start from, and a mask.
+
+    `image_sha256` and `mask_sha256` are set by the core when the job is created (the stored
+    copy it sends: uploads.py); the sidecar and PNG text keep them beside the names."""
+
+    image: str = Field(min_length=1, max_length=1024)
+    image_sha256: str | None = Field(default=None, pattern=_SHA256)
+    mask: str | None = Field(default=None, min_length=1, max_length=1024)
+    mask_sha256: str | None = Field(default=None, pattern=_SHA256)
+    denoising_strength: float = Field(default=0.75, ge=0, le=1)
+    resize_mode: int = Field(default=0, ge=0, le=3)
+    """0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)."""
+    mask_blur: int = Field(default=4, ge=0, le=64)
+    inpainting_fill: int = Field(default=1, ge=0, le=3)
+    """Masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing."""
+    inpaint_full_res: bool = False
+    """True: "Only masked" (the masked area redone at full resolution)."""
+    inpaint_full_res_padding: int = Field(default=32, ge=0, le=256)
+    inpainting_mask_invert: bool = False
+
+    @field_validator("image", "mask")
+    @classmethod
+    def _valid_ref(cls, value: str | None) -> str | None:
+        return value if value is None else check_image_ref(value)
+
+    @model_validator(mode="after")
+    def _full_res_needs_mask(self) -> InitImage:
+        if self.mask is None and (self.inpaint_full_res or self.inpainting_mask_invert):
+            raise ValueError("inpaint_full_res and inpainting_mask_invert need a mask")
+        return self
+
+
+class UpscaleParams(_Strict):
+    """An upscale job (Forge's `/extra-single-image`): one image through an upscaler."""
+
+    image: str = Field(min_length=1, max_length=1024)
+    image_sha256: str | None = Field(default=None, pattern=_SHA256)
+    upscaler: str = Field(min_length=1, max_length=128)
+    scale: float = Field(default=2.0, ge=1, le=8)
+
+    @field_validator("image")
+    @classmethod
+    def _valid_ref(cls, value: str) -> str:
+        return check_image_ref(value)
+
+
 class GenerationParams(_Strict):
     """What to generate. Names follow Forge's txt2img fields (see docs/forge-api.md)."""
 
@@ -232,6 +306,9 @@ class GenerationParams(_Strict):
     refiner_switch_at: float | None = Field(default=None, gt=0, lt=1)
     adetailer: list[ADetailerUnit] | None = Field(default=None, min_length=1, max_length=4)
     controlnet: list[ControlNetUnit] | None = Field(default=None, min_length=1, max_length=3)
+    # img2img/inpaint and upscale jobs (issue 19): after `hires`, which their checks read.
+    init: InitImage | None = None
+    upscale: UpscaleParams | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("prompt")
@@ -240,6 +317,35 @@ class GenerationParams(_Strict):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("init")
+    @classmethod
+    def _init_not_hires(cls, value: InitImage | None, info: ValidationInfo) -> InitImage | None:
+        if value is not None and info.data.get("hires") is not None:
+            raise ValueError("cannot be combined with hires (the hires fix is txt2img's)")
+        return value
+
+    @field_validator("upscale")
+    @classmethod
+    def _upscale_alone(
+        cls, value: UpscaleParams | None, info: ValidationInfo
+    ) -> UpscaleParams | None:
+        if value is None:
+            return value
+        if info.data.get("init") is not None:
+            raise ValueError("cannot be combined with init (an upscale job has one image)")
+        if info.data.get("hires") is not None:
+            raise ValueError("cannot be combined with hires (an upscale job generates nothing)")
+        return value
+
+    @property
+    def kind(self) -> str:
+        """txt2img, img2img (init without mask), inpaint (init with mask) or upscale."""
+        if self.upscale is not None:
+            return "upscale"
+        if self.init is not None:
+            return "inpaint" if self.init.mask is not None else "img2img"
+        return "txt2img"
 
     @field_validator("width", "height")
     @classmethod

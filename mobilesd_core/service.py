@@ -21,6 +21,7 @@ from .events import EventBus
 from .expansion import JobSpec
 from .gallery import Gallery
 from .jobs import transitions
+from .jobs.images import JobImages
 from .jobs.store import BatchNotFound, Conflict, JobNotFound, JobStore, StoreWriteError
 from .jobs.types import (
     BatchCancelled,
@@ -83,6 +84,7 @@ class QueueService:
         model_sync: ModelSync | None = None,
         wildcards_path: Path | None = None,
         retention: Retention | None = None,
+        images: JobImages | None = None,
     ) -> None:
         # Entry points expand job documents with it (in a thread: it reads wildcard files).
         self.expander = PromptExpander(wildcards_path)
@@ -94,6 +96,7 @@ class QueueService:
         self.bus = bus
         self.board = board
         self.model_sync = model_sync
+        self.images = images  # init images, masks, upscale sources: stored at creation
         # A job as clients see it: live progress, why a pending job waits, retention. The
         # dispatcher's progress events use the same view as every route and other event.
         self.view = JobViews(board, waiting_reason=self._waiting_reason, retention=retention)
@@ -170,12 +173,14 @@ class QueueService:
         source_ref: str | None = None,
         extra_fields: JobExtras | None = None,
         job_ids: builtins.list[str] | None = None,
+        inbox: tuple[Path, str] | None = None,
     ) -> builtins.list[JobView]:
         """Queue what one request or job file defines (expanded), all or none, as one batch.
 
         A job's own `server` wins over `target_server_alias`; unknown servers are named by the
         field they came from. `job_ids`: the ids the jobs get, one per spec (the inbox notes
         them durably before the jobs exist, so a crash cannot create a file's jobs twice).
+        `inbox`: (inbox root, the job file's folder) where images named by path are read.
         """
         problems = []
         for spec in specs:
@@ -203,10 +208,17 @@ class QueueService:
         if job_ids is not None:
             for job, job_id in zip(jobs, job_ids, strict=True):
                 job["mobilesd_job_id"] = job_id
-        return await self.submit_prepared(jobs)
+        paths = [spec.path for spec in specs] if inbox is not None else None
+        return await self.submit_prepared(jobs, inbox=inbox, paths=paths)
 
-    async def submit_prepared(self, jobs: list[Job]) -> list[JobView]:
-        """Queue job records built with `new_job` (the inbox fixes their ids in advance)."""
+    async def submit_prepared(
+        self,
+        jobs: list[Job],
+        *,
+        inbox: tuple[Path, str] | None = None,
+        paths: builtins.list[str] | None = None,
+    ) -> list[JobView]:
+        """Queue job records built with `new_job`; images as `resolve_images` stores them."""
         problems = [
             problem
             for alias in dict.fromkeys(j["target_server_alias"] for j in jobs)
@@ -223,11 +235,37 @@ class QueueService:
         problems = list({(p.path, p.message): p for p in problems}.values())
         if problems:
             raise InvalidInput(problems)
+        await self.resolve_images(jobs, inbox=inbox, paths=paths)
         created = await self.store.add(jobs)
         for job in created:
             log.info("job %s queued from %s", job["mobilesd_job_id"], job["source"])
         self.dispatcher.wake()
         return [self.view(j) for j in created]
+
+    async def resolve_images(
+        self,
+        jobs: builtins.list[Job],
+        *,
+        inbox: tuple[Path, str] | None = None,
+        paths: builtins.list[str] | None = None,
+    ) -> None:
+        """Store the images the jobs read (jobs/images.py); InvalidInput naming each field.
+        `paths`: where each job is in a job file (its problems are named so)."""
+        if self.images is None:
+            return
+        problems: builtins.list[FieldProblem] = []
+        for i, job in enumerate(jobs):
+            if paths is not None:
+                prefix = paths[i]
+            elif len(jobs) == 1:
+                prefix = "generation_params"
+            else:
+                prefix = f"jobs[{i}].generation_params"
+            problems += await self.images.resolve(
+                job["generation_params"], prefix=prefix, inbox=inbox
+            )
+        if problems:
+            raise InvalidInput(problems)
 
     async def exists(self, job_id: str) -> bool:
         """Whether the job is live or archived (deleted ones are gone)."""
@@ -293,6 +331,8 @@ class QueueService:
             merged = {**job["generation_params"], **params_changes}
             try:
                 changes["generation_params"] = parse_params(merged).model_dump(mode="json")
+                if self.images is not None:
+                    problems += await self.images.resolve(changes["generation_params"])
             except InvalidInput as exc:
                 problems.extend(exc.problems)
             old_prompt = job["generation_params"].get("prompt")

@@ -56,6 +56,9 @@ ROUTES = [
     ("POST", "/api/v1/civitai/downloads/x/cancel"),
     ("GET", "/api/v1/sessions"),
     ("DELETE", "/api/v1/sessions"),
+    ("POST", "/api/v1/uploads"),
+    ("GET", "/api/v1/uploads/x/thumbnail"),
+    ("POST", "/api/v1/gallery/upscale"),
 ]
 
 
@@ -480,9 +483,15 @@ async def test_submit_command_queues_job_files(harness: Harness, tmp_path) -> No
     queued = [line for line in out.decode().splitlines() if ": queued " in line]
     jobs = harness.core.store.live_jobs()
     assert len(queued) == len(examples)  # one request, and one batch, per file
-    assert len(jobs) == 17  # flux.yaml: 1
+    assert len(jobs) == 20  # flux.yaml: 1; img2img, inpaint, upscale: 1 each
     assert len({j["batch_id"] for j in jobs}) == len(examples)
     assert {j["source"] for j in jobs} == {"cli"}
+    # Images a file names by path went to the core's upload store; the job keeps the name.
+    [inpaint] = [j for j in jobs if (j["generation_params"].get("init") or {}).get("mask")]
+    init = inpaint["generation_params"]["init"]
+    assert init["image"] == "images/cabin.png" and harness.core.uploads.has(init["image_sha256"])
+    assert init["mask"] == "images/cabin-sun-mask.png"
+    assert harness.core.uploads.has(init["mask_sha256"])
 
 
 async def test_long_json_answers_are_gzipped(harness: Harness) -> None:

@@ -22,9 +22,17 @@ def test_demo_once_runs_the_examples_through_the_inbox_and_exits_zero(tmp_path: 
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "demo: 17 example jobs completed, 0 did not" in result.stdout
+    assert "demo: 20 example jobs completed, 0 did not" in result.stdout
     # The examples went in as files and were processed by the watcher.
     processed = sorted(p.name for p in (demo / "inbox" / "processed").iterdir())
-    assert processed == ["batch.yaml", "flux.yaml", "single.yaml", "sweep.yaml"]
-    assert len(list((demo / "outputs").glob("*.png"))) == 18  # single.yaml makes 2 images
+    assert processed == [
+        "batch.yaml",
+        "flux.yaml",
+        "img2img.yaml",
+        "inpaint.yaml",
+        "single.yaml",
+        "sweep.yaml",
+        "upscale.yaml",
+    ]
+    assert len(list((demo / "outputs").glob("*.png"))) == 21  # single.yaml makes 2 images
     assert "WARNING" not in result.stderr, result.stderr

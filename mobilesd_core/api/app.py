@@ -24,6 +24,7 @@ from . import (
     routes_notify,
     routes_page,
     routes_servers,
+    routes_uploads,
 )
 from .auth import auth_middleware, init_auth
 from .bodies import body_middleware, init_bodies
@@ -98,6 +99,7 @@ def create_app(
     app.add_routes(routes_servers.routes)
     app.add_routes(routes_jobs.routes)
     app.add_routes(routes_gallery.routes)
+    app.add_routes(routes_uploads.routes)
     app.add_routes(routes_archive.routes)
     routes_archive.setup(app)  # its own workers, and open downloads dropped on shutdown
     app.add_routes(routes_library.routes)

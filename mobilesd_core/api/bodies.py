@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
+from ..uploads import MAX_UPLOAD_BYTES
 from .errors import ApiError
 
 BODY_READ_TIMEOUT = 30.0
@@ -37,6 +38,7 @@ MIN_UNAUTHENTICATED_READS = 4
 MAX_UNAUTHENTICATED_READS = 64
 
 PROTECTED_PREFIXES = ("/api/", "/gallery_files/")
+UPLOAD_PATH = "/api/v1/uploads"  # routes_uploads.py
 FORM_TYPES = ("", "application/x-www-form-urlencoded")
 
 
@@ -105,7 +107,21 @@ async def body_middleware(
 ) -> web.StreamResponse:
     """Read the body (if any) before the handler; must come after the access check."""
     if request.body_exists:
-        if request.path.startswith(PROTECTED_PREFIXES):
+        if request.path == UPLOAD_PATH and request.method == "POST":
+            # An image is bigger than any JSON body: its own limit, past it a 413 naming it.
+            request = request.clone(client_max_size=MAX_UPLOAD_BYTES + 1)
+            try:
+                await read_body(request)
+            except web.HTTPRequestEntityTooLarge:
+                message = f"is larger than {MAX_UPLOAD_BYTES:,} bytes"
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"file {message}",
+                    [{"path": "file", "message": message}],
+                    hang_up=True,
+                ) from None
+        elif request.path.startswith(PROTECTED_PREFIXES):
             await read_body(request)  # the access check has passed: the owner's request
         else:
             gate = request.config_dict[READ_GATE]

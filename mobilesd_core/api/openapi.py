@@ -52,6 +52,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     requests.JobEdit,
     requests.MoveRequest,
     requests.ClearRequest,
+    requests.UpscaleRequest,
     *_response_models(),
 )
 
@@ -126,6 +127,7 @@ PATH_PARAMETERS: dict[str, tuple[str, Schema]] = {
     "filename": ("A gallery image's file name (.png).", _IMAGE_NAME),
     "batch_id": ("A batch_id (jobs created together).", _STRING),
     "download_id": ("A Civitai download's download_id.", _STRING),
+    "sha256": ("An upload's SHA-256.", _STRING),
 }
 
 # An answer: (schema or model name, description) for JSON; a description alone for no body; or a
@@ -584,6 +586,47 @@ def _paths() -> dict[str, Schema]:
                 ],
             ),
         },
+        "/api/v1/uploads": {
+            "post": _op(
+                "upload_image",
+                "uploads",
+                "Store an image for img2img, inpaint or upscale jobs: the raw body (PNG, JPEG, "
+                "WebP ...; at most 32 MiB, 64 M pixels), EXIF orientation applied, kept as a PNG "
+                "under its SHA-256. Refer to it as `upload:<sha256>`; kept while a job needs it, "
+                "removed an hour after the last one ended.",
+                {"201": ("UploadStored", "Stored.")},
+                "400 408 413 422",
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                        "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    },
+                },
+            ),
+        },
+        "/api/v1/uploads/{sha256}/thumbnail": {
+            "get": _op(
+                "upload_thumbnail",
+                "uploads",
+                "A JPEG thumbnail (256 px) of an upload.",
+                {"200": _binary("The thumbnail.", "image/jpeg")},
+                "404",
+            ),
+        },
+        "/api/v1/gallery/upscale": {
+            "post": _op(
+                "upscale_images",
+                "gallery",
+                "Upscale gallery images: one upscale job per name (Forge's Extras, or a hires "
+                "rerun), all in one batch; each job's prompt is its image's.",
+                {"202": ("UpscaleQueued", "Queued.")},
+                "400 413 422",
+                body="UpscaleRequest",
+            ),
+        },
         "/api/v1/gallery/images/{filename}": {
             "delete": _op(
                 "delete_image",
@@ -834,6 +877,7 @@ def build_openapi() -> Schema:
             {"name": "jobs", "description": "Generating and the job list"},
             {"name": "queue", "description": "The queue as a whole"},
             {"name": "gallery", "description": "Generated images"},
+            {"name": "uploads", "description": "Images for img2img, inpaint and upscale jobs"},
             {"name": "library", "description": "Local model folders"},
             {"name": "civitai", "description": "Civitai image import and model downloads"},
             {"name": "events", "description": "Live updates"},

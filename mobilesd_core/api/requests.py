@@ -58,6 +58,22 @@ class ClearRequest(_Body):
     )
 
 
+class UpscaleRequest(_Body):
+    """Gallery images to upscale: one job per name, all in one batch; each job's prompt is its
+    image's."""
+
+    names: list[str] = Field(min_length=1, max_length=100, description="Gallery image names.")
+    upscaler: str = Field(min_length=1, max_length=128, description="As /upscalers lists it.")
+    scale: float = Field(default=2.0, ge=1, le=8)
+    mode: Literal["extras", "hires"] = Field(
+        default="extras",
+        description="extras: the picture through the upscaler (Forge's Extras); hires: the "
+        "image's own job again, one image at its seed, with the hires fix (scale at most 4).",
+    )
+    denoising_strength: float = absent("Only with mode hires.", ge=0, le=1)
+    target_server_alias: str | None = None
+
+
 def parse_body(model: type[Body], data: dict[str, Any]) -> Body:
     """`data` validated into `model`, or InvalidInput naming each field."""
     try:

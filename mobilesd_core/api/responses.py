@@ -639,3 +639,24 @@ EVENT_DATA: dict[str, type[BaseModel]] = {
     "reset": ResetEvent,
     "queue": QueueState,
 }
+
+
+# --- uploads ------------------------------------------------------------------------------------
+
+
+class UploadStored(Response):
+    """An image stored for img2img, inpaint or upscale jobs (the same picture again: the same
+    sha256)."""
+
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    ref: str = Field(description="How a job names it: upload:<sha256>.")
+    width: int
+    height: int
+    bytes: int = Field(description="Size of the stored PNG.")
+
+
+class UpscaleQueued(Response):
+    """The upscale jobs, one per image, in one batch."""
+
+    batch_id: str
+    mobilesd_job_ids: list[JobId]

@@ -339,16 +339,34 @@ class ForgeClient:
         """Run one generation. No read timeout before the answer begins: liveness is watched
         through /progress. Forge has released its generation lock once it answers, so
         `on_answer` may hand the server to the next job while this answer downloads."""
+        return await self.generate(
+            "/txt2img", payload, on_answer=on_answer, body_timeout=body_timeout
+        )
+
+    async def generate(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        *,
+        on_answer: Callable[[], Awaitable[None]] | None = None,
+        body_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """`/txt2img`, `/img2img` or `/extra-single-image` (its one `image` answered as the
+        others' `images`), as `txt2img` says."""
         result = await self._call(
             "POST",
-            "/txt2img",
+            path,
             body=payload,
             timeout=httpx.Timeout(None, connect=10.0),
             on_headers=on_answer,
             body_timeout=body_timeout,
         )
+        if path == "/extra-single-image" and isinstance(result, dict):
+            image = result.get("image")
+            result = {"images": [image] if image else None, "info": {}}
+        name = path.strip("/")
         if not isinstance(result, dict) or not isinstance(result.get("images"), list):
-            raise ForgeTransientError(f"server '{self.alias}' sent a txt2img answer without images")
+            raise ForgeTransientError(f"server '{self.alias}' sent a {name} answer without images")
         info = result.get("info")
         if isinstance(info, str):
             try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ForgePermanentError, ForgeTransientError
-from .infotext import prompt_with_loras
+from .infotext import prompt_with_loras, quote
 
 
 @dataclass
@@ -218,3 +218,76 @@ def build_txt2img_payload(
         payload["alwayson_scripts"] = {**(extra.pop("alwayson_scripts", None) or {}), **scripts}
     # `extra` passes anything else Forge accepts, but never overrides a schema field.
     return {**extra, **payload}
+
+
+# Fields of `/img2img` that the init block sets (GenerationParams.init, schema.py).
+INPAINT_FIELDS = (
+    "resize_mode",
+    "mask_blur",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+)
+
+
+def build_img2img_payload(
+    params: dict[str, Any], txt2img: dict[str, Any], image_b64: str, mask_b64: str | None
+) -> dict[str, Any]:
+    """The txt2img payload of the same job turned into an `/img2img` one: the init image (and
+    mask) as base64 PNGs, and the init block's fields under Forge's names."""
+    init = params["init"]
+    payload = {k: v for k, v in txt2img.items() if k != "enable_hr" and not k.startswith("hr_")}
+    payload.update(
+        init_images=[image_b64],
+        denoising_strength=init["denoising_strength"],
+        **{name: init[name] for name in INPAINT_FIELDS},
+    )
+    if mask_b64 is not None:
+        payload["mask"] = mask_b64
+    return payload
+
+
+def build_extras_payload(
+    params: dict[str, Any], image_b64: str, catalog: ServerCatalog, server: str
+) -> dict[str, Any]:
+    """`/extra-single-image` for an upscale job; the upscaler checked against the server's."""
+    upscale = params["upscale"]
+    name = upscale["upscaler"]
+    if catalog.upscalers and name not in catalog.upscalers:
+        raise ForgePermanentError(
+            f"upscaler '{name}' is not offered by server '{server}'; "
+            f"try {_suggest(name, catalog.upscalers)}"
+        )
+    return {
+        "image": image_b64,
+        "resize_mode": 0,
+        "upscaling_resize": upscale["scale"],
+        "upscaler_1": name,
+        "show_extras_results": True,
+    }
+
+
+def upscale_infotext(params: dict[str, Any]) -> str:
+    """What Forge's Extras tab writes as a saved image's text (the postprocessing keys), after
+    the job's prompt and with the source image by name and hash."""
+    upscale = params["upscale"]
+    fields = {
+        "Postprocess upscale by": f"{upscale['scale']:g}",
+        "Postprocess upscaler": upscale["upscaler"],
+        "Source image": upscale["image"],
+        "Source image hash": upscale.get("image_sha256") or "",
+    }
+    line = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items())
+    return f"{params['prompt']}\n{line}"
+
+
+def sampler_steps(params: dict[str, Any]) -> int:
+    """Steps Forge's sampler runs for the job (what its progress counts): img2img runs
+    `int(min(denoising, 0.999) * steps) + 1` (`setup_img2img_steps`); an upscale none (1)."""
+    if params.get("upscale"):
+        return 1
+    init = params.get("init")
+    if init:
+        return int(min(float(init["denoising_strength"]), 0.999) * int(params["steps"])) + 1
+    return int(params["steps"])

@@ -10,12 +10,14 @@ files.py; `Gallery` (folder.py) ties them together for one folder.
 from .errors import GalleryError, ImageNotFound, NoThumbnail, UnsafeName
 from .files import check_name, open_regular
 from .folder import MAX_IMAGES_PER_JOB, Gallery, SavedImage
+from .png import SOURCE_TEXT_KEY, source_images_text
 from .sidecars import SIDECAR_VERSION, public_sidecar
 from .thumbs import THUMBNAIL_DECODES, THUMBS_DIR
 
 __all__ = [
     "MAX_IMAGES_PER_JOB",
     "SIDECAR_VERSION",
+    "SOURCE_TEXT_KEY",
     "THUMBNAIL_DECODES",
     "THUMBS_DIR",
     "Gallery",
@@ -27,4 +29,5 @@ __all__ = [
     "check_name",
     "open_regular",
     "public_sidecar",
+    "source_images_text",
 ]

@@ -26,7 +26,7 @@ from ..schema import DELIVERY_FIELDS
 from .errors import GalleryError, ImageNotFound, UnsafeName
 from .files import check_name, is_listable_name, sidecar_name, unlink_entry
 from .index import GalleryIndex, Record, record_from_png, record_from_sidecar
-from .png import encode_image, seed_for
+from .png import encode_image, seed_for, with_source_text
 from .sidecars import (
     OWN_SIDECAR_RE,
     SIDECAR_VERSION,
@@ -277,6 +277,7 @@ class Gallery:
             )
             if seed is None:
                 seed = as_int(parse_infotext(infotext).get("Seed"))
+            png = with_source_text(png, params)
             sidecar = {
                 "sidecar_version": SIDECAR_VERSION,
                 "filename": name,

@@ -207,6 +207,31 @@ def _text_chunk(key: str, value: str) -> bytes:
     return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
 
 
+SOURCE_TEXT_KEY = "mobilesd_source"
+
+
+def source_images_text(params: Mapping[str, Any]) -> str | None:
+    """The images a job started from, by name and hash (`init: gallery:a.png sha256:...`), for
+    a PNG text chunk of their own beside Forge's infotext; None for txt2img."""
+    lines = []
+    for block, ref, sha in (
+        ("init", "image", "image_sha256"),
+        ("init", "mask", "mask_sha256"),
+        ("upscale", "image", "image_sha256"),
+    ):
+        part = params.get(block)
+        if isinstance(part, Mapping) and part.get(ref):
+            label = block if ref == "image" else f"{block} {ref}"
+            lines.append(f"{label}: {part[ref]} sha256:{part.get(sha)}")
+    return "\n".join(lines) or None
+
+
+def with_source_text(png: bytes, params: Mapping[str, Any]) -> bytes:
+    """`png` with the source images' chunk (img2img, inpaint, upscale), or as it is."""
+    source = source_images_text(params)
+    return png if source is None else _with_text_after_ihdr(png, SOURCE_TEXT_KEY, source)
+
+
 def _with_text_after_ihdr(data: bytes, key: str, value: str) -> bytes:
     """The PNG `data` with a text chunk inserted after IHDR: no pixel is decoded."""
     ihdr_end = 8 + 12 + int.from_bytes(data[8:12], "big")

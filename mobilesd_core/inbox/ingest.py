@@ -12,6 +12,7 @@ import errno
 import hashlib
 import logging
 import os
+import posixpath
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -186,8 +187,13 @@ class Ingestor:
                 )
             try:
                 await asyncio.to_thread(self.ledger.record_intent, key, ids)
+                # Images beside the file are read from its folder, never outside the inbox.
                 await self.service.submit_specs(
-                    result.jobs, source="inbox", source_ref=key.name, job_ids=ids
+                    result.jobs,
+                    source="inbox",
+                    source_ref=key.name,
+                    job_ids=ids,
+                    inbox=(self.root, posixpath.dirname(key.name)),
                 )
             except InvalidInput as exc:  # a target server was removed meanwhile
                 return await self._fail(path, key.name, exc.problems)

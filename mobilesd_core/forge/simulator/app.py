@@ -552,7 +552,11 @@ def create_simulator_app(sim: SimulatedForge) -> web.Application:
     r.add_get(f"{API}/samplers", _static(samplers_api()))
     r.add_get(f"{API}/schedulers", _static(schedulers_api()))
     r.add_get(f"{API}/prompt-styles", prompt_styles)
-    r.add_get(f"{API}/upscalers", _static(UPSCALERS))
+    listed = sim.config.upscalers
+    r.add_get(
+        f"{API}/upscalers",
+        _static([u for u in UPSCALERS if listed is None or u["name"] in listed]),
+    )
     r.add_get(f"{API}/latent-upscale-modes", _static([{"name": m} for m in LATENT_UPSCALE_MODES]))
     r.add_get(f"{API}/sd-modules", sd_modules_list)
     r.add_post(f"{API}/png-info", png_info)

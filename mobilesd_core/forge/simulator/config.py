@@ -71,6 +71,8 @@ class SimulatorConfig:
     """ADetailer installed: the `adetailer` script and `/adetailer/v1/*`."""
     adetailer_models: list[str] = field(default_factory=lambda: list(DEFAULT_ADETAILER_MODELS))
     """`/adetailer/v1/ad_model`."""
+    upscalers: list[str] | None = None
+    """Names `/upscalers` lists (a server without some upscaler models); None: all of them."""
     sd_vae_route: bool = False
     """Also serve A1111's `/sdapi/v1/sd-vae` (Forge has only `/sd-modules`): an older server."""
 
