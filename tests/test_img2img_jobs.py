@@ -291,8 +291,15 @@ async def test_gallery_upscale_names_bad_fields(sim_harness: Harness) -> None:
         "/api/v1/gallery/upscale", json={"names": ["nope.png"], "upscaler": "", "scale": 99}
     )
     assert response.status_code == 422
+    # The body's own fields are judged first (the request model), before any image is read.
     paths = {p["path"] for p in response.json()["error"]["details"]}
-    assert paths == {"names[0]"}  # nothing else can be judged without an image
+    assert paths == {"upscaler", "scale"}
+    response = await h.api.post(
+        "/api/v1/gallery/upscale", json={"names": ["nope.png"], "upscaler": "Lanczos"}
+    )
+    assert response.status_code == 422
+    paths = {p["path"] for p in response.json()["error"]["details"]}
+    assert paths == {"names[0]"}
     first = await generate(h)
     [source] = await completed_images(h, first.json()["mobilesd_job_id"])
     response = await h.api.post(

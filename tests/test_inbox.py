@@ -281,11 +281,11 @@ async def test_a_failed_store_write_is_retried_with_the_same_job_ids(
     real = service.submit_prepared
     calls: list[list[str]] = []
 
-    async def flaky(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def flaky(jobs: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
         calls.append([j["mobilesd_job_id"] for j in jobs])
         if len(calls) == 1:
             raise OSError(28, "No space left on device")
-        return await real(jobs)
+        return await real(jobs, **where)
 
     monkeypatch.setattr(service, "submit_prepared", flaky)
     shutil.copy(EXAMPLES / "batch.yaml", inbox.settings.inbox_path / "batch.yaml")
@@ -471,11 +471,11 @@ async def test_an_unexpected_error_while_queuing_keeps_the_file_and_the_watcher(
     real = service.submit_prepared
     calls: list[str] = []
 
-    async def flaky(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def flaky(jobs: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
         calls.append(jobs[0]["source_ref"])
         if calls.count("stuck.yaml") == 1 and jobs[0]["source_ref"] == "stuck.yaml":
             raise RuntimeError("injected")
-        return await real(jobs)
+        return await real(jobs, **where)
 
     monkeypatch.setattr(service, "submit_prepared", flaky)
     root = inbox.settings.inbox_path
