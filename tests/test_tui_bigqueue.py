@@ -54,7 +54,7 @@ def assert_window(app: MobileSDApp, first: int) -> None:
     assert lines, "nothing painted"
     for offset, line in enumerate(lines):
         assert prompt(first + offset) in line, (first + offset, line)
-        assert "○ pending" in line and f"#{first + offset + 1}" in line, line
+        assert "○ pending" in line, line
 
 
 def assert_cursor_agrees(app: MobileSDApp, ids: list[str]) -> None:
@@ -88,7 +88,7 @@ async def test_paging_through_10000_jobs_shows_each_job_in_order(
         assert table.cursor_row > 0
         assert_window(app, int(table.scroll_y))
         assert_cursor_agrees(app, ids)
-        await pilot.press("end")
+        await pilot.press("ctrl+end")
         assert table.cursor_row == JOBS - 1
         assert_window(app, JOBS - len(painted(app)))
         assert prompt(JOBS - 1) in painted(app)[-1]
@@ -96,7 +96,12 @@ async def test_paging_through_10000_jobs_shows_each_job_in_order(
         await pilot.press("pageup")
         assert_window(app, int(table.scroll_y))
         assert_cursor_agrees(app, ids)
-        await pilot.press("home")
+        # A click finds its row through the row/column meta each painted cell carries.
+        top = int(table.scroll_y)
+        await pilot.click("#jobs", offset=(60, 5))  # line 5: the header, then rows top..top+3
+        assert table.cursor_row == top + 4
+        assert_cursor_agrees(app, ids)
+        await pilot.press("ctrl+home")
         assert table.cursor_row == 0
         assert_window(app, 0)
 
@@ -136,7 +141,7 @@ async def test_a_job_changed_by_an_event_repaints_its_row_while_scrolled(
                 assert prompt(n) in line, (n, line)
         # The cancelled job went to the finished part, at the very end, drawn as cancelled.
         assert [row.key.value for row in table.ordered_rows][-1] == ids[cancelled]
-        await pilot.press("end")
+        await pilot.press("ctrl+end")
         last = painted(app)[-1]
         assert prompt(cancelled) in last and "cancelled" in last, last
 
@@ -164,5 +169,5 @@ async def test_a_filter_applies_to_all_10000_jobs_not_the_window(
         while app.queue.filter != "pending":
             await pilot.press("f")
         await until(pilot, lambda: table.row_count == JOBS - len(far), "every pending job")
-        await pilot.press("end")
+        await pilot.press("ctrl+end")
         assert prompt(JOBS - 1) in painted(app)[-1]
