@@ -88,8 +88,10 @@ Notes:
   file, events).
 - tui: headless (Textual's test driver) against a real core over loopback HTTP. Cold start is a
   fresh interpreter from its first line to the first frame with the core's data (medians of 3);
-  10,000 pending jobs, dispatching paused; scroll is page-down to the last row, each key waited
-  for until handled and painted. The aims are our choice.
+  10,000 pending jobs, dispatching paused; scroll is page-down to the last row, each key timed
+  from sent to handled (cursor and detail panel on the new job) and the frame composed, without
+  Pilot.press's 40 ms of idle sleeps (median; the CPU time beside it is steadier when the
+  machine is shared). The aims are our choice.
 - power: sweep expansion is validation of every job included (medians of 5). The zip is a real
   core over loopback HTTP streaming stored entries to a client that counts bytes; the peer
   (`zip -r`, or `python -m zipfile -c` without zip) writes the same files to a local file.

@@ -3,7 +3,10 @@
 A real core on loopback HTTP with 10,000 pending jobs (dispatching paused, so the queue holds
 still). Cold start runs `bench/tui_probe.py` in fresh interpreters (imports included). Load and
 scroll run the app headless in this process: the time from start until the table holds every
-job, then page-down through all of it and back to the top, each key waited for until painted.
+job, then page-down through all of it, one key at a time: each timed from the key sent until
+the app has handled it (the cursor on the new row, the detail panel showing that job) and the
+frame is composed. Not `Pilot.press`: it sleeps twice 20 ms per key to see the app idle, a
+floor that would hide the table's own cost.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -21,11 +25,13 @@ from mobilesd_core.api.keys import CORE
 from mobilesd_core.config import Settings
 from mobilesd_core.schema import GenerationParams
 
-from .report import Row, median, ms, say
+from .report import Row, median, ms, percentile, say
 
 TOKEN = "bench-token-0123456789"
 START_AIM = 2.0  # seconds to a usable first screen over SSH: our choice
+FULL_START_AIM = 1.0  # seconds to the first screen with 10,000 jobs queued (issue 20)
 LOAD_AIM = 3.0  # seconds to load 10,000 jobs: our choice
+PAGE_AIM = 0.030  # seconds per page-down through 10,000 jobs (issue 20)
 
 
 def _free_port() -> int:
@@ -53,7 +59,30 @@ async def _cold_start(url: str, rounds: int) -> list[float]:
     return out
 
 
-async def _load_and_scroll(url: str, jobs: int) -> tuple[float, float, int]:
+async def _page_down(app: Any, pilot: Any) -> float:
+    """One page-down: key sent, handled (cursor moved, detail shows its job), frame composed."""
+    from textual import events
+    from textual.widgets import Static
+
+    table = app.queue.table
+    detail = app.queue.query_one("#job-detail-text", Static)
+    before = table.cursor_row
+    started = time.perf_counter()
+    app._driver.send_message(events.Key("pagedown", None))
+    deadline = started + 10
+    while True:
+        await asyncio.sleep(0)
+        if table.cursor_row != before:
+            selected = app.queue.selected_id()
+            if selected and str(detail.content).startswith(selected):
+                break
+        if time.perf_counter() > deadline:
+            raise RuntimeError("page-down not handled within 10 s")
+    app.screen._on_timer_update()  # the frame Textual's clock would compose next (Pilot's way)
+    return time.perf_counter() - started
+
+
+async def _load_and_scroll(url: str, jobs: int) -> tuple[float, list[float], list[float]]:
     from mobilesd_tui.api_client import CoreClient
     from mobilesd_tui.app import make_app
     from mobilesd_tui.thumbs import halfcell_widget
@@ -73,15 +102,15 @@ async def _load_and_scroll(url: str, jobs: int) -> tuple[float, float, int]:
         await pilot.pause()
         loaded = time.perf_counter() - started
         table.focus()
-        pages = 0
-        scroll_started = time.perf_counter()
-        while table.cursor_row < table.row_count - 1:
-            await pilot.press("pagedown")
-            pages += 1
-        await pilot.press("home")
         await pilot.pause()
-        per_page = (time.perf_counter() - scroll_started) / (pages + 1)
-    return loaded, per_page, pages
+        walls: list[float] = []
+        cpus: list[float] = []
+        while table.cursor_row < table.row_count - 1:
+            cpu = time.process_time()
+            walls.append(await _page_down(app, pilot))
+            cpus.append(time.process_time() - cpu)
+            await pilot.pause(0)  # whatever the page left behind runs here, outside the timing
+    return loaded, walls, cpus
 
 
 async def run(root: Path, *, jobs: int = 10_000, rounds: int = 3) -> list[Row]:
@@ -111,10 +140,12 @@ async def run(root: Path, *, jobs: int = 10_000, rounds: int = 3) -> list[Row]:
         await service.submit(params, source="api")
         full = await _cold_start(url, rounds)
         say(f"tui: cold start ({jobs} jobs) {[f'{t:.2f}' for t in full]} s")
-        loaded, per_page, pages = await _load_and_scroll(url, jobs)
+        loaded, walls, cpus = await _load_and_scroll(url, jobs)
+        pages = len(walls)
+        per_page = median(walls)
         say(
-            f"tui: {jobs} jobs loaded in {loaded:.2f} s; "
-            f"{pages} pages, {per_page * 1000:.1f} ms each"
+            f"tui: {jobs} jobs loaded in {loaded:.2f} s; {pages} pages, median "
+            f"{ms(per_page)} (p90 {ms(percentile(walls, 90))}, CPU {ms(median(cpus))}) each"
         )
     finally:
         await runner.cleanup()
@@ -129,8 +160,8 @@ async def run(root: Path, *, jobs: int = 10_000, rounds: int = 3) -> list[Row]:
         Row(
             f"tui: cold start with {jobs:,} jobs queued",
             f"{median(full):.2f} s",
-            f"< {START_AIM + LOAD_AIM:.0f} s",
-            ok=median(full) < START_AIM + LOAD_AIM,
+            f"≤ {FULL_START_AIM:.0f} s",
+            ok=median(full) <= FULL_START_AIM,
         ),
         Row(
             f"tui: load {jobs:,} jobs into the queue tab",
@@ -138,7 +169,10 @@ async def run(root: Path, *, jobs: int = 10_000, rounds: int = 3) -> list[Row]:
             f"< {LOAD_AIM:.0f} s",
             ok=loaded < LOAD_AIM,
         ),
-        # Information only: a page costs its ~20 new rows' rendering plus the wait for the
-        # next frame, the same at 1,000 rows as at 10,000 (measured while building this).
-        Row(f"tui: page-down through {jobs:,} rows ({pages} pages)", f"{ms(per_page)} / page"),
+        Row(
+            f"tui: page-down through {jobs:,} jobs ({pages} pages), median",
+            f"{ms(per_page)} / page",
+            f"≤ {PAGE_AIM * 1000:.0f} ms",
+            ok=per_page <= PAGE_AIM,
+        ),
     ]
