@@ -1,0 +1,251 @@
+"""A cache of what the archive's monthly files hold, so a start reads only what was appended since.
+
+Parsing every finished job at each start costs seconds with a year of history. `archive/index.bin`
+keeps, per month file, the result of reading it up to a byte offset: the index entry of each job
+whose last line there is a record, the ids whose last line there is a removal, the damaged lines
+(so they are named again at every start, as when the file is read whole), and what the file looked
+like at that offset (its inode and the bytes just before it). A start takes that, checks the file
+still starts the same way, and reads only the lines after it.
+
+It is only a cache: the month files stay the one truth. A cache that is missing, damaged, of
+another version or that no longer fits its file is ignored (that file is read whole) and written
+again. It is written atomically, after the files it describes are fsynced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..durable import OS, FileSystem, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "index.bin"
+TAIL = 64  # bytes before the covered offset that must match for the cache to hold
+REWRITE_AFTER = 1000  # lines read past the cache at a start before it is written again
+
+
+@dataclass(slots=True)
+class ArchiveEntry:
+    month: str
+    offset: int
+    length: int
+    status: str
+    search: str  # lower-cased prompt, checkpoint, server, file: what `q` looks in
+    batch: str | None  # batch_id: batch routes find finished jobs without reading files
+    finished: float  # completion time, unix seconds: retention ages are measured from it
+
+
+@dataclass
+class MonthScan:
+    """What one month file holds up to `size`: read from it, or from the cache."""
+
+    size: int = 0
+    ino: int = 0
+    tail: bytes = b""
+    lines: int = 0
+    dead: int = 0
+    # The month's own view, each id by its last line in this file: a record, in file order...
+    puts: dict[str, ArchiveEntry] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)  # ...or a removal
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
+    from_cache: bool = False
+    read_lines: int = 0  # lines read from the file at this start
+
+    def put(self, job_id: str, entry: ArchiveEntry) -> None:
+        self.removed.discard(job_id)
+        self.puts.pop(job_id, None)  # re-inserted: the dict keeps last-line order
+        self.puts[job_id] = entry
+
+    def remove(self, job_id: str) -> None:
+        self.puts.pop(job_id, None)
+        self.removed.add(job_id)
+
+    def fits(self, path: Path) -> bool:
+        """The file still starts with what this scan read (appends after it are fine)."""
+        try:
+            with open(path, "rb") as fh:
+                stat = os.fstat(fh.fileno())
+                if stat.st_ino != self.ino or stat.st_size < self.size:
+                    return False
+                fh.seek(self.size - len(self.tail))
+                return fh.read(len(self.tail)) == self.tail
+        except OSError:
+            return False
+
+
+def read_lines(path: Path, start: int, first_number: int) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, offset, line) of each whole line from `start`; a last line without its
+    newline (a write a crash cut short) is left out, as `AppendLog` readers do."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    with fh:
+        fh.seek(start)
+        offset = start
+        for number, line in enumerate(fh, start=first_number):
+            if not line.endswith(b"\n"):
+                return
+            yield number, offset, line
+            offset += len(line)
+
+
+def file_mark(path: Path, size: int) -> tuple[int, bytes]:
+    """The inode of `path` and its bytes just before `size`."""
+    with open(path, "rb") as fh:
+        ino = os.fstat(fh.fileno()).st_ino
+        start = max(0, size - TAIL)
+        fh.seek(start)
+        return ino, fh.read(size - start)
+
+
+MAGIC = b"MobileSD archive index 1\n"
+SEP = "\x00"  # between ids, search texts, batch ids: a character none of them holds
+
+
+def read_cache(root: Path) -> dict[str, MonthScan]:
+    """The cached scans by month; empty when there is no usable cache."""
+    path = root / CACHE_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.warning("%s: not used (%s); the archive is read whole", path, exc)
+        return {}
+    try:
+        return _decode(data)
+    except (KeyError, TypeError, ValueError, IndexError, EOFError) as exc:
+        log.warning("%s: not used (damaged or of another version: %s); read whole", path, exc)
+        return {}
+
+
+def _decode(data: bytes) -> dict[str, MonthScan]:
+    if not data.startswith(MAGIC):
+        raise ValueError("not an archive index of this version")
+    head_end = data.index(b"\n", len(MAGIC))
+    header = json.loads(data[len(MAGIC) : head_end])
+    view = memoryview(data)
+    at = head_end + 1
+
+    def section(length: int) -> memoryview:
+        nonlocal at
+        if at + length > len(data):
+            raise EOFError("cut short")
+        part = view[at : at + length]
+        at += length
+        return part
+
+    scans = {}
+    for month, doc in header["months"].items():
+        scan = MonthScan(
+            size=int(doc["size"]),
+            ino=int(doc["ino"]),
+            tail=bytes.fromhex(doc["tail"]),
+            lines=int(doc["lines"]),
+            dead=int(doc["dead"]),
+            removed={str(j) for j in doc["removed"]},
+            bad=[(int(n), str(why)) for n, why in doc["bad"]],
+            from_cache=True,
+        )
+        if not isinstance(month, str) or len(scan.tail) > scan.size:
+            raise ValueError(f"month {month!r}: bad size")
+        count = int(doc["count"])
+        statuses = [sys.intern(str(s)) for s in doc["statuses"]]
+        batches: list[str | None] = [None, *(sys.intern(str(b)) for b in doc["batches"])]
+        sizes = doc["sections"]
+        ids = str(section(sizes[0]), "utf-8").split(SEP) if count else []
+        search = str(section(sizes[1]), "utf-8").split(SEP) if count else []
+        columns = [array(code) for code in COLUMN_CODES]
+        for column, length in zip(columns, sizes[2:], strict=True):
+            column.frombytes(section(length))
+        offsets, lengths, finished, status_codes, batch_codes = columns
+        if {len(ids), len(search), *(len(c) for c in columns)} != {count}:
+            raise ValueError(f"month {month}: columns of different lengths")
+        puts = scan.puts
+        for job_id, off, length, status, text, batch, fin in zip(
+            ids, offsets, lengths, status_codes, search, batch_codes, finished, strict=True
+        ):
+            puts[job_id] = ArchiveEntry(
+                month, off, length, statuses[status], text, batches[batch], fin
+            )
+        scans[month] = scan
+    if at != len(data):
+        raise ValueError("trailing bytes")
+    return scans
+
+
+COLUMN_CODES = ("q", "q", "d", "H", "I")  # offset, length, finished, status, batch
+
+
+def encode_cache(scans: dict[str, MonthScan]) -> bytes | None:
+    """The cache file's bytes; None when a job id or text holds the separator (hand-edited
+    files): such an archive is simply read whole at every start."""
+    months: dict[str, Any] = {}
+    body: list[bytes] = []
+    for month, scan in scans.items():
+        entries = scan.puts
+        statuses = sorted({e.status for e in entries.values()})
+        batches = sorted({e.batch for e in entries.values() if e.batch is not None})
+        status_code = {s: i for i, s in enumerate(statuses)}
+        batch_code = {b: i for i, b in enumerate(batches, start=1)}
+        texts = [*entries, *(e.search for e in entries.values()), *batches]
+        if any(SEP in t for t in texts):
+            return None
+        parts = [
+            SEP.join(entries).encode(),
+            SEP.join(e.search for e in entries.values()).encode(),
+            array("q", (e.offset for e in entries.values())).tobytes(),
+            array("q", (e.length for e in entries.values())).tobytes(),
+            array("d", (e.finished for e in entries.values())).tobytes(),
+            array("H", (status_code[e.status] for e in entries.values())).tobytes(),
+            array(
+                "I", (0 if e.batch is None else batch_code[e.batch] for e in entries.values())
+            ).tobytes(),
+        ]
+        months[month] = {
+            "size": scan.size,
+            "ino": scan.ino,
+            "tail": scan.tail.hex(),
+            "lines": scan.lines,
+            "dead": scan.dead,
+            "removed": sorted(scan.removed),
+            "bad": [list(b) for b in scan.bad],
+            "count": len(entries),
+            "statuses": statuses,
+            "batches": batches,
+            "sections": [len(p) for p in parts],
+        }
+        body.extend(parts)
+    header = json.dumps({"months": months}, separators=(",", ":"), ensure_ascii=True).encode()
+    return b"".join([MAGIC, header, b"\n", *body])
+
+
+def needs_write(scans: dict[str, MonthScan], cached_months: set[str]) -> bool:
+    """Whether the cache on disk is worth replacing: a month it lacks or that did not fit, a
+    month it names that is gone, or many lines read past it."""
+    return (
+        set(scans) != cached_months
+        or any(not s.from_cache for s in scans.values())
+        or sum(s.read_lines for s in scans.values()) >= REWRITE_AFTER
+    )
+
+
+def write_cache(root: Path, scans: dict[str, MonthScan], fs: FileSystem = OS) -> None:
+    data = encode_cache(scans)
+    if data is None:
+        log.info("%s: not written (a job id or text holds a NUL character)", root / CACHE_NAME)
+        return
+    try:
+        atomic_write_bytes(root / CACHE_NAME, data, mode=0o600, fs=fs)
+    except OSError as exc:  # only a cache: the next start reads the files whole
+        log.warning("%s: not written: %s", root / CACHE_NAME, exc)
