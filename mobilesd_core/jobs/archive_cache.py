@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..durable import OS, FileSystem, atomic_write_bytes
+from ..durable import OS, TMP_PREFIX, FileSystem, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +249,11 @@ def write_cache(root: Path, scans: dict[str, MonthScan], fs: FileSystem = OS) ->
         atomic_write_bytes(root / CACHE_NAME, data, mode=0o600, fs=fs)
     except OSError as exc:  # only a cache: the next start reads the files whole
         log.warning("%s: not written: %s", root / CACHE_NAME, exc)
+
+
+def sweep_temps(root: Path, fs: FileSystem = OS) -> None:
+    for tmp in root.glob(f"{TMP_PREFIX}*-{CACHE_NAME}"):
+        try:
+            fs.unlink(tmp)
+        except OSError as exc:
+            log.warning("%s: not removed: %s", tmp, exc)

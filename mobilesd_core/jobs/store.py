@@ -59,6 +59,7 @@ from .archive_cache import (
     needs_write,
     read_cache,
     read_lines,
+    sweep_temps,
     write_cache,
 )
 from .transitions import Transition
@@ -192,6 +193,7 @@ class _Archive:
         self.removed: set[str] = set()  # tombstoned ids seen while loading
         self.scans: dict[str, MonthScan] = {}  # what load read of each month, for the cache
         self._cache_stale = False
+        self.lines_read = 0  # archive lines parsed by load (the cache spares the others)
         self.status_counts: Counter[str] = Counter()  # of the index, kept in step with it
         self._logs: dict[str, AppendLog] = {}
         # Finished jobs by completion time (parallel arrays, oldest first; may hold dead or
@@ -226,6 +228,7 @@ class _Archive:
         (archive_cache.py) as far as it fits each file, the rest read line by line."""
         # Its name is made durable by the snapshot written next, in the same folder.
         self.fs.mkdir(self.root)
+        sweep_temps(self.root, self.fs)  # a cache write a killed process left half done
         cached = read_cache(self.root)
         cached_months = set(cached)
         # Parsing 100,000 records makes many short-lived objects; the collector rescanning
@@ -278,6 +281,7 @@ class _Archive:
             end = offset + len(line)
             scan.lines += 1
             scan.read_lines += 1
+            self.lines_read += 1
             try:
                 record = json.loads(line)
             except ValueError:  # not JSON, or not UTF-8
