@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mobilesd_core.durable import TMP_PREFIX, AppendLog
+from mobilesd_core.jobs import archive_cache
 from mobilesd_core.jobs.store import JobStore
 from mobilesd_core.schema import TERMINAL_STATUSES, GenerationParams, new_job
 
@@ -128,7 +129,12 @@ async def test_a_start_reads_only_the_lines_appended_since(tmp_path: Path) -> No
     assert read == 1
 
 
-async def test_what_a_cached_start_serves_equals_a_full_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("piece", [archive_cache.PIECE, 7])
+async def test_what_a_cached_start_serves_equals_a_full_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    # Small pieces: the texts are decoded across many piece boundaries, as 100,000 jobs are.
+    monkeypatch.setattr(archive_cache, "PIECE", piece)
     await build_history(tmp_path)
     whole, read_whole = await served_after_open(tmp_path)
     cached, read_cached = await served_after_open(tmp_path)

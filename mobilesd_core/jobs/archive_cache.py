@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,28 +47,39 @@ class ArchiveEntry:
 
 @dataclass
 class MonthScan:
-    """What one month file holds up to `size`: read from it, or from the cache."""
+    """What one month file holds up to `size`: read from it, or from the cache.
+
+    The month's own view is, per id, its last line in this file: a record or a removal. The
+    records are the cache's (when `from_cache`) changed by `ops`, the lines read at this start
+    in order (a record's entry, or None for a removal): decoded again only when the cache is
+    written, so a start keeps no second copy of the index."""
 
     size: int = 0
     ino: int = 0
     tail: bytes = b""
     lines: int = 0
     dead: int = 0
-    # The month's own view, each id by its last line in this file: a record, in file order...
-    puts: dict[str, ArchiveEntry] = field(default_factory=dict)
-    removed: set[str] = field(default_factory=set)  # ...or a removal
+    removed: set[str] = field(default_factory=set)
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
     from_cache: bool = False
-    read_lines: int = 0  # lines read from the file at this start
+    ops: list[tuple[str, ArchiveEntry | None]] = field(default_factory=list)
 
     def put(self, job_id: str, entry: ArchiveEntry) -> None:
         self.removed.discard(job_id)
-        self.puts.pop(job_id, None)  # re-inserted: the dict keeps last-line order
-        self.puts[job_id] = entry
+        self.ops.append((job_id, entry))
 
     def remove(self, job_id: str) -> None:
-        self.puts.pop(job_id, None)
         self.removed.add(job_id)
+        self.ops.append((job_id, None))
+
+    def records(self, base: Iterable[tuple[str, ArchiveEntry]]) -> dict[str, ArchiveEntry]:
+        """The month's records in the order of their last lines, from the cache's `base`."""
+        puts = dict(base)
+        for job_id, entry in self.ops:
+            puts.pop(job_id, None)  # re-inserted: the dict keeps last-line order
+            if entry is not None:
+                puts[job_id] = entry
+        return puts
 
     def fits(self, path: Path) -> bool:
         """The file still starts with what this scan read (appends after it are fine)."""
@@ -110,90 +122,133 @@ def file_mark(path: Path, size: int) -> tuple[int, bytes]:
 
 MAGIC = b"MobileSD archive index 1\n"
 SEP = "\x00"  # between ids, search texts, batch ids: a character none of them holds
+PIECE = 64 * 1024  # bytes decoded at a time
 
 
-def read_cache(root: Path) -> dict[str, MonthScan]:
-    """The cached scans by month; empty when there is no usable cache."""
-    path = root / CACHE_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        log.warning("%s: not used (%s); the archive is read whole", path, exc)
-        return {}
-    try:
-        return _decode(data)
-    except (KeyError, TypeError, ValueError, IndexError, EOFError) as exc:
-        log.warning("%s: not used (damaged or of another version: %s); read whole", path, exc)
-        return {}
+class CachedIndex:
+    """The cache file, mapped: month metadata at once, each month's entries when asked."""
 
+    def __init__(self, data: mmap.mmap | bytes) -> None:
+        self._data = data
+        self.months: dict[str, MonthScan] = {}
+        self._layout: dict[str, tuple[int, dict[str, Any]]] = {}  # month: (first byte, header)
+        if data[: len(MAGIC)] != MAGIC:
+            raise ValueError("not an archive index of this version")
+        head_end = data.find(b"\n", len(MAGIC))
+        if head_end < 0:
+            raise ValueError("no header")
+        header = json.loads(data[len(MAGIC) : head_end])
+        at = head_end + 1
+        for month, doc in header["months"].items():
+            scan = MonthScan(
+                size=int(doc["size"]),
+                ino=int(doc["ino"]),
+                tail=bytes.fromhex(doc["tail"]),
+                lines=int(doc["lines"]),
+                dead=int(doc["dead"]),
+                removed={str(j) for j in doc["removed"]},
+                bad=[(int(n), str(why)) for n, why in doc["bad"]],
+                from_cache=True,
+            )
+            if not isinstance(month, str) or len(scan.tail) > scan.size:
+                raise ValueError(f"month {month!r}: bad size")
+            sizes = [int(n) for n in doc["sections"]]
+            if len(sizes) != 2 + len(COLUMN_CODES) or min(sizes) < 0:
+                raise ValueError(f"month {month}: bad sections")
+            self.months[month] = scan
+            self._layout[month] = (at, doc)
+            at += sum(sizes)
+        if at != len(data):
+            raise ValueError("cut short" if at > len(data) else "trailing bytes")
 
-def _decode(data: bytes) -> dict[str, MonthScan]:
-    if not data.startswith(MAGIC):
-        raise ValueError("not an archive index of this version")
-    head_end = data.index(b"\n", len(MAGIC))
-    header = json.loads(data[len(MAGIC) : head_end])
-    view = memoryview(data)
-    at = head_end + 1
-
-    def section(length: int) -> memoryview:
-        nonlocal at
-        if at + length > len(data):
-            raise EOFError("cut short")
-        part = view[at : at + length]
-        at += length
-        return part
-
-    scans = {}
-    for month, doc in header["months"].items():
-        scan = MonthScan(
-            size=int(doc["size"]),
-            ino=int(doc["ino"]),
-            tail=bytes.fromhex(doc["tail"]),
-            lines=int(doc["lines"]),
-            dead=int(doc["dead"]),
-            removed={str(j) for j in doc["removed"]},
-            bad=[(int(n), str(why)) for n, why in doc["bad"]],
-            from_cache=True,
-        )
-        if not isinstance(month, str) or len(scan.tail) > scan.size:
-            raise ValueError(f"month {month!r}: bad size")
+    def entries(self, month: str) -> Iterator[tuple[str, ArchiveEntry]]:
+        """The month's records as the cache holds them, in file order. Raises ValueError when
+        the sections do not decode (the caller reads the file whole instead)."""
+        at, doc = self._layout[month]
         count = int(doc["count"])
         statuses = [sys.intern(str(s)) for s in doc["statuses"]]
         batches: list[str | None] = [None, *(sys.intern(str(b)) for b in doc["batches"])]
-        sizes = doc["sections"]
-        ids = str(section(sizes[0]), "utf-8").split(SEP) if count else []
-        search = str(section(sizes[1]), "utf-8").split(SEP) if count else []
         columns = [array(code) for code in COLUMN_CODES]
-        for column, length in zip(columns, sizes[2:], strict=True):
-            column.frombytes(section(length))
+        sizes = doc["sections"]
+        ids = self._strings(at, sizes[0]) if count else []
+        at += sizes[0]
+        search = self._strings(at, sizes[1]) if count else []
+        at += sizes[1]
+        with memoryview(self._data) as view:
+            for column, length in zip(columns, sizes[2:], strict=True):
+                column.frombytes(view[at : at + length])
+                at += length
         offsets, lengths, finished, status_codes, batch_codes = columns
         if {len(ids), len(search), *(len(c) for c in columns)} != {count}:
             raise ValueError(f"month {month}: columns of different lengths")
-        puts = scan.puts
-        for job_id, off, length, status, text, batch, fin in zip(
-            ids, offsets, lengths, status_codes, search, batch_codes, finished, strict=True
+        if max(status_codes, default=0) >= len(statuses) or max(batch_codes, default=0) >= len(
+            batches
         ):
-            puts[job_id] = ArchiveEntry(
-                month, off, length, statuses[status], text, batches[batch], fin
+            raise ValueError(f"month {month}: unknown status or batch")
+        # A generator: each pair is gone before the next is made, so the index's entries are
+        # laid out together in memory rather than between 100,000 freed pairs.
+        return (
+            (job_id, ArchiveEntry(month, off, n, statuses[st], text, batches[b], fin))
+            for job_id, off, n, st, text, b, fin in zip(
+                ids, offsets, lengths, status_codes, search, batch_codes, finished, strict=True
             )
-        scans[month] = scan
-    if at != len(data):
-        raise ValueError("trailing bytes")
-    return scans
+        )
+
+    def _strings(self, start: int, length: int) -> list[str]:
+        """SEP-separated strings, decoded a piece at a time: one decoded copy of a large
+        section, freed at once, would leave the allocator handing out memory from the heap
+        it cannot give back (glibc raises its mmap threshold to the size of a freed block)."""
+        data, end, out = self._data, start + length, []
+        with memoryview(data) as view:
+            while True:
+                cut = data.find(SEP.encode(), min(start + PIECE, end), end)
+                out.extend(str(view[start : end if cut < 0 else cut], "utf-8").split(SEP))
+                if cut < 0:
+                    break
+                start = cut + 1
+        return out
+
+    def close(self) -> None:
+        if isinstance(self._data, mmap.mmap):
+            self._data.close()
+
+
+def read_cache(root: Path) -> CachedIndex | None:
+    """The cache, mapped (close it after use); None when there is no usable cache."""
+    path = root / CACHE_NAME
+    try:
+        with open(path, "rb") as fh:
+            data: mmap.mmap | bytes = (
+                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                if os.fstat(fh.fileno()).st_size
+                else b""
+            )
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("%s: not used (%s); the archive is read whole", path, exc)
+        return None
+    try:
+        return CachedIndex(data)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(data, mmap.mmap):
+            data.close()
+        log.warning("%s: not used (damaged or of another version: %s); read whole", path, exc)
+        return None
 
 
 COLUMN_CODES = ("q", "q", "d", "H", "I")  # offset, length, finished, status, batch
 
 
-def encode_cache(scans: dict[str, MonthScan]) -> bytes | None:
+def encode_cache(scans: dict[str, MonthScan], cached: CachedIndex | None) -> bytes | None:
     """The cache file's bytes; None when a job id or text holds the separator (hand-edited
     files): such an archive is simply read whole at every start."""
     months: dict[str, Any] = {}
     body: list[bytes] = []
     for month, scan in scans.items():
-        entries = scan.puts
+        base = cached.entries(month) if scan.from_cache and cached is not None else []
+        entries = scan.records(base)
+        del base
         statuses = sorted({e.status for e in entries.values()})
         batches = sorted({e.batch for e in entries.values() if e.batch is not None})
         status_code = {s: i for i, s in enumerate(statuses)}
@@ -236,12 +291,22 @@ def needs_write(scans: dict[str, MonthScan], cached_months: set[str]) -> bool:
     return (
         set(scans) != cached_months
         or any(not s.from_cache for s in scans.values())
-        or sum(s.read_lines for s in scans.values()) >= REWRITE_AFTER
+        or sum(len(s.ops) for s in scans.values()) >= REWRITE_AFTER
     )
 
 
 def write_cache(root: Path, scans: dict[str, MonthScan], fs: FileSystem = OS) -> None:
-    data = encode_cache(scans)
+    """Replace the cache with what `scans` say (the months read from the cache taken from the
+    cache file on disk, which nothing else writes while the store holds its folder)."""
+    cached = read_cache(root) if any(s.from_cache for s in scans.values()) else None
+    try:
+        data = encode_cache(scans, cached)
+    except ValueError as exc:
+        log.warning("%s: not written: %s", root / CACHE_NAME, exc)
+        return
+    finally:
+        if cached is not None:
+            cached.close()
     if data is None:
         log.info("%s: not written (a job id or text holds a NUL character)", root / CACHE_NAME)
         return

@@ -229,7 +229,8 @@ class _Archive:
         # Its name is made durable by the snapshot written next, in the same folder.
         self.fs.mkdir(self.root)
         sweep_temps(self.root, self.fs)  # a cache write a killed process left half done
-        cached = read_cache(self.root)
+        cache = read_cache(self.root)
+        cached = dict(cache.months) if cache is not None else {}
         cached_months = set(cached)
         # Parsing 100,000 records makes many short-lived objects; the collector rescanning
         # the growing index each time would double the load time.
@@ -239,13 +240,23 @@ class _Archive:
             for path in sorted(self.root.glob("jobs-*.jsonl")):
                 month = path.stem.removeprefix("jobs-")
                 scan = cached.pop(month, None)
-                if scan is None or not scan.fits(path):
-                    scan = MonthScan()
-                self.scans[month] = scan
-                self._load_month(month, scan)
+                entries: Iterable[tuple[str, ArchiveEntry]] = ()
+                if scan is not None and cache is not None and scan.fits(path):
+                    try:
+                        entries = cache.entries(month)
+                    except ValueError as exc:
+                        log.warning("archive index of %s not used: %s", month, exc)
+                        scan = None
+                else:
+                    scan = None
+                self.scans[month] = scan = scan or MonthScan()
+                self._load_month(month, scan, entries)
+                del entries
         finally:
             if gc_was_enabled:
                 gc.enable()
+            if cache is not None:
+                cache.close()
         self._cache_stale = needs_write(self.scans, cached_months)
         self._rebuild_order()
         self._rebuild_finish_index()
@@ -259,7 +270,9 @@ class _Archive:
             return None
         return lambda: write_cache(self.root, scans, self.fs)
 
-    def _load_month(self, month: str, scan: MonthScan) -> None:
+    def _load_month(
+        self, month: str, scan: MonthScan, cached: Iterable[tuple[str, ArchiveEntry]]
+    ) -> None:
         log_ = self.log_for(month)
 
         def bad(number: int, reason: str) -> None:
@@ -273,14 +286,13 @@ class _Archive:
         for job_id in scan.removed:
             self.removed.add(job_id)
             self.index.pop(job_id, None)
-        for job_id, entry in scan.puts.items():
+        for job_id, entry in cached:
             self.index[job_id] = entry
             self.order.append(job_id)
         end = scan.size
         for number, offset, line in read_lines(log_.path, scan.size, scan.lines + 1):
             end = offset + len(line)
             scan.lines += 1
-            scan.read_lines += 1
             self.lines_read += 1
             try:
                 record = json.loads(line)
