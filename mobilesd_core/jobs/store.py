@@ -248,6 +248,8 @@ class _Archive:
                         log.warning("archive index of %s not used: %s", month, exc)
                         scan = None
                 else:
+                    if scan is not None:
+                        log.warning("%s: changed since its index was cached; read whole", path)
                     scan = None
                 self.scans[month] = scan = scan or MonthScan()
                 self._load_month(month, scan, entries)
