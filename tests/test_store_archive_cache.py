@@ -4,6 +4,7 @@ since the cache was written, and what it then serves is what a full read of the 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -160,7 +161,9 @@ async def test_what_a_cached_start_serves_equals_a_full_read(
     assert since["jobs"] == full_read(tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "cut short", "file rewritten", "month gone"])
+@pytest.mark.parametrize(
+    "damage", ["garbage", "cut short", "a bit flipped", "file rewritten", "month gone"]
+)
 async def test_a_cache_that_does_not_fit_is_not_used(tmp_path: Path, damage: str) -> None:
     await build_history(tmp_path)
     whole, _ = await served_after_open(tmp_path)
@@ -170,6 +173,15 @@ async def test_a_cache_that_does_not_fit_is_not_used(tmp_path: Path, damage: str
         cache.write_bytes(b"\x00not an index\n" * 10)
     elif damage == "cut short":
         cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif damage == "a bit flipped":
+        # The second job's offset in the last month: it would read the wrong bytes.
+        data = bytearray(cache.read_bytes())
+        head_end = data.index(b"\n", len(archive_cache.MAGIC))
+        months = json.loads(data[len(archive_cache.MAGIC) : head_end])["months"]
+        at = head_end + 1 + sum(sum(m["sections"]) for m in list(months.values())[:-1])
+        at += sum(months["2026-12"]["sections"][:2]) + 8
+        data[at] ^= 0x04
+        cache.write_bytes(bytes(data))
     elif damage == "file rewritten":
         # Same records, another order (as a compaction or a restore writes it): offsets moved.
         lines = month.read_bytes().splitlines(keepends=True)
@@ -180,7 +192,7 @@ async def test_a_cache_that_does_not_fit_is_not_used(tmp_path: Path, damage: str
         month.unlink()
     served_now, _ = await served_after_open(tmp_path)
     assert served_now["jobs"] == full_read(tmp_path)
-    if damage in ("garbage", "cut short"):
+    if damage in ("garbage", "cut short", "a bit flipped"):
         assert served_now == whole
     # And the cache was written again: the next start reads nothing.
     again, read = await served_after_open(tmp_path)

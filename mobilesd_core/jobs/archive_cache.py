@@ -19,6 +19,7 @@ import logging
 import mmap
 import os
 import sys
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -170,6 +171,9 @@ class CachedIndex:
         batches: list[str | None] = [None, *(sys.intern(str(b)) for b in doc["batches"])]
         columns = [array(code) for code in COLUMN_CODES]
         sizes = doc["sections"]
+        with memoryview(self._data) as view:
+            if zlib.crc32(view[at : at + sum(sizes)]) != doc["crc32"]:
+                raise ValueError(f"month {month}: checksum does not match (damaged)")
         ids = self._strings(at, sizes[0]) if count else []
         at += sizes[0]
         search = self._strings(at, sizes[1]) if count else []
@@ -279,6 +283,7 @@ def encode_cache(scans: dict[str, MonthScan], cached: CachedIndex | None) -> byt
             "statuses": statuses,
             "batches": batches,
             "sections": [len(p) for p in parts],
+            "crc32": zlib.crc32(b"".join(parts)),
         }
         body.extend(parts)
     header = json.dumps({"months": months}, separators=(",", ":"), ensure_ascii=True).encode()

@@ -244,8 +244,8 @@ class _Archive:
                 if scan is not None and cache is not None and scan.fits(path):
                     try:
                         entries = cache.entries(month)
-                    except ValueError as exc:
-                        log.warning("archive index of %s not used: %s", month, exc)
+                    except (KeyError, TypeError, ValueError, IndexError) as exc:
+                        log.warning("archive index of %s not used: %r", month, exc)
                         scan = None
                 else:
                     if scan is not None:
