@@ -5,7 +5,8 @@ empty gallery. Timed from the exec of the process to its first `/healthz` 200, a
 `GET /api/v1/queue/jobs` page that is correct (the newest jobs, the whole history counted). Resident
 memory (VmRSS) is read once that page is served. The first start after the history was written
 reads the archive whole (as the first start after an upgrade does) and leaves the archive's index
-cache; the starts after it are what every later start costs (warm disk cache).
+cache; the starts after it are what every later start costs (warm disk cache). The same start
+over an empty data folder is the floor: what the interpreter, the imports and the rest cost.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import httpx
 
 from mobilesd_core.durable import AppendLog
 
-from .report import Row, median, say
+from .report import Row, median, say, times
 from .simproc import REPO
 from .store_writes import build_history
 
@@ -141,6 +142,12 @@ async def run(root: Path, *, history: int, starts: int = 3) -> list[Row]:
             f"  {label}: /healthz {r['healthz_s']:.2f} s, first jobs page {r['jobs_s']:.2f} s, "
             f"{r['rss_mib']:.0f} MiB resident"
         )
+    # The floor: the same start with no history (interpreter, imports, the other parts).
+    empty = root.parent / "serve_start_empty"
+    for sub in ("data", "gallery", "inbox", "loras", "checkpoints"):
+        (empty / sub).mkdir(parents=True, exist_ok=True)
+    floor = median([(await _start_once(empty, [], 0))["healthz_s"] for _ in range(starts)])
+    say(f"  with no history: /healthz {floor:.2f} s (median of {starts})")
     health = median([r["healthz_s"] for r in warm])
     page = median([r["jobs_s"] for r in warm])
     rss = median([r["rss_mib"] for r in warm])
@@ -152,6 +159,11 @@ async def run(root: Path, *, history: int, starts: int = 3) -> list[Row]:
             aim=f"<= {AIM_S:.0f} s",
             ratio=f"first start {first['healthz_s']:.2f} s",
             ok=health <= AIM_S,
+        ),
+        Row(
+            "serve start to /healthz 200 with no history, median",
+            f"{floor:.2f} s",
+            ratio=f"{times(health / floor)} with {history:,}",
         ),
         Row(
             f"serve start to first correct jobs page, {label}, median",
