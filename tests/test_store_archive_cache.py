@@ -130,12 +130,14 @@ async def test_a_start_reads_only_the_lines_appended_since(tmp_path: Path) -> No
     assert read == 1
 
 
-@pytest.mark.parametrize("piece", [archive_cache.PIECE, 7])
+@pytest.mark.parametrize("piece, rewrite_after", [(archive_cache.PIECE, 1000), (7, 1)])
 async def test_what_a_cached_start_serves_equals_a_full_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int, rewrite_after: int
 ) -> None:
     # Small pieces: the texts are decoded across many piece boundaries, as 100,000 jobs are.
+    # Rewriting after 1 line: the cache is rebuilt from itself plus the lines read since.
     monkeypatch.setattr(archive_cache, "PIECE", piece)
+    monkeypatch.setattr(archive_cache, "REWRITE_AFTER", rewrite_after)
     await build_history(tmp_path)
     whole, read_whole = await served_after_open(tmp_path)
     cached, read_cached = await served_after_open(tmp_path)
@@ -155,6 +157,9 @@ async def test_what_a_cached_start_serves_equals_a_full_read(
     await store.close()
     since, read_since = await served_after_open(tmp_path)
     assert read_since == 2
+    next_start, read_next = await served_after_open(tmp_path)
+    assert next_start == since
+    assert read_next == (0 if rewrite_after <= 2 else 2)
     (tmp_path / "archive" / CACHE_NAME).unlink()
     again, _ = await served_after_open(tmp_path)
     assert since == again
