@@ -198,6 +198,11 @@ class CachedIndex:
             )
         )
 
+    def raw(self, month: str) -> tuple[dict[str, Any], bytes]:
+        """The month's header and its sections' bytes, as the file holds them."""
+        at, doc = self._layout[month]
+        return doc, bytes(self._data[at : at + sum(doc["sections"])])
+
     def _strings(self, start: int, length: int) -> list[str]:
         """SEP-separated strings, decoded a piece at a time: one decoded copy of a large
         section, freed at once, would leave the allocator handing out memory from the heap
@@ -250,6 +255,12 @@ def encode_cache(scans: dict[str, MonthScan], cached: CachedIndex | None) -> byt
     months: dict[str, Any] = {}
     body: list[bytes] = []
     for month, scan in scans.items():
+        if scan.from_cache and not scan.ops and cached is not None:
+            # Nothing read past the cache in this month: its sections are copied as they are.
+            doc, part = cached.raw(month)
+            months[month] = {**doc, **_scan_header(scan)}
+            body.append(part)
+            continue
         base = cached.entries(month) if scan.from_cache and cached is not None else []
         entries = scan.records(base)
         del base
@@ -272,13 +283,7 @@ def encode_cache(scans: dict[str, MonthScan], cached: CachedIndex | None) -> byt
             ).tobytes(),
         ]
         months[month] = {
-            "size": scan.size,
-            "ino": scan.ino,
-            "tail": scan.tail.hex(),
-            "lines": scan.lines,
-            "dead": scan.dead,
-            "removed": sorted(scan.removed),
-            "bad": [list(b) for b in scan.bad],
+            **_scan_header(scan),
             "count": len(entries),
             "statuses": statuses,
             "batches": batches,
@@ -288,6 +293,18 @@ def encode_cache(scans: dict[str, MonthScan], cached: CachedIndex | None) -> byt
         body.extend(parts)
     header = json.dumps({"months": months}, separators=(",", ":"), ensure_ascii=True).encode()
     return b"".join([MAGIC, header, b"\n", *body])
+
+
+def _scan_header(scan: MonthScan) -> dict[str, Any]:
+    return {
+        "size": scan.size,
+        "ino": scan.ino,
+        "tail": scan.tail.hex(),
+        "lines": scan.lines,
+        "dead": scan.dead,
+        "removed": sorted(scan.removed),
+        "bad": [list(b) for b in scan.bad],
+    }
 
 
 def needs_write(scans: dict[str, MonthScan], cached_months: set[str]) -> bool:
