@@ -2,7 +2,7 @@
 
   python -m bench              the full suite (about a minute and a half on 2 cores)
   python -m bench --quick      a smoke run: fewer jobs, one round, 10,000 jobs of history
-  python -m bench --only gap   one part: throughput, store, gap, sched, scale, api, page,
+  python -m bench --only gap   one part: throughput, store, start, gap, sched, scale, api, page,
                                inbox, civitai, tui, power (repeatable)
   python -m bench --json F     also write the figures as JSON (default bench/results/latest.json)
   python -m bench --compare F  add a column with the figures of an earlier JSON run
@@ -31,6 +31,7 @@ from . import (
     inbox_pickup,
     page_load,
     scheduling,
+    serve_start,
     store_writes,
     sweep_zip,
     throughput,
@@ -41,6 +42,7 @@ from .report import Row, load_results, say, table, write_results
 PARTS = (
     "throughput",
     "store",
+    "start",
     "gap",
     "sched",
     "scale",
@@ -214,6 +216,10 @@ async def _main(args: argparse.Namespace) -> list[Row]:
                 small=args.small_history,
                 large=args.history or (10_000 if quick else 100_000),
                 ops=args.ops or (40 if quick else 200),
+            )
+        if "start" in parts:
+            rows += await serve_start.run(
+                root, history=args.history or (10_000 if quick else 100_000)
             )
         if "gap" in parts:
             rows += await idle_gap.run(

@@ -54,6 +54,16 @@ from ..errors import Conflict as Conflict  # where the store's callers have impo
 from ..errors import NotFound, StorageUnavailable
 from ..schema import ACTIVE_STATUSES, TERMINAL_STATUSES, ServerConfig, utc_now_iso
 from . import transitions
+from .archive_cache import (
+    ArchiveEntry,
+    MonthScan,
+    file_mark,
+    needs_write,
+    read_cache,
+    read_lines,
+    sweep_temps,
+    write_cache,
+)
 from .transitions import Transition
 from .types import Job
 
@@ -129,15 +139,7 @@ def job_problem(job: Any, *, live: bool) -> str | None:
     return None
 
 
-@dataclass(slots=True)
-class _ArchiveEntry:
-    month: str
-    offset: int
-    length: int
-    status: str
-    search: str  # lower-cased prompt, checkpoint, server, file: what `q` looks in
-    batch: str | None  # batch_id: batch routes find finished jobs without reading files
-    finished: float  # completion time, unix seconds: retention ages are measured from it
+_ArchiveEntry = ArchiveEntry
 
 
 def checked(record: dict[str, Any]) -> Job:
@@ -192,6 +194,9 @@ class _Archive:
         self._dead_in_order = 0
         self.recent: OrderedDict[str, Job] = OrderedDict()
         self.removed: set[str] = set()  # tombstoned ids seen while loading
+        self.scans: dict[str, MonthScan] = {}  # what load read of each month, for the cache
+        self._cache_stale = False
+        self.lines_read = 0  # archive lines parsed by load (the cache spares the others)
         self.status_counts: Counter[str] = Counter()  # of the index, kept in step with it
         self._logs: dict[str, AppendLog] = {}
         # Finished jobs by completion time (parallel arrays, oldest first; may hold dead or
@@ -222,34 +227,86 @@ class _Archive:
         )
 
     def load(self) -> None:
-        """Stream every month into the index (thread side, before the loop uses it)."""
+        """Every month into the index (thread side, before the loop uses it): from the cache
+        (archive_cache.py) as far as it fits each file, the rest read line by line."""
         # Its name is made durable by the snapshot written next, in the same folder.
         self.fs.mkdir(self.root)
+        sweep_temps(self.root, self.fs)  # a cache write a killed process left half done
+        cache = read_cache(self.root)
+        cached = dict(cache.months) if cache is not None else {}
+        cached_months = set(cached)
         # Parsing 100,000 records makes many short-lived objects; the collector rescanning
         # the growing index each time would double the load time.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             for path in sorted(self.root.glob("jobs-*.jsonl")):
-                self._load_month(path.stem.removeprefix("jobs-"))
+                month = path.stem.removeprefix("jobs-")
+                scan = cached.pop(month, None)
+                entries: Iterable[tuple[str, ArchiveEntry]] = ()
+                if scan is not None and cache is not None and scan.fits(path):
+                    try:
+                        entries = cache.entries(month)
+                    except (KeyError, TypeError, ValueError, IndexError) as exc:
+                        log.warning("archive index of %s not used: %r", month, exc)
+                        scan = None
+                else:
+                    if scan is not None:
+                        log.warning("%s: changed since its index was cached; read whole", path)
+                    scan = None
+                self.scans[month] = scan = scan or MonthScan()
+                self._load_month(month, scan, entries)
+                del entries
         finally:
             if gc_was_enabled:
                 gc.enable()
+            if cache is not None:
+                cache.close()
+        self._cache_stale = needs_write(self.scans, cached_months)
         self._rebuild_order()
         self._rebuild_finish_index()
         self.status_counts = Counter(e.status for e in self.index.values())
 
-    def _load_month(self, month: str) -> None:
-        lines = dead = 0
+    def take_cache_write(self) -> Callable[[], None] | None:
+        """What writes the cache of what `load` read, once the files it describes are fsynced
+        (None: the cache on disk is good enough). The scans leave the archive either way."""
+        scans, self.scans = self.scans, {}
+        if not self._cache_stale:
+            return None
+        return lambda: write_cache(self.root, scans, self.fs)
+
+    def _load_month(
+        self, month: str, scan: MonthScan, cached: Iterable[tuple[str, ArchiveEntry]]
+    ) -> None:
         log_ = self.log_for(month)
 
         def bad(number: int, reason: str) -> None:
+            scan.bad.append((number, reason))
             log.error("%s: line %d skipped: %s", log_.path, number, reason)
 
-        for number, offset, length, record in log_.iter_numbered(
-            lambda number, _line: bad(number, "not a whole record (cut short, or damaged)")
-        ):
-            lines += 1
+        # What the cache holds of this file, as if its lines were read: a month's effect on
+        # the index is, per id, its last line there (ids are independent of each other).
+        for number, reason in scan.bad:
+            log.error("%s: line %d skipped: %s", log_.path, number, reason)
+        for job_id in scan.removed:
+            self.removed.add(job_id)
+            self.index.pop(job_id, None)
+        for job_id, entry in cached:
+            self.index[job_id] = entry
+            self.order.append(job_id)
+        end = scan.size
+        for number, offset, line in read_lines(log_.path, scan.size, scan.lines + 1):
+            end = offset + len(line)
+            scan.lines += 1
+            self.lines_read += 1
+            try:
+                record = json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8
+                record = None
+            if not isinstance(record, dict):
+                if line.strip():
+                    bad(number, "not a whole record (cut short, or damaged)")
+                continue
             removed = record.get("_removed")
             if removed is not None:
                 if not isinstance(removed, list) or not all(isinstance(j, str) for j in removed):
@@ -257,8 +314,9 @@ class _Archive:
                     continue
                 for job_id in removed:
                     self.removed.add(job_id)
+                    scan.remove(job_id)
                     if self.index.pop(job_id, None) is not None:
-                        dead += 1
+                        scan.dead += 1
                 continue
             problem = job_problem(record, live=False)
             if problem is not None:
@@ -266,10 +324,15 @@ class _Archive:
                 continue
             job_id = record["mobilesd_job_id"]
             if job_id in self.index:
-                dead += 1  # an older copy of a re-archived job; the newest wins
-            self.index[job_id] = self.entry(month, offset, length, checked(record))
+                scan.dead += 1  # an older copy of a re-archived job; the newest wins
+            entry = self.entry(month, offset, len(line), checked(record))
+            self.index[job_id] = entry
+            scan.put(job_id, entry)
             self.order.append(job_id)
-        if lines and dead * 2 > lines:
+        if end != scan.size:
+            scan.size = end
+            scan.ino, scan.tail = file_mark(log_.path, end)
+        if scan.lines and scan.dead * 2 > scan.lines:
             self._compact(month)
 
     def _rebuild_order(self) -> None:
@@ -333,8 +396,12 @@ class _Archive:
         live = [(job_id, e) for job_id, e in self.index.items() if e.month == month]
         records = [log_.read_at(e.offset, e.length) for _, e in live]
         spans = log_.rewrite(records)
+        scan = self.scans[month] = MonthScan(lines=len(records))
         for (job_id, _), (offset, length), record in zip(live, spans, records, strict=True):
-            self.index[job_id] = self.entry(month, offset, length, checked(record))
+            entry = self.index[job_id] = self.entry(month, offset, length, checked(record))
+            scan.put(job_id, entry)
+        scan.size = spans[-1][0] + spans[-1][1] if spans else 0
+        scan.ino, scan.tail = file_mark(log_.path, scan.size)
         log.info("archive %s compacted to %d jobs", month, len(records))
 
     def read_entry(self, entry: _ArchiveEntry) -> Job:
@@ -729,6 +796,7 @@ class JobStore:
         self._adding: set[str] = set()
         self._archiving: set[str] = set()
         self._lock_fd: int | None = None
+        self._cache_writer: threading.Thread | None = None
 
     def set_listener(self, listener: JobListener | None) -> None:
         self._listener = listener
@@ -748,6 +816,14 @@ class JobStore:
         try:
             self._archive.load()
             self._live = self._writer.load()
+            # The archive files are fsynced now (writer.load): the cache may describe them.
+            # Written beside the running store: it only reads what load left for it.
+            cache_write = self._archive.take_cache_write()
+            if cache_write is not None:
+                self._cache_writer = threading.Thread(
+                    target=cache_write, name="mobilesd-archive-cache", daemon=True
+                )
+                self._cache_writer.start()
         except BaseException:
             self._release_folder_lock()  # a start that failed leaves the folder free
             raise
@@ -767,6 +843,9 @@ class JobStore:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._writer.stop)
+        if self._cache_writer is not None:  # done before the folder is free for another core
+            await asyncio.to_thread(self._cache_writer.join)
+            self._cache_writer = None
         self._readers.shutdown(wait=True)
         self._release_folder_lock()
 
