@@ -23,6 +23,7 @@ from . import (
     routes_library,
     routes_notify,
     routes_page,
+    routes_preview,
     routes_servers,
 )
 from .auth import auth_middleware, init_auth
@@ -97,6 +98,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.add_routes(routes_servers.routes)
     app.add_routes(routes_jobs.routes)
+    app.add_routes(routes_preview.routes)
     app.add_routes(routes_gallery.routes)
     app.add_routes(routes_archive.routes)
     routes_archive.setup(app)  # its own workers, and open downloads dropped on shutdown

@@ -1311,6 +1311,39 @@ def _paths() -> dict[str, Schema]:
                 {"200": _json(_ref("JobStatusView"), "The job's status."), **_errors(404)},
             ),
         },
+        "/api/v1/queue/jobs/{job_id}/preview": {
+            "parameters": [JOB],
+            "get": _op(
+                "job_preview",
+                "jobs",
+                (
+                    "The live preview of a running job: the image Forge sent last (PNG, JPEG "
+                    "or WebP), with a strong ETag of its bytes and Cache-Control no-cache; "
+                    "If-None-Match with that ETag answers 304 while it is unchanged. Ask when "
+                    "a job event's progress.preview is true. 404 no_preview: none (yet)."
+                ),
+                {
+                    "200": {
+                        "description": "The preview image.",
+                        "content": {
+                            kind: {"schema": {"type": "string", "format": "binary"}}
+                            for kind in ("image/png", "image/jpeg", "image/webp")
+                        },
+                    },
+                    "304": {"description": "Unchanged since the ETag given in If-None-Match."},
+                    **_errors(404),
+                },
+                parameters=[
+                    {
+                        "name": "If-None-Match",
+                        "in": "header",
+                        "required": False,
+                        "schema": STR,
+                        "description": "The ETag of the preview the client has.",
+                    }
+                ],
+            ),
+        },
         "/api/v1/queue/jobs/{job_id}/cancel": {
             "parameters": [JOB],
             "post": _op(
