@@ -563,6 +563,14 @@ def _response_schemas() -> dict[str, Schema]:
                     "description": "VAE and text-encoder files (Forge's /sd-modules; "
                     "A1111's /sd-vae).",
                 },
+                **{
+                    name: _nullable({"type": "array", "items": STR, "description": text})
+                    for name, text in (
+                        ("adetailer_models", "ADetailer's detection models; null: no ADetailer."),
+                        ("controlnet_models", "ControlNet models; null: no ControlNet."),
+                        ("controlnet_modules", "ControlNet preprocessors; null: no ControlNet."),
+                    )
+                },
                 "current_checkpoint": _nullable(STR),
                 "library_only": _obj(
                     {

@@ -1,0 +1,114 @@
+"""The phone's generator form carries every GenerationParams field (issue 19 items 7 and 8), and
+its queue shows the live preview, the job id, why a job waits, a status filter and pause/resume
+(items 6 and 8). Real Chromium on a phone viewport, a real core, simulated Forge servers."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import pytest
+from PIL import Image
+from playwright.async_api import expect
+
+from mobilesd_core.forge.simulator import SimulatorConfig
+
+from .conftest import Harness
+from .helpers.browser import Phone, browser, phone
+
+__all__ = ["browser", "phone"]  # fixtures, from tests/helpers/browser.py
+
+
+def _tiny_png() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# Varied parameter sets: every field the form shows in a folded section, and fields it does not
+# show at all (refiner, extra, the units' hidden fields, a control image).
+PARAM_SETS: list[dict[str, Any]] = [
+    {
+        "prompt": "a lighthouse, hires",
+        "seed": 77,
+        "hires": {"upscaler": "Latent", "scale": 1.5, "steps": 3, "denoising_strength": 0.55},
+        "styles": ["watercolor", "cinematic"],
+        "clip_skip": 2,
+        "batch_size": 2,
+        "n_iter": 2,
+        "loras": [{"name": "film_grain", "weight": 0.6}],
+    },
+    {
+        "prompt": "a heron, variations",
+        "seed": 1234,
+        "subseed": 999,
+        "subseed_strength": 0.35,
+        "distilled_cfg_scale": 3.5,
+        "cfg_scale": 1.0,
+        "modules": ["ae.safetensors", "clip_l.safetensors"],
+        "sampler_name": "DPM++ 2M",
+        "scheduler": "Karras",
+        "extra": {"tiling": False, "override_settings": {"eta_noise_seed_delta": 31337}},
+    },
+    {
+        "prompt": "a portrait, detailers",
+        "negative_prompt": "blurry",
+        "seed": 5,
+        "checkpoint_name": "sdxl/juggernautXL_v9.safetensors",
+        "refiner_checkpoint": "sd15/dreamshaper_8.safetensors",
+        "refiner_switch_at": 0.8,
+        "adetailer": [
+            {"model": "face_yolov8n.pt", "prompt": "detailed face", "confidence": 0.4},
+            {"model": "face_yolov8s.pt", "mask_blur": 9, "inpaint_only_masked": False},
+        ],
+        "controlnet": [
+            {
+                "module": "canny",
+                "model": "control_v11p_sd15_canny [d14c016b]",
+                "weight": 0.8,
+                "guidance_end": 0.7,
+                "image": _tiny_png(),
+                "pixel_perfect": True,
+            }
+        ],
+    },
+]
+
+
+async def _submit(harness: Harness, params: dict[str, Any]) -> dict[str, Any]:
+    body = {"generation_params": {"steps": 2, "width": 64, "height": 64, **params}}
+    response = await harness.api.post("/api/v1/generate", json=body)
+    assert response.status_code == 202, response.text
+    return await harness.wait_status(response.json()["mobilesd_job_id"], "completed")
+
+
+async def test_use_these_settings_sends_the_same_generation_params(
+    harness: Harness, phone: Phone
+) -> None:
+    """Gallery image -> "Use these settings" -> Add to queue: the new job's generation_params
+    are the original's, field for field."""
+    await harness.add_sim("gpu1", SimulatorConfig(step_ms=2, switch_ms=5, adetailer=True))
+    originals = [await _submit(harness, params) for params in PARAM_SETS]
+    page = phone.page
+    await phone.login()
+    for original in originals:
+        await phone.tab("gallery")
+        name = original["result_details"]["images"][-1]
+        await page.locator(f'#gallery-grid li[data-name="{name}"] button').click()
+        await page.get_by_role("button", name="Use these settings").click()
+        await expect(page.locator("#f-prompt")).to_have_value(
+            original["generation_params"]["prompt"]
+        )
+        before = {
+            j["mobilesd_job_id"]
+            for j in (await harness.api.get("/api/v1/queue/jobs")).json()["jobs"]
+        }
+        await page.locator("#gen-submit").click()
+        await expect(page.locator("#gen-ok")).to_contain_text("Added to the queue")
+        jobs = (await harness.api.get("/api/v1/queue/jobs")).json()["jobs"]
+        (rerun,) = [j for j in jobs if j["mobilesd_job_id"] not in before]
+        assert rerun["generation_params"] == original["generation_params"]
+    # What the form has no field for is said, not hidden.
+    await expect(page.locator("#gen-carried")).to_contain_text("+ 2 more settings")
+    phone.assert_clean()
