@@ -8,7 +8,6 @@ import base64
 import io
 from typing import Any
 
-import pytest
 from PIL import Image
 from playwright.async_api import expect
 
