@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from typing import Any
 
 from PIL import Image
@@ -13,7 +14,7 @@ from playwright.async_api import expect
 
 from mobilesd_core.forge.simulator import SimulatorConfig
 
-from .conftest import Harness
+from .conftest import Harness, wait_for
 from .helpers.browser import Phone, browser, phone
 
 __all__ = ["browser", "phone"]  # fixtures, from tests/helpers/browser.py
@@ -110,4 +111,83 @@ async def test_use_these_settings_sends_the_same_generation_params(
         assert rerun["generation_params"] == original["generation_params"]
     # What the form has no field for is said, not hidden.
     await expect(page.locator("#gen-carried")).to_contain_text("+ 2 more settings")
+    phone.assert_clean()
+
+
+async def test_running_card_shows_the_live_preview_without_downloading_it_twice(
+    harness: Harness, phone: Phone
+) -> None:
+    # A new preview every 20 steps of 30 ms; progress events come about 4 times a second, so
+    # most of them find the preview unchanged.
+    await harness.add_sim(
+        "gpu1", SimulatorConfig(step_ms=30, switch_ms=20, preview_every_n_steps=20, name="gpu1")
+    )
+    page = phone.page
+    answers: list[tuple[int, str]] = []
+    page.on(
+        "response",
+        lambda r: (
+            answers.append((r.status, r.headers.get("etag", "")))
+            if r.url.endswith("/preview")
+            else None
+        ),
+    )
+    await phone.login()
+    await phone.tab("queue")
+    job_id = await harness.submit(prompt="a koi pond, previewed", steps=150)
+    card = phone.card("a koi pond, previewed")
+    await expect(card.locator(".pill")).to_have_text("processing")
+    await expect(card.locator("img.preview")).to_be_visible()
+    await expect(card.locator("img.preview")).to_have_attribute("src", re.compile(r"^blob:"))
+
+    def seen(status: int) -> int:
+        return sum(1 for s, _ in answers if s == status)
+
+    await wait_for(lambda: seen(304) >= 1 and seen(200) >= 2, what="a 304 and a new preview")
+    downloaded = [etag for status, etag in answers if status == 200]
+    assert len(downloaded) == len(set(downloaded)), answers  # no bytes fetched twice
+    await page.wait_for_function(
+        "() => document.querySelector('.job[data-status=processing] img.preview').naturalWidth > 0"
+    )
+    await harness.api.post(f"/api/v1/queue/jobs/{job_id}/cancel")
+    await expect(card.locator(".pill")).to_have_text("cancelled")
+    await expect(card.locator("img.preview")).to_be_hidden()
+    phone.assert_clean()
+
+
+async def test_queue_shows_job_id_waiting_reason_filter_and_pause(
+    harness: Harness, phone: Phone
+) -> None:
+    await harness.add_sim("gpu1")
+    done = await harness.submit(prompt="a finished fox")
+    await harness.wait_status(done, "completed")
+    page = phone.page
+    await phone.login()
+    await phone.tab("queue")
+    await page.get_by_role("button", name="Pause queue").click()
+    await expect(page.locator("#queue-pause")).to_have_text("Resume queue")
+    await expect(page.locator("#queue-counts")).to_contain_text("paused")
+    assert (await harness.api.get("/api/v1/queue")).json()["paused"] is True
+    waiting = await harness.submit(prompt="a waiting heron")
+    heron = phone.card("a waiting heron")
+    await expect(heron.locator(".pill")).to_have_text("pending")
+    await expect(heron.locator(".detail")).to_have_text("queue paused")
+    await expect(heron.locator(".jid")).to_have_text(waiting[-8:])
+    await expect(heron.locator(".jid")).to_have_attribute("title", waiting)
+
+    await page.locator("#queue-filter").select_option("pending")
+    await expect(page.locator("#queue-list .job")).to_have_count(1)
+    await expect(phone.card("a finished fox")).to_have_count(0)
+    await page.locator("#queue-filter").select_option("completed")
+    await expect(page.locator("#queue-list .job")).to_have_count(1)
+    await expect(phone.card("a finished fox")).to_have_count(1)
+    await page.locator("#queue-filter").select_option("")
+    await expect(page.locator("#queue-list .job")).to_have_count(2)
+    no_overflow = "() => document.documentElement.scrollWidth <= window.innerWidth"
+    assert await page.evaluate(no_overflow)
+
+    await page.get_by_role("button", name="Resume queue").click()
+    await expect(page.locator("#queue-pause")).to_have_text("Pause queue")
+    await expect(heron.locator(".pill")).to_have_text("completed")
+    assert (await harness.api.get("/api/v1/queue")).json()["paused"] is False
     phone.assert_clean()

@@ -154,6 +154,7 @@ const state = {
   editingJob: null, // the pending job the generator form edits (saving PATCHes it)
   events: null,
   signedIn: false,
+  paused: false,
   // Latest `server` event per alias, numbered: a list fetched while one arrived must not
   // overwrite the newer status it carried.
   serverEvents: new Map(),
@@ -896,6 +897,7 @@ function makeCard(id) {
       "div",
       { class: "job-head" },
       (refs.status = h("span", { class: "pill" })),
+      (refs.id = h("code", { class: "jid muted", title: id, text: id.slice(-8) })),
       (refs.time = h("time", { class: "muted" })),
     ),
     (refs.prompt = h("p", { class: "prompt" })),
@@ -907,6 +909,7 @@ function makeCard(id) {
       (refs.progressText = h("span", { class: "muted" })),
     )),
     (refs.detail = h("p", { class: "detail" })),
+    (refs.preview = h("img", { class: "preview", alt: "Live preview", hidden: true })),
     (refs.thumbs = h("div", { class: "thumbs" })),
     (refs.error = h("p", { class: "err", role: "alert" })),
     (refs.actions = h(
@@ -963,11 +966,23 @@ function updateCard(card, job, zip) {
     if (!progress) text = "starting…";
     refs.progressText.textContent = text;
   }
+  // Each job event for it (a new object) asks for the preview again; the ETag keeps unchanged
+  // bytes from coming twice.
+  if (status === "processing" && progress && progress.preview && card.previewOf !== job) {
+    card.previewOf = job;
+    refreshPreview(card);
+  } else if (status !== "processing" && card.preview) {
+    URL.revokeObjectURL(card.preview.url);
+    card.preview = null;
+    refs.preview.hidden = true;
+    refs.preview.removeAttribute("src");
+  }
 
   const result = job.result_details || {};
   let detail = "";
   if (status === "failed" || status === "cancelled") detail = result.error || "";
   else if (status === "pending" && job.retry_at) detail = `Retrying at ${timeText(job.retry_at)} (attempt ${job.attempts + 1})`;
+  else if (status === "pending" && job.waiting_reason) detail = job.waiting_reason;
   else if (status === "pending" && job.target_server_alias) detail = `Waiting for ${job.target_server_alias}`;
   else if (status === "completed" && result.info && result.info.seed != null) detail = `Seed ${result.info.seed}`;
   refs.detail.textContent = detail;
@@ -1024,10 +1039,39 @@ function batchZips(jobs) {
   return zips;
 }
 
+async function refreshPreview(card) {
+  const p = card.preview || (card.preview = { etag: "", url: "", busy: false, again: false });
+  if (p.busy) return void (p.again = true);
+  p.busy = true;
+  try {
+    do {
+      p.again = false;
+      const response = await fetch(`/api/v1/queue/jobs/${enc(card.dataset.id)}/preview`, {
+        cache: "no-store",
+        headers: p.etag ? { "If-None-Match": p.etag } : {},
+      });
+      if (response.status !== 200 || card.preview !== p) continue;
+      const blob = await response.blob();
+      if (card.preview !== p) break; // the job ended meanwhile
+      p.etag = response.headers.get("ETag") || "";
+      if (p.url) URL.revokeObjectURL(p.url);
+      p.url = URL.createObjectURL(blob);
+      card.refs.preview.src = p.url;
+      card.refs.preview.hidden = false;
+    } while (p.again && card.preview === p);
+  } catch {
+    /* the next progress event asks again */
+  } finally {
+    p.busy = false;
+  }
+}
+
 function renderQueue() {
   queueFrame = 0;
   const list = $("queue-list");
-  const jobs = sortedJobs();
+  const all = sortedJobs();
+  const filter = $("queue-filter").value;
+  const jobs = filter ? all.filter((job) => job.status === filter) : all;
   const zips = batchZips(jobs);
   const seen = new Set();
   jobs.forEach((job, i) => {
@@ -1045,20 +1089,28 @@ function renderQueue() {
     }
   }
   const counts = { processing: 0, pending: 0, completed: 0, failed: 0, cancelled: 0 };
-  for (const job of jobs) counts[job.status] = (counts[job.status] || 0) + 1;
-  const parts = [];
+  for (const job of all) counts[job.status] = (counts[job.status] || 0) + 1;
+  const parts = state.paused ? ["paused"] : [];
   if (counts.processing) parts.push(`${counts.processing} running`);
   if (counts.pending) parts.push(`${counts.pending} waiting`);
   if (counts.completed) parts.push(`${counts.completed} done`);
   if (counts.failed) parts.push(`${counts.failed} failed`);
   if (counts.cancelled) parts.push(`${counts.cancelled} cancelled`);
   setText("queue-counts", parts.join(" · "));
-  $("queue-empty").hidden = jobs.length > 0;
+  $("queue-empty").hidden = all.length > 0;
   $("queue-clear").hidden = !(counts.completed + counts.failed + counts.cancelled);
   const active = counts.processing + counts.pending;
   const badge = $("queue-badge");
   badge.hidden = !active;
   badge.textContent = String(active);
+}
+
+async function loadQueueState() {
+  try {
+    queueState(await api("GET", "/api/v1/queue"));
+  } catch {
+    /* the queue event keeps it current */
+  }
 }
 
 function removeJob(id) {
@@ -1085,7 +1137,24 @@ async function loadJobs() {
   }
 }
 
+function queueState(data) {
+  const changed = state.paused !== Boolean(data.paused);
+  state.paused = Boolean(data.paused);
+  setText("queue-pause", state.paused ? "Resume queue" : "Pause queue");
+  scheduleQueue();
+  if (changed) loadJobs(); // each waiting job's reason changes with it
+}
+
 function setupQueue() {
+  $("queue-filter").addEventListener("change", scheduleQueue);
+  $("queue-pause").addEventListener("click", async () => {
+    setText("queue-error", "");
+    try {
+      queueState(await api("POST", `/api/v1/queue/${state.paused ? "resume" : "pause"}`));
+    } catch (error) {
+      setText("queue-error", error.message);
+    }
+  });
   $("queue-clear").addEventListener("click", async () => {
     setText("queue-error", "");
     try {
@@ -1517,11 +1586,13 @@ function connectEvents() {
     if (data.removed) imageRemoved(data.removed);
   });
   on("server", serverEvent);
+  on("queue", queueState);
   on("download", downloadEvent);
   on("reset", () => {
     loadJobs();
     loadServers();
     loadDownloads();
+    loadQueueState();
     if (state.galleryLoaded) loadGallery(true);
   });
 }
@@ -1555,6 +1626,7 @@ async function start() {
   loadModels();
   loadJobs();
   loadDownloads();
+  loadQueueState();
   show(location.hash.slice(1) || "generate");
 }
 
