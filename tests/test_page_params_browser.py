@@ -191,3 +191,64 @@ async def test_queue_shows_job_id_waiting_reason_filter_and_pause(
     await expect(heron.locator(".pill")).to_have_text("completed")
     assert (await harness.api.get("/api/v1/queue")).json()["paused"] is False
     phone.assert_clean()
+
+
+async def test_folded_sections_set_what_the_api_can_and_errors_sit_at_their_field(
+    harness: Harness, phone: Phone
+) -> None:
+    """The first screen stays simple (every advanced section folded); unfolded, they set hires,
+    clip skip, batch size, variation seed, distilled CFG, styles, modules and ADetailer passes
+    from the server's lists, a 422 opens the fold of its field, and nothing overflows 360 px."""
+    await harness.add_sim("gpu1", SimulatorConfig(step_ms=2, switch_ms=5, adetailer=True))
+    page = phone.page
+    await phone.login()
+    folds = page.locator("#gen-form details.fold")
+    await expect(folds).to_have_count(4)
+    for i in range(4):
+        await expect(folds.nth(i)).not_to_have_attribute("open", "")
+    await expect(page.locator("#f-batch_size")).to_be_hidden()
+    await expect(page.locator("#f-styles-add option")).to_have_count(3)  # from gpu1's lists
+
+    await page.locator("#f-prompt").fill("a harbour, every advanced field")
+    for i in range(4):
+        await folds.nth(i).locator("summary").click()
+    await page.locator("#f-batch_size").fill("2")
+    await page.locator("#f-clip_skip").fill("20")  # out of range: refused at its field
+    await page.locator("#f-distilled_cfg_scale").fill("3.5")
+    await page.locator("#f-subseed").fill("42")
+    await page.locator("#f-subseed_strength").fill("0.25")
+    await page.locator("#f-styles-add").select_option("cinematic")
+    await page.locator("#f-modules-add").select_option("ae.safetensors")
+    await page.locator("#f-hires").check()
+    await page.locator("#f-hr-scale").fill("1.5")
+    await page.locator("#f-hr-steps").fill("2")
+    await page.locator("#adetailer-add").click()
+    unit = page.locator("#adetailer-list .unit")
+    await expect(unit.locator("select")).to_have_value("face_yolov8n.pt")
+    await unit.get_by_label("Prompt").fill("sharp eyes")
+    no_overflow = "() => document.documentElement.scrollWidth <= window.innerWidth"
+    assert await page.evaluate(no_overflow)
+
+    await folds.nth(0).locator("summary").click()  # folded again: the error must still show
+    await page.locator("#gen-submit").click()
+    clip_error = page.locator('.err[data-for="clip_skip"]')
+    await expect(clip_error).to_contain_text("less than or equal to 12")
+    await expect(page.locator("#f-clip_skip")).to_be_visible()
+    assert (await harness.api.get("/api/v1/queue/jobs")).json()["total"] == 0
+
+    await page.locator("#f-clip_skip").fill("2")
+    await page.locator("#gen-submit").click()
+    await expect(page.locator("#gen-ok")).to_contain_text("Added to the queue (2 images)")
+    params = (await harness.api.get("/api/v1/queue/jobs")).json()["jobs"][0]["generation_params"]
+    assert (params["batch_size"], params["clip_skip"], params["distilled_cfg_scale"]) == (2, 2, 3.5)
+    assert (params["subseed"], params["subseed_strength"]) == (42, 0.25)
+    assert (params["styles"], params["modules"]) == (["cinematic"], ["ae.safetensors"])
+    assert params["hires"] == {
+        "upscaler": "Latent",
+        "scale": 1.5,
+        "steps": 2,
+        "denoising_strength": 0.7,
+    }
+    assert params["adetailer"][0]["model"] == "face_yolov8n.pt"
+    assert params["adetailer"][0]["prompt"] == "sharp eyes"
+    phone.assert_clean()

@@ -373,8 +373,14 @@ const UNIT_FIELDS = {
   ],
 };
 const UNIT_NEW = {
-  adetailer: () => ({ model: state.models?.adetailer_models?.[0] || "face_yolov8n.pt" }),
-  controlnet: () => ({ module: state.models?.controlnet_modules?.[0] || "None", model: state.models?.controlnet_models?.[0] || "None" }),
+  adetailer: () => ({ model: state.models?.adetailer_models?.[0] || "face_yolov8n.pt", confidence: 0.3, denoising_strength: 0.4 }),
+  controlnet: () => ({
+    module: state.models?.controlnet_modules?.[0] || "None",
+    model: state.models?.controlnet_models?.[0] || "None",
+    weight: 1,
+    guidance_start: 0,
+    guidance_end: 1,
+  }),
 };
 
 function unitInput(unit, key, kind, label) {
