@@ -109,6 +109,7 @@ class CoreApi(Protocol):
     async def images(self, *, limit: int = 100, offset: int = 0) -> ImagePage: ...
     async def delete_image(self, filename: str) -> None: ...
     async def fetch_bytes(self, url: str) -> bytes: ...
+    async def job_preview(self, job_id: str, etag: str | None) -> tuple[bytes, str] | None: ...
     async def civitai_image_info(self, body: dict[str, Any]) -> dict[str, Any]: ...
     async def civitai_download(self, model_version_id: int) -> dict[str, Any]: ...
     async def civitai_downloads(self) -> list[dict[str, Any]]: ...
@@ -267,6 +268,16 @@ class CoreClient:
         if not url.startswith("/"):
             raise ValueError(f"not a core-relative URL: {url!r}")
         return (await self._call("GET", url)).content
+
+    async def job_preview(self, job_id: str, etag: str | None) -> tuple[bytes, str] | None:
+        """A running job's live preview and its ETag; None when it is still the one `etag`
+        names (304, no body). ApiError 404 `no_preview` when there is none."""
+        headers = {"If-None-Match": etag} if etag else None
+        path = f"/api/v1/queue/jobs/{quote(job_id, safe='')}/preview"
+        response = await self._call("GET", path, headers=headers)
+        if response.status_code == 304:
+            return None
+        return response.content, response.headers.get("ETag", "")
 
     async def civitai_image_info(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", "/api/v1/civitai/image-info", json=body)

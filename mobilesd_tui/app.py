@@ -136,7 +136,9 @@ class MobileSDApp(App[None]):
             with TabPane(TAB_TITLES["generator"], id="generator"):
                 yield GeneratorPane(id="generator-pane")
             with TabPane(TAB_TITLES["queue"], id="queue"):
-                yield QueuePane(self.clock, id="queue-pane")
+                yield QueuePane(
+                    self.clock, previews=self.api, image_widget=self.image_widget, id="queue-pane"
+                )
             with TabPane(TAB_TITLES["gallery"], id="gallery"):
                 yield GalleryPane(
                     self.thumbs, self.image_widget, page_size=self.gallery_page, id="gallery-pane"

@@ -25,6 +25,7 @@ ROUTES = [
     ("GET", "/api/v1/queue/jobs"),
     ("GET", "/api/v1/queue/jobs/x"),
     ("GET", "/api/v1/queue/jobs/x/status"),
+    ("GET", "/api/v1/queue/jobs/x/preview"),
     ("POST", "/api/v1/queue/jobs/x/cancel"),
     ("POST", "/api/v1/queue/jobs/x/retry"),
     ("POST", "/api/v1/queue/jobs/x/move"),

@@ -23,6 +23,7 @@ from . import (
     routes_library,
     routes_notify,
     routes_page,
+    routes_preview,
     routes_servers,
     routes_uploads,
 )
@@ -98,6 +99,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.add_routes(routes_servers.routes)
     app.add_routes(routes_jobs.routes)
+    app.add_routes(routes_preview.routes)
     app.add_routes(routes_gallery.routes)
     app.add_routes(routes_uploads.routes)
     app.add_routes(routes_archive.routes)

@@ -401,6 +401,30 @@ def _paths() -> dict[str, Schema]:
                 "404",
             ),
         },
+        "/api/v1/queue/jobs/{job_id}/preview": {
+            "get": _op(
+                "job_preview",
+                "jobs",
+                "The live preview of a running job: the image Forge sent last (PNG, JPEG or "
+                "WebP), with a strong ETag of its bytes and Cache-Control no-cache; If-None-Match "
+                "with that ETag answers 304 while it is unchanged. Ask when a job event's "
+                "progress.preview is true. 404 no_preview: none (yet).",
+                {
+                    "200": _binary("The preview image.", "image/png", "image/jpeg", "image/webp"),
+                    "304": "Unchanged since the ETag given in If-None-Match.",
+                },
+                "404",
+                parameters=[
+                    {
+                        "name": "If-None-Match",
+                        "in": "header",
+                        "required": False,
+                        "schema": _STRING,
+                        "description": "The ETag of the preview the client has.",
+                    }
+                ],
+            ),
+        },
         "/api/v1/queue/jobs/{job_id}/cancel": {
             "post": _op(
                 "cancel_job",

@@ -400,6 +400,15 @@ class ServerModels(Response):
     modules: list[str] = Field(
         description="VAE and text-encoder files (Forge's /sd-modules; A1111's /sd-vae)."
     )
+    adetailer_models: list[str] | None = Field(
+        description="ADetailer's detection models; null: no ADetailer."
+    )
+    controlnet_models: list[str] | None = Field(
+        description="ControlNet models; null: no ControlNet."
+    )
+    controlnet_modules: list[str] | None = Field(
+        description="ControlNet preprocessors; null: no ControlNet."
+    )
     current_checkpoint: str | None = absent()
     library_only: LibraryOnly
     sync: ServerSync | None

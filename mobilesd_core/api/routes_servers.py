@@ -76,6 +76,10 @@ async def server_models(request: web.Request) -> web.Response:
             "upscalers": catalog.upscalers,
             "styles": styles,
             "modules": modules,
+            # None where the server has no such extension (or no list route for it).
+            "adetailer_models": catalog.adetailer_models,
+            "controlnet_models": catalog.controlnet_models,
+            "controlnet_modules": catalog.controlnet_modules,
             "current_checkpoint": runtime.current_checkpoint,
             # In the master library but not on this server (a job for one needs model sync).
             "library_only": core.model_sync.library_only(runtime),

@@ -7,6 +7,7 @@ it was on. A reload (start, reconnect) clears and refills the table in one batch
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ from textual.strip import Strip
 from textual.widgets import DataTable, Select, Static
 from textual.widgets.data_table import RowDoesNotExist, RowKey
 
+from ..api_client import ApiError, CoreApi, Unreachable
 from ..jobtext import STATUSES, KeyedText, detail_text, rank, row_cells
+from ..thumbs import ImageWidget, decode
 
 COLUMNS = (
     ("status", "Status", 11),
@@ -44,6 +47,7 @@ COLUMNS = (
 )
 FIXED_WIDTH = sum(width for key, _, width in COLUMNS if key != "prompt")
 FILTERS = ("all", *STATUSES)
+PREVIEW_PIXELS = 96  # the detail pane is 7 rows: 14 half-block pixels high
 
 
 # What a key in the Queue tab asks for; the app runs one method per verb.
@@ -194,6 +198,11 @@ class JobTable(DataTable[Any]):
 
 
 class QueuePane(Vertical):
+    DEFAULT_CSS = """
+    QueuePane #job-detail.with-preview { layout: horizontal; }
+    QueuePane #job-detail.with-preview #job-detail-text { width: 1fr; }
+    QueuePane #job-preview { width: 16; height: 6; margin-right: 1; }
+    """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("c", "job('cancel')", "Cancel", id="queue.cancel"),
         Binding("e", "job('edit')", "Edit", id="queue.edit"),
@@ -215,9 +224,24 @@ class QueuePane(Vertical):
     # Jobs per status, as the summary line counts them (the app's top bar follows it).
     counts: var[dict[str, int] | None] = var(None, init=False)
 
-    def __init__(self, clock: Callable[[], datetime], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        *,
+        previews: CoreApi | None = None,
+        image_widget: ImageWidget | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.clock = clock
+        self.previews = previews
+        self.image_widget = image_widget
+        # The live preview of the selected running job: the job it shows and its ETag, so a
+        # progress event whose preview is unchanged costs a 304 and no decode.
+        self._preview_for: str | None = None
+        self._preview_etag: str | None = None
+        self._preview_wanted: str | None = None
+        self._preview_busy = False
         self.jobs: dict[str, dict[str, Any]] = {}
         self._rank: dict[str, tuple[Any, ...]] = {}
         self._shown: dict[str, tuple[Any, ...]] = {}  # job id -> cells on screen
@@ -405,8 +429,60 @@ class QueuePane(Vertical):
         job = self.jobs.get(job_id) if job_id else None
         if job is None:
             widget.update("No job selected." if not self._shown else "")
+            self._drop_preview()
             return
         widget.update(detail_text(job, self.clock()))
+        progress = job.get("progress") or {}
+        if job["status"] == "processing" and progress.get("preview"):
+            self._want_preview(job["mobilesd_job_id"])
+        else:
+            self._drop_preview()
+
+    # -- live preview ---------------------------------------------------------------------------
+
+    def _want_preview(self, job_id: str) -> None:
+        if self.previews is None or self.image_widget is None:
+            return
+        if self._preview_for not in (None, job_id):
+            self._drop_preview()
+        self._preview_wanted = job_id
+        if not self._preview_busy:  # one request at a time; the newest wish is served next
+            self._preview_busy = True
+            self.run_worker(self._fetch_previews(), group="preview")
+
+    async def _fetch_previews(self) -> None:
+        assert self.previews is not None and self.image_widget is not None
+        try:
+            while (job_id := self._preview_wanted) is not None:
+                self._preview_wanted = None
+                etag = self._preview_etag if self._preview_for == job_id else None
+                try:
+                    got = await self.previews.job_preview(job_id, etag)
+                    if got is None:
+                        continue  # unchanged: nothing downloaded, nothing to draw
+                    data, etag = got
+                    image = await asyncio.to_thread(decode, data, PREVIEW_PIXELS)
+                except (ApiError, Unreachable, OSError, ValueError):
+                    continue  # none (yet), or the core is away: the next event asks again
+                shown = self.jobs.get(job_id) or {}
+                if job_id != self.selected_id() or shown.get("status") != "processing":
+                    continue  # another job is selected now, or this one ended meanwhile
+                self._preview_for, self._preview_etag = job_id, etag
+                detail = self.query_one("#job-detail", VerticalScroll)
+                for old in detail.query("#job-preview"):
+                    await old.remove()
+                await detail.mount(self.image_widget(image, id="job-preview"), before=0)
+                detail.add_class("with-preview")
+        finally:
+            self._preview_busy = False
+
+    def _drop_preview(self) -> None:
+        if self._preview_for is None:
+            return
+        self._preview_for = self._preview_etag = None
+        detail = self.query_one("#job-detail", VerticalScroll)
+        detail.remove_class("with-preview")
+        detail.query("#job-preview").remove()
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:

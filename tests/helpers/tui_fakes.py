@@ -300,6 +300,9 @@ class FakeApi:
     async def delete_image(self, filename: str) -> None:
         self.calls.append(("delete_image", filename))
 
+    async def job_preview(self, job_id: str, etag: str | None) -> tuple[bytes, str] | None:
+        raise ApiError(404, "no_preview", "no preview")
+
     async def fetch_bytes(self, url: str) -> bytes:
         index = next(i for i, e in enumerate(self._images) if url in (e["url"], e["thumb_url"]))
         return picture(self._images[index]["seed"])

@@ -154,13 +154,18 @@ const state = {
   editingJob: null, // the pending job the generator form edits (saving PATCHes it)
   events: null,
   signedIn: false,
+  paused: false,
   // Latest `server` event per alias, numbered: a list fetched while one arrived must not
   // overwrite the newer status it carried.
   serverEvents: new Map(),
   serverEventCount: 0,
-  // Parameters an import brought that the form has no field for (clip skip, hires fix...):
-  // sent with the job until the user drops them.
-  kept: {},
+  // What the form does not show of the loaded parameters (refiner, extra ...): sent back as is.
+  carried: {},
+  styles: [],
+  modules: [],
+  hires: {},
+  adetailer: [],
+  controlnet: [],
   downloads: new Map(),
 };
 
@@ -225,10 +230,18 @@ const DEFAULTS = {
   scheduler: "",
   seed: -1,
   n_iter: 1,
+  batch_size: 1,
+  subseed: -1,
+  subseed_strength: 0,
 };
 const TEXT_FIELDS = ["prompt", "negative_prompt"];
 const SELECT_FIELDS = ["target_server_alias", "checkpoint_name", "sampler_name", "scheduler"];
-const NUMBER_FIELDS = ["width", "height", "steps", "cfg_scale", "seed", "n_iter"];
+const NUMBER_FIELDS = ["width", "height", "steps", "cfg_scale", "seed", "n_iter", "batch_size", "subseed", "subseed_strength", "clip_skip", "distilled_cfg_scale"];
+const LIST_FIELDS = ["loras", "styles", "modules", "hires", "adetailer", "controlnet"];
+// Every other GenerationParams field (refiner, extra, ...) rides along unchanged in
+// `state.carried`, so a job loaded into the form is sent back as it was.
+const SHOWN = new Set([...TEXT_FIELDS, ...SELECT_FIELDS, ...NUMBER_FIELDS, ...LIST_FIELDS]);
+const HIRES_DEFAULT = { upscaler: "Latent", scale: 2, steps: 0, denoising_strength: 0.7 };
 const wanted = {}; // select values waiting for their options (from the server's model list)
 
 function control(name) {
@@ -259,28 +272,146 @@ function setForm(params) {
     else select.append(h("option", { value: wanted[name], text: wanted[name] }));
     select.value = wanted[name];
   }
-  state.loras = (p.loras || []).map((l) => ({ name: String(l.name), weight: Number(l.weight ?? 1) }));
+  state.loras = (p.loras || []).map((l) => ({ ...l, name: String(l.name), weight: Number(l.weight ?? 1) }));
   renderLoras();
-  state.kept = {};
-  renderKept();
+  state.styles = [...(p.styles || [])];
+  state.modules = [...(p.modules || [])];
+  renderTags();
+  state.hires = { ...HIRES_DEFAULT, ...(p.hires || {}) };
+  $("f-hires").checked = Boolean(p.hires);
+  for (const el of document.querySelectorAll("[data-hr]")) {
+    const value = state.hires[el.dataset.hr] ?? "";
+    if (el.tagName === "SELECT") fillSelect(el, state.models?.upscalers || [], value);
+    else el.value = value;
+  }
+  state.adetailer = (p.adetailer || []).map((u) => ({ ...u }));
+  state.controlnet = (p.controlnet || []).map((u) => ({ ...u }));
+  renderUnits();
+  state.carried = Object.fromEntries(Object.entries(params || {}).filter(([key]) => !SHOWN.has(key)));
+  renderCarried();
   syncSizePreset();
 }
 
+// A number field's value: a number, or what was typed (so the core's 422 names the field).
+function numberOf(value) {
+  const number = Number(value);
+  return String(value).trim() !== "" && Number.isFinite(number) ? number : value;
+}
+
 function readForm() {
-  const params = { ...state.kept };
+  const params = { ...state.carried };
   for (const name of TEXT_FIELDS) params[name] = control(name).value;
   for (const name of NUMBER_FIELDS) {
-    const el = control(name);
-    if (el.value.trim() === "") continue;
-    const number = Number(el.value);
-    params[name] = Number.isFinite(number) ? number : el.value;
+    const value = control(name).value;
+    if (value.trim() !== "") params[name] = numberOf(value);
   }
   for (const name of ["checkpoint_name", "sampler_name", "scheduler"]) {
     const value = control(name).value;
     if (value) params[name] = value;
   }
-  params.loras = state.loras.map((l) => ({ name: l.name, weight: l.weight }));
+  params.loras = state.loras.map((l) => ({ ...l }));
+  params.styles = [...state.styles];
+  params.modules = [...state.modules];
+  params.hires = null;
+  if ($("f-hires").checked) {
+    params.hires = { ...state.hires };
+    for (const el of document.querySelectorAll("[data-hr]")) params.hires[el.dataset.hr] = el.tagName === "SELECT" ? el.value : numberOf(el.value);
+  }
+  params.adetailer = state.adetailer.length ? state.adetailer.map((u) => ({ ...u })) : null;
+  params.controlnet = state.controlnet.length ? state.controlnet.map((u) => ({ ...u })) : null;
   return params;
+}
+
+function isSet(value) {
+  if (value === null || value === undefined) return false;
+  return typeof value !== "object" || Object.keys(value).length > 0;
+}
+
+function renderCarried() {
+  const names = Object.keys(state.carried).filter((key) => isSet(state.carried[key]));
+  const note = $("gen-carried");
+  note.hidden = names.length === 0;
+  note.title = names.join(", ");
+  note.replaceChildren(
+    `+ ${names.length} more setting${names.length === 1 ? "" : "s"} (${names.join(", ")}) `,
+    h("button", { type: "button", class: "ghost", text: "Drop", onclick: () => { state.carried = {}; renderCarried(); } }),
+  );
+}
+
+// Chosen styles and modules: ordered lists (Forge applies them in order), one removable row each.
+function renderTags() {
+  for (const name of ["styles", "modules"]) {
+    $(`${name}-list`).replaceChildren(
+      ...state[name].map((item, i) =>
+        h(
+          "div",
+          { class: "lora tag" },
+          h("span", { class: "lora-name", text: item }),
+          h("button", { type: "button", class: "icon", "aria-label": `Remove ${item}`, text: "✕", onclick: () => { state[name].splice(i, 1); renderTags(); } }),
+          h("p", { class: "err", "data-for": `${name}[${i}]` }),
+        ),
+      ),
+    );
+  }
+}
+
+// ADetailer passes and ControlNet units: the fields shown are edited in place on the unit, so
+// the ones not shown (mask blur, a control image ...) stay as they were.
+const UNIT_FIELDS = {
+  adetailer: [
+    ["model", "Model", "adetailer_models"],
+    ["prompt", "Prompt"],
+    ["confidence", "Confidence", 0.05],
+    ["denoising_strength", "Denoising", 0.05],
+  ],
+  controlnet: [
+    ["module", "Preprocessor", "controlnet_modules"],
+    ["model", "Model", "controlnet_models"],
+    ["weight", "Weight", 0.05],
+    ["guidance_start", "Start", 0.05],
+    ["guidance_end", "End", 0.05],
+  ],
+};
+const UNIT_NEW = {
+  adetailer: () => ({ model: state.models?.adetailer_models?.[0] || "face_yolov8n.pt", confidence: 0.3, denoising_strength: 0.4 }),
+  controlnet: () => ({
+    module: state.models?.controlnet_modules?.[0] || "None",
+    model: state.models?.controlnet_models?.[0] || "None",
+    weight: 1,
+    guidance_start: 0,
+    guidance_end: 1,
+  }),
+};
+
+function unitInput(unit, key, kind, label) {
+  const set = (e) => {
+    unit[key] = typeof kind === "number" ? numberOf(e.target.value) : e.target.value;
+  };
+  const options = typeof kind === "string" && state.models ? state.models[kind] : null;
+  let input;
+  if (options) {
+    input = h("select", { onchange: set });
+    fillSelect(input, options, String(unit[key] ?? ""));
+  } else {
+    input = h("input", { value: String(unit[key] ?? ""), oninput: set, ...(typeof kind === "number" ? { type: "number", step: String(kind), inputmode: "decimal" } : {}) });
+  }
+  return h("label", { class: "field" }, label, input);
+}
+
+function renderUnits() {
+  for (const name of ["adetailer", "controlnet"]) {
+    $(`${name}-list`).replaceChildren(
+      ...state[name].map((unit, i) =>
+        h(
+          "div",
+          { class: "unit" },
+          h("div", { class: "grid2" }, ...UNIT_FIELDS[name].map(([key, label, kind]) => unitInput(unit, key, kind, label))),
+          h("p", { class: "err", "data-for": `${name}[${i}]` }),
+          h("button", { type: "button", class: "ghost danger-text", text: "Remove", onclick: () => { state[name].splice(i, 1); renderUnits(); } }),
+        ),
+      ),
+    );
+  }
 }
 
 function saveSettings() {
@@ -383,6 +514,11 @@ function fillModelSelects(models) {
   fillSelect(control("sampler_name"), models.samplers, wanted.sampler_name || "Euler");
   fillSelect(control("scheduler"), models.schedulers, wanted.scheduler, "Automatic");
   fillSelect($("f-lora-add"), models.loras, "", "Add a LoRA…");
+  fillSelect($("f-styles-add"), models.styles || [], "", "Add a style…");
+  fillSelect($("f-modules-add"), models.modules || [], "", "Add a module…");
+  const upscaler = $("f-hr-upscaler");
+  fillSelect(upscaler, models.upscalers || [], upscaler.value || state.hires.upscaler);
+  renderUnits();
 }
 
 function fillServerSelect() {
@@ -507,36 +643,38 @@ function setupGenerate() {
     e.target.value = "";
     renderLoras();
   });
+  for (const name of ["styles", "modules"]) {
+    $(`f-${name}-add`).addEventListener("change", (e) => {
+      const value = e.target.value;
+      if (value && !state[name].includes(value)) state[name].push(value);
+      e.target.value = "";
+      renderTags();
+    });
+  }
+  for (const name of ["adetailer", "controlnet"]) {
+    $(`${name}-add`).addEventListener("click", () => {
+      state[name].push(UNIT_NEW[name]());
+      renderUnits();
+    });
+  }
   setForm(loadSettings());
 }
 
 // -- civitai import and downloads ------------------------------------------------------------
 
-const FORM_FIELDS = new Set([...TEXT_FIELDS, ...SELECT_FIELDS, ...NUMBER_FIELDS, "loras"]);
 const KEPT_LABELS = {
   clip_skip: (v) => `clip skip ${v}`,
   hires: (v) => `hires fix ${v.scale}× (${v.upscaler})`,
   distilled_cfg_scale: (v) => `distilled CFG ${v}`,
 };
 
-function renderKept() {
-  const parts = Object.entries(state.kept)
+function renderKept(params) {
+  const parts = Object.entries(params)
     .filter(([key, value]) => value !== null && value !== undefined && KEPT_LABELS[key])
     .map(([key, value]) => KEPT_LABELS[key](value));
   const kept = $("civitai-kept");
   kept.hidden = parts.length === 0;
-  kept.replaceChildren(
-    `Also from the image: ${parts.join(", ")} `,
-    h("button", {
-      type: "button",
-      class: "ghost",
-      text: "Drop",
-      onclick: () => {
-        state.kept = {};
-        renderKept();
-      },
-    }),
-  );
+  kept.textContent = `Also from the image (under More settings / Hires fix): ${parts.join(", ")}`;
 }
 
 function resourceLabel(r) {
@@ -590,8 +728,7 @@ async function importCivitai(event) {
     const answer = await api("POST", "/api/v1/civitai/image-info", { url });
     const params = answer.generation_params;
     setForm({ ...DEFAULTS, ...params, target_server_alias: control("target_server_alias").value });
-    state.kept = Object.fromEntries(Object.entries(params).filter(([key, value]) => !FORM_FIELDS.has(key) && value !== null && KEPT_LABELS[key]));
-    renderKept();
+    renderKept(params);
     renderImport(answer);
     state.modelsFor = null;
     loadModels();
@@ -766,6 +903,7 @@ function makeCard(id) {
       "div",
       { class: "job-head" },
       (refs.status = h("span", { class: "pill" })),
+      (refs.id = h("code", { class: "jid muted", title: id, text: id.slice(-8) })),
       (refs.time = h("time", { class: "muted" })),
     ),
     (refs.prompt = h("p", { class: "prompt" })),
@@ -777,6 +915,7 @@ function makeCard(id) {
       (refs.progressText = h("span", { class: "muted" })),
     )),
     (refs.detail = h("p", { class: "detail" })),
+    (refs.preview = h("img", { class: "preview", alt: "Live preview", hidden: true })),
     (refs.thumbs = h("div", { class: "thumbs" })),
     (refs.error = h("p", { class: "err", role: "alert" })),
     (refs.actions = h(
@@ -833,11 +972,23 @@ function updateCard(card, job, zip) {
     if (!progress) text = "starting…";
     refs.progressText.textContent = text;
   }
+  // Each job event for it (a new object) asks for the preview again; the ETag keeps unchanged
+  // bytes from coming twice.
+  if (status === "processing" && progress && progress.preview && card.previewOf !== job) {
+    card.previewOf = job;
+    refreshPreview(card);
+  } else if (status !== "processing" && card.preview) {
+    URL.revokeObjectURL(card.preview.url);
+    card.preview = null;
+    refs.preview.hidden = true;
+    refs.preview.removeAttribute("src");
+  }
 
   const result = job.result_details || {};
   let detail = "";
   if (status === "failed" || status === "cancelled") detail = result.error || "";
   else if (status === "pending" && job.retry_at) detail = `Retrying at ${timeText(job.retry_at)} (attempt ${job.attempts + 1})`;
+  else if (status === "pending" && job.waiting_reason) detail = job.waiting_reason;
   else if (status === "pending" && job.target_server_alias) detail = `Waiting for ${job.target_server_alias}`;
   else if (status === "completed" && result.info && result.info.seed != null) detail = `Seed ${result.info.seed}`;
   refs.detail.textContent = detail;
@@ -894,10 +1045,39 @@ function batchZips(jobs) {
   return zips;
 }
 
+async function refreshPreview(card) {
+  const p = card.preview || (card.preview = { etag: "", url: "", busy: false, again: false });
+  if (p.busy) return void (p.again = true);
+  p.busy = true;
+  try {
+    do {
+      p.again = false;
+      const response = await fetch(`/api/v1/queue/jobs/${enc(card.dataset.id)}/preview`, {
+        cache: "no-store",
+        headers: p.etag ? { "If-None-Match": p.etag } : {},
+      });
+      if (response.status !== 200 || card.preview !== p) continue;
+      const blob = await response.blob();
+      if (card.preview !== p) break; // the job ended meanwhile
+      p.etag = response.headers.get("ETag") || "";
+      if (p.url) URL.revokeObjectURL(p.url);
+      p.url = URL.createObjectURL(blob);
+      card.refs.preview.src = p.url;
+      card.refs.preview.hidden = false;
+    } while (p.again && card.preview === p);
+  } catch {
+    /* the next progress event asks again */
+  } finally {
+    p.busy = false;
+  }
+}
+
 function renderQueue() {
   queueFrame = 0;
   const list = $("queue-list");
-  const jobs = sortedJobs();
+  const all = sortedJobs();
+  const filter = $("queue-filter").value;
+  const jobs = filter ? all.filter((job) => job.status === filter) : all;
   const zips = batchZips(jobs);
   const seen = new Set();
   jobs.forEach((job, i) => {
@@ -915,20 +1095,28 @@ function renderQueue() {
     }
   }
   const counts = { processing: 0, pending: 0, completed: 0, failed: 0, cancelled: 0 };
-  for (const job of jobs) counts[job.status] = (counts[job.status] || 0) + 1;
-  const parts = [];
+  for (const job of all) counts[job.status] = (counts[job.status] || 0) + 1;
+  const parts = state.paused ? ["paused"] : [];
   if (counts.processing) parts.push(`${counts.processing} running`);
   if (counts.pending) parts.push(`${counts.pending} waiting`);
   if (counts.completed) parts.push(`${counts.completed} done`);
   if (counts.failed) parts.push(`${counts.failed} failed`);
   if (counts.cancelled) parts.push(`${counts.cancelled} cancelled`);
   setText("queue-counts", parts.join(" · "));
-  $("queue-empty").hidden = jobs.length > 0;
+  $("queue-empty").hidden = all.length > 0;
   $("queue-clear").hidden = !(counts.completed + counts.failed + counts.cancelled);
   const active = counts.processing + counts.pending;
   const badge = $("queue-badge");
   badge.hidden = !active;
   badge.textContent = String(active);
+}
+
+async function loadQueueState() {
+  try {
+    queueState(await api("GET", "/api/v1/queue"));
+  } catch {
+    /* the queue event keeps it current */
+  }
 }
 
 function removeJob(id) {
@@ -955,7 +1143,24 @@ async function loadJobs() {
   }
 }
 
+function queueState(data) {
+  const changed = state.paused !== Boolean(data.paused);
+  state.paused = Boolean(data.paused);
+  setText("queue-pause", state.paused ? "Resume queue" : "Pause queue");
+  scheduleQueue();
+  if (changed) loadJobs(); // each waiting job's reason changes with it
+}
+
 function setupQueue() {
+  $("queue-filter").addEventListener("change", scheduleQueue);
+  $("queue-pause").addEventListener("click", async () => {
+    setText("queue-error", "");
+    try {
+      queueState(await api("POST", `/api/v1/queue/${state.paused ? "resume" : "pause"}`));
+    } catch (error) {
+      setText("queue-error", error.message);
+    }
+  });
   $("queue-clear").addEventListener("click", async () => {
     setText("queue-error", "");
     try {
@@ -1106,7 +1311,8 @@ async function reuseSettings() {
     }
   }
   params = { ...DEFAULTS, ...(params || {}), ...(params ? {} : { prompt: entry.prompt || "", negative_prompt: entry.negative_prompt || "", width: entry.width, height: entry.height }) };
-  if (entry.seed !== undefined && entry.seed !== null) params.seed = entry.seed;
+  // A fixed seed is the job's own (the same job again); a random one becomes the image's.
+  if (entry.seed !== undefined && entry.seed !== null && !(params.seed >= 0)) params.seed = entry.seed;
   params.target_server_alias = control("target_server_alias").value;
   setForm(params);
   state.modelsFor = null;
@@ -1386,11 +1592,13 @@ function connectEvents() {
     if (data.removed) imageRemoved(data.removed);
   });
   on("server", serverEvent);
+  on("queue", queueState);
   on("download", downloadEvent);
   on("reset", () => {
     loadJobs();
     loadServers();
     loadDownloads();
+    loadQueueState();
     if (state.galleryLoaded) loadGallery(true);
   });
 }
@@ -1424,6 +1632,7 @@ async function start() {
   loadModels();
   loadJobs();
   loadDownloads();
+  loadQueueState();
   show(location.hash.slice(1) || "generate");
 }
 
