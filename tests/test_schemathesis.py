@@ -119,8 +119,10 @@ def error_shape(ctx: Any, response: schemathesis.Response, case: schemathesis.Ca
 # Operations with rules OpenAPI cannot say, so schema-valid input may be refused (422):
 # the archive needs exactly one of two query parameters; a server's sync folders must exist on
 # the core's machine and be writable; a job's `server` must name a server that exists; a Civitai
-# `url` must name the configured CIVITAI_BASE_URL. (test_openapi.py checks the generate body's
-# schema against the core both ways with chosen bodies.)
+# `url` must name the configured CIVITAI_BASE_URL; an upload's bytes must be an image Pillow reads;
+# an upscale names images the gallery holds (and denoising only with mode hires).
+# (test_openapi.py checks the generate body's schema against the core both ways with chosen
+# bodies.)
 NOT_EXPRESSIBLE = {
     "/api/v1/gallery/archive",
     "/api/v1/servers",
@@ -128,6 +130,8 @@ NOT_EXPRESSIBLE = {
     "/api/v1/generate",
     "/api/v1/civitai/image-info",
     "/api/v1/civitai/download-model",
+    "/api/v1/uploads",
+    "/api/v1/gallery/upscale",
 }
 
 # The event stream never ends: test_events.py tests it.

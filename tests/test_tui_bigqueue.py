@@ -18,7 +18,7 @@ from mobilesd_core.schema import GenerationParams
 from mobilesd_tui.app import MobileSDApp
 
 from .conftest import Harness, fast_settings, start_harness, stop_harness
-from .test_tui_live import tui, until
+from .helpers.tui import tui, until
 
 JOBS = 10_000
 

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the core's HTTP API: the machine-readable copy of CONTRACT.md.
+"""The OpenAPI 3.1 document of the core's HTTP API: the reference beside docs/http-api.md.
 
 Every schema is generated from pydantic models: request bodies from the models the routes validate
 with (schema.py, civitai/schema.py, api/requests.py), responses from api/responses.py. What is
