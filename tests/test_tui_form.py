@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from textual.app import App, ComposeResult
-from textual.widgets import Collapsible, Input, Static
+from textual.widgets import Button, Collapsible, Input, Static
 
 from mobilesd_core.forge.simulator import SimulatorConfig
 from mobilesd_core.schema import GenerationParams
@@ -253,7 +253,7 @@ async def test_gallery_image_reused_with_g_is_the_same_job(
     async with app.run_test(size=(80, 24)) as pilot:
         await reuse_image(pilot, app, job, seed=1234)
         more = app.query_one("#more-settings", Static)
-        assert more.display
+        assert app.query_one("#more-line").display
         assert "3 more settings" in str(more.render())
         assert all(name in str(more.render()) for name in ("adetailer", "controlnet", "extra"))
         again = await new_job(pilot, app, harness, job["mobilesd_job_id"])
@@ -274,12 +274,27 @@ async def test_the_second_image_brings_its_own_seed_and_folded_fields_edit(
         section = app.query_one("#sec-hires", Collapsible)
         assert section.collapsed
         section.collapsed = False
-        await pilot.pause()
+        scale = app.query_one("#hr_scale", Input)
+        await until(pilot, lambda: scale.region.height, "the unfolded section")
+        scale.scroll_visible(animate=False, immediate=True)
+        await until(pilot, lambda: app.screen.region.contains_region(scale.region), "in view")
         await set_input(pilot, "#hr_scale", "2")
         again = await new_job(pilot, app, harness, job["mobilesd_job_id"])
     expected = dict(job["generation_params"])
     expected["seed"] = 1235
     expected["hires"] = {**expected["hires"], "scale": 2.0}
+    assert again["generation_params"] == expected
+
+
+async def test_carried_settings_can_be_dropped(harness: Harness, tmp_path: Path) -> None:
+    job = await finished_job(harness, FULL)
+    app = tui(harness, tmp_path, tab="gallery")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await reuse_image(pilot, app, job, seed=1234)
+        app.query_one("#drop-more", Button).press()
+        await until(pilot, lambda: not app.query_one("#more-line").display, "the line to go")
+        again = await new_job(pilot, app, harness, job["mobilesd_job_id"])
+    expected = {**job["generation_params"], "adetailer": None, "controlnet": None, "extra": {}}
     assert again["generation_params"] == expected
 
 

@@ -364,7 +364,14 @@ class GeneratorPane(Vertical):
                     "Styles (comma-separated)", Input("", compact=True, id="styles"), "styles"
                 )
             # What the form has no widget for (ADetailer, ControlNet, extra): sent unchanged.
-            yield Static("", id="more-settings")
+            with Horizontal(id="more-line"):
+                yield Static("", id="more-settings")
+                yield Button(
+                    "Drop them",
+                    compact=True,
+                    id="drop-more",
+                    tooltip="send the next job without these settings",
+                )
         # Outside the scrolling form: on a 24-line terminal the button stays in view.
         yield Static("", classes="field-error", id="err-general")
         with Horizontal(id="submit-line"):
@@ -424,11 +431,21 @@ class GeneratorPane(Vertical):
     def _set_loaded(self, loaded: Loaded) -> None:
         self._loaded = loaded
         more = loaded.more()
-        line = self.query_one("#more-settings", Static)
-        line.update(
-            Text(f"+ {len(more)} more settings, sent unchanged: {', '.join(more)}") if more else ""
+        self.query_one("#more-settings", Static).update(
+            Text(f"+ {len(more)} more settings, sent unchanged: {', '.join(more)}")
         )
-        line.display = bool(more)
+        self.query_one("#more-line").display = bool(more)
+
+    @on(Button.Pressed, "#drop-more")
+    def _drop_more(self) -> None:
+        """Forget the carried settings; the shown fields stay as loaded (and as typed)."""
+        loaded = self._loaded
+        self._set_loaded(
+            Loaded(
+                params={k: v for k, v in loaded.params.items() if k not in loaded.carried},
+                values=loaded.values,
+            )
+        )
 
     def _apply(self, values: dict[str, Any]) -> None:
         if "prompt" in values:
