@@ -303,12 +303,12 @@ class GeneratorPane(Vertical):
             ):
                 yield Field("Batch size", Input("1", compact=True, id="batch_size"), "batch_size")
                 yield Field(
-                    "Variation seed (-1 random)",
+                    "Variation seed",
                     Input("-1", compact=True, id="subseed"),
                     "subseed",
                 )
                 yield Field(
-                    "Variation strength 0-1",
+                    "Variation 0-1",
                     Input("0", compact=True, id="subseed_strength"),
                     "subseed_strength",
                 )
