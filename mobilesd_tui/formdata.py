@@ -33,6 +33,8 @@ OPTIONAL_INT_FIELDS = ("clip_skip",)
 OPTIONAL_FLOAT_FIELDS = ("distilled_cfg_scale", "refiner_switch_at")
 LIST_FIELDS = ("styles", "modules")  # comma-separated in one input
 HIRES_WIDGETS = ("hires", "hr_upscaler", "hr_scale", "hr_steps", "hr_denoising_strength")
+# The first ADetailer unit's main settings; its other settings and further units are kept.
+AD_WIDGETS = ("ad_model", "ad_prompt", "ad_confidence", "ad_denoising_strength")
 
 # What the form shows of each params field: the widget keys that make it.
 SHOWN: dict[str, tuple[str, ...]] = {
@@ -46,6 +48,7 @@ SHOWN: dict[str, tuple[str, ...]] = {
     **{name: (name,) for name in INT_FIELDS + FLOAT_FIELDS},
     **{name: (name,) for name in OPTIONAL_INT_FIELDS + OPTIONAL_FLOAT_FIELDS + LIST_FIELDS},
     "hires": HIRES_WIDGETS,
+    "adetailer": AD_WIDGETS,
 }
 # The schema's defaults (mobilesd_core/schema.py GenerationParams) for fields a partial dict
 # (an old prefs file, a hand-made job) leaves out.
@@ -72,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "modules": [],
     "refiner_checkpoint": None,
     "refiner_switch_at": None,
+    "adetailer": None,
 }
 HIRES_DEFAULTS: dict[str, Any] = {
     "upscaler": "Latent",
@@ -161,11 +165,23 @@ def to_form(params: dict[str, Any]) -> FormValues:
     values["hr_scale"] = show_number(h["scale"])
     values["hr_steps"] = show_number(h["steps"])
     values["hr_denoising_strength"] = show_number(h["denoising_strength"])
+    first = _first_unit(p["adetailer"])
+    values["ad_model"] = str(first.get("model", ""))
+    values["ad_prompt"] = str(first.get("prompt", ""))
+    values["ad_confidence"] = show_number(first.get("confidence", 0.3))
+    values["ad_denoising_strength"] = show_number(first.get("denoising_strength", 0.4))
     return values
 
 
-def parse_field(name: str, values: FormValues) -> Any:
-    """One params field from the widgets' values."""
+def _first_unit(units: Any) -> dict[str, Any]:
+    return (
+        dict(units[0]) if isinstance(units, list) and units and isinstance(units[0], dict) else {}
+    )
+
+
+def parse_field(name: str, values: FormValues, loaded: dict[str, Any] | None = None) -> Any:
+    """One params field from the widgets' values (`loaded`: the params the form was loaded
+    with, for what of a field the form does not show)."""
     if name in INT_FIELDS:
         return number(values[name], integer=True)
     if name in FLOAT_FIELDS:
@@ -192,6 +208,19 @@ def parse_field(name: str, values: FormValues) -> Any:
             "steps": number(values["hr_steps"], integer=True),
             "denoising_strength": number(values["hr_denoising_strength"], integer=False),
         }
+    if name == "adetailer":
+        model = values["ad_model"].strip()
+        if not model:
+            return None
+        units = (loaded or {}).get("adetailer")
+        first = _first_unit(units)
+        first.update(
+            model=model,
+            prompt=values["ad_prompt"],
+            confidence=number(values["ad_confidence"], integer=False),
+            denoising_strength=number(values["ad_denoising_strength"], integer=False),
+        )
+        return [first, *(units[1:] if isinstance(units, list) else [])]
     return values[name]  # prompts and pickers: as they are
 
 
@@ -204,6 +233,8 @@ def from_form(values: FormValues, loaded: Loaded | None = None) -> dict[str, Any
         untouched = name in loaded.params and all(
             k in loaded.values and values.get(k) == loaded.values[k] for k in keys
         )
-        params[name] = loaded.params[name] if untouched else parse_field(name, values)
+        params[name] = (
+            loaded.params[name] if untouched else parse_field(name, values, loaded.params)
+        )
     params.update(loaded.carried)
     return params

@@ -118,7 +118,9 @@ def _typeable(value: Any) -> bool:
 
 
 @FAST
-@given(valid_params(), valid_params(), st.sampled_from(sorted(set(SHOWN) - {"prompt"})))
+@given(
+    valid_params(), valid_params(), st.sampled_from(sorted(set(SHOWN) - {"prompt", "adetailer"}))
+)
 def test_a_changed_field_comes_back_as_typed_and_alone(
     params: dict[str, Any], other: dict[str, Any], name: str
 ) -> None:
@@ -133,6 +135,37 @@ def test_a_changed_field_comes_back_as_typed_and_alone(
         values[key] = to_form(other)[key]
     sent = from_form(values, Loaded(params=params, values=before))
     assert canonical(sent) == canonical(wanted)
+
+
+def test_adetailer_shows_its_first_unit_and_keeps_the_rest() -> None:
+    units = [
+        {"model": "face_yolov8n.pt", "prompt": "a smile", "mask_blur": 9, "confidence": 0.5},
+        {"model": "hand_yolov8n.pt"},
+    ]
+    params = canonical({"prompt": "p", "adetailer": units})
+    values = to_form(params)
+    assert (values["ad_model"], values["ad_prompt"], values["ad_confidence"]) == (
+        "face_yolov8n.pt",
+        "a smile",
+        "0.5",
+    )
+    before = dict(values)
+    values["ad_model"] = "mediapipe_face_full"
+    values["ad_denoising_strength"] = "0.3"
+    sent = canonical(from_form(values, Loaded(params=params, values=before)))
+    first, second = params["adetailer"]
+    assert sent["adetailer"] == [
+        {**first, "model": "mediapipe_face_full", "denoising_strength": 0.3},
+        second,
+    ]
+    values["ad_model"] = " "  # blank: ADetailer off
+    assert from_form(values, Loaded(params=params, values=before))["adetailer"] is None
+    # On a fresh form, typing a model adds one unit.
+    fresh = to_form({})
+    fresh["ad_model"] = "face_yolov8n.pt"
+    assert canonical({**from_form(fresh), "prompt": "p"})["adetailer"] == [
+        canonical({"prompt": "p", "adetailer": [{"model": "face_yolov8n.pt"}]})["adetailer"][0]
+    ]
 
 
 # ---- through the real widgets ------------------------------------------------------------
@@ -254,8 +287,8 @@ async def test_gallery_image_reused_with_g_is_the_same_job(
         await reuse_image(pilot, app, job, seed=1234)
         more = app.query_one("#more-settings", Static)
         assert app.query_one("#more-line").display
-        assert "3 more settings" in str(more.render())
-        assert all(name in str(more.render()) for name in ("adetailer", "controlnet", "extra"))
+        assert "2 more settings" in str(more.render())
+        assert all(name in str(more.render()) for name in ("controlnet", "extra"))
         again = await new_job(pilot, app, harness, job["mobilesd_job_id"])
     assert again["generation_params"] == job["generation_params"]
     assert again["target_server_alias"] == "det"
@@ -294,7 +327,7 @@ async def test_carried_settings_can_be_dropped(harness: Harness, tmp_path: Path)
         app.query_one("#drop-more", Button).press()
         await until(pilot, lambda: not app.query_one("#more-line").display, "the line to go")
         again = await new_job(pilot, app, harness, job["mobilesd_job_id"])
-    expected = {**job["generation_params"], "adetailer": None, "controlnet": None, "extra": {}}
+    expected = {**job["generation_params"], "controlnet": None, "extra": {}}
     assert again["generation_params"] == expected
 
 
@@ -313,4 +346,24 @@ async def test_an_error_in_a_folded_field_unfolds_it_next_to_the_field(
         assert "12" in str(error.render())
         assert not app.query_one("#sec-model", Collapsible).collapsed
         assert app.focused is app.query_one("#clip_skip")
+        assert harness.core.store.count()["pending"] == 0
+
+
+async def test_adetailer_refused_by_the_core_shows_in_its_section(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """gpu1 has no ADetailer: the core's 422 names `adetailer`, shown in its unfolded section."""
+    await wait_for(
+        lambda: harness.core.registry.runtimes["gpu1"].catalog is not None, what="gpu1's lists"
+    )
+    app = tui(harness, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "first load")
+        app.query_one("#prompt").text = "a fox"  # type: ignore[attr-defined]
+        app.query_one("#ad_model", Input).value = "face_yolov8n.pt"
+        await pilot.press("ctrl+s")
+        error = app.query_one("#err-adetailer", Static)
+        await until(pilot, lambda: error.has_class("shown"), "the ADetailer error")
+        assert "ADetailer" in str(error.render())
+        assert not app.query_one("#sec-adetailer", Collapsible).collapsed
         assert harness.core.store.count()["pending"] == 0

@@ -75,6 +75,10 @@ INPUTS = (
     "hr_scale",
     "hr_steps",
     "hr_denoising_strength",
+    "ad_model",
+    "ad_prompt",
+    "ad_confidence",
+    "ad_denoising_strength",
 )
 
 ROW_ERRORS = {
@@ -363,6 +367,29 @@ class GeneratorPane(Vertical):
                 yield Field(
                     "Styles (comma-separated)", Input("", compact=True, id="styles"), "styles"
                 )
+            with Collapsible(title="ADetailer: fix faces and hands", id="sec-adetailer"):
+                yield Static("", classes="field-error", id="err-adetailer")
+                with Horizontal(classes="row"):
+                    yield Field(
+                        "Detection model (blank: off)",
+                        Input("", compact=True, id="ad_model", placeholder="face_yolov8n.pt"),
+                        "adetailer.model",
+                    )
+                    yield Field(
+                        "Confidence 0-1",
+                        Input("0.3", compact=True, id="ad_confidence"),
+                        "adetailer.confidence",
+                    )
+                    yield Field(
+                        "Denoising",
+                        Input("0.4", compact=True, id="ad_denoising_strength"),
+                        "adetailer.denoising_strength",
+                    )
+                yield Field(
+                    "Its prompt (blank: the job's)",
+                    Input("", compact=True, id="ad_prompt"),
+                    "adetailer.prompt",
+                )
             # What the form has no widget for (ADetailer, ControlNet, extra): sent unchanged.
             with Horizontal(id="more-line"):
                 yield Static("", id="more-settings")
@@ -547,6 +574,8 @@ class GeneratorPane(Vertical):
         rows: dict[str, list[str]] = {}
         for path, message in problems:
             name = path.removeprefix("generation_params.")
+            # The form shows the first ADetailer unit: its errors go to its fields.
+            name = name.replace("adetailer[0].", "adetailer.", 1)
             base = name.split("[", 1)[0]
             if base in LIST_ERRORS and base != name:
                 message = f"{name}: {message}"
