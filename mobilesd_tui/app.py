@@ -316,7 +316,7 @@ class MobileSDApp(App[None]):
     def _imported(self, answer: dict[str, Any] | None) -> None:
         if not answer:
             return
-        self.generator.fill(answer["generation_params"])
+        self.generator.load(answer["generation_params"])
         missing = answer.get("missing") or []
         warnings = answer.get("warnings") or []
         note = f" {len(missing)} model(s) not in your libraries." if missing else ""
@@ -672,18 +672,20 @@ class MobileSDApp(App[None]):
     async def reuse(self, entry: dict[str, Any]) -> None:
         """Copy an image's settings into the Generator: the job's full params when it is still
         listed, else what the image itself records."""
-        values: dict[str, Any] = {
-            "prompt": entry.get("prompt", ""),
-            "negative_prompt": entry.get("negative_prompt", ""),
-        }
+        seed = {"seed": entry["seed"]} if entry.get("seed") is not None else {}
         job = self.queue.jobs.get(entry.get("mobilesd_job_id") or "")
         if job is not None:
-            params = job.get("generation_params") or {}
-            values.update(params)
-            values["target"] = job.get("target_server_alias")
-        if entry.get("seed") is not None:
-            values["seed"] = entry["seed"]
-        self.generator.fill(values)
+            # Every field, the ones the form does not show included: the same job again.
+            params = {**(job.get("generation_params") or {}), **seed}
+            self.generator.load(params, target=job.get("target_server_alias"))
+        else:
+            self.generator.fill(
+                {
+                    "prompt": entry.get("prompt", ""),
+                    "negative_prompt": entry.get("negative_prompt", ""),
+                    **seed,
+                }
+            )
         self.action_show_tab("generator")
         self.notify("Settings copied into the Generator (seed included).")
 

@@ -19,7 +19,18 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import var
 from textual.widget import Widget
-from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Collapsible,
+    Input,
+    Label,
+    Select,
+    Static,
+    TextArea,
+)
+
+from ..formdata import FormValues, Loaded, from_form, number, to_form
 
 ANY = "*"  # the target Select's value for "any server"
 CURRENT = "*"  # the checkpoint Select's value for "keep the server's current"
@@ -37,22 +48,39 @@ SIZE_PRESETS = (
     ("custom", "custom"),
 )
 DEFAULT_SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM"]
-INT_RE = re.compile(r"^[+-]?\d+$")
-FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
-
-
-def number(text: str, *, integer: bool) -> Any:
-    """The typed text as a number when it is one; else the text, for the API to reject."""
-    text = text.strip()
-    if integer and INT_RE.match(text):
-        return int(text)
-    if not integer and FLOAT_RE.match(text):
-        value = float(text)
-        return int(value) if value.is_integer() and "." not in text else value
-    return text
+# Error paths into list fields (`styles[0]`) land on the list's field, the index in the text.
+LIST_ERRORS = ("loras", "styles", "modules")
+ERROR_ID_RE = re.compile(r"err-[A-Za-z0-9_-]+")  # paths like `adetailer[0].model` have no line
 
 
 # Fields too narrow for their own message: it goes on the line under their row, named.
+# The Inputs, by id (= their key in formdata's FormValues).
+INPUTS = (
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "seed",
+    "n_iter",
+    "batch_size",
+    "subseed",
+    "subseed_strength",
+    "clip_skip",
+    "distilled_cfg_scale",
+    "modules",
+    "refiner_checkpoint",
+    "refiner_switch_at",
+    "styles",
+    "hr_upscaler",
+    "hr_scale",
+    "hr_steps",
+    "hr_denoising_strength",
+    "ad_model",
+    "ad_prompt",
+    "ad_confidence",
+    "ad_denoising_strength",
+)
+
 ROW_ERRORS = {
     "width": "size",
     "height": "size",
@@ -103,29 +131,40 @@ class Field(Vertical):
         yield Label(self.label, classes="field-label")
         yield self.control
         if self.inline_error:
-            yield Static("", classes="field-error", id=f"err-{self.field_name}")
+            yield Static("", classes="field-error", id=error_id(self.field_name))
+
+
+def error_id(name: str) -> str:
+    """The id of a field's error line (`hires.scale` -> `err-hires-scale`: ids have no dots)."""
+    return "err-" + name.replace(".", "-")
 
 
 class LoraRow(Horizontal):
-    def __init__(self, name: str, weight: float, index: int) -> None:
+    def __init__(self, name: str, weight: Any, index: int) -> None:
         super().__init__(classes="lora-row")
         self.lora_name = name
-        self.weight = weight
+        # The weight as typed, kept here too: a row mounted a moment ago has no Input yet.
+        self.weight_text = str(weight)
         self.index = index
+        # Set when the row goes: removal finishes later, and until then it is still queried.
+        self.removed = False
 
     def compose(self) -> ComposeResult:
         yield Label(Text(self.lora_name), classes="lora-name")
-        yield Input(str(self.weight), compact=True, classes="lora-weight", tooltip="weight -5..5")
+        yield Input(self.weight_text, compact=True, classes="lora-weight", tooltip="weight -5..5")
         yield Button("✕", compact=True, classes="lora-remove", tooltip="remove this LoRA")
 
-    def value(self) -> dict[str, Any]:
-        return {
-            "name": self.lora_name,
-            "weight": number(self.query_one(Input).value, integer=False),
-        }
+    def value(self) -> tuple[str, str]:
+        """The name and the weight as typed."""
+        return (self.lora_name, self.weight_text)
+
+    @on(Input.Changed, ".lora-weight")
+    def _weight_typed(self, event: Input.Changed) -> None:
+        self.weight_text = event.value
 
     @on(Button.Pressed, ".lora-remove")
     def _remove(self) -> None:
+        self.removed = True
         self.remove()
 
 
@@ -152,6 +191,7 @@ class GeneratorPane(Vertical):
             "sampler_name": [(s, s) for s in DEFAULT_SAMPLERS],
             "scheduler": [("automatic", AUTO)],
         }
+        self._loaded = Loaded()
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="generator-form"):
@@ -260,6 +300,105 @@ class GeneratorPane(Vertical):
                     "Images", Input("1", compact=True, id="n_iter"), "n_iter", classes="num"
                 )
             yield Static("", classes="field-error", id="err-row-seed")
+            # Folded: the first screen stays the everyday form; errors unfold their section.
+            with (
+                Collapsible(title="Batch size, variation seed", id="sec-batch"),
+                Horizontal(classes="row"),
+            ):
+                yield Field("Batch size", Input("1", compact=True, id="batch_size"), "batch_size")
+                yield Field(
+                    "Variation seed",
+                    Input("-1", compact=True, id="subseed"),
+                    "subseed",
+                )
+                yield Field(
+                    "Variation 0-1",
+                    Input("0", compact=True, id="subseed_strength"),
+                    "subseed_strength",
+                )
+            with Collapsible(title="Hires fix", id="sec-hires"):
+                yield Checkbox("Hires fix (upscale, then a second pass)", compact=True, id="hires")
+                yield Static("", classes="field-error", id="err-hires")
+                with Horizontal(classes="row"):
+                    yield Field(
+                        "Upscaler",
+                        Input("Latent", compact=True, id="hr_upscaler"),
+                        "hires.upscaler",
+                    )
+                    yield Field("Scale", Input("2", compact=True, id="hr_scale"), "hires.scale")
+                    yield Field(
+                        "Steps (0 same)", Input("0", compact=True, id="hr_steps"), "hires.steps"
+                    )
+                    yield Field(
+                        "Denoising",
+                        Input("0.7", compact=True, id="hr_denoising_strength"),
+                        "hires.denoising_strength",
+                    )
+            with Collapsible(
+                title="Model: clip skip, distilled CFG, VAE, refiner, styles", id="sec-model"
+            ):
+                with Horizontal(classes="row"):
+                    yield Field(
+                        "Clip skip (blank: server's)",
+                        Input("", compact=True, id="clip_skip"),
+                        "clip_skip",
+                    )
+                    yield Field(
+                        "Distilled CFG (Flux)",
+                        Input("", compact=True, id="distilled_cfg_scale"),
+                        "distilled_cfg_scale",
+                    )
+                yield Field(
+                    "VAE / text encoders (file names, comma-separated)",
+                    Input("", compact=True, id="modules"),
+                    "modules",
+                )
+                with Horizontal(classes="row"):
+                    yield Field(
+                        "Refiner checkpoint",
+                        Input("", compact=True, id="refiner_checkpoint"),
+                        "refiner_checkpoint",
+                    )
+                    yield Field(
+                        "Switch at 0-1",
+                        Input("", compact=True, id="refiner_switch_at"),
+                        "refiner_switch_at",
+                    )
+                yield Field(
+                    "Styles (comma-separated)", Input("", compact=True, id="styles"), "styles"
+                )
+            with Collapsible(title="ADetailer: fix faces and hands", id="sec-adetailer"):
+                yield Static("", classes="field-error", id="err-adetailer")
+                with Horizontal(classes="row"):
+                    yield Field(
+                        "Detection model (blank: off)",
+                        Input("", compact=True, id="ad_model", placeholder="face_yolov8n.pt"),
+                        "adetailer.model",
+                    )
+                    yield Field(
+                        "Confidence 0-1",
+                        Input("0.3", compact=True, id="ad_confidence"),
+                        "adetailer.confidence",
+                    )
+                    yield Field(
+                        "Denoising",
+                        Input("0.4", compact=True, id="ad_denoising_strength"),
+                        "adetailer.denoising_strength",
+                    )
+                yield Field(
+                    "Its prompt (blank: the job's)",
+                    Input("", compact=True, id="ad_prompt"),
+                    "adetailer.prompt",
+                )
+            # What the form has no widget for (ADetailer, ControlNet, extra): sent unchanged.
+            with Horizontal(id="more-line"):
+                yield Static("", id="more-settings")
+                yield Button(
+                    "Drop them",
+                    compact=True,
+                    id="drop-more",
+                    tooltip="send the next job without these settings",
+                )
         # Outside the scrolling form: on a 24-line terminal the button stays in view.
         yield Static("", classes="field-error", id="err-general")
         with Horizontal(id="submit-line"):
@@ -273,54 +412,74 @@ class GeneratorPane(Vertical):
 
     # -- the form as data ---------------------------------------------------------------------
 
-    def form(self) -> dict[str, Any]:
-        """Everything typed, as remembered between runs (raw text for numbers)."""
-        target = self.query_one("#target", Select).value
+    def values(self) -> FormValues:
+        """Every widget's value (texts as typed; see formdata)."""
         checkpoint = self.query_one("#checkpoint_name", Select).value
         scheduler = self.query_one("#scheduler", Select).value
-        return {
+        values: FormValues = {
             "prompt": self.query_one("#prompt", TextArea).text,
             "negative_prompt": self.query_one("#negative_prompt", TextArea).text,
-            "target": None if target == ANY else target,
             "checkpoint_name": None if checkpoint == CURRENT else checkpoint,
-            "loras": [row.value() for row in self.query(LoraRow)],
-            "width": self.query_one("#width", Input).value,
-            "height": self.query_one("#height", Input).value,
-            "steps": self.query_one("#steps", Input).value,
-            "cfg_scale": self.query_one("#cfg_scale", Input).value,
             "sampler_name": self.query_one("#sampler_name", Select).value,
             "scheduler": None if scheduler == AUTO else scheduler,
-            "seed": self.query_one("#seed", Input).value,
-            "n_iter": self.query_one("#n_iter", Input).value,
+            "loras": [row.value() for row in self._lora_rows()],
+            "hires": self.query_one("#hires", Checkbox).value,
+        }
+        for key in INPUTS:
+            values[key] = self.query_one(f"#{key}", Input).value
+        return values
+
+    def form(self) -> dict[str, Any]:
+        """Everything typed, as remembered between runs (raw text for numbers)."""
+        values = self.values()
+        target = self.query_one("#target", Select).value
+        return {
+            **values,
+            "target": None if target == ANY else target,
+            "loras": [{"name": n, "weight": number(w, integer=False)} for n, w in values["loras"]],
         }
 
     def params(self) -> dict[str, Any]:
-        form = self.form()
-        params: dict[str, Any] = {
-            "prompt": form["prompt"],
-            "negative_prompt": form["negative_prompt"],
-            "loras": form["loras"],
-            "width": number(form["width"], integer=True),
-            "height": number(form["height"], integer=True),
-            "steps": number(form["steps"], integer=True),
-            "cfg_scale": number(form["cfg_scale"], integer=False),
-            "sampler_name": form["sampler_name"],
-            "seed": number(form["seed"], integer=True),
-            "n_iter": number(form["n_iter"], integer=True),
-        }
-        if form["checkpoint_name"]:
-            params["checkpoint_name"] = form["checkpoint_name"]
-        if form["scheduler"]:
-            params["scheduler"] = form["scheduler"]
-        return params
+        """The form as `generation_params`: what was loaded and not changed, exactly so."""
+        return from_form(self.values(), self._loaded)
 
     def fill(self, values: dict[str, Any]) -> None:
-        """Put remembered or copied settings into the form (unknown keys are ignored)."""
+        """Put remembered settings (prefs: texts, some keys) into the form; unknown keys are
+        ignored, and nothing is carried: the form is what it shows."""
+        self._apply(values)
+        self._set_loaded(Loaded())
+
+    def load(self, params: dict[str, Any], *, target: str | None = None) -> None:
+        """Show a job's `generation_params` (every field; missing ones take their defaults) and
+        carry what the form has no widget for, so submitting it unchanged is the same job."""
+        self._apply({**to_form(params), "target": target})
+        self._set_loaded(Loaded(params=dict(params), values=self.values()))
+
+    def _set_loaded(self, loaded: Loaded) -> None:
+        self._loaded = loaded
+        more = loaded.more()
+        self.query_one("#more-settings", Static).update(
+            Text(f"+ {len(more)} more settings, sent unchanged: {', '.join(more)}")
+        )
+        self.query_one("#more-line").display = bool(more)
+
+    @on(Button.Pressed, "#drop-more")
+    def _drop_more(self) -> None:
+        """Forget the carried settings; the shown fields stay as loaded (and as typed)."""
+        loaded = self._loaded
+        self._set_loaded(
+            Loaded(
+                params={k: v for k, v in loaded.params.items() if k not in loaded.carried},
+                values=loaded.values,
+            )
+        )
+
+    def _apply(self, values: dict[str, Any]) -> None:
         if "prompt" in values:
             self.query_one("#prompt", TextArea).text = str(values["prompt"] or "")
         if "negative_prompt" in values:
             self.query_one("#negative_prompt", TextArea).text = str(values["negative_prompt"] or "")
-        for key in ("width", "height", "steps", "cfg_scale", "seed", "n_iter"):
+        for key in INPUTS:
             if values.get(key) is not None:
                 self.query_one(f"#{key}", Input).value = str(values[key])
         if "target" in values:
@@ -333,12 +492,17 @@ class GeneratorPane(Vertical):
             self._choose(self.query_one("#sampler_name", Select), values["sampler_name"])
         if "scheduler" in values:
             self._choose(self.query_one("#scheduler", Select), values["scheduler"] or AUTO)
+        if isinstance(values.get("hires"), bool):
+            self.query_one("#hires", Checkbox).value = values["hires"]
         if isinstance(values.get("loras"), list):
-            box = self.query_one("#loras", Vertical)
-            box.remove_children()
+            for row in self._lora_rows():
+                row.removed = True
+            self.query_one("#loras", Vertical).remove_children()
             for lora in values["loras"]:
-                if isinstance(lora, dict) and lora.get("name"):
+                if isinstance(lora, dict) and lora.get("name"):  # prefs
                     self.add_lora(str(lora["name"]), lora.get("weight", 1.0))
+                elif isinstance(lora, tuple | list) and len(lora) == 2:  # formdata
+                    self.add_lora(str(lora[0]), lora[1])
         self._sync_size_preset()
 
     def _choose(self, select: Select[Any], value: Any) -> None:
@@ -360,9 +524,12 @@ class GeneratorPane(Vertical):
         if select.value != value:
             select.value = value
 
+    def _lora_rows(self) -> list[LoraRow]:
+        return [row for row in self.query(LoraRow) if not row.removed]
+
     def add_lora(self, name: str, weight: Any = 1.0) -> None:
         box = self.query_one("#loras", Vertical)
-        if any(row.lora_name == name for row in self.query(LoraRow)):
+        if any(row.lora_name == name for row in self._lora_rows()):
             return
         box.mount(LoraRow(name, weight, len(box.children)))
 
@@ -407,9 +574,12 @@ class GeneratorPane(Vertical):
         rows: dict[str, list[str]] = {}
         for path, message in problems:
             name = path.removeprefix("generation_params.")
-            if name.startswith("loras"):
+            # The form shows the first ADetailer unit: its errors go to its fields.
+            name = name.replace("adetailer[0].", "adetailer.", 1)
+            base = name.split("[", 1)[0]
+            if base in LIST_ERRORS and base != name:
                 message = f"{name}: {message}"
-                name = "loras"
+                name = base
             field = fields.get(name)
             if name in ROW_ERRORS and field is not None:
                 row = ROW_ERRORS[name]
@@ -417,13 +587,17 @@ class GeneratorPane(Vertical):
                 target = self.query_one(f"#err-row-{row}", Static)
                 message = " · ".join(rows[row])
             else:
-                matches = self.query(f"#err-{name}")
+                eid = error_id(name)
+                matches = self.query(f"#{eid}") if ERROR_ID_RE.fullmatch(eid) else None
                 if not matches:
                     general.append(f"{path}: {message}")
                     continue
                 target = matches.first(Static)
             target.update(Text(message))  # the core's words may quote user text: no markup
             target.add_class("shown")
+            for section in target.ancestors_with_self:
+                if isinstance(section, Collapsible):
+                    section.collapsed = False
             if field is not None:
                 field.add_class("invalid")
                 first = first or field.control
@@ -459,12 +633,11 @@ class GeneratorPane(Vertical):
     # -- editing a pending job ------------------------------------------------------------------
 
     def start_editing(self, job: dict[str, Any]) -> None:
-        """Load a pending job into the form; Save sends only the form's fields (PATCH), so what
-        the form does not show (hires, extra, styles) stays as it is."""
+        """Load a pending job into the form; Save PATCHes its params with the form's (what the
+        form does not show is carried, so it stays as it is)."""
         job_id: str = job["mobilesd_job_id"]
         self.editing = job_id
-        params = job.get("generation_params") or {}
-        self.fill({**params, "target": job.get("target_server_alias")})
+        self.load(job.get("generation_params") or {}, target=job.get("target_server_alias"))
         self.clear_errors()
         self.query_one("#every-checkpoint", Checkbox).value = False
         self.query_one("#submit-status", Static).update(
