@@ -225,8 +225,7 @@ class Scheduler:
     ) -> tuple[Candidate, ServerSlot] | None:
         """The move among join/switch/wait after which the forecast queue ends soonest."""
         if any(
-            c.group is None or c.job.get("target_server_alias") or not eligible_later(c, now)
-            for c in head
+            c.group is None or c.job.get("target_server_alias") or not due(c, now) for c in head
         ):
             return greedy
         firsts: dict[str, Candidate] = {}
@@ -297,10 +296,11 @@ def eligible(cand: Candidate, slot: ServerSlot, now: float) -> bool:
         return False
     if slot.alias not in cand.titles:
         return False
-    return (job.get("retry_at") or 0) <= now
+    return due(cand, now)
 
 
-def eligible_later(cand: Candidate, now: float) -> bool:
+def due(cand: Candidate, now: float) -> bool:
+    """Not waiting out a retry delay."""
     return (cand.job.get("retry_at") or 0) <= now
 
 

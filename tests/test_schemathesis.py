@@ -223,6 +223,7 @@ def test_stateful(served: Any, core: CoreThread) -> None:
     """Sequences of calls that follow the document's links (a job created, then read, moved,
     cancelled, retried ...), each answer checked as above."""
     machine = served.exclude(path="/api/v1/events").as_state_machine()
+    checked: list[str] = []  # "METHOD path" of every answer validated
 
     class Workflow(machine):  # type: ignore[misc, valid-type]
         def teardown(self) -> None:
@@ -241,6 +242,7 @@ def test_stateful(served: Any, core: CoreThread) -> None:
             case.validate_response(
                 response, additional_checks=[no_server_error, error_shape], excluded_checks=excluded
             )
+            checked.append(f"{case.method} {case.path}")
 
     # Generate only: the core's state carries over between runs, so Hypothesis could not
     # replay or shrink a sequence (it would call that flaky).
@@ -254,3 +256,6 @@ def test_stateful(served: Any, core: CoreThread) -> None:
             derandomize=True,
         )
     )
+    # The sequences ran and followed links: some calls used an id an earlier answer gave.
+    assert len(checked) >= 15, checked
+    assert any("{job_id}" in call or "{alias}" in call for call in checked), sorted(set(checked))
